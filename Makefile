@@ -1,0 +1,41 @@
+# Penstock developer targets. `make help` lists them.
+SHELL := /bin/bash
+PYTHON ?= python3
+PYTEST ?= $(PYTHON) -m pytest
+
+.DEFAULT_GOAL := help
+
+-include hack/tools.mk
+
+.PHONY: help install lint fmt crd unit integration e2e test demo bench
+
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | sort | \
+	  awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
+
+install: ## Install penstock and its development dependencies (editable)
+	$(PYTHON) -m pip install -q -e '.[dev]'
+
+lint: ## ruff (lint + format check) and mypy --strict
+	$(PYTHON) -m ruff check operator tests bench
+	$(PYTHON) -m ruff format --check operator tests bench
+	$(PYTHON) -m mypy
+
+fmt: ## Format the code and apply safe lint fixes
+	$(PYTHON) -m ruff format operator tests bench
+	$(PYTHON) -m ruff check --fix operator tests bench
+
+crd: ## Regenerate crds/ from the API models
+	penstock crd > crds/pipelines.penstock.dev.yaml
+
+unit: ## Unit and golden-file tests
+	$(PYTEST) tests/unit -q
+
+integration: ## Integration tests (real local processes: HTTP servers, Redis)
+	$(PYTEST) tests/integration -q
+
+e2e: ## End-to-end tests against $$KUBECONFIG or a local control plane (make tools first)
+	$(PYTEST) tests/e2e -q
+
+test: lint ## Everything CI runs: lint, unit, integration and e2e tests
+	$(PYTEST) tests -q

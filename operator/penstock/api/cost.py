@@ -1,0 +1,69 @@
+"""Cost attribution: a price table and the hourly cost of a stage's replicas."""
+
+from __future__ import annotations
+
+from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field
+
+from penstock.api.pipeline import Stage
+from penstock.api.types import ApiModel, parse_quantity
+
+_GIB = Decimal(2**30)
+GPU_RESOURCES = ("nvidia.com/gpu", "amd.com/gpu")
+
+
+class PriceTable(ApiModel):
+    """USD prices per hour. Defaults approximate on-demand general-purpose cloud VMs."""
+
+    cpu_core_hour: Decimal = Field(default=Decimal("0.0316"), ge=0)
+    """Price of one requested CPU core for an hour."""
+    memory_gib_hour: Decimal = Field(default=Decimal("0.0042"), ge=0)
+    """Price of one requested GiB of memory for an hour."""
+    gpu_hour: dict[str, Decimal] = Field(
+        default_factory=lambda: {"default": Decimal("2.48")}, max_length=32
+    )
+    """Price of one GPU for an hour, by GPU type (node label value); "default" for any other."""
+
+    @classmethod
+    def from_file(cls, path: str) -> PriceTable:
+        try:
+            raw: Any = yaml.safe_load(Path(path).read_text())
+        except (OSError, yaml.YAMLError) as error:
+            raise ValueError(f"price table {path}: {error}") from error
+        return cls.model_validate(raw or {})
+
+    def gpu_price(self, gpu_type: str | None) -> Decimal:
+        if gpu_type and gpu_type in self.gpu_hour:
+            return self.gpu_hour[gpu_type]
+        return self.gpu_hour.get("default", Decimal(0))
+
+
+DEFAULT_CPU = "100m"
+DEFAULT_MEMORY = "128Mi"
+
+
+def replica_hourly_cost(stage: Stage, prices: PriceTable) -> Decimal:
+    """Cost of one replica per hour: the stage's override, else its requests at table prices."""
+    if stage.cost and stage.cost.hourly_rate is not None:
+        return Decimal(stage.cost.hourly_rate)
+    requests = dict(stage.resources.requests or {}) if stage.resources else {}
+    cpu = parse_quantity(requests.get("cpu", DEFAULT_CPU))
+    memory = parse_quantity(requests.get("memory", DEFAULT_MEMORY)) / _GIB
+    gpus = sum(
+        (parse_quantity(requests[name]) for name in GPU_RESOURCES if name in requests), Decimal(0)
+    )
+    gpu_type = (stage.node_selector or {}).get("nvidia.com/gpu.product")
+    return (
+        cpu * prices.cpu_core_hour
+        + memory * prices.memory_gib_hour
+        + gpus * prices.gpu_price(gpu_type)
+    )
+
+
+def usd(amount: Decimal) -> str:
+    """Format USD to 4 decimals, the precision of the Cost/h column."""
+    return str(amount.quantize(Decimal("0.0001"), rounding=ROUND_HALF_UP))

@@ -1,0 +1,156 @@
+"""Generate the Pipeline CustomResourceDefinition from the pydantic models.
+
+Pydantic's JSON Schema is turned into a Kubernetes structural schema: $refs inlined,
+Optional unions collapsed (absent means unset), titles dropped, descriptions kept.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from penstock.api.pipeline import PipelineSpec
+from penstock.api.status import PipelineStatus
+from penstock.api.types import GROUP, KIND, PLURAL, VERSION
+
+_DROP = {"title", "default", "propertyNames", "$defs"}
+# Lists the apiserver treats as maps keyed by name: uniqueness and per-item server-side apply.
+_LIST_MAP_KEYS = {("spec", "stages"): "name", ("spec", "stages", "*", "env"): "name"}
+_LIST_SETS = {("spec", "stages", "*", "dependsOn"), ("spec", "imagePullSecrets")}
+
+
+def _structural(node: Any, defs: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any]:
+    schema: dict[str, Any] = dict(node)
+    if "$ref" in schema:
+        target = defs[schema.pop("$ref").split("/")[-1]]
+        merged = {**target, **schema}  # the field's own description wins over the model's
+        return _structural(merged, defs, path)
+    if "anyOf" in schema and not schema.get("x-kubernetes-int-or-string"):
+        branches = [b for b in schema.pop("anyOf") if b.get("type") != "null"]
+        if len(branches) == 1:
+            return _structural({**branches[0], **schema}, defs, path)
+        if not branches or "x-kubernetes-preserve-unknown-fields" in schema:
+            return _structural(schema, defs, path)
+        raise ValueError(f"{'.'.join(path)}: unions other than Optional cannot be structural")
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key in _DROP:
+            continue
+        if key == "const":
+            out["enum"] = [value]
+        elif key == "properties":
+            out[key] = {name: _structural(sub, defs, (*path, name)) for name, sub in value.items()}
+        elif key == "items" or (key == "additionalProperties" and isinstance(value, dict)):
+            out[key] = _structural(value, defs, (*path, "*"))
+        elif key == "additionalProperties":
+            continue  # false is the default of a structural schema: unknown fields are pruned
+        elif key == "maxLength" and schema.get("type") == "array":
+            out["maxItems"] = value
+        elif key == "anyOf":  # int-or-string
+            out[key] = [
+                {"type": b["type"]} for b in value if b.get("type") in ("integer", "string")
+            ]
+        else:
+            out[key] = value
+    if out.get("x-kubernetes-int-or-string"):
+        out.pop("type", None)
+    if (
+        not out.get("type")
+        and not out.get("x-kubernetes-int-or-string")
+        and "properties" not in out
+    ):
+        # Arbitrary JSON (e.g. a warmup body): keep it as given.
+        out["x-kubernetes-preserve-unknown-fields"] = True
+    if out.get("type") == "array" and path in _LIST_MAP_KEYS:
+        out["x-kubernetes-list-type"] = "map"
+        out["x-kubernetes-list-map-keys"] = [_LIST_MAP_KEYS[path]]
+    elif out.get("type") == "array" and path in _LIST_SETS:
+        out["x-kubernetes-list-type"] = "set"
+    return out
+
+
+def openapi_schema(model: type[PipelineSpec] | type[PipelineStatus], root: str) -> dict[str, Any]:
+    raw = model.model_json_schema(by_alias=True, mode="validation")
+    return _structural(raw, raw.get("$defs", {}), (root,))
+
+
+def pipeline_crd() -> dict[str, Any]:
+    spec = openapi_schema(PipelineSpec, "spec")
+    status = openapi_schema(PipelineStatus, "status")
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": f"{PLURAL}.{GROUP}",
+            "labels": {"app.kubernetes.io/name": "penstock", "app.kubernetes.io/component": "crd"},
+        },
+        "spec": {
+            "group": GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": KIND,
+                "listKind": f"{KIND}List",
+                "plural": PLURAL,
+                "singular": KIND.lower(),
+                "shortNames": ["pl"],
+                "categories": ["penstock"],
+            },
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": [
+                        {
+                            "name": "Ready",
+                            "type": "string",
+                            "jsonPath": '.status.conditions[?(@.type=="Ready")].status',
+                            "description": "Whether every stage is serving.",
+                        },
+                        {
+                            "name": "Stages",
+                            "type": "string",
+                            "jsonPath": ".status.stagesReady",
+                            "description": "Ready stages over all stages.",
+                        },
+                        {
+                            "name": "Bottleneck",
+                            "type": "string",
+                            "jsonPath": ".status.bottleneck",
+                            "description": "The stage limiting throughput.",
+                        },
+                        {
+                            "name": "Cost/h",
+                            "type": "string",
+                            "jsonPath": ".status.hourlyCost",
+                            "description": "Cost of all stages per hour, USD.",
+                        },
+                        {
+                            "name": "Age",
+                            "type": "date",
+                            "jsonPath": ".metadata.creationTimestamp",
+                        },
+                    ],
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "description": "A Penstock inference pipeline: a DAG of stages "
+                            "served, cached, batched, autoscaled and cost-attributed as one.",
+                            "required": ["spec"],
+                            "properties": {
+                                "apiVersion": {
+                                    "type": "string",
+                                    "description": "APIVersion of this object: "
+                                    "penstock.dev/v1alpha1.",
+                                },
+                                "kind": {"type": "string", "description": "Kind: Pipeline."},
+                                "metadata": {"type": "object"},
+                                "spec": spec,
+                                "status": status,
+                            },
+                        }
+                    },
+                }
+            ],
+        },
+    }

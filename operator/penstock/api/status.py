@@ -1,0 +1,72 @@
+"""The Pipeline status: what the operator observed. Written only by the operator."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from penstock.api.types import ApiModel
+
+ConditionType = Literal["Ready", "Valid", "Progressing", "Degraded", "MetricsAvailable"]
+
+
+class Condition(ApiModel):
+    """A condition per the Kubernetes API conventions."""
+
+    type: str = Field(max_length=64)
+    """Ready, Valid, Progressing, Degraded or MetricsAvailable."""
+    status: Literal["True", "False", "Unknown"]
+    """True, False or Unknown."""
+    reason: str = Field(max_length=128, pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
+    """Machine-readable CamelCase reason."""
+    message: str = Field(default="", max_length=32768)
+    """Human-readable explanation."""
+    observed_generation: int | None = Field(default=None, ge=0)
+    """The .metadata.generation the condition was computed from."""
+    last_transition_time: str = Field(max_length=64)
+    """When the status last flipped (RFC 3339)."""
+
+
+class StageStatus(ApiModel):
+    """What the operator observed of one stage."""
+
+    name: str = Field(max_length=63)
+    """Stage name."""
+    desired_replicas: int = Field(default=0, ge=0)
+    """Replicas the stage's Deployment asks for."""
+    ready_replicas: int = Field(default=0, ge=0)
+    """Replicas ready to serve."""
+    observed_rps: float | None = None
+    """Requests per second observed at the stage's gateways."""
+    capacity_per_replica: float | None = None
+    """Requests per second one replica can serve, measured."""
+    utilization: float | None = None
+    """Observed load divided by capacity."""
+    recommended_replicas: int | None = None
+    """Replicas the throughput tuner recommends."""
+    hourly_cost: str | None = Field(default=None, max_length=32)
+    """Cost of the stage's current replicas per hour, USD."""
+
+
+class PipelineStatus(ApiModel):
+    """Observed state of a Pipeline."""
+
+    observed_generation: int | None = None
+    """The .metadata.generation last reconciled."""
+    conditions: list[Condition] = Field(default_factory=list, max_length=16)
+    """Ready, Valid, Progressing, Degraded."""
+    stages: list[StageStatus] = Field(default_factory=list, max_length=64)
+    """Per-stage replicas, load and cost."""
+    stages_ready: str | None = Field(default=None, max_length=16)
+    """Ready stages over all stages, e.g. 3/4."""
+    bottleneck: str | None = Field(default=None, max_length=63)
+    """The stage limiting the pipeline's throughput."""
+    critical_path: list[str] | None = Field(default=None, max_length=64)
+    """The chain of stages that determines end-to-end latency."""
+    hourly_cost: str | None = Field(default=None, max_length=32)
+    """Cost of all stages per hour, USD."""
+    router_url: str | None = Field(default=None, max_length=512)
+    """In-cluster URL of the pipeline's router."""
+    warnings: list[str] | None = Field(default=None, max_length=64)
+    """Validation warnings, e.g. stages whose result nothing uses."""

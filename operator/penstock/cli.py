@@ -1,0 +1,162 @@
+"""The `penstock` command: validate, render, crd, operator, preload (and the data plane)."""
+
+from __future__ import annotations
+
+import argparse
+import secrets
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from penstock.api.crd import pipeline_crd
+from penstock.api.validation import validate_document
+from penstock.documents import DocumentError, dump_documents, load_documents
+from penstock.render import PipelineRef, RenderSettings, render_children, render_secret
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    failed = False
+    for path in args.files:
+        try:
+            documents = load_documents(path)
+        except DocumentError as error:
+            print(f"error: {error}", file=sys.stderr)
+            failed = True
+            continue
+        if not documents:
+            print(f"error: {path}: no documents", file=sys.stderr)
+            failed = True
+        for document in documents:
+            result = validate_document(document.body)
+            for problem in result.errors:
+                print(f"{document.label}: error: {problem}", file=sys.stderr)
+            for problem in result.warnings:
+                print(f"{document.label}: warning: {problem}", file=sys.stderr)
+            if result.valid:
+                print(f"{document.label}: valid")
+            failed = failed or not result.valid
+    return 1 if failed else 0
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    settings = RenderSettings(operator_image=args.operator_image, redis_image=args.redis_image)
+    manifests: list[Any] = []
+    failed = False
+    for path in args.files:
+        try:
+            documents = load_documents(path)
+        except DocumentError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        for document in documents:
+            result = validate_document(document.body)
+            if result.spec is None:
+                for problem in result.errors:
+                    print(f"{document.label}: error: {problem}", file=sys.stderr)
+                failed = True
+                continue
+            metadata = document.body["metadata"]
+            ref = PipelineRef(
+                name=metadata["name"],
+                namespace=metadata.get("namespace") or args.namespace,
+                uid=metadata.get("uid"),
+            )
+            secret = render_secret(ref, result.spec, secrets.token_urlsafe(24))
+            manifests += [
+                *([secret] if secret else []),
+                *render_children(ref, result.spec, settings),
+            ]
+    if failed:
+        return 1
+    sys.stdout.write(dump_documents(manifests))
+    return 0
+
+
+def cmd_crd(args: argparse.Namespace) -> int:
+    sys.stdout.write(dump_documents([pipeline_crd()]))
+    return 0
+
+
+def cmd_operator(args: argparse.Namespace) -> int:
+    from penstock.controller.main import run_operator
+
+    return run_operator(args)
+
+
+def cmd_preload(args: argparse.Namespace) -> int:
+    from penstock.preload import main as preload_main
+
+    return preload_main(args.preload_args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from penstock.controller.settings import add_operator_arguments
+    from penstock.render.settings import DEFAULT_OPERATOR_IMAGE, DEFAULT_REDIS_IMAGE
+
+    parser = argparse.ArgumentParser(
+        prog="penstock",
+        description="Penstock: fast, cheap, observable AI inference pipelines on Kubernetes.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    validate = sub.add_parser(
+        "validate",
+        help="check Pipeline manifests",
+        description="Validate Pipeline manifests (multi-document YAML). Exit 0 when all are "
+        "valid, 1 when any is invalid. Warnings do not fail.",
+    )
+    validate.add_argument("files", nargs="+", metavar="FILE", help="YAML file ('-' for stdin)")
+    validate.set_defaults(func=cmd_validate)
+
+    render = sub.add_parser(
+        "render",
+        help="print the objects the operator would apply",
+        description="Print, as multi-document YAML, exactly what the operator applies for every "
+        "Pipeline in the files (the cache Secret gets a fresh random password).",
+    )
+    render.add_argument("files", nargs="+", metavar="FILE", help="YAML file ('-' for stdin)")
+    render.add_argument("--namespace", default="default", help="namespace when a Pipeline has none")
+    render.add_argument(
+        "--operator-image", default=DEFAULT_OPERATOR_IMAGE, help="image of the preload container"
+    )
+    render.add_argument("--redis-image", default=DEFAULT_REDIS_IMAGE, help="Redis sidecar image")
+    render.set_defaults(func=cmd_render)
+
+    crd = sub.add_parser(
+        "crd",
+        help="print the Pipeline CRD",
+        description="Print the Pipeline CRD generated from the API models.",
+    )
+    crd.set_defaults(func=cmd_crd)
+
+    operator = sub.add_parser(
+        "operator",
+        help="run the operator",
+        description="Run the Penstock operator against the current kubeconfig or in-cluster.",
+    )
+    add_operator_arguments(operator)
+    operator.set_defaults(func=cmd_operator)
+
+    preload = sub.add_parser(
+        "preload",
+        help="fetch and verify a model (init container)",
+        description="Fetch a model artifact, verify its sha256 and place it atomically. "
+        "Run `penstock preload --help` for its options.",
+        add_help=False,
+    )
+    preload.add_argument("preload_args", nargs=argparse.REMAINDER)
+    preload.set_defaults(func=cmd_preload)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""kopf handlers: every trigger leads to the same level-based reconcile of one Pipeline.
+
+Pipeline create/resume/spec-update reconcile at once (an error makes kopf retry); a timer
+repairs drift; events on children (a Deployment becoming ready, a Service deleted by hand)
+schedule a debounced reconcile of their Pipeline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import kopf
+
+from penstock.api import GROUP, PLURAL, VERSION
+from penstock.controller.kube import KubeError
+from penstock.controller.reconcile import Reconciler
+
+log = logging.getLogger("penstock.handlers")
+
+MANAGED = {"app.kubernetes.io/managed-by": "penstock-operator"}
+DEBOUNCE_SECONDS = 0.5
+
+
+class PipelineLocks:
+    """One reconcile at a time per Pipeline; children events collapse into one pending run."""
+
+    def __init__(self) -> None:
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._pending: dict[tuple[str, str], asyncio.Task[None]] = {}
+
+    def lock(self, key: tuple[str, str]) -> asyncio.Lock:
+        return self._locks.setdefault(key, asyncio.Lock())
+
+    def forget(self, key: tuple[str, str]) -> None:
+        self._locks.pop(key, None)
+        task = self._pending.pop(key, None)
+        if task:
+            task.cancel()
+
+    def schedule(self, key: tuple[str, str], reconciler: Reconciler) -> None:
+        if key in self._pending:
+            return
+        task = asyncio.create_task(self._run_later(key, reconciler))
+        self._pending[key] = task
+
+    async def _run_later(self, key: tuple[str, str], reconciler: Reconciler) -> None:
+        await asyncio.sleep(DEBOUNCE_SECONDS)
+        self._pending.pop(key, None)
+        namespace, name = key
+        try:
+            body = await asyncio.to_thread(reconciler.kube.get, "Pipeline", namespace, name)
+            if body is None or body["metadata"].get("deletionTimestamp"):
+                return
+            async with self.lock(key):
+                await asyncio.to_thread(reconciler.reconcile, body)
+        except KubeError as error:
+            # The resync timer retries; nothing is lost.
+            log.warning("reconcile of %s/%s after a child event failed: %s", namespace, name, error)
+
+
+LOCKS = PipelineLocks()
+
+
+def _reconciler(memo: kopf.Memo) -> Reconciler:
+    reconciler: Reconciler = memo["reconciler"]
+    return reconciler
+
+
+async def _reconcile_now(body: kopf.Body, memo: kopf.Memo) -> None:
+    key = (body["metadata"]["namespace"], body["metadata"]["name"])
+    async with LOCKS.lock(key):
+        try:
+            await asyncio.to_thread(_reconciler(memo).reconcile, dict(body))
+        except KubeError as error:
+            # Raise so kopf retries with backoff; never swallow an apply error.
+            raise kopf.TemporaryError(str(error), delay=5) from error
+
+
+async def reconcile_pipeline(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    await _reconcile_now(body, memo)
+
+
+async def forget_pipeline(body: kopf.Body, **_: Any) -> None:
+    # Children go by garbage collection (owner references); only local state is dropped here.
+    LOCKS.forget((body["metadata"]["namespace"], body["metadata"]["name"]))
+
+
+async def child_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    meta = body.get("metadata", {})
+    pipeline = meta.get("labels", {}).get("penstock.dev/pipeline")
+    owned = any(ref.get("kind") == "Pipeline" for ref in meta.get("ownerReferences", []))
+    if pipeline and owned and meta.get("namespace"):
+        LOCKS.schedule((meta["namespace"], pipeline), _reconciler(memo))
+
+
+CHILD_RESOURCES = (
+    ("apps", "v1", "deployments"),
+    ("", "v1", "services"),
+    ("autoscaling", "v2", "horizontalpodautoscalers"),
+    ("", "v1", "configmaps"),
+)
+
+
+def register(registry: kopf.OperatorRegistry, resync_seconds: float) -> None:
+    """Attach the handlers to a registry (the resync interval is a runtime setting)."""
+    resource = (GROUP, VERSION, PLURAL)
+    kopf.on.resume(*resource, id="reconcile", registry=registry)(reconcile_pipeline)
+    kopf.on.create(*resource, id="reconcile", registry=registry)(reconcile_pipeline)
+    kopf.on.update(*resource, id="reconcile", field="spec", registry=registry)(reconcile_pipeline)
+    kopf.timer(
+        *resource,
+        id="resync",
+        interval=resync_seconds,
+        initial_delay=resync_seconds,
+        registry=registry,
+    )(reconcile_pipeline)
+    kopf.on.delete(*resource, optional=True, registry=registry)(forget_pipeline)
+    for group, version, plural in CHILD_RESOURCES:
+        kopf.on.event(group, version, plural, labels=MANAGED, registry=registry)(child_changed)

@@ -1,0 +1,118 @@
+"""`penstock operator`: configure kopf and run it."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Mapping
+from typing import Any, cast
+
+import kopf
+from prometheus_client import start_http_server
+
+from penstock.controller import handlers
+from penstock.controller.kube import Kube, load_api_client
+from penstock.controller.reconcile import Reconciler
+from penstock.controller.settings import OperatorSettings, settings_from_args
+
+log = logging.getLogger("penstock.operator")
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def configure_logging(settings: OperatorSettings) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if settings.log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.log_level)
+    for noisy in ("urllib3", "kubernetes", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def post_event(body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+    """Post a Kubernetes Event about the Pipeline through kopf's queue (thread-safe)."""
+    kopf.event(cast(kopf.Body, body), type=type_, reason=reason, message=message)
+
+
+def _configure_kopf(settings: OperatorSettings) -> Any:
+    async def startup(settings_: kopf.OperatorSettings, **_: Any) -> None:
+        # Server-side watch timeouts so a silently dead connection is replaced, not waited on.
+        settings_.watching.server_timeout = 270
+        settings_.watching.client_timeout = 300
+        settings_.watching.connect_timeout = 10
+        settings_.networking.request_timeout = 60
+        # Progress and diff-base in annotations under our prefix, never in status.
+        settings_.persistence.progress_storage = kopf.AnnotationsProgressStorage(
+            prefix="penstock.dev"
+        )
+        settings_.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+            prefix="penstock.dev", key="last-handled-configuration"
+        )
+        settings_.persistence.finalizer = "penstock.dev/finalizer"
+        # Only warnings become Events automatically; an idle resync must post nothing.
+        settings_.posting.level = logging.WARNING
+        settings_.execution.max_workers = 16
+        settings_.peering.priority = settings.priority
+        settings_.peering.name = settings.peering or "penstock"
+        settings_.peering.mandatory = settings.peering is not None
+
+    return startup
+
+
+def run_operator(args: argparse.Namespace) -> int:
+    try:
+        settings = settings_from_args(args)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    configure_logging(settings)
+    try:
+        kube = Kube(load_api_client(), settings.request_timeout_seconds)
+    except Exception as error:
+        print(f"error: cannot load Kubernetes credentials: {error}", file=sys.stderr)
+        return 1
+    if settings.metrics_port:
+        start_http_server(settings.metrics_port)
+    registry = kopf.OperatorRegistry()
+    handlers.register(registry, settings.resync_seconds)
+    kopf.on.startup(registry=registry)(_configure_kopf(settings))
+    memo = kopf.Memo(reconciler=Reconciler(kube, settings, post_event))
+    log.info(
+        "penstock operator starting: namespaces=%s resync=%ss",
+        ",".join(settings.namespaces) or "(all)",
+        settings.resync_seconds,
+    )
+    try:
+        kopf.run(
+            registry=registry,
+            memo=memo,
+            standalone=settings.peering is None,
+            priority=settings.priority,
+            peering_name=settings.peering,
+            clusterwide=not settings.namespaces,
+            namespaces=list(settings.namespaces),
+            liveness_endpoint=f"http://0.0.0.0:{settings.health_port}/healthz",
+        )
+    except KeyboardInterrupt:
+        pass
+    except asyncio.CancelledError:
+        return 1
+    return 0

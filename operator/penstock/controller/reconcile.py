@@ -1,0 +1,161 @@
+"""The level-based reconcile of one Pipeline: desired children in, minimal writes out.
+
+Idempotent: reading the children and finding nothing to change writes nothing, so an idle
+resync costs reads only.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from penstock.api.validation import validate_spec
+from penstock.controller import metrics
+from penstock.controller.conditions import find, merge_conditions, now_rfc3339
+from penstock.controller.drift import drifted
+from penstock.controller.kube import CHILD_KINDS, Kube
+from penstock.controller.settings import OperatorSettings
+from penstock.controller.status import invalid_status, valid_status
+from penstock.render import PipelineRef, render_children, render_secret
+from penstock.render.cache import cache_secret_name
+
+log = logging.getLogger("penstock.reconcile")
+
+# (pipeline body, event type "Normal"/"Warning", reason, message)
+EmitEvent = Callable[[Mapping[str, Any], str, str, str], None]
+
+
+@dataclass
+class Outcome:
+    applied: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    status_written: bool = False
+
+
+def _key(manifest: Mapping[str, Any]) -> tuple[str, str]:
+    return manifest["kind"], manifest["metadata"]["name"]
+
+
+def _owned_by(obj: Mapping[str, Any], uid: str) -> bool:
+    return any(ref.get("uid") == uid for ref in obj["metadata"].get("ownerReferences", []))
+
+
+def _status_patch(previous: Mapping[str, Any], current: dict[str, Any]) -> dict[str, Any]:
+    """A merge patch that also removes keys the new status no longer has."""
+    patch: dict[str, Any] = dict(current)
+    for key in previous:
+        if key not in current:
+            patch[key] = None
+    return patch
+
+
+class Reconciler:
+    def __init__(self, kube: Kube, settings: OperatorSettings, emit: EmitEvent) -> None:
+        self.kube = kube
+        self.settings = settings
+        self.emit = emit
+
+    def reconcile(self, body: Mapping[str, Any]) -> Outcome:
+        started = time.monotonic()
+        try:
+            outcome = self._reconcile(body)
+        except Exception:
+            metrics.RECONCILE_TOTAL.labels(result="error").inc()
+            raise
+        finally:
+            metrics.RECONCILE_DURATION.observe(time.monotonic() - started)
+        result = "changed" if outcome.applied or outcome.deleted else "unchanged"
+        metrics.RECONCILE_TOTAL.labels(result=result).inc()
+        return outcome
+
+    def _reconcile(self, body: Mapping[str, Any]) -> Outcome:
+        meta = body["metadata"]
+        ref = PipelineRef(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"])
+        generation = int(meta.get("generation", 0))
+        previous_status: dict[str, Any] = dict(body.get("status") or {})
+        outcome = Outcome()
+        result = validate_spec(body.get("spec"))
+        if result.spec is None:
+            # Never touch the children of the last valid spec: what runs keeps running.
+            status = invalid_status(generation, result, previous_status)
+            was = find(previous_status.get("conditions", []), "Valid")
+            if not was or was.get("status") != "False" or was.get("message") != result.summary():
+                self.emit(body, "Warning", "InvalidSpec", result.summary()[:1024])
+            outcome.status_written = self._write_status(ref, previous_status, status)
+            return outcome
+
+        spec = result.spec
+        selector = (
+            f"penstock.dev/pipeline={ref.name},app.kubernetes.io/managed-by=penstock-operator"
+        )
+        live: dict[tuple[str, str], dict[str, Any]] = {}
+        for kind in CHILD_KINDS:
+            for item in self.kube.list(kind, ref.namespace, selector):
+                if _owned_by(item, meta["uid"]):
+                    live[(kind, item["metadata"]["name"])] = item
+
+        desired = render_children(ref, spec, self.settings.render)
+        for manifest in desired:
+            key = _key(manifest)
+            current = live.get(key)
+            if drifted(manifest, current):
+                applied = self.kube.apply(manifest)
+                live[key] = applied
+                outcome.applied.append(f"{key[0]}/{key[1]}")
+                if current is None:
+                    self.emit(body, "Normal", "Created", f"created {key[0]} {key[1]}")
+                else:
+                    self.emit(body, "Normal", "Updated", f"updated {key[0]} {key[1]}")
+        wanted = {_key(manifest) for manifest in desired}
+        for key, item in list(live.items()):
+            if key not in wanted:
+                uid = item["metadata"].get("uid")
+                self.kube.delete(key[0], ref.namespace, key[1], uid)
+                del live[key]
+                outcome.deleted.append(f"{key[0]}/{key[1]}")
+                self.emit(body, "Normal", "Deleted", f"deleted {key[0]} {key[1]}: not in the spec")
+
+        self._reconcile_secret(body, ref, spec.cache_used, outcome)
+
+        deployments = {name: obj for (kind, name), obj in live.items() if kind == "Deployment"}
+        status = valid_status(ref.name, generation, result, deployments, self.settings.prices)
+        was_ready = find(previous_status.get("conditions", []), "Ready")
+        now_ready = status["conditions"][0]["status"] == "True"
+        if now_ready and (not was_ready or was_ready.get("status") != "True"):
+            self.emit(body, "Normal", "Ready", "every stage is serving")
+        outcome.status_written = self._write_status(ref, previous_status, status)
+        return outcome
+
+    def _reconcile_secret(
+        self, body: Mapping[str, Any], ref: PipelineRef, used: bool, outcome: Outcome
+    ) -> None:
+        name = cache_secret_name(ref.name)
+        existing = self.kube.get("Secret", ref.namespace, name)
+        if used and existing is None:
+            spec = validate_spec(body.get("spec")).spec
+            assert spec is not None
+            manifest = render_secret(ref, spec, secrets.token_urlsafe(24))
+            assert manifest is not None
+            # Create, never apply: the password is set once and never rotated by accident.
+            if self.kube.create(manifest):
+                outcome.applied.append(f"Secret/{name}")
+                self.emit(body, "Normal", "Created", f"created Secret {name}")
+        elif not used and existing is not None and _owned_by(existing, str(ref.uid)):
+            self.kube.delete("Secret", ref.namespace, name, existing["metadata"].get("uid"))
+            outcome.deleted.append(f"Secret/{name}")
+            self.emit(body, "Normal", "Deleted", f"deleted Secret {name}: no stage caches")
+
+    def _write_status(
+        self, ref: PipelineRef, previous: dict[str, Any], status: dict[str, Any]
+    ) -> bool:
+        status["conditions"] = merge_conditions(
+            previous.get("conditions", []), status["conditions"], now_rfc3339()
+        )
+        if status == previous:
+            return False
+        self.kube.patch_status("Pipeline", ref.namespace, ref.name, _status_patch(previous, status))
+        return True

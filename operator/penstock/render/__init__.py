@@ -1,0 +1,33 @@
+"""Pure rendering: a validated Pipeline spec in, the list of manifests (plain dicts) out. No I/O."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from penstock.api import PipelineSpec
+from penstock.render.cache import cache_secret
+from penstock.render.deployment import stage_deployment
+from penstock.render.hpa import stage_hpa
+from penstock.render.meta import FIELD_MANAGER, PipelineRef
+from penstock.render.service import stage_service
+from penstock.render.settings import RenderSettings
+from penstock.render.topology import topology
+
+__all__ = ["FIELD_MANAGER", "PipelineRef", "RenderSettings", "render_children", "render_secret"]
+
+
+def render_children(
+    ref: PipelineRef, spec: PipelineSpec, settings: RenderSettings
+) -> list[dict[str, Any]]:
+    """Every object the operator keeps applied for this Pipeline (the Secret aside)."""
+    manifests: list[dict[str, Any]] = [topology(ref, spec)]
+    for stage in spec.stages:
+        manifests.append(stage_deployment(ref, spec, stage, settings))
+        manifests.append(stage_service(ref, spec, stage))
+        manifests.append(stage_hpa(ref, spec, stage))
+    return manifests
+
+
+def render_secret(ref: PipelineRef, spec: PipelineSpec, password: str) -> dict[str, Any] | None:
+    """The cache password Secret, created once when any stage caches; None otherwise."""
+    return cache_secret(ref, spec, password) if spec.cache_used else None

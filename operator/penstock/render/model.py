@@ -1,0 +1,41 @@
+"""The model-preloading init container and the volume it fills."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from penstock.api.pipeline import Model
+from penstock.render.security import container_security_context
+
+MODEL_VOLUME = "model"
+PRELOAD_DIR = "/penstock/model"
+DEFAULT_SIZE_LIMIT = "10Gi"
+
+
+def model_volume(model: Model) -> dict[str, Any]:
+    size = model.size_limit if model.size_limit is not None else DEFAULT_SIZE_LIMIT
+    return {"name": MODEL_VOLUME, "emptyDir": {"sizeLimit": str(size)}}
+
+
+def preload_container(model: Model, operator_image: str) -> dict[str, Any]:
+    args = ["preload", "--uri", model.uri, "--dest", PRELOAD_DIR]
+    if model.sha256:
+        args += ["--sha256", model.sha256]
+    container: dict[str, Any] = {
+        "name": "preload",
+        "image": operator_image,
+        "command": ["penstock"],
+        "args": args,
+        "resources": {
+            "requests": {"cpu": "100m", "memory": "128Mi"},
+            "limits": {"memory": "512Mi"},
+        },
+        "securityContext": container_security_context(),
+        "volumeMounts": [
+            {"name": MODEL_VOLUME, "mountPath": PRELOAD_DIR},
+            {"name": "preload-tmp", "mountPath": "/tmp"},
+        ],
+    }
+    if model.credentials_secret:
+        container["envFrom"] = [{"secretRef": {"name": model.credentials_secret}}]
+    return container

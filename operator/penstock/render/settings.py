@@ -1,0 +1,16 @@
+"""Inputs of rendering that come from the operator's configuration, not from the Pipeline."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_OPERATOR_IMAGE = "ghcr.io/penstock-dev/penstock:0.1.0"
+DEFAULT_REDIS_IMAGE = "docker.io/library/redis:7.4.1-alpine"
+
+
+@dataclass(frozen=True)
+class RenderSettings:
+    operator_image: str = DEFAULT_OPERATOR_IMAGE
+    """Image of the preload init container (the operator's own image)."""
+    redis_image: str = DEFAULT_REDIS_IMAGE
+    """Image of the Redis cache sidecar."""
