@@ -1,0 +1,112 @@
+"""The CLI as users run it: exit codes, messages naming document and field, no tracebacks."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "penstock.cli", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+BAD = """\
+apiVersion: penstock.dev/v1alpha1
+kind: Pipeline
+metadata: {name: good}
+spec:
+  stages: [{name: a, image: "a:1"}]
+---
+apiVersion: penstock.dev/v1alpha1
+kind: Pipeline
+metadata: {name: bad}
+spec:
+  stages:
+    - {name: a, image: "a:1", dependsOn: [b]}
+    - {name: b, image: "b:1", dependsOn: [a], cache: {ttlSeconds: -1}}
+"""
+
+
+def test_validate_examples_succeeds() -> None:
+    result = run("validate", *map(str, sorted((ROOT / "examples").glob("*.yaml"))))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count(": valid") == 2
+
+
+def test_validate_names_document_field_and_value(tmp_path: Path) -> None:
+    path = tmp_path / "pipelines.yaml"
+    path.write_text(BAD)
+    result = run("validate", str(path))
+    assert result.returncode == 1
+    assert f"{path}#0 (good): valid" in result.stdout
+    assert f"{path}#1 (bad): error: spec.stages[1].cache.ttlSeconds" in result.stderr
+    assert "(got -1)" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_validate_reports_cycles_after_schema_errors_are_fixed(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text(BAD.replace("ttlSeconds: -1", "ttlSeconds: 5"))
+    result = run("validate", str(path))
+    assert result.returncode == 1
+    assert "dependency cycle: a -> b -> a" in result.stderr
+
+
+def test_warnings_do_not_fail(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        "apiVersion: penstock.dev/v1alpha1\nkind: Pipeline\nmetadata: {name: w}\n"
+        "spec: {output: a, stages: [{name: a, image: x}, {name: unused, image: y}]}\n"
+    )
+    result = run("validate", str(path))
+    assert result.returncode == 0
+    assert "warning: spec.stages[1]" in result.stderr
+
+
+def test_malformed_yaml_and_missing_file_are_clear(tmp_path: Path) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text("spec: [unclosed\n")
+    result = run("validate", str(path), str(tmp_path / "missing.yaml"))
+    assert result.returncode == 1
+    assert "invalid YAML" in result.stderr
+    assert "line" in result.stderr
+    assert "missing.yaml: cannot read" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_render_prints_every_child(tmp_path: Path) -> None:
+    result = run("render", str(ROOT / "examples" / "rag.yaml"), "--namespace", "demo")
+    assert result.returncode == 0, result.stderr
+    kinds = [doc["kind"] for doc in yaml.safe_load_all(result.stdout)]
+    assert kinds.count("Deployment") == 3
+    assert "Secret" in kinds
+    assert "ConfigMap" in kinds
+    assert all(doc["metadata"]["namespace"] == "demo" for doc in yaml.safe_load_all(result.stdout))
+
+
+def test_render_refuses_invalid_input(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text(BAD)
+    result = run("render", str(path))
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert "bad" in result.stderr
+
+
+def test_every_subcommand_has_help() -> None:
+    for command in ("validate", "render", "crd", "operator"):
+        result = run(command, "--help")
+        assert result.returncode == 0, command
+        assert "usage: penstock" in result.stdout

@@ -1,0 +1,225 @@
+"""The reconcile loop against an in-memory API (a boundary fake: unit level only).
+
+The real apiserver is exercised in tests/e2e.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from penstock.controller.kube import KubeError
+from penstock.controller.reconcile import Reconciler
+from penstock.controller.settings import OperatorSettings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class FakeKube:
+    """Stores objects by (kind, namespace, name); counts writes like apiserver_request_total."""
+
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self.writes: list[str] = []
+        self.fail_apply: str | None = None
+
+    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        obj = self.objects.get((kind, namespace, name))
+        return copy.deepcopy(obj) if obj else None
+
+    def list(self, kind: str, namespace: str, selector: str) -> list[dict[str, Any]]:
+        wanted = dict(part.split("=") for part in selector.split(","))
+        return [
+            copy.deepcopy(obj)
+            for (k, ns, _), obj in self.objects.items()
+            if k == kind and ns == namespace and wanted.items() <= obj["metadata"]["labels"].items()
+        ]
+
+    def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        if self.fail_apply == manifest["kind"]:
+            raise KubeError(500, f"apply {manifest['kind']} failed")
+        meta = manifest["metadata"]
+        key = (manifest["kind"], meta["namespace"], meta["name"])
+        obj = copy.deepcopy(manifest)
+        obj["metadata"]["uid"] = f"uid-{meta['name']}"
+        self.objects[key] = obj
+        self.writes.append(f"apply {key[0]}/{key[2]}")
+        return copy.deepcopy(obj)
+
+    def create(self, manifest: dict[str, Any]) -> bool:
+        meta = manifest["metadata"]
+        key = (manifest["kind"], meta["namespace"], meta["name"])
+        if key in self.objects:
+            return False
+        self.objects[key] = copy.deepcopy(manifest)
+        self.writes.append(f"create {key[0]}/{key[2]}")
+        return True
+
+    def delete(self, kind: str, namespace: str, name: str, uid: str | None = None) -> None:
+        self.objects.pop((kind, namespace, name), None)
+        self.writes.append(f"delete {kind}/{name}")
+
+    def patch_status(self, kind: str, namespace: str, name: str, status: dict[str, Any]) -> None:
+        body = self.objects[(kind, namespace, name)]
+        merged = {**body.get("status", {}), **status}
+        body["status"] = {k: v for k, v in merged.items() if v is not None}
+        self.writes.append(f"status {name}")
+
+
+class Events:
+    def __init__(self) -> None:
+        self.posted: list[tuple[str, str, str]] = []
+
+    def __call__(self, body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+        self.posted.append((type_, reason, message))
+
+
+@pytest.fixture
+def world() -> tuple[FakeKube, Reconciler, Events]:
+    kube = FakeKube()
+    events = Events()
+    return kube, Reconciler(kube, OperatorSettings(), events), events  # type: ignore[arg-type]
+
+
+def _pipeline(kube: FakeKube) -> dict[str, Any]:
+    body = yaml.safe_load((ROOT / "examples" / "rag.yaml").read_text())
+    body["metadata"].update(namespace="demo", uid="pipeline-uid", generation=1)
+    kube.objects[("Pipeline", "demo", "rag")] = body
+    return body
+
+
+def _current(kube: FakeKube) -> dict[str, Any]:
+    return copy.deepcopy(kube.objects[("Pipeline", "demo", "rag")])
+
+
+def _set_ready(kube: FakeKube) -> None:
+    for (kind, _, _), obj in kube.objects.items():
+        if kind == "Deployment":
+            obj["spec"]["replicas"] = 1
+            obj["metadata"]["generation"] = 1
+            obj["status"] = {"observedGeneration": 1, "readyReplicas": 1, "updatedReplicas": 1}
+
+
+def test_first_reconcile_creates_every_child_and_status(world: Any) -> None:
+    kube, reconciler, events = world
+    outcome = reconciler.reconcile(_pipeline(kube))
+    kinds = sorted(key[0] for key in kube.objects)
+    assert kinds.count("Deployment") == 3
+    assert kinds.count("Service") == 3
+    assert kinds.count("HorizontalPodAutoscaler") == 3
+    assert ("Secret", "demo", "rag-cache") in kube.objects
+    assert ("ConfigMap", "demo", "rag-topology") in kube.objects
+    assert len(outcome.applied) == 11
+    status = _current(kube)["status"]
+    ready = status["conditions"][0]
+    assert (ready["type"], ready["status"], ready["reason"]) == ("Ready", "False", "StagesNotReady")
+    assert status["observedGeneration"] == 1
+    assert any(reason == "Created" for _, reason, _ in events.posted)
+
+
+def test_second_reconcile_writes_nothing(world: Any) -> None:
+    kube, reconciler, _ = world
+    reconciler.reconcile(_pipeline(kube))
+    _set_ready(kube)
+    reconciler.reconcile(_current(kube))  # status flips to Ready: one status write
+    kube.writes.clear()
+    outcome = reconciler.reconcile(_current(kube))
+    assert kube.writes == []
+    assert outcome.applied == []
+    assert not outcome.status_written
+
+
+def test_ready_flip_keeps_transition_time_until_it_flips(world: Any) -> None:
+    kube, reconciler, events = world
+    reconciler.reconcile(_pipeline(kube))
+    valid_before = _current(kube)["status"]["conditions"][1]
+    _set_ready(kube)
+    reconciler.reconcile(_current(kube))
+    status = _current(kube)["status"]
+    assert status["conditions"][0]["status"] == "True"
+    assert status["conditions"][1]["lastTransitionTime"] == valid_before["lastTransitionTime"]
+    assert status["stagesReady"] == "3/3"
+    assert ("Normal", "Ready", "every stage is serving") in events.posted
+
+
+def test_hand_edited_child_is_repaired(world: Any) -> None:
+    kube, reconciler, _events = world
+    reconciler.reconcile(_pipeline(kube))
+    deployment = kube.objects[("Deployment", "demo", "rag-embed")]
+    deployment["spec"]["template"]["spec"]["containers"][0]["image"] = "evil:latest"
+    del kube.objects[("Service", "demo", "rag-retrieve")]
+    kube.writes.clear()
+    reconciler.reconcile(_current(kube))
+    assert "apply Deployment/rag-embed" in kube.writes
+    assert "apply Service/rag-retrieve" in kube.writes
+    image = kube.objects[("Deployment", "demo", "rag-embed")]["spec"]["template"]["spec"][
+        "containers"
+    ][0]["image"]
+    assert image.startswith("ghcr.io/penstock-dev/examples-rag-embed")
+
+
+def test_removed_stage_children_are_deleted(world: Any) -> None:
+    kube, reconciler, events = world
+    body = _pipeline(kube)
+    reconciler.reconcile(body)
+    body = _current(kube)
+    body["spec"]["stages"] = [s for s in body["spec"]["stages"] if s["name"] != "embed"]
+    body["spec"]["stages"][-1]["dependsOn"] = ["retrieve"]
+    body["metadata"]["generation"] = 2
+    reconciler.reconcile(body)
+    assert ("Deployment", "demo", "rag-embed") not in kube.objects
+    assert ("HorizontalPodAutoscaler", "demo", "rag-embed") not in kube.objects
+    assert ("Service", "demo", "rag-embed") not in kube.objects
+    assert ("Deployment", "demo", "rag-generate") in kube.objects
+    assert any(reason == "Deleted" for _, reason, _ in events.posted)
+
+
+def test_invalid_update_keeps_children_and_reports(world: Any) -> None:
+    kube, reconciler, events = world
+    reconciler.reconcile(_pipeline(kube))
+    before = {key: copy.deepcopy(obj) for key, obj in kube.objects.items() if key[0] != "Pipeline"}
+    body = _current(kube)
+    body["spec"]["stages"][0]["dependsOn"] = ["generate"]  # a cycle
+    body["metadata"]["generation"] = 2
+    reconciler.reconcile(body)
+    after = {key: obj for key, obj in kube.objects.items() if key[0] != "Pipeline"}
+    assert after == before
+    status = _current(kube)["status"]
+    valid = next(c for c in status["conditions"] if c["type"] == "Valid")
+    assert (valid["status"], valid["reason"]) == ("False", "InvalidSpec")
+    assert "spec.stages[0].dependsOn" in valid["message"]
+    assert "cycle" in valid["message"]
+    assert status["observedGeneration"] == 2
+    warnings = [e for e in events.posted if e[0] == "Warning"]
+    assert len(warnings) == 1
+    reconciler.reconcile(_current(kube) | {"spec": body["spec"]})
+    assert len([e for e in events.posted if e[0] == "Warning"]) == 1, "no repeated warning"
+
+
+def test_invalid_new_pipeline_gets_no_children(world: Any) -> None:
+    kube, reconciler, events = world
+    body = _pipeline(kube)
+    body["spec"]["output"] = "nope"
+    reconciler.reconcile(body)
+    assert [key for key in kube.objects if key[0] != "Pipeline"] == []
+    assert events.posted[0][:2] == ("Warning", "InvalidSpec")
+
+
+def test_secret_is_created_once_and_never_rotated(world: Any) -> None:
+    kube, reconciler, _ = world
+    reconciler.reconcile(_pipeline(kube))
+    password = kube.objects[("Secret", "demo", "rag-cache")]["stringData"]["redis-password"]
+    reconciler.reconcile(_current(kube))
+    assert kube.objects[("Secret", "demo", "rag-cache")]["stringData"]["redis-password"] == password
+
+
+def test_apply_error_is_raised_not_swallowed(world: Any) -> None:
+    kube, reconciler, _ = world
+    kube.fail_apply = "Service"
+    with pytest.raises(KubeError):
+        reconciler.reconcile(_pipeline(kube))

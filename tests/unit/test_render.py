@@ -1,0 +1,146 @@
+"""Rendering is pure and deterministic; golden files pin its output; every pod is restricted."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from penstock.api.validation import validate_document
+from penstock.documents import dump_documents
+from penstock.render import PipelineRef, RenderSettings, render_children, render_secret
+from penstock.render.meta import object_name
+
+ROOT = Path(__file__).resolve().parents[2]
+GOLDEN = Path(__file__).parent / "golden"
+EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
+SETTINGS = RenderSettings(operator_image="penstock:test", redis_image="redis:test")
+UID = "00000000-0000-4000-8000-000000000001"
+DESIGN_LABELS = {
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/component",
+    "app.kubernetes.io/managed-by",
+    "app.kubernetes.io/part-of",
+    "penstock.dev/pipeline",
+    "penstock.dev/cost-center",
+    "penstock.dev/team",
+}
+
+
+def _render(path: Path) -> list[dict[str, Any]]:
+    manifests: list[dict[str, Any]] = []
+    for doc in yaml.safe_load_all(path.read_text()):
+        if not doc:
+            continue
+        result = validate_document(doc)
+        assert result.spec is not None, result.summary()
+        ref = PipelineRef(doc["metadata"]["name"], doc["metadata"].get("namespace", "demo"), UID)
+        secret = render_secret(ref, result.spec, "fixed-password-for-golden-files")
+        manifests += ([secret] if secret else []) + render_children(ref, result.spec, SETTINGS)
+    return manifests
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.stem)
+def test_render_matches_golden_file(example: Path) -> None:
+    text = dump_documents(_render(example))
+    golden = GOLDEN / f"{example.stem}.yaml"
+    if os.environ.get("PENSTOCK_UPDATE_GOLDEN") == "1":
+        golden.write_text(text)
+    assert golden.exists(), f"missing {golden}: run with PENSTOCK_UPDATE_GOLDEN=1"
+    assert text == golden.read_text(), (
+        f"{golden.name} differs: review, then PENSTOCK_UPDATE_GOLDEN=1"
+    )
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.stem)
+def test_render_is_deterministic(example: Path) -> None:
+    assert dump_documents(_render(example)) == dump_documents(_render(example))
+
+
+def _pod_specs(manifests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [m["spec"]["template"]["spec"] for m in manifests if m["kind"] == "Deployment"]
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.stem)
+def test_every_pod_meets_the_restricted_standard(example: Path) -> None:
+    for pod in _pod_specs(_render(example)):
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert pod["automountServiceAccountToken"] is False
+        assert "serviceAccountName" not in pod
+        assert "hostNetwork" not in pod
+        for container in pod["containers"] + pod.get("initContainers", []):
+            context = container["securityContext"]
+            assert context["allowPrivilegeEscalation"] is False
+            assert context["capabilities"] == {"drop": ["ALL"]}
+            assert context["readOnlyRootFilesystem"] is True
+            for mount in container.get("volumeMounts", []):
+                assert any(v["name"] == mount["name"] and "emptyDir" in v for v in pod["volumes"])
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.stem)
+def test_design_labels_on_every_object_and_pod_template(example: Path) -> None:
+    for manifest in _render(example):
+        assert set(manifest["metadata"]["labels"]) >= DESIGN_LABELS, manifest["metadata"]["name"]
+        assert manifest["metadata"]["ownerReferences"][0]["uid"] == UID
+        if manifest["kind"] in ("Deployment", "Service", "HorizontalPodAutoscaler"):
+            assert "penstock.dev/stage" in manifest["metadata"]["labels"]
+        if manifest["kind"] == "Deployment":
+            template_labels = manifest["spec"]["template"]["metadata"]["labels"]
+            assert DESIGN_LABELS | {"penstock.dev/stage"} <= set(template_labels)
+            assert "replicas" not in manifest["spec"], "the HPA owns replicas"
+
+
+def test_rag_example_wires_model_cache_and_hpa() -> None:
+    manifests = {
+        (m["kind"], m["metadata"]["name"]): m for m in _render(ROOT / "examples" / "rag.yaml")
+    }
+    embed = manifests[("Deployment", "rag-embed")]["spec"]["template"]["spec"]
+    preload = embed["initContainers"][0]
+    assert preload["image"] == "penstock:test"
+    assert preload["args"][:3] == [
+        "preload",
+        "--uri",
+        "https://models.example.com/minilm-l6-v2.tar.gz",
+    ]
+    assert "--sha256" in preload["args"]
+    stage = embed["containers"][0]
+    assert {"name": "model", "mountPath": "/models", "readOnly": True} in stage["volumeMounts"]
+    retrieve = manifests[("Deployment", "rag-retrieve")]["spec"]["template"]["spec"]
+    cache = retrieve["containers"][1]
+    assert cache["args"][cache["args"].index("--bind") + 1] == "127.0.0.1"
+    assert cache["env"][0]["valueFrom"]["secretKeyRef"]["name"] == "rag-cache"
+    hpa = manifests[("HorizontalPodAutoscaler", "rag-retrieve")]["spec"]
+    assert (hpa["minReplicas"], hpa["maxReplicas"]) == (1, 10)
+    assert hpa["metrics"][0]["resource"]["target"]["averageUtilization"] == 70
+    assert ("Secret", "rag-cache") in manifests
+    assert ("ConfigMap", "rag-topology") in manifests
+
+
+def test_long_names_are_shortened_with_a_stable_hash() -> None:
+    long = object_name("p" * 50, "stage-with-a-long-name")
+    assert len(long) <= 63
+    assert long == object_name("p" * 50, "stage-with-a-long-name")
+    assert long != object_name("p" * 50, "stage-with-a-long-namf")
+    assert object_name("rag", "embed") == "rag-embed"
+
+
+def test_no_secret_without_cache() -> None:
+    doc = yaml.safe_load((ROOT / "examples" / "rag.yaml").read_text())
+    for stage in doc["spec"]["stages"]:
+        stage.pop("cache", None)
+    result = validate_document(doc)
+    assert result.spec is not None
+    assert render_secret(PipelineRef("rag", "demo", UID), result.spec, "x") is None
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.stem)
+def test_rendered_objects_pass_the_kubernetes_schemas(example: Path) -> None:
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    for manifest in _render(example):
+        # Raises ValidationError naming the field when a manifest breaks the 1.34 schema.
+        kubernetes_validate.validate(manifest, "1.34.0", strict=True)

@@ -1,0 +1,208 @@
+"""Every kind of bad input is rejected with a message naming the field path and the value."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from penstock.api.validation import find_cycle, output_stage, validate_document, validate_spec
+
+GOOD: dict[str, Any] = {
+    "output": "generate",
+    "stages": [
+        {"name": "retrieve", "image": "r:1"},
+        {"name": "embed", "image": "e:1"},
+        {"name": "generate", "image": "g:1", "dependsOn": ["retrieve", "embed"]},
+    ],
+}
+
+
+def _with(path: list[Any], value: Any) -> dict[str, Any]:
+    spec = copy.deepcopy(GOOD)
+    node: Any = spec
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    return spec
+
+
+def test_good_spec_is_valid() -> None:
+    result = validate_spec(GOOD)
+    assert result.valid, result.errors
+    assert result.warnings == []
+
+
+@pytest.mark.parametrize(
+    ("spec", "path", "needle"),
+    [
+        (_with(["stages", 0, "dependsOn"], ["generate"]), "spec.stages[", "cycle: "),
+        (
+            _with(["stages", 2, "dependsOn"], ["retrieve", "nope"]),
+            "spec.stages[2].dependsOn[1]",
+            "'nope'",
+        ),
+        (_with(["stages", 1, "dependsOn"], ["embed"]), "spec.stages[1].dependsOn[0]", "itself"),
+        (_with(["output"], "missing"), "spec.output", "'missing'"),
+        (_with(["stages", 0, "name"], "Retrieve_1"), "spec.stages[0].name", "'Retrieve_1'"),
+        (
+            _with(["stages", 0, "resources"], {"requests": {"cpu": "lots"}}),
+            "spec.stages[0].resources.requests.cpu",
+            "'lots'",
+        ),
+        (
+            _with(["stages", 1, "model"], {"uri": "s3://m/x", "sha256": "abc"}),
+            "spec.stages[1].model.sha256",
+            "'abc'",
+        ),
+        (
+            _with(["stages", 1, "model"], {"uri": "ftp://m/x"}),
+            "spec.stages[1].model.uri",
+            "'ftp://m/x'",
+        ),
+        (
+            _with(["stages", 0, "scaling"], {"minReplicas": 5, "maxReplicas": 2}),
+            "spec.stages[0].scaling.minReplicas",
+            "maxReplicas 2",
+        ),
+        (
+            _with(["stages", 0, "cache"], {"enabled": True, "ttlSeconds": 0}),
+            "spec.stages[0].cache.ttlSeconds",
+            "0",
+        ),
+        (
+            _with(["stages", 0, "serviceAccountName"], "admin"),
+            "spec.stages[0].serviceAccountName",
+            "unknown field",
+        ),
+        (
+            _with(["stages", 0, "securityContext"], {"privileged": True}),
+            "spec.stages[0].securityContext",
+            "unknown field",
+        ),
+        (
+            _with(["stages", 1, "name"], "retrieve"),
+            "spec.stages[1].name",
+            "duplicate stage name 'retrieve'",
+        ),
+        (_with(["stages", 0, "port"], 70000), "spec.stages[0].port", "70000"),
+        (_with(["stages", 0, "port"], 6379), "spec.stages[0].port", "6379"),
+        (_with(["tracing"], {"samplingRatio": 2}), "spec.tracing.samplingRatio", "2"),
+    ],
+)
+def test_bad_input_names_the_field_and_value(spec: dict[str, Any], path: str, needle: str) -> None:
+    result = validate_spec(spec)
+    assert not result.valid
+    assert result.spec is None
+    text = result.summary()
+    assert path in text, text
+    assert needle in text, text
+
+
+def test_several_sinks_without_output_is_an_error() -> None:
+    spec = copy.deepcopy(GOOD)
+    del spec["output"]
+    spec["stages"].append({"name": "audit", "image": "a:1", "dependsOn": ["retrieve"]})
+    result = validate_spec(spec)
+    assert "spec.output" in result.summary()
+    assert "generate" in result.summary()
+    assert "audit" in result.summary()
+
+
+def test_single_sink_is_the_default_output() -> None:
+    spec = copy.deepcopy(GOOD)
+    del spec["output"]
+    result = validate_spec(spec)
+    assert result.spec is not None
+    assert output_stage(result.spec) == "generate"
+
+
+def test_unconsumed_stage_is_a_warning_not_an_error() -> None:
+    spec = copy.deepcopy(GOOD)
+    spec["stages"].append({"name": "audit", "image": "a:1"})
+    result = validate_spec(spec)
+    assert result.valid
+    assert [w.path for w in result.warnings] == ["spec.stages[3]"]
+    assert "audit" in str(result.warnings[0])
+
+
+def test_cycle_message_names_the_cycle() -> None:
+    spec = {
+        "stages": [
+            {"name": "a", "image": "x", "dependsOn": ["c"]},
+            {"name": "b", "image": "x", "dependsOn": ["a"]},
+            {"name": "c", "image": "x", "dependsOn": ["b"]},
+        ]
+    }
+    assert "a -> c -> b -> a" in validate_spec(spec).summary()
+
+
+def test_document_checks_kind_and_name() -> None:
+    result = validate_document(
+        {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "UP"}, "spec": GOOD}
+    )
+    text = result.summary()
+    assert "apiVersion" in text
+    assert "kind" in text
+    assert "metadata.name" in text
+
+
+def test_spec_must_be_a_mapping() -> None:
+    assert "spec: must be a mapping" in validate_spec(["x"]).summary()
+
+
+@st.composite
+def dags(draw: st.DrawFn) -> dict[str, list[str]]:
+    count = draw(st.integers(min_value=1, max_value=12))
+    names = [f"s{i}" for i in range(count)]
+    # Edges only from later to earlier stages: acyclic by construction.
+    return {
+        name: sorted(draw(st.sets(st.sampled_from(names[:i]), max_size=i)) if i else [])
+        for i, name in enumerate(names)
+    }
+
+
+@given(dags())
+@settings(max_examples=150, deadline=None)
+def test_acyclic_graphs_have_no_cycle(graph: dict[str, list[str]]) -> None:
+    assert find_cycle(graph) is None
+
+
+@given(dags(), st.data())
+@settings(max_examples=150, deadline=None)
+def test_a_back_edge_is_always_found(graph: dict[str, list[str]], data: st.DataObject) -> None:
+    names = list(graph)
+    if len(names) < 2:
+        return
+    low = data.draw(st.integers(0, len(names) - 2))
+    high = data.draw(st.integers(low + 1, len(names) - 1))
+    # Make a path high -> ... -> low exist, then close it with low -> high.
+    graph[names[high]] = sorted({*graph[names[high]], names[low]})
+    graph[names[low]] = sorted({*graph[names[low]], names[high]})
+    cycle = find_cycle(graph)
+    assert cycle is not None
+    assert cycle[0] == cycle[-1]
+    for node, dependency in itertools.pairwise(cycle):
+        assert dependency in graph[node]
+
+
+@given(dags())
+@settings(max_examples=100, deadline=None)
+def test_valid_dags_validate_with_an_explicit_output(graph: dict[str, list[str]]) -> None:
+    stages = [{"name": name, "image": "img:1", "dependsOn": deps} for name, deps in graph.items()]
+    last = list(graph)[-1]
+    result = validate_spec({"stages": stages, "output": last})
+    assert result.valid, result.summary()
+    unused = {w.path for w in result.warnings}
+    consumed_by_output = set()
+    pending = [last]
+    while pending:
+        node = pending.pop()
+        if node not in consumed_by_output:
+            consumed_by_output.add(node)
+            pending += graph[node]
+    assert len(unused) == len(graph) - len(consumed_by_output)
