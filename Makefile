@@ -25,8 +25,9 @@ fmt: ## Format the code and apply safe lint fixes
 	$(PYTHON) -m ruff format operator tests bench
 	$(PYTHON) -m ruff check --fix operator tests bench
 
-crd: ## Regenerate crds/ from the API models
+crd: ## Regenerate crds/, the chart's CRD copy and docs/pipeline-reference.md from the API models
 	penstock crd > crds/pipelines.penstock.dev.yaml
+	penstock crd --reference > docs/pipeline-reference.md
 
 unit: ## Unit and golden-file tests
 	$(PYTEST) tests/unit -q

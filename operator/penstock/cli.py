@@ -73,7 +73,12 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_crd(args: argparse.Namespace) -> int:
-    sys.stdout.write(dump_documents([pipeline_crd()]))
+    if args.reference:
+        from penstock.api.reference import reference_markdown
+
+        sys.stdout.write(reference_markdown())
+    else:
+        sys.stdout.write(dump_documents([pipeline_crd()]))
     return 0
 
 
@@ -126,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
         "crd",
         help="print the Pipeline CRD",
         description="Print the Pipeline CRD generated from the API models.",
+    )
+    crd.add_argument(
+        "--reference", action="store_true", help="print the field reference as Markdown instead"
     )
     crd.set_defaults(func=cmd_crd)
 

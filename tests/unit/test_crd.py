@@ -122,3 +122,10 @@ def test_crd_file_is_valid_yaml_of_one_document() -> None:
     documents = [doc for doc in yaml.safe_load_all(CRD_FILE.read_text()) if doc]
     assert len(documents) == 1
     assert documents[0]["kind"] == "CustomResourceDefinition"
+
+
+def test_field_reference_is_current(capsys: Any) -> None:
+    assert main(["crd", "--reference"]) == 0
+    printed = capsys.readouterr().out
+    assert (ROOT / "docs" / "pipeline-reference.md").read_text() == printed, "run `make crd`"
+    assert "`spec.stages[].cache.ttlSeconds`" in printed

@@ -13,6 +13,7 @@ from penstock.api.types import (
     ApiModel,
     Dns1123Label,
     Quantity,
+    StageName,
 )
 
 MAX_STAGES = 32
@@ -239,7 +240,7 @@ class Stage(ApiModel):
         )
     )
 
-    name: Dns1123Label = Field(max_length=40)
+    name: StageName
     """Stage name, a DNS-1123 label of at most 40 characters, unique in the pipeline."""
     image: str = Field(min_length=1, max_length=512, pattern=r"^[^\s]+$")
     """Container image of the stage."""

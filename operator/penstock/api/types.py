@@ -78,6 +78,12 @@ Dns1123Label = Annotated[
     AfterValidator(_check_label),
     Field(max_length=63, json_schema_extra={"pattern": DNS1123_LABEL}),
 ]
+# Shorter than a label, so "<pipeline>-<stage>" names stay readable before any hashing.
+StageName = Annotated[
+    str,
+    AfterValidator(_check_label),
+    Field(max_length=40, json_schema_extra={"pattern": DNS1123_LABEL}),
+]
 
 
 class ApiModel(BaseModel):

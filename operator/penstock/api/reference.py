@@ -1,0 +1,78 @@
+"""The Pipeline field reference (Markdown), generated from the same schema as the CRD."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from penstock.api.crd import openapi_schema
+from penstock.api.pipeline import PipelineSpec
+
+
+def _type(node: dict[str, Any]) -> str:
+    if node.get("x-kubernetes-int-or-string"):
+        return "quantity"
+    if "enum" in node:
+        return " \\| ".join(str(value) for value in node["enum"])
+    kind = node.get("type", "any JSON")
+    if kind == "array":
+        return f"list of {_type(node.get('items', {}))}"
+    if kind == "object" and isinstance(node.get("additionalProperties"), dict):
+        return f"map of {_type(node['additionalProperties'])}"
+    return str(kind)
+
+
+def _bounds(node: dict[str, Any]) -> str:
+    parts = []
+    for key, label in (
+        ("minimum", "min"),
+        ("maximum", "max"),
+        ("maxLength", "max length"),
+        ("maxItems", "max items"),
+    ):
+        if key in node:
+            parts.append(f"{label} {node[key]}")
+    if "exclusiveMinimum" in node:
+        parts.append(f"> {node['exclusiveMinimum']}")
+    return ", ".join(parts)
+
+
+def _rows(node: dict[str, Any], path: str, required: set[str]) -> list[str]:
+    rows = []
+    for name, child in node.get("properties", {}).items():
+        child_path = f"{path}.{name}"
+        described = " ".join(child.get("description", "").split())
+        flag = " (required)" if name in required else ""
+        rows.append(f"| `{child_path}`{flag} | {_type(child)} | {_bounds(child)} | {described} |")
+        target = child.get("items", child) if child.get("type") == "array" else child
+        suffix = "[]" if child.get("type") == "array" else ""
+        if "properties" in target:
+            rows += _rows(target, child_path + suffix, set(target.get("required", [])))
+    return rows
+
+
+def reference_markdown() -> str:
+    spec = openapi_schema(PipelineSpec, "spec")
+    lines = [
+        "# Pipeline reference (penstock.dev/v1alpha1)",
+        "",
+        "Generated from the API models by `penstock crd --reference`; the same text is in",
+        "`kubectl explain pipeline.spec`. Cross-field rules are listed after the table.",
+        "",
+        "| Field | Type | Bounds | Description |",
+        "|---|---|---|---|",
+        *_rows(spec, "spec", set(spec.get("required", []))),
+        "",
+        "## Cross-field rules",
+        "",
+        "Checked by the apiserver (CEL) where it can, and by `penstock validate` and the operator:",
+        "",
+        "- stage names are unique; `dependsOn` names existing stages, never the stage itself;",
+        "- the stages form a DAG (a cycle is reported with its path, e.g. `a -> b -> a`);",
+        "- `output` names a stage; without it the pipeline must have exactly one stage that",
+        "  nothing depends on;",
+        "- `scaling.minReplicas <= scaling.maxReplicas`; a streaming stage cannot be batched;",
+        "- ports 6379, 9090 and 9091 are reserved for Penstock's sidecars;",
+        "- stages the output does not depend on are reported as warnings (the router skips them).",
+        "",
+    ]
+    return "\n".join(lines)
