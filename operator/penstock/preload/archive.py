@@ -1,0 +1,91 @@
+"""Recognising tar archives and unpacking them safely."""
+
+from __future__ import annotations
+
+import lzma
+import os
+import tarfile
+import zlib
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
+
+from penstock.preload.errors import PreloadError
+from penstock.preload.source import MARKER_NAME, TEMP_PREFIX
+
+TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
+
+# Everything a damaged or truncated (compressed) tar stream can raise while being read.
+_READ_ERRORS = (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, OSError, ValueError)
+
+
+def named_like_tar(name: str) -> bool:
+    return name.lower().endswith(TAR_SUFFIXES)
+
+
+def is_tar_archive(name: str, path: Path) -> bool:
+    """Whether the fetched file is to be unpacked: by its name, or by its content."""
+    if named_like_tar(name):
+        return True
+    # Like tarfile.is_tarfile(), but an "archive" without a single entry does not count:
+    # any file starting with 1 KiB of zero bytes reads as an empty tar archive.
+    try:
+        with tarfile.open(path, mode="r:*") as tf:
+            return tf.next() is not None
+    except _READ_ERRORS:
+        return False
+
+
+def _check_member(display: str, member: tarfile.TarInfo) -> None:
+    name = member.name
+    path = PurePosixPath(name)
+    if name.startswith("/") or path.is_absolute():
+        raise PreloadError(f"archive {display} has an entry with an absolute path: {name!r}")
+    if ".." in path.parts:
+        raise PreloadError(f"archive {display} has an entry with a '..' component: {name!r}")
+    if member.isdev() or member.isfifo():
+        raise PreloadError(f"archive {display} has a device or fifo entry: {name!r}")
+    top = path.parts[0] if path.parts else ""
+    if top == MARKER_NAME or top.startswith(TEMP_PREFIX):
+        raise PreloadError(
+            f"archive {display} has an entry {name!r} whose name is reserved for the"
+            " preloader's own files"
+        )
+
+
+def extract_tar(archive: Path, into: Path, *, display: str) -> list[str]:
+    """Unpack ``archive`` into the (empty) directory ``into``; return its top-level names.
+
+    Absolute paths, ``..`` components, device files and reserved names are rejected with a
+    message naming the entry; extraction itself uses tarfile's ``"data"`` filter, which
+    also refuses links pointing outside ``into``. The archive is read in a single pass.
+    On error, ``into`` may hold part of the archive: the caller removes it.
+    """
+    files = 0
+
+    def checked(tf: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
+        nonlocal files
+        for member in tf:
+            _check_member(display, member)
+            files += member.isfile()
+            yield member
+
+    try:
+        with tarfile.open(archive, mode="r:*") as tf:
+            tf.extractall(into, members=checked(tf), filter="data")
+    except PreloadError:
+        raise
+    except tarfile.FilterError as exc:
+        raise PreloadError(f"archive {display} has an unsafe entry: {exc}") from None
+    except OSError as exc:
+        if exc.errno is None:  # e.g. gzip.BadGzipFile
+            raise PreloadError(f"archive {display} is damaged: {exc}") from None
+        raise PreloadError(
+            f"could not unpack archive {display} into {into.parent}: {exc}"
+        ) from None
+    except _READ_ERRORS as exc:
+        raise PreloadError(
+            f"archive {display} could not be unpacked (damaged or not a tar archive): {exc}"
+        ) from None
+    if files == 0:
+        raise PreloadError(f"archive {display} contains no files")
+    return sorted(os.listdir(into))
