@@ -7,7 +7,7 @@ PYTEST ?= $(PYTHON) -m pytest
 
 -include hack/tools.mk
 
-.PHONY: help install lint fmt crd unit integration e2e test demo bench
+.PHONY: help install lint fmt crd unit integration e2e test demo demo-down
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | sort | \
@@ -28,6 +28,7 @@ fmt: ## Format the code and apply safe lint fixes
 crd: ## Regenerate crds/, the chart's CRD copy and docs/pipeline-reference.md from the API models
 	penstock crd > crds/pipelines.penstock.dev.yaml
 	penstock crd --reference > docs/pipeline-reference.md
+	bash hack/sync-chart-crd.sh
 
 unit: ## Unit and golden-file tests
 	$(PYTEST) tests/unit -q
@@ -37,6 +38,12 @@ integration: ## Integration tests (real local processes: HTTP servers, Redis)
 
 e2e: ## End-to-end tests against $$KUBECONFIG or a local control plane (make tools first)
 	$(PYTEST) tests/e2e -q
+
+demo: tools ## The main job: local control plane + operator + the RAG example, waited until Ready
+	@bash hack/demo.sh up
+
+demo-down: ## Stop what `make demo` started
+	@bash hack/demo.sh down
 
 test: lint ## Everything CI runs: lint, unit, integration and e2e tests
 	$(PYTEST) tests -q

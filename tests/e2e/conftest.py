@@ -140,6 +140,12 @@ def crd(cluster: Cluster) -> str:
     cluster.kubectl(
         "wait", "--for=condition=Established", "crd/pipelines.penstock.dev", "--timeout=60s"
     )
+    # The OpenAPI document (kubectl explain, field validation) is published a moment later.
+    wait_for(
+        lambda: cluster.kubectl("explain", "pipeline.spec", check=False).returncode == 0,
+        timeout=60,
+        what="the Pipeline schema in the apiserver's OpenAPI",
+    )
     return "pipelines.penstock.dev"
 
 

@@ -21,7 +21,7 @@ class PriceTable(ApiModel):
 
     cpu_core_hour: Decimal = Field(default=Decimal("0.0316"), ge=0)
     """Price of one requested CPU core for an hour."""
-    memory_gib_hour: Decimal = Field(default=Decimal("0.0042"), ge=0)
+    memory_gib_hour: Decimal = Field(default=Decimal("0.0042"), ge=0, alias="memoryGiBHour")
     """Price of one requested GiB of memory for an hour."""
     gpu_hour: dict[str, Decimal] = Field(
         default_factory=lambda: {"default": Decimal("2.48")}, max_length=32

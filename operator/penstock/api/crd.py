@@ -39,10 +39,18 @@ def _structural(node: Any, defs: dict[str, Any], path: tuple[str, ...]) -> dict[
             out["enum"] = [value]
         elif key == "properties":
             out[key] = {name: _structural(sub, defs, (*path, name)) for name, sub in value.items()}
+        elif key == "patternProperties":
+            # Structural schemas have no patternProperties: keys are checked by the operator.
+            (value_schema,) = value.values()
+            out["additionalProperties"] = _structural(value_schema, defs, (*path, "*"))
         elif key == "items" or (key == "additionalProperties" and isinstance(value, dict)):
             out[key] = _structural(value, defs, (*path, "*"))
         elif key == "additionalProperties":
             continue  # false is the default of a structural schema: unknown fields are pruned
+        elif key in ("exclusiveMinimum", "exclusiveMaximum"):
+            # OpenAPI v3.0 (what the apiserver speaks): a bound plus a boolean flag.
+            out["minimum" if key == "exclusiveMinimum" else "maximum"] = value
+            out[key] = True
         elif key == "maxLength" and schema.get("type") == "array":
             out["maxItems"] = value
         elif key == "anyOf":  # int-or-string

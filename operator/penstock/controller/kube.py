@@ -79,7 +79,9 @@ class Kube:
         payload = None
         if body is not None:
             headers["Content-Type"] = content_type
-            payload = json.dumps(body)
+            # The client encodes JSON content types itself; apply-patch+yaml goes as text
+            # (JSON is YAML).
+            payload = body if content_type.endswith("json") else json.dumps(body)
         serialized = self._api.param_serialize(
             method=method,
             resource_path=path,

@@ -52,29 +52,35 @@ def post_event(body: Mapping[str, Any], type_: str, reason: str, message: str) -
     kopf.event(cast(kopf.Body, body), type=type_, reason=reason, message=message)
 
 
-def _configure_kopf(settings: OperatorSettings) -> Any:
-    async def startup(settings_: kopf.OperatorSettings, **_: Any) -> None:
+def _configure_kopf(config: OperatorSettings) -> Any:
+    async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         # Server-side watch timeouts so a silently dead connection is replaced, not waited on.
-        settings_.watching.server_timeout = 270
-        settings_.watching.client_timeout = 300
-        settings_.watching.connect_timeout = 10
-        settings_.networking.request_timeout = 60
+        settings.watching.server_timeout = 270
+        settings.watching.client_timeout = 300
+        settings.watching.connect_timeout = 10
+        settings.networking.request_timeout = 60
         # Progress and diff-base in annotations under our prefix, never in status.
-        settings_.persistence.progress_storage = kopf.AnnotationsProgressStorage(
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
             prefix="penstock.dev"
         )
-        settings_.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
             prefix="penstock.dev", key="last-handled-configuration"
         )
-        settings_.persistence.finalizer = "penstock.dev/finalizer"
+        settings.persistence.finalizer = "penstock.dev/finalizer"
         # Only warnings become Events automatically; an idle resync must post nothing.
-        settings_.posting.level = logging.WARNING
-        settings_.execution.max_workers = 16
-        settings_.peering.priority = settings.priority
-        settings_.peering.name = settings.peering or "penstock"
-        settings_.peering.mandatory = settings.peering is not None
+        settings.posting.level = logging.WARNING
+        settings.execution.max_workers = 16
+        settings.peering.priority = config.priority
+        settings.peering.name = config.peering or "penstock"
+        settings.peering.mandatory = config.peering is not None
 
     return startup
+
+
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """In-cluster service account first, else the current kubeconfig (as the kube client)."""
+    info: kopf.ConnectionInfo | None = kopf.login_with_service_account(**kwargs)
+    return info or kopf.login_with_kubeconfig(**kwargs)
 
 
 def run_operator(args: argparse.Namespace) -> int:
@@ -94,6 +100,7 @@ def run_operator(args: argparse.Namespace) -> int:
     registry = kopf.OperatorRegistry()
     handlers.register(registry, settings.resync_seconds)
     kopf.on.startup(registry=registry)(_configure_kopf(settings))
+    kopf.on.login(registry=registry)(login)
     memo = kopf.Memo(reconciler=Reconciler(kube, settings, post_event))
     log.info(
         "penstock operator starting: namespaces=%s resync=%ss",
@@ -109,7 +116,9 @@ def run_operator(args: argparse.Namespace) -> int:
             peering_name=settings.peering,
             clusterwide=not settings.namespaces,
             namespaces=list(settings.namespaces),
-            liveness_endpoint=f"http://0.0.0.0:{settings.health_port}/healthz",
+            liveness_endpoint=(
+                f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None
+            ),
         )
     except KeyboardInterrupt:
         pass

@@ -65,7 +65,7 @@ def add_operator_arguments(parser: argparse.ArgumentParser) -> None:
         "--health-port",
         type=int,
         default=int(_env("HEALTH_PORT", "8081")),
-        help="port of the /healthz liveness endpoint (env PENSTOCK_HEALTH_PORT; default 8081)",
+        help="port of the /healthz liveness endpoint, 0 to disable (env PENSTOCK_HEALTH_PORT; default 8081)",
     )
     parser.add_argument(
         "--log-level",
