@@ -41,6 +41,11 @@ def stage_statuses(
     for stage in spec.stages:
         deployment = deployments.get(stage_object_name(pipeline, stage.name))
         desired, ready, rolled_out, stuck_reason = _deployment_state(deployment)
+        # A new Deployment starts at one replica until the HPA lifts it to minReplicas:
+        # the stage is not ready before its minimum capacity serves.
+        floor = stage.scaling_or_default.min_replicas
+        if deployment is not None and desired < floor:
+            desired, rolled_out = floor, False
         cost = replica_hourly_cost(stage, prices) * max(desired, 0)
         total += cost
         stages.append(
