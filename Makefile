@@ -7,7 +7,7 @@ PYTEST ?= $(PYTHON) -m pytest
 
 -include hack/tools.mk
 
-.PHONY: help install lint fmt crd unit integration e2e test demo demo-down
+.PHONY: help install lint fmt crd unit integration e2e e2e-kind test demo demo-down
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | sort | \
@@ -44,6 +44,9 @@ demo: tools ## The main job: local control plane + operator + the RAG example, w
 
 demo-down: ## Stop what `make demo` started
 	@bash hack/demo.sh down
+
+e2e-kind: ## The e2e suite on a kind cluster (needs Docker and kind; not possible on our CI machines)
+	@bash hack/e2e-kind.sh
 
 test: lint ## Everything CI runs: lint, unit, integration and e2e tests
 	$(PYTEST) tests -q

@@ -22,11 +22,40 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER_SCRIPT = ROOT / "hack" / "cluster.sh"
 CRD_FILE = ROOT / "crds" / "pipelines.penstock.dev.yaml"
 ARTIFACTS = Path(os.environ.get("PENSTOCK_E2E_ARTIFACTS", ROOT / ".cluster" / "e2e"))
+
+
+# On a cluster whose nodes run containers (kind), the examples' images must be pullable and
+# serve GET /healthz: these variables swap them in (hack/e2e-kind.sh sets them).
+STAGE_IMAGE = os.environ.get("PENSTOCK_E2E_STAGE_IMAGE", "")
+STAGE_IMAGE_UPDATE = os.environ.get("PENSTOCK_E2E_STAGE_IMAGE_UPDATE", "")
+STAGE_ARGS = os.environ.get("PENSTOCK_E2E_STAGE_ARGS", "")
+
+
+def example(name: str) -> dict[str, Any]:
+    """An example Pipeline, adapted to the cluster under test when it runs real containers."""
+    doc: dict[str, Any] = yaml.safe_load((ROOT / "examples" / f"{name}.yaml").read_text())
+    if STAGE_IMAGE:
+        for stage in doc["spec"]["stages"]:
+            stage["image"] = STAGE_IMAGE
+            if STAGE_ARGS:
+                stage["args"] = STAGE_ARGS.split()
+            # The examples' model hosts are placeholders a real node cannot reach.
+            stage.pop("model", None)
+            stage["resources"] = {"requests": {"cpu": "10m", "memory": "32Mi"}}
+    return doc
+
+
+def updated_image(stage: dict[str, Any]) -> str:
+    """A different image for the same stage, to test that an image change rolls out."""
+    if STAGE_IMAGE_UPDATE:
+        return STAGE_IMAGE_UPDATE
+    return str(stage["image"]).rsplit(":", 1)[0] + ":0.2.0"
 
 
 def _tool(name: str) -> str:
@@ -91,8 +120,11 @@ class Cluster:
         items: list[Any] = self.json(*args)["items"]
         return items
 
-    def apply(self, manifest: str, namespace: str) -> subprocess.CompletedProcess[str]:
-        return self.kubectl("apply", "-n", namespace, "-f", "-", stdin=manifest, check=False)
+    def apply(
+        self, manifest: str | dict[str, Any], namespace: str
+    ) -> subprocess.CompletedProcess[str]:
+        text = manifest if isinstance(manifest, str) else yaml.safe_dump(manifest)
+        return self.kubectl("apply", "-n", namespace, "-f", "-", stdin=text, check=False)
 
 
 def _cluster_healthy(env: dict[str, str]) -> bool:
@@ -215,9 +247,65 @@ class OperatorProcess:
         )
 
 
+class InClusterOperator(OperatorProcess):
+    """The operator installed in the cluster by Helm (PENSTOCK_E2E_OPERATOR=in-cluster)."""
+
+    SELECTOR = "app.kubernetes.io/name=penstock"
+
+    def __init__(self, cluster: Cluster, namespace: str) -> None:
+        super().__init__(cluster, ARTIFACTS)
+        self.namespace = namespace
+
+    def _ready_pods(self) -> list[Any]:
+        return [
+            pod
+            for pod in self.cluster.items("pods", self.namespace, self.SELECTOR)
+            if not pod["metadata"].get("deletionTimestamp")
+            and any(
+                c["type"] == "Ready" and c["status"] == "True"
+                for c in pod["status"].get("conditions", [])
+            )
+        ]
+
+    def start(self) -> None:
+        self.starts += 1
+        wait_for(self._ready_pods, timeout=180, what="the in-cluster operator pod Ready")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        # A forced delete with no grace period: the container gets SIGKILL.
+        self.cluster.kubectl(
+            "delete",
+            "pod",
+            "-n",
+            self.namespace,
+            "-l",
+            self.SELECTOR,
+            "--grace-period=0",
+            "--force",
+        )
+
+    def stop(self) -> None:
+        """The release stays installed; hack/e2e-kind.sh deletes the cluster."""
+
+    def alive(self) -> bool:
+        return bool(self._ready_pods())
+
+    def log_tail(self, lines: int = 40) -> str:
+        return self.cluster.kubectl(
+            "logs", "-n", self.namespace, "-l", self.SELECTOR, f"--tail={lines}", check=False
+        ).stdout
+
+
 @pytest.fixture(scope="session")
 def operator(cluster: Cluster, crd: str) -> Iterator[OperatorProcess]:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    if os.environ.get("PENSTOCK_E2E_OPERATOR") == "in-cluster":
+        in_cluster = InClusterOperator(
+            cluster, os.environ.get("PENSTOCK_E2E_OPERATOR_NAMESPACE", "penstock-system")
+        )
+        in_cluster.start()
+        yield in_cluster
+        return
     process = OperatorProcess(cluster, ARTIFACTS)
     process.start()
     try:

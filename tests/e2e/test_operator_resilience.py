@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.e2e.conftest import CLUSTER_SCRIPT, Cluster, OperatorProcess, wait_for
+from tests.e2e.conftest import CLUSTER_SCRIPT, Cluster, OperatorProcess, example, wait_for
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
@@ -18,7 +18,7 @@ PIPELINES = 20
 
 
 def _manifests(count: int) -> str:
-    base = yaml.safe_load((ROOT / "examples" / "rag.yaml").read_text())
+    base = example("rag")
     docs = []
     for index in range(count):
         base["metadata"]["name"] = f"rag-{index:02d}"
@@ -90,7 +90,7 @@ def test_operator_survives_an_apiserver_restart(
     time.sleep(2)
     assert operator.alive(), operator.log_tail()
     # A Pipeline created after the restart is picked up: the watch resumed.
-    rag = (ROOT / "examples" / "rag.yaml").read_text()
+    rag = example("rag")
     wait_for(
         lambda: cluster.apply(rag, namespace).returncode == 0, timeout=60, what="apiserver back"
     )

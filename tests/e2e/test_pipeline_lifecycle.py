@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.conftest import Cluster, OperatorProcess, wait_for
+from tests.e2e.conftest import Cluster, OperatorProcess, example, updated_image, wait_for
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
-RAG = (ROOT / "examples" / "rag.yaml").read_text()
+RAG = yaml.safe_dump(example("rag"))
 CHILD_KINDS = ("deployments", "services", "horizontalpodautoscalers", "configmaps", "secrets")
 
 
@@ -162,7 +162,8 @@ def test_spec_update_rolls_and_removed_stage_goes(
     assert cluster.apply(RAG, namespace).returncode == 0
     wait_ready(cluster, "rag", namespace)
     doc = yaml.safe_load(RAG)
-    doc["spec"]["stages"][0]["image"] = "ghcr.io/penstock-dev/examples-rag-retrieve:0.2.0"
+    new_image = updated_image(doc["spec"]["stages"][0])
+    doc["spec"]["stages"][0]["image"] = new_image
     doc["spec"]["stages"] = [s for s in doc["spec"]["stages"] if s["name"] != "embed"]
     doc["spec"]["stages"][-1]["dependsOn"] = ["retrieve"]
     assert cluster.apply(yaml.safe_dump(doc), namespace).returncode == 0
@@ -173,9 +174,9 @@ def test_spec_update_rolls_and_removed_stage_goes(
         replicasets = cluster.items(
             "replicasets", namespace, "app.kubernetes.io/component=retrieve"
         )
-        return image.endswith(":0.2.0") and len(replicasets) == 2
+        return image == new_image and len(replicasets) == 2
 
-    wait_for(rolled, what="retrieve rolled to 0.2.0 (a second ReplicaSet)")
+    wait_for(rolled, what=f"retrieve rolled to {new_image} (a second ReplicaSet)")
     wait_for(
         lambda: all(
             cluster.get(kind, "rag-embed", namespace) is None
@@ -207,12 +208,13 @@ def test_hand_edits_and_deletions_are_repaired(
         '{"spec":{"maxReplicas":99}}',
     )
     wait_for(lambda: cluster.get("service", "rag-embed", namespace), what="Service recreated")
+    wanted_image = yaml.safe_load(RAG)["spec"]["stages"][2]["image"]
 
     def restored() -> bool:
         deployment = cluster.get("deployment", "rag-generate", namespace) or {}
         image = deployment["spec"]["template"]["spec"]["containers"][0]["image"]
         hpa = cluster.get("hpa", "rag-retrieve", namespace) or {}
-        return image.startswith("ghcr.io/penstock-dev/") and hpa["spec"]["maxReplicas"] == 10
+        return image == wanted_image and hpa["spec"]["maxReplicas"] == 10
 
     wait_for(restored, timeout=60, what="image and maxReplicas restored")
 
@@ -255,7 +257,7 @@ def test_restricted_namespace_admits_every_generated_pod(
         check=False,
     )
     assert refused.returncode != 0 and "restricted" in refused.stderr
-    both = (ROOT / "examples" / "batch-embedding.yaml").read_text()
+    both = example("batch-embedding")
     assert cluster.apply(RAG, namespace).returncode == 0
     assert cluster.apply(both, namespace).returncode == 0
     wait_ready(cluster, "rag", namespace)
