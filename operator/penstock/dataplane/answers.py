@@ -1,0 +1,51 @@
+"""What an upstream call produces for the callers that share it: an answer or a failure."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A complete stage response held in memory.
+
+    ``held_seconds`` is how long producing it held a stage replica (for one item of a batch:
+    the batch's duration divided by its size), before being shared by coalesced callers.
+    """
+
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+    held_seconds: float = 0.0
+    batch_size: int | None = None
+
+    @property
+    def content_type(self) -> str:
+        for name, value in self.headers:
+            if name.lower() == "content-type":
+                return value
+        return "application/octet-stream"
+
+
+@dataclass(frozen=True)
+class Failure:
+    """The gateway could not get an answer: a clear JSON error with an HTTP status."""
+
+    status: int
+    message: str
+    stage: str
+    outcome: str
+    held_seconds: float = 0.0
+    batch_size: int | None = None
+
+    def body(self) -> bytes:
+        return json.dumps({"error": self.message, "stage": self.stage}).encode()
+
+
+@dataclass(frozen=True)
+class Streamed:
+    """The leader's response was streamed to its own client; others must call the stage."""
+
+
+Outcome = Answer | Failure

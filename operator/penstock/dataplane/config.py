@@ -1,0 +1,293 @@
+"""``penstock gateway`` settings: command-line flags, each also read from an environment variable.
+
+A flag ``--foo-bar`` is also read from ``PENSTOCK_GATEWAY_FOO_BAR``; a flag on the command line
+wins over its variable and an empty variable counts as unset. The Redis password may also come
+from ``REDIS_PASSWORD`` (so it can live in a Secret rather than in the URL).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+from urllib.parse import urlsplit
+
+ENV_PREFIX = "PENSTOCK_GATEWAY_"
+ENV_REDIS_PASSWORD = "REDIS_PASSWORD"
+
+
+class ConfigError(Exception):
+    """A bad flag or value; the message names it."""
+
+
+@dataclass(frozen=True)
+class HostPort:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    listen: HostPort
+    upstream: str
+    admin_listen: HostPort
+    redis_url: str | None = None
+    redis_password: str | None = None
+    cache_ttl_seconds: int = 3600
+    cache_max_entry_bytes: int = 1 << 20
+    cache_key_headers: tuple[str, ...] = ("accept", "authorization")
+    batch_max_size: int = 8
+    batch_max_latency_ms: float = 5.0
+    batch_path: str | None = None
+    warmup_requests: int = 0
+    warmup_body: bytes = b"{}"
+    warmup_path: str = "/"
+    pipeline: str = ""
+    stage: str = "stage"
+    namespace: str = ""
+    cost_center: str = ""
+    hourly_cost: float = 0.0
+    otlp_endpoint: str | None = None
+    sampling_ratio: float = 1.0
+    timeout_seconds: float = 30.0
+    max_body_bytes: int = 16 << 20
+    stage_image: str = ""
+    model_version: str = ""
+    redis_timeout_ms: float = 50.0
+    health_interval_seconds: float = 2.0
+
+    @property
+    def batching(self) -> bool:
+        return self.batch_path is not None
+
+
+def env_name(flag: str) -> str:
+    """``--cache-ttl-seconds`` -> ``PENSTOCK_GATEWAY_CACHE_TTL_SECONDS``."""
+    return ENV_PREFIX + flag.lstrip("-").replace("-", "_").upper()
+
+
+def parse_host_port(text: str) -> HostPort:
+    host, sep, port_text = text.strip().rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"{text!r} is not HOST:PORT")
+    host = host.strip("[]")
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ValueError(f"{text!r} has no numeric port") from None
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port {port} is out of range 0..65535")
+    return HostPort(host, port)
+
+
+def _url(text: str) -> str:
+    parts = urlsplit(text.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{text!r} is not an http(s)://host[:port] URL")
+    return text.strip().rstrip("/")
+
+
+def _redis_url(text: str) -> str:
+    parts = urlsplit(text.strip())
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise ValueError(f"{text!r} is not a redis://, rediss:// or unix:// URL")
+    return text.strip()
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not an integer") from None
+    if value <= 0:
+        raise ValueError(f"{value} is not a positive integer")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise ValueError(f"{value} is negative")
+    return value
+
+
+def _float(low: float, high: float, *, low_open: bool) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(f"{text!r} is not a number") from None
+        too_low = value <= low if low_open else value < low
+        if not math.isfinite(value) or too_low or value > high:
+            bound = "(" if low_open else "["
+            raise ValueError(f"{text!r} is not in {bound}{low:g}, {high:g}]")
+        return value
+
+    return parse
+
+
+def _path(text: str) -> str:
+    text = text.strip()
+    if not text.startswith("/"):
+        raise ValueError(f"{text!r} is not an absolute URL path (must start with '/')")
+    return text
+
+
+def _headers(text: str) -> tuple[str, ...]:
+    names = [name.strip().lower() for name in text.split(",") if name.strip()]
+    for name in names:
+        if not name.replace("-", "").replace("_", "").isalnum():
+            raise ValueError(f"{name!r} is not a header name")
+    return tuple(sorted(set(names)))
+
+
+def _text(text: str) -> str:
+    return text.strip()
+
+
+@dataclass(frozen=True)
+class _Flag:
+    name: str
+    convert: Callable[[str], Any]
+    metavar: str
+    help: str
+
+
+_FLAGS: tuple[_Flag, ...] = (
+    _Flag("--listen", parse_host_port, "HOST:PORT", "where clients reach the stage (required)"),
+    _Flag("--upstream", _url, "URL", "the stage container, e.g. http://127.0.0.1:8080 (required)"),
+    _Flag(
+        "--admin-listen",
+        parse_host_port,
+        "HOST:PORT",
+        "/metrics, /live, /ready (default: the --listen host, port 9090)",
+    ),
+    _Flag("--redis-url", _redis_url, "URL", "Redis for the exact cache; without it no caching"),
+    _Flag("--cache-ttl-seconds", _positive_int, "N", "cache entry lifetime (default 3600)"),
+    _Flag("--cache-max-entry-bytes", _positive_int, "N", "largest body cached (default 1048576)"),
+    _Flag(
+        "--cache-key-headers",
+        _headers,
+        "H1,H2",
+        "request headers that change the answer, part of the cache key"
+        " (default accept,authorization; empty: none)",
+    ),
+    _Flag("--batch-max-size", _positive_int, "N", "most requests per batch (default 8)"),
+    _Flag(
+        "--batch-max-latency-ms",
+        _float(0, 60_000, low_open=False),
+        "MS",
+        "longest wait for a batch to fill (default 5)",
+    ),
+    _Flag("--batch-path", _path, "PATH", "the stage's batch endpoint; enables batching"),
+    _Flag("--warmup-requests", _non_negative_int, "N", "warmup POSTs before ready (default 0)"),
+    _Flag("--warmup-body", _text, "FILE", "file with the warmup request body (default '{}')"),
+    _Flag("--warmup-path", _path, "PATH", "where warmup requests go (default /)"),
+    _Flag("--pipeline", _text, "NAME", "pipeline name (metric label, span attribute)"),
+    _Flag("--stage", _text, "NAME", "stage name (metric label, span attribute, error messages)"),
+    _Flag("--namespace", _text, "NS", "namespace (metric label)"),
+    _Flag("--cost-center", _text, "NAME", "cost center (cost metric label, span attribute)"),
+    _Flag(
+        "--hourly-cost",
+        _float(0, 1e9, low_open=False),
+        "USD",
+        "hourly cost of one stage replica (default 0)",
+    ),
+    _Flag("--otlp-endpoint", _url, "URL", "OTLP/HTTP collector; enables tracing"),
+    _Flag(
+        "--sampling-ratio", _float(0, 1, low_open=False), "R", "trace sampling ratio (default 1)"
+    ),
+    _Flag(
+        "--timeout-seconds",
+        _float(0, 86_400, low_open=True),
+        "N",
+        "per-request stage timeout (default 30)",
+    ),
+    _Flag(
+        "--max-body-bytes",
+        _positive_int,
+        "N",
+        "largest request body taken on the stage endpoint (default 16777216)",
+    ),
+    _Flag("--stage-image", _text, "IMAGE", "stage image (part of the cache key)"),
+    _Flag("--model-version", _text, "VERSION", "model version (part of the cache key)"),
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="penstock gateway",
+        description="Stage gateway sidecar: reverse proxy with exact cache (Redis), in-flight"
+        " coalescing, dynamic batching, Prometheus metrics, OTLP traces and warmup-gated"
+        " readiness.",
+        epilog=f"Every flag --foo-bar can also be set with {ENV_PREFIX}FOO_BAR; the Redis"
+        f" password also with {ENV_REDIS_PASSWORD}. Exit status 2 on bad flags.",
+    )
+    for flag in _FLAGS:
+        parser.add_argument(
+            flag.name,
+            metavar=flag.metavar,
+            default=None,
+            help=f"{flag.help} [env: {env_name(flag.name)}]",
+        )
+    return parser
+
+
+def parse_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> GatewayConfig:
+    """Flags, else environment variables, else defaults; raise :class:`ConfigError`."""
+    env = os.environ if environ is None else environ
+    args = vars(build_parser().parse_args(list(argv)))
+    values: dict[str, Any] = {}
+    for flag in _FLAGS:
+        dest = flag.name.lstrip("-").replace("-", "_")
+        raw: str | None = args.get(dest)
+        source = flag.name
+        if raw is None or (not raw.strip() and flag.name != "--cache-key-headers"):
+            raw = env.get(env_name(flag.name))
+            source = env_name(flag.name)
+            if raw is not None and not raw.strip() and flag.name != "--cache-key-headers":
+                raw = None
+        if raw is None:
+            continue
+        try:
+            values[dest] = flag.convert(raw)
+        except ValueError as error:
+            raise ConfigError(f"{source}: {error}") from None
+    for required in ("listen", "upstream"):
+        if required not in values:
+            name = "--" + required
+            raise ConfigError(f"{name} is required (or set {env_name(name)})")
+    listen: HostPort = values["listen"]
+    values.setdefault("admin_listen", HostPort(listen.host, 9090))
+    if values["admin_listen"] == listen and listen.port != 0:
+        raise ConfigError("--admin-listen must differ from --listen")
+    body_file = values.pop("warmup_body", None)
+    if body_file is not None:
+        try:
+            values["warmup_body"] = Path(body_file).read_bytes()
+        except OSError as error:
+            raise ConfigError(f"--warmup-body: cannot read {body_file}: {error}") from None
+    batch_only = ("batch_max_size", "batch_max_latency_ms")
+    if "batch_path" not in values and any(name in values for name in batch_only):
+        raise ConfigError("--batch-max-size/--batch-max-latency-ms need --batch-path")
+    password = env.get(ENV_REDIS_PASSWORD, "")
+    if password:
+        values["redis_password"] = password
+    if "stage" in values and not values["stage"]:
+        raise ConfigError("--stage must not be empty")
+    return GatewayConfig(**values)

@@ -1,0 +1,612 @@
+"""The gateway: a streaming reverse proxy to one stage, with cache, coalescing and batching.
+
+Requests to the stage endpoint (``POST /``, by the stage HTTP contract) are read whole, looked
+up in the cache by canonical key, coalesced with identical in-flight requests and, when the
+stage declares a batch path, batched. Everything else streams straight through. The admin
+listener serves ``/metrics``, ``/live`` and ``/ready`` on a port of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+from opentelemetry.propagators.textmap import TextMapPropagator
+from opentelemetry.sdk.trace.export import SpanExporter
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from penstock.dataplane.answers import Answer, Failure, Outcome
+from penstock.dataplane.batching import Batcher, BatchResponse
+from penstock.dataplane.cache import Entry, Lookup, RedisCache, Store, cache_key
+from penstock.dataplane.coalesce import Coalescer
+from penstock.dataplane.config import GatewayConfig
+from penstock.dataplane.telemetry import (
+    ATTR_BATCH_SIZE,
+    ATTR_CACHE_HIT,
+    ATTR_COST_CENTER,
+    ATTR_COST_USD,
+    ATTR_PIPELINE,
+    ATTR_STAGE,
+    GatewayMetrics,
+    build_tracer,
+    request_cost_usd,
+)
+
+log = logging.getLogger("penstock.gateway")
+
+CACHE_HEADER = "X-Penstock-Cache"
+STAGE_ENDPOINT = "/"
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+_NOT_FORWARDED_REQUEST = frozenset({"host", "content-length"})
+_NOT_FORWARDED_RESPONSE = frozenset({"content-length"})
+
+
+def strip_headers(headers: Mapping[str, str], drop: frozenset[str]) -> CIMultiDict[str]:
+    """Headers without hop-by-hop ones (also those named in ``Connection``) and ``drop``."""
+    named = {
+        token.strip().lower()
+        for value in _all(headers, "connection")
+        for token in value.split(",")
+        if token.strip()
+    }
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in headers.items():
+        lowered = name.lower()
+        if lowered in HOP_BY_HOP or lowered in drop or lowered in named:
+            continue
+        out.add(name, value)
+    return out
+
+
+def _all(headers: Mapping[str, str], name: str) -> list[str]:
+    getall = getattr(headers, "getall", None)
+    if getall is not None:
+        values: list[str] = getall(name, [])
+        return values
+    value = headers.get(name)
+    return [value] if value is not None else []
+
+
+def cache_directives(headers: Mapping[str, str]) -> set[str]:
+    """Lower-case ``Cache-Control`` directive names (``Pragma: no-cache`` counts as no-cache)."""
+    directives = {
+        part.split("=", 1)[0].strip().lower()
+        for value in _all(headers, "cache-control")
+        for part in value.split(",")
+        if part.strip()
+    }
+    if any("no-cache" in value.lower() for value in _all(headers, "pragma")):
+        directives.add("no-cache")
+    return directives
+
+
+def _is_streaming(response: aiohttp.ClientResponse) -> bool:
+    content_type = response.headers.get("Content-Type", "")
+    return response.content_length is None or content_type.startswith("text/event-stream")
+
+
+@dataclass
+class _OpenStream:
+    """An upstream response whose body has not been read yet."""
+
+    response: aiohttp.ClientResponse
+    started: float
+
+
+@dataclass
+class _Record:
+    """What the span and the metrics say about one request."""
+
+    outcome: str = "ok"
+    cache_hit: bool | None = None
+    batch_size: int | None = None
+    cost: float = 0.0
+
+
+_NOT_JSON = object()
+
+
+class Gateway:
+    """One gateway instance: its own listeners, client pool, metrics registry and tracer."""
+
+    def __init__(self, config: GatewayConfig, *, span_exporter: SpanExporter | None = None):
+        self.config = config
+        self.metrics = GatewayMetrics(config)
+        self._tracer, self._provider = build_tracer(config, span_exporter)
+        self._tracing = self._provider is not None
+        self._propagator: TextMapPropagator = TraceContextTextMapPropagator()
+        self.ready = False
+        self.not_ready_reason = "waiting for the stage's /healthz"
+        self._coalescer: Coalescer[Outcome | _OpenStream] = Coalescer()
+        self._session: aiohttp.ClientSession | None = None
+        self.cache: RedisCache | None = None
+        self._batcher: Batcher | None = None
+        self._runners: list[web.AppRunner] = []
+        self._readiness: asyncio.Task[None] | None = None
+        self.port = 0
+        self.admin_port = 0
+
+    # ----------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        config = self.config
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30, ttl_dns_cache=60),
+            timeout=aiohttp.ClientTimeout(
+                total=None,
+                sock_connect=config.timeout_seconds,
+                sock_read=config.timeout_seconds,
+            ),
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent", "Accept-Encoding"),
+        )
+        if config.redis_url:
+            self.cache = RedisCache(
+                config.redis_url,
+                password=config.redis_password,
+                ttl_seconds=config.cache_ttl_seconds,
+                max_entry_bytes=config.cache_max_entry_bytes,
+                timeout=config.redis_timeout_ms / 1000,
+            )
+        if config.batching:
+            self._batcher = Batcher(
+                self._send_batch,
+                stage=config.stage,
+                max_size=config.batch_max_size,
+                max_latency=config.batch_max_latency_ms / 1000,
+            )
+            self._batcher.on_batch = self.metrics.batch_size.observe
+        proxy = web.Application(client_max_size=config.max_body_bytes)
+        proxy.router.add_route("*", "/{tail:.*}", self._handle)
+        admin = web.Application()
+        admin.router.add_get("/metrics", self._metrics)
+        admin.router.add_get("/live", self._live)
+        admin.router.add_get("/ready", self._ready)
+        self.port = await self._listen(proxy, config.listen.host, config.listen.port)
+        self.admin_port = await self._listen(
+            admin, config.admin_listen.host, config.admin_listen.port
+        )
+        self._readiness = asyncio.get_running_loop().create_task(self._readiness_loop())
+
+    async def _listen(self, app: web.Application, host: str, port: int) -> int:
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5)
+        await runner.setup()
+        self._runners.append(runner)
+        site = web.TCPSite(runner, host, port, reuse_address=True)
+        await site.start()
+        for address in runner.addresses:
+            if isinstance(address, tuple):
+                return int(address[1])
+        return port  # pragma: no cover - TCP sites always have a (host, port) address
+
+    async def stop(self) -> None:
+        self.ready = False
+        self.not_ready_reason = "shutting down"
+        if self._readiness is not None:
+            self._readiness.cancel()
+            await asyncio.gather(self._readiness, return_exceptions=True)
+        for runner in reversed(self._runners):
+            await runner.cleanup()
+        self._runners = []
+        if self._batcher is not None:
+            await self._batcher.close()
+        if self._session is not None:
+            await self._session.close()
+        if self.cache is not None:
+            await self.cache.close()
+        if self._provider is not None:
+            self._provider.shutdown()
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        assert self._session is not None, "gateway not started"
+        return self._session
+
+    # ----------------------------------------------------------------- readiness
+
+    async def _healthy(self) -> bool:
+        url = self.config.upstream + "/healthz"
+        try:
+            async with asyncio.timeout(min(self.config.timeout_seconds, 5.0)):
+                async with self.session.get(url) as response:
+                    await response.read()
+                    if response.status == 200:
+                        return True
+                    self.not_ready_reason = f"stage /healthz answered HTTP {response.status}"
+        except (aiohttp.ClientError, OSError, TimeoutError) as error:
+            self.not_ready_reason = f"stage /healthz failed: {_describe(error)}"
+        return False
+
+    async def _warmup(self) -> bool:
+        config = self.config
+        url = config.upstream + config.warmup_path
+        for number in range(1, config.warmup_requests + 1):
+            self.not_ready_reason = f"warmup request {number}/{config.warmup_requests}"
+            try:
+                async with asyncio.timeout(config.timeout_seconds):
+                    async with self.session.post(
+                        url, data=config.warmup_body, headers={"Content-Type": "application/json"}
+                    ) as response:
+                        await response.read()
+                        if not 200 <= response.status <= 299:
+                            self.not_ready_reason = (
+                                f"warmup request {number} answered HTTP {response.status}"
+                            )
+                            return False
+            except (aiohttp.ClientError, OSError, TimeoutError) as error:
+                self.not_ready_reason = f"warmup request {number} failed: {_describe(error)}"
+                return False
+        return True
+
+    async def _readiness_loop(self) -> None:
+        """Ready after /healthz answers 200 and the warmup succeeded; 3 failed checks undo it."""
+        delay = 0.05
+        while True:
+            if not await self._healthy() or not await self._warmup():
+                log.info("stage %s not ready: %s", self.config.stage, self.not_ready_reason)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+                continue
+            self.ready = True
+            self.metrics.ready.set(1)
+            self.not_ready_reason = ""
+            log.info("stage %s ready", self.config.stage)
+            failures = 0
+            while failures < 3:
+                await asyncio.sleep(self.config.health_interval_seconds)
+                failures = 0 if await self._healthy() else failures + 1
+            self.ready = False
+            self.metrics.ready.set(0)
+            log.warning("stage %s no longer ready: %s", self.config.stage, self.not_ready_reason)
+            delay = 0.05
+
+    # ----------------------------------------------------------------- admin
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        response = web.Response(body=generate_latest(self.metrics.registry))
+        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return response
+
+    async def _live(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "live"})
+
+    async def _ready(self, request: web.Request) -> web.Response:
+        if self.ready:
+            return web.json_response({"status": "ready", "stage": self.config.stage})
+        return web.json_response(
+            {"status": "not ready", "stage": self.config.stage, "reason": self.not_ready_reason},
+            status=503,
+        )
+
+    # ----------------------------------------------------------------- proxy
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
+        record = _Record()
+        self.metrics.inflight.inc()
+        context = self._propagator.extract(request.headers) if self._tracing else None
+        try:
+            with self._tracer.start_as_current_span(
+                f"{request.method} {self.config.stage}", context=context, kind=SpanKind.SERVER
+            ) as span:
+                response = await self._serve(request, record)
+                if span.is_recording():
+                    span.set_attributes(
+                        {
+                            ATTR_PIPELINE: self.config.pipeline,
+                            ATTR_STAGE: self.config.stage,
+                            ATTR_COST_CENTER: self.config.cost_center,
+                            ATTR_CACHE_HIT: bool(record.cache_hit),
+                            ATTR_COST_USD: record.cost,
+                            "http.request.method": request.method,
+                            "url.path": request.path,
+                            "http.response.status_code": response.status,
+                        }
+                    )
+                    if record.batch_size is not None:
+                        span.set_attribute(ATTR_BATCH_SIZE, record.batch_size)
+                    if response.status >= 500:
+                        span.set_status(Status(StatusCode.ERROR, record.outcome))
+                return response
+        finally:
+            self.metrics.inflight.dec()
+            self.metrics.duration.observe(time.perf_counter() - started)
+            self.metrics.request(record.outcome)
+            if record.cost > 0:
+                self.metrics.cost.inc(record.cost)
+
+    def _failure(self, failure: Failure, record: _Record, cache: str) -> web.Response:
+        record.outcome = failure.outcome
+        return web.Response(
+            status=failure.status,
+            body=failure.body(),
+            content_type="application/json",
+            headers={CACHE_HEADER: cache},
+        )
+
+    async def _serve(self, request: web.Request, record: _Record) -> web.StreamResponse:
+        config = self.config
+        if not self.ready:
+            message = f"stage {config.stage!r} is not ready: {self.not_ready_reason}"
+            return self._failure(Failure(503, message, config.stage, "not_ready"), record, "bypass")
+        if request.method != "POST" or request.path != STAGE_ENDPOINT:
+            body_stream = request.content.iter_any() if request.body_exists else None
+            result = await self._call_stage(request, body_stream, always_stream=True)
+            return await self._respond(request, result, record, "bypass", sharers=1)
+
+        body = await self._read_body(request)
+        if isinstance(body, Failure):
+            return self._failure(body, record, "bypass")
+        parsed: Any = _NOT_JSON
+        if body:
+            try:
+                parsed = json.loads(body)
+            except (ValueError, UnicodeDecodeError) as error:
+                if self._batcher is not None:
+                    message = f"request body is not valid JSON: {error}"
+                    failure = Failure(400, message, config.stage, "client_error")
+                    return self._failure(failure, record, "bypass")
+        elif self._batcher is not None:
+            failure = Failure(400, "request body is empty, not JSON", config.stage, "client_error")
+            return self._failure(failure, record, "bypass")
+        if parsed is _NOT_JSON:  # not JSON: no key, so no cache and no coalescing
+            result = await self._call_stage(request, body)
+            return await self._respond(request, result, record, "bypass", sharers=1)
+
+        key = cache_key(
+            pipeline=config.pipeline,
+            stage=config.stage,
+            stage_image=config.stage_image,
+            model_version=config.model_version,
+            method=request.method,
+            path=request.path_qs,
+            body=parsed,
+            headers=request.headers,
+            key_headers=config.cache_key_headers,
+        )
+        directives = cache_directives(request.headers)
+        cache_state = "bypass"
+        if self.cache is not None and "no-cache" not in directives:
+            lookup, entry = await self.cache.get(key)
+            self.metrics.lookup(lookup.value)
+            if lookup is Lookup.HIT and entry is not None:
+                record.cache_hit = True
+                return web.Response(
+                    status=entry.status,
+                    body=entry.body,
+                    headers={"Content-Type": entry.content_type, CACHE_HEADER: "hit"},
+                )
+            record.cache_hit = False
+            cache_state = "miss" if lookup is Lookup.MISS else "bypass"
+        store = self.cache is not None and "no-store" not in directives
+
+        async def work() -> Outcome | _OpenStream:
+            if self._batcher is not None:
+                return await self._batcher.submit(parsed)
+            return await self._call_stage(request, body)
+
+        shared = await self._coalescer.run(key, work)
+        result = shared.value
+        if not shared.leader:
+            self.metrics.coalesced.inc()
+            if isinstance(result, _OpenStream):  # the leader streamed its answer: call again
+                result = await self._call_stage(request, body)
+                return await self._respond(request, result, record, cache_state, sharers=1)
+        elif store and isinstance(result, Answer):
+            await self._store(key, result)
+        return await self._respond(request, result, record, cache_state, shared.sharers)
+
+    async def _store(self, key: str, answer: Answer) -> None:
+        assert self.cache is not None
+        if not 200 <= answer.status <= 299:
+            return
+        if any(name.lower() == "content-encoding" for name, _ in answer.headers):
+            return  # the envelope keeps the content type only
+        stored = await self.cache.put(key, Entry(answer.status, answer.content_type, answer.body))
+        self.metrics.store(stored.value)
+        if stored is Store.ERROR:
+            log.debug("cache store skipped: %s", self.cache.last_error)
+
+    async def _read_body(self, request: web.Request) -> bytes | Failure:
+        limit = self.config.max_body_bytes
+        too_large = Failure(
+            413,
+            f"request body is larger than {limit} bytes (--max-body-bytes)",
+            self.config.stage,
+            "client_error",
+        )
+        if request.content_length is not None and request.content_length > limit:
+            return too_large
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async for chunk in request.content.iter_any():
+                size += len(chunk)
+                if size > limit:
+                    return too_large
+                chunks.append(chunk)
+        except (aiohttp.ClientPayloadError, ConnectionError) as error:
+            message = f"request body could not be read: {_describe(error)}"
+            return Failure(400, message, self.config.stage, "client_error")
+        return b"".join(chunks)
+
+    def _upstream_headers(self, request: web.Request, streamed: bool) -> CIMultiDict[str]:
+        drop = _NOT_FORWARDED_REQUEST
+        if streamed:
+            drop = frozenset({"host"})  # a streamed body keeps its declared length
+        headers = strip_headers(request.headers, drop)
+        forwarded = request.remote
+        if forwarded:
+            previous = request.headers.get("X-Forwarded-For")
+            headers["X-Forwarded-For"] = f"{previous}, {forwarded}" if previous else forwarded
+        if self._tracing:
+            self._propagator.inject(headers)
+        return headers
+
+    async def _call_stage(
+        self,
+        request: web.Request,
+        body: bytes | AsyncIterator[bytes] | None,
+        *,
+        always_stream: bool = False,
+    ) -> Outcome | _OpenStream:
+        """One call to the stage: a buffered answer, an open stream, or a clear failure."""
+        config = self.config
+        headers = self._upstream_headers(request, streamed=not isinstance(body, bytes))
+        url = config.upstream + request.rel_url.raw_path_qs
+        started = time.perf_counter()
+        response: aiohttp.ClientResponse | None = None
+        try:
+            async with asyncio.timeout(config.timeout_seconds):
+                response = await self.session.request(
+                    request.method, url, data=body, headers=headers, allow_redirects=False
+                )
+                if always_stream or _is_streaming(response):
+                    opened = _OpenStream(response, started)
+                    response = None
+                    return opened
+                data = await response.read()
+        except TimeoutError:
+            return Failure(
+                504,
+                f"stage {config.stage!r} did not answer within {config.timeout_seconds:g}s",
+                config.stage,
+                "timeout",
+                held_seconds=time.perf_counter() - started,
+            )
+        except (aiohttp.ClientError, OSError) as error:
+            return Failure(
+                502,
+                f"stage {config.stage!r} failed: {_describe(error)}",
+                config.stage,
+                "upstream_error",
+                held_seconds=time.perf_counter() - started,
+            )
+        finally:
+            if response is not None:
+                response.release()
+        return Answer(
+            response.status,
+            tuple(strip_headers(response.headers, _NOT_FORWARDED_RESPONSE).items()),
+            data,
+            held_seconds=time.perf_counter() - started,
+        )
+
+    async def _send_batch(self, items: list[Any]) -> BatchResponse | Failure:
+        config = self.config
+        assert config.batch_path is not None
+        headers: dict[str, str] = {"Content-Type": "application/json"}
+        if self._tracing:
+            self._propagator.inject(headers)
+        payload = json.dumps(items, separators=(",", ":"), ensure_ascii=False).encode()
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(config.timeout_seconds):
+                async with self.session.post(
+                    config.upstream + config.batch_path, data=payload, headers=headers
+                ) as response:
+                    return BatchResponse(response.status, await response.read())
+        except TimeoutError:
+            message = (
+                f"stage {config.stage!r} did not answer the batch of {len(items)}"
+                f" within {config.timeout_seconds:g}s"
+            )
+            return Failure(504, message, config.stage, "timeout", time.perf_counter() - started)
+        except (aiohttp.ClientError, OSError) as error:
+            message = f"stage {config.stage!r} batch call failed: {_describe(error)}"
+            return Failure(
+                502, message, config.stage, "upstream_error", time.perf_counter() - started
+            )
+
+    async def _respond(
+        self,
+        request: web.Request,
+        result: Outcome | _OpenStream,
+        record: _Record,
+        cache_state: str,
+        sharers: int,
+    ) -> web.StreamResponse:
+        if isinstance(result, _OpenStream):
+            return await self._stream(request, result, record, cache_state)
+        record.batch_size = result.batch_size
+        record.cost = request_cost_usd(self.config.hourly_cost, result.held_seconds, sharers)
+        if isinstance(result, Failure):
+            return self._failure(result, record, cache_state)
+        record.outcome = _outcome(result.status)
+        response = web.Response(status=result.status, body=result.body)
+        for name, value in result.headers:
+            response.headers.add(name, value)
+        response.headers[CACHE_HEADER] = cache_state
+        return response
+
+    async def _stream(
+        self, request: web.Request, opened: _OpenStream, record: _Record, cache_state: str
+    ) -> web.StreamResponse:
+        upstream = opened.response
+        out = web.StreamResponse(status=upstream.status)
+        for name, value in strip_headers(upstream.headers, _NOT_FORWARDED_RESPONSE).items():
+            out.headers.add(name, value)
+        out.headers[CACHE_HEADER] = cache_state
+        if upstream.content_length is not None:
+            out.content_length = upstream.content_length
+        record.outcome = _outcome(upstream.status)
+        try:
+            await out.prepare(request)
+            async for chunk in upstream.content.iter_any():
+                await out.write(chunk)
+            await out.write_eof()
+        except (aiohttp.ClientError, TimeoutError) as error:
+            record.outcome = "upstream_error"
+            log.warning("stage %s stream broke: %s", self.config.stage, _describe(error))
+            upstream.close()
+            if request.transport is not None:
+                request.transport.close()  # the client sees a truncated response, not EOF
+        except ConnectionError:
+            record.outcome = "client_closed"
+            upstream.close()
+        finally:
+            upstream.release()
+            held = time.perf_counter() - opened.started
+            record.cost = request_cost_usd(self.config.hourly_cost, held)
+        return out
+
+
+def _outcome(status: int) -> str:
+    if status < 400:
+        return "ok"
+    if status < 500:
+        return "client_error"
+    return "stage_error"
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, aiohttp.ServerDisconnectedError):
+        return "the stage closed the connection"
+    if isinstance(error, aiohttp.ClientConnectorError):
+        return f"cannot connect to {error.host}:{error.port} ({error.os_error.strerror or error})"
+    text = str(error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__

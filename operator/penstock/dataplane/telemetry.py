@@ -1,0 +1,168 @@
+"""Gateway metrics (Prometheus, the DESIGN names), traces (OpenTelemetry) and request cost."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.trace import NoOpTracer, Tracer
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from penstock.dataplane.config import GatewayConfig
+
+LABELS = ("namespace", "pipeline", "stage")
+
+DURATION_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+# span attributes (DESIGN contract)
+ATTR_PIPELINE = "penstock.pipeline"
+ATTR_STAGE = "penstock.stage"
+ATTR_COST_CENTER = "penstock.cost_center"
+ATTR_CACHE_HIT = "penstock.cache.hit"
+ATTR_BATCH_SIZE = "penstock.batch.size"
+ATTR_COST_USD = "penstock.cost.usd"
+
+
+def request_cost_usd(hourly_cost_usd: float, held_seconds: float, sharers: int = 1) -> float:
+    """Cost of one request: ``hourly_cost_usd / 3600 * held_seconds / sharers``.
+
+    ``held_seconds`` is the time the request held a stage replica: from sending it to the
+    stage until the stage's answer was complete. For an item of a batch it is the batch's
+    duration divided by the batch size; ``sharers`` is the number of coalesced callers that
+    shared one stage call. A cache hit holds no replica and costs 0. Summed over requests,
+    the cost is exactly the replica time used, priced at the replica's hourly rate.
+    """
+    if held_seconds <= 0 or hourly_cost_usd <= 0:
+        return 0.0
+    return hourly_cost_usd / 3600.0 * held_seconds / max(sharers, 1)
+
+
+class GatewayMetrics:
+    """The gateway's metrics in a registry of its own (several gateways may share a process)."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        labels = {"namespace": config.namespace, "pipeline": config.pipeline, "stage": config.stage}
+        r = self.registry
+        self._requests = Counter(
+            "penstock_stage_requests_total",
+            "Requests through the stage gateway, by outcome",
+            [*LABELS, "outcome"],
+            registry=r,
+        )
+        self.duration = Histogram(
+            "penstock_stage_request_duration_seconds",
+            "Time from request to complete response at the stage gateway",
+            LABELS,
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        ).labels(**labels)
+        self.inflight = Gauge(
+            "penstock_stage_inflight_requests",
+            "Requests being served by the stage gateway",
+            LABELS,
+            registry=r,
+        ).labels(**labels)
+        self._lookups = Counter(
+            "penstock_stage_cache_lookups_total",
+            "Cache lookups by result (error: Redis unavailable, slow or entry corrupt)",
+            [*LABELS, "result"],
+            registry=r,
+        )
+        self._stores = Counter(
+            "penstock_stage_cache_stores_total",
+            "Cache stores by result (stored, too_large, error)",
+            [*LABELS, "result"],
+            registry=r,
+        )
+        self.coalesced = Counter(
+            "penstock_stage_coalesced_requests_total",
+            "Requests answered by another identical in-flight request's stage call",
+            LABELS,
+            registry=r,
+        ).labels(**labels)
+        self.batch_size = Histogram(
+            "penstock_stage_batch_size",
+            "Items per batch sent to the stage's batch endpoint",
+            LABELS,
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        ).labels(**labels)
+        self.cost = Counter(
+            "penstock_stage_cost_usd_total",
+            "Replica cost attributed to requests: hourly cost / 3600 * seconds held",
+            [*LABELS, "cost_center"],
+            registry=r,
+        ).labels(**labels, cost_center=config.cost_center)
+        self.ready = Gauge(
+            "penstock_stage_gateway_ready",
+            "1 when the stage is healthy and warmed up",
+            LABELS,
+            registry=r,
+        ).labels(**labels)
+        self._labels = labels
+        for result in ("hit", "miss", "error"):
+            self._lookups.labels(**labels, result=result)
+
+    def request(self, outcome: str) -> None:
+        self._requests.labels(**self._labels, outcome=outcome).inc()
+
+    def lookup(self, result: str) -> None:
+        self._lookups.labels(**self._labels, result=result).inc()
+
+    def store(self, result: str) -> None:
+        self._stores.labels(**self._labels, result=result).inc()
+
+
+def traces_url(endpoint: str) -> str:
+    """A collector base URL gets the OTLP/HTTP traces path; a URL with a path is kept."""
+    if urlsplit(endpoint).path in ("", "/"):
+        return endpoint.rstrip("/") + "/v1/traces"
+    return endpoint
+
+
+def build_tracer(
+    config: GatewayConfig, exporter: SpanExporter | None = None
+) -> tuple[Tracer, TracerProvider | None]:
+    """A tracer of its own provider (not the global one), or a no-op one without tracing."""
+    if exporter is None and config.otlp_endpoint is None:
+        return NoOpTracer(), None
+    if exporter is None:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        exporter = OTLPSpanExporter(endpoint=traces_url(config.otlp_endpoint or ""))
+    service = f"{config.pipeline}.{config.stage}" if config.pipeline else config.stage
+    resource = Resource.create(
+        {
+            "service.name": service,
+            "service.namespace": config.namespace,
+            "penstock.pipeline": config.pipeline,
+            "penstock.stage": config.stage,
+        }
+    )
+    provider = TracerProvider(
+        resource=resource, sampler=ParentBased(TraceIdRatioBased(config.sampling_ratio))
+    )
+    provider.add_span_processor(BatchSpanProcessor(exporter))
+    return provider.get_tracer("penstock.gateway"), provider
