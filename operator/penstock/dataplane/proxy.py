@@ -87,8 +87,7 @@ def _all(headers: Mapping[str, str], name: str) -> list[str]:
     if getall is not None:
         values: list[str] = getall(name, [])
         return values
-    value = headers.get(name)
-    return [value] if value is not None else []
+    return [value for key, value in headers.items() if key.lower() == name]
 
 
 def cache_directives(headers: Mapping[str, str]) -> set[str]:

@@ -1,0 +1,119 @@
+"""Unit tests: splitting batch answers, the batcher's sizing and failure isolation."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+
+from penstock.dataplane.answers import Answer, Failure
+from penstock.dataplane.batching import (
+    Batcher,
+    BatchError,
+    BatchResponse,
+    split_batch_answer,
+)
+
+
+def test_split_returns_items_in_order() -> None:
+    assert split_batch_answer(200, b'[{"y": 1}, 2, "three"]', 3) == [{"y": 1}, 2, "three"]
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "size", "message"),
+    [
+        (200, b"[1, 2]", 3, "2 items for 3 inputs"),
+        (200, b"[1, 2, 3, 4]", 3, "4 items for 3 inputs"),
+        (200, b'{"items": [1, 2, 3]}', 3, "JSON dict, not an array"),
+        (200, b"null", 1, "JSON NoneType, not an array"),
+        (200, b"[1, 2", 2, "not JSON"),
+        (200, b"\xff\xfe", 1, "not JSON"),
+        (500, b"boom", 2, "HTTP 500: boom"),
+    ],
+)
+def test_malformed_answers_are_named(status: int, body: bytes, size: int, message: str) -> None:
+    with pytest.raises(BatchError, match=message):
+        split_batch_answer(status, body, size)
+
+
+class FakeStage:
+    def __init__(self, answer: Any = None, delay: float = 0.0) -> None:
+        self.batches: list[list[Any]] = []
+        self.answer = answer
+        self.delay = delay
+
+    async def send(self, items: list[Any]) -> BatchResponse | Failure:
+        self.batches.append(items)
+        await asyncio.sleep(self.delay)
+        if self.answer is not None:
+            return self.answer(items)  # type: ignore[no-any-return]
+        return BatchResponse(200, json.dumps([{"out": item} for item in items]).encode())
+
+
+async def test_full_batches_go_at_once_and_answers_keep_order() -> None:
+    stage = FakeStage()
+    batcher = Batcher(stage.send, stage="embed", max_size=4, max_latency=10.0)
+    outcomes = await asyncio.wait_for(
+        asyncio.gather(*(batcher.submit(i) for i in range(8))), timeout=2
+    )
+    assert stage.batches == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    for index, outcome in enumerate(outcomes):
+        assert isinstance(outcome, Answer)
+        assert json.loads(outcome.body) == {"out": index}
+        assert outcome.batch_size == 4
+
+
+async def test_partial_batch_goes_after_max_latency() -> None:
+    stage = FakeStage()
+    batcher = Batcher(stage.send, stage="embed", max_size=32, max_latency=0.02)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    outcomes = await asyncio.gather(*(batcher.submit(i) for i in range(3)))
+    assert loop.time() - started >= 0.015
+    assert stage.batches == [[0, 1, 2]]
+    assert all(isinstance(o, Answer) for o in outcomes)
+
+
+async def test_batches_run_concurrently() -> None:
+    stage = FakeStage(delay=0.2)
+    batcher = Batcher(stage.send, stage="embed", max_size=2, max_latency=0.001)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await asyncio.gather(*(batcher.submit(i) for i in range(8)))
+    assert len(stage.batches) == 4
+    assert loop.time() - started < 0.6  # 4 sequential batches would take 0.8 s
+
+
+async def test_malformed_answer_fails_only_its_batch() -> None:
+    def answer(items: list[Any]) -> BatchResponse:
+        if 0 in items:
+            return BatchResponse(200, b"[1]")  # wrong length
+        return BatchResponse(200, json.dumps(items).encode())
+
+    stage = FakeStage(answer=answer)
+    batcher = Batcher(stage.send, stage="embed", max_size=3, max_latency=10.0)
+    outcomes = await asyncio.gather(*(batcher.submit(i) for i in range(6)))
+    for outcome in outcomes[:3]:
+        assert isinstance(outcome, Failure)
+        assert outcome.status == 502
+        assert "'embed'" in outcome.message
+        assert "1 items for 3 inputs" in outcome.message
+    assert [json.loads(o.body) for o in outcomes[3:] if isinstance(o, Answer)] == [3, 4, 5]
+
+
+async def test_send_failure_is_shared_by_the_batch() -> None:
+    stage = FakeStage(answer=lambda items: Failure(504, "slow", "embed", "timeout"))
+    batcher = Batcher(stage.send, stage="embed", max_size=2, max_latency=10.0)
+    outcomes = await asyncio.gather(batcher.submit("a"), batcher.submit("b"))
+    assert [o.status for o in outcomes] == [504, 504]
+    assert all(isinstance(o, Failure) and o.batch_size == 2 for o in outcomes)
+
+
+async def test_held_time_is_split_over_the_batch() -> None:
+    stage = FakeStage(delay=0.1)
+    batcher = Batcher(stage.send, stage="embed", max_size=4, max_latency=10.0)
+    outcomes = await asyncio.gather(*(batcher.submit(i) for i in range(4)))
+    for outcome in outcomes:
+        assert 0.02 <= outcome.held_seconds <= 0.05

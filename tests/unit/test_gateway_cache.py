@@ -1,0 +1,120 @@
+"""Unit tests: cache key canonicalization and checksummed cache envelopes."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from penstock.dataplane.cache import (
+    CorruptEntry,
+    Entry,
+    cache_key,
+    canonical_json,
+    decode_entry,
+    encode_entry,
+)
+
+
+def key(**overrides: object) -> str:
+    args: dict[str, object] = {
+        "pipeline": "rag",
+        "stage": "embed",
+        "stage_image": "registry.example/embedder:2.0",
+        "model_version": "v1",
+        "method": "POST",
+        "path": "/",
+        "body": {"text": "hello", "opts": {"a": 1, "b": [1, 2]}},
+        "headers": {},
+        "key_headers": ("accept",),
+    }
+    args.update(overrides)
+    return cache_key(**args)  # type: ignore[arg-type]
+
+
+def test_canonical_json_ignores_key_order_and_whitespace() -> None:
+    assert canonical_json({"b": 1, "a": {"d": 2, "c": 3}}) == '{"a":{"c":3,"d":2},"b":1}'
+    assert canonical_json({"t": "é"}) == '{"t":"é"}'
+
+
+def test_key_is_the_same_for_equivalent_bodies() -> None:
+    same = key(body={"opts": {"b": [1, 2], "a": 1}, "text": "hello"})
+    assert key() == same
+    assert key().startswith("penstock:cache:v1:")
+    assert len(key().rsplit(":", 1)[1]) == 64
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"pipeline": "other"},
+        {"stage": "generate"},
+        {"stage_image": "registry.example/embedder:2.1"},
+        {"model_version": "v2"},
+        {"method": "PUT"},
+        {"path": "/?lang=de"},
+        {"body": {"text": "hello!", "opts": {"a": 1, "b": [1, 2]}}},
+        {"body": {"text": "hello", "opts": {"a": 1, "b": [2, 1]}}},
+        {"headers": {"Accept": "text/plain"}},
+    ],
+)
+def test_key_changes_with_everything_that_changes_the_answer(change: dict[str, object]) -> None:
+    assert key(**change) != key()
+
+
+def test_only_configured_headers_count_and_names_are_case_insensitive() -> None:
+    assert key(headers={"X-Request-Id": "1"}) == key(headers={"X-Request-Id": "2"})
+    assert key(headers={"ACCEPT": "a"}) == key(headers={"accept": "a"})
+    assert key(headers={"accept": "a"}, key_headers=("Accept",)) == key(headers={"Accept": "a"})
+    assert key(headers={"accept": ""}) != key(headers={})
+
+
+def test_field_boundaries_are_unambiguous() -> None:
+    assert key(pipeline="ab", stage="c") != key(pipeline="a", stage="bc")
+
+
+def test_envelope_round_trip() -> None:
+    entry = Entry(200, "application/json; charset=utf-8", b'{"x": 1}')
+    assert decode_entry(encode_entry(entry)) == entry
+    empty = Entry(204, "text/plain", b"")
+    assert decode_entry(encode_entry(empty)) == empty
+
+
+def test_truncated_entry_is_rejected() -> None:
+    data = encode_entry(Entry(200, "application/json", b'{"x": "' + b"y" * 100 + b'"}'))
+    for cut in (0, 3, 10, len(data) // 2, len(data) - 1):
+        with pytest.raises(CorruptEntry):
+            decode_entry(data[:cut])
+
+
+def test_extended_entry_is_rejected() -> None:
+    data = encode_entry(Entry(200, "application/json", b"{}"))
+    with pytest.raises(CorruptEntry, match="header says"):
+        decode_entry(data + b"x")
+
+
+def test_every_flipped_byte_is_detected() -> None:
+    data = encode_entry(Entry(200, "application/json", b'{"answer": 42}'))
+    for index in range(len(data)):
+        damaged = bytearray(data)
+        damaged[index] ^= 0x01
+        with pytest.raises(CorruptEntry):
+            decode_entry(bytes(damaged))
+
+
+def test_foreign_value_is_rejected() -> None:
+    with pytest.raises(CorruptEntry, match="format marker"):
+        decode_entry(b'{"not": "an envelope", "padding": "................................"}')
+
+
+def test_non_2xx_entry_is_never_served() -> None:
+    data = encode_entry(Entry(500, "application/json", b"{}"))
+    with pytest.raises(CorruptEntry, match="non-2xx"):
+        decode_entry(data)
+
+
+def test_length_mismatch_is_named() -> None:
+    data = bytearray(encode_entry(Entry(200, "a/b", b"abc")))
+    struct.pack_into(">I", data, 8, 2)  # body length field
+    with pytest.raises(CorruptEntry, match="header says"):
+        decode_entry(bytes(data))
