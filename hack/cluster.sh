@@ -10,12 +10,15 @@
 #   down               stop every component and delete the cluster state (idempotent)
 #   status             show components, pids and ports; exit 0 only if all are healthy
 #   env                print `export KUBECONFIG=...` (use: eval "$(hack/cluster.sh env)")
-#   restart-apiserver  stop and start only kube-apiserver on the same port
+#   restart-apiserver  stop and start only kube-apiserver on the same port (SIGTERM, then
+#                      SIGKILL after PENSTOCK_CLUSTER_STOP_GRACE=5 s; etcd keeps the state)
+#   restart <c>        the same for any component (etcd, kube-controller-manager, ...)
 #
 # State lives in ${PENSTOCK_CLUSTER_DIR:-<repo>/.cluster}: kubeconfig, pki/, logs/<c>.log,
 # pids/<c>.pid, cmd/<c> (argv, for restarts), ports.env (ports picked free at start, so
 # clusters of two checkouts never collide).  Binaries come from <repo>/bin (`make tools`),
-# overridable with PENSTOCK_BIN_DIR.
+# overridable with PENSTOCK_BIN_DIR.  PENSTOCK_CLUSTER_TIMEOUT (default 180 s) bounds each
+# wait for health.  Tests: run `up`, then KUBECONFIG=$(state dir)/kubeconfig.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -99,7 +99,7 @@ K8S_BINS=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
 build_kubernetes() {
   is_built "$K8S_DIR" "${K8S_BINS[@]}" && return 0
   local t0; t0=$(date +%s)
-  log "building ${K8S_BINS[*]} $KUBERNETES_VERSION (cold build: tens of minutes on 2 cores) ..."
+  log "building ${K8S_BINS[*]} $KUBERNETES_VERSION (a cold build takes minutes) ..."
   local mod="$K8S_DIR/mod"
   rm -rf "$mod" "$K8S_DIR/bin" "$K8S_DIR/.complete"
   mkdir -p "$mod" "$K8S_DIR/bin"
