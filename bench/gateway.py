@@ -1,0 +1,272 @@
+"""Benchmark the stage gateway on loopback and print a table (not a test; bounded loops).
+
+    python bench/gateway.py [--requests 2000] [--rate 400] [--concurrent 50]
+
+Starts a redis-server, a small aiohttp stage and `penstock gateway` as separate processes on
+127.0.0.1, then measures, at a fixed request rate, the latency of
+  - calling the stage directly (the baseline),
+  - through the gateway without a cache (proxy only),
+  - through the gateway on cache misses (Redis GET + SET on the way),
+  - through the gateway on cache hits, against one Redis GET round trip from the same client,
+and the stage calls made for N identical concurrent requests, direct vs coalesced.
+Every figure is compared to a baseline measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import aiohttp
+import redis.asyncio as aioredis
+
+REPO = Path(__file__).resolve().parents[1]
+
+STAGE_APP = """
+import asyncio, sys
+from aiohttp import web
+calls = 0
+async def root(request):
+    global calls
+    calls += 1
+    body = await request.json()
+    if isinstance(body, dict) and body.get("sleep"):
+        await asyncio.sleep(body["sleep"])
+    return web.json_response({"echo": body})
+async def count(request):
+    return web.json_response({"calls": calls})
+async def healthz(request):
+    return web.Response(text="ok")
+app = web.Application()
+app.router.add_post("/", root)
+app.router.add_get("/count", count)
+app.router.add_get("/healthz", healthz)
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def process(
+    args: list[str], env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(
+        args,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=None if os.environ.get("BENCH_VERBOSE") else subprocess.DEVNULL,
+        cwd=REPO,
+    )
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+async def wait_http(session: aiohttp.ClientSession, url: str) -> None:
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            async with session.get(url) as response:
+                if response.status == 200:
+                    return
+        except aiohttp.ClientError:
+            pass
+        if time.monotonic() > deadline:
+            raise SystemExit(f"bench: {url} did not come up")
+        await asyncio.sleep(0.05)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+async def paced(count: int, rate: float, call: Callable[[int], Awaitable[None]]) -> list[float]:
+    """Start ``count`` calls at ``rate`` per second; their latencies in seconds."""
+    latencies: list[float] = []
+
+    async def one(index: int) -> None:
+        started = time.perf_counter()
+        await call(index)
+        latencies.append(time.perf_counter() - started)
+
+    loop = asyncio.get_running_loop()
+    begin = loop.time()
+    tasks = []
+    for index in range(count):
+        delay = begin + index / rate - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(index)))
+    await asyncio.gather(*tasks)
+    return latencies
+
+
+async def run(args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
+    stage_port, redis_port = free_port(), free_port()
+    gw_port, gw_admin, nc_port, nc_admin = free_port(), free_port(), free_port(), free_port()
+    redis_url = f"redis://127.0.0.1:{redis_port}/0"
+    stage_url = f"http://127.0.0.1:{stage_port}"
+    gateway = [sys.executable, "-m", "penstock.dataplane.gateway", "--upstream", stage_url]
+    rows: list[tuple[str, str, str, str]] = []
+    redis_cmd = ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1"]
+    with (
+        process([*redis_cmd, "--save", "", "--appendonly", "no"]),
+        process([sys.executable, "-c", STAGE_APP, str(stage_port)]),
+        process(
+            [
+                *gateway,
+                *("--listen", f"127.0.0.1:{gw_port}", "--admin-listen", f"127.0.0.1:{gw_admin}"),
+                *("--redis-url", redis_url, "--stage", "bench", "--pipeline", "bench"),
+            ]
+        ),
+        process(
+            [
+                *gateway,
+                *("--listen", f"127.0.0.1:{nc_port}", "--admin-listen", f"127.0.0.1:{nc_admin}"),
+                *("--stage", "bench-nocache", "--pipeline", "bench"),
+            ]
+        ),
+    ):
+        connector = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            for admin in (gw_admin, nc_admin):
+                await wait_http(session, f"http://127.0.0.1:{admin}/ready")
+            rds = aioredis.Redis.from_url(redis_url)
+            run_id = time.time_ns()
+
+            def poster(base: str, unique: bool) -> Callable[[int], Awaitable[None]]:
+                async def call(index: int) -> None:
+                    body = {"run": run_id, "base": base, "i": index if unique else 0}
+                    async with session.post(base + "/", json=body) as response:
+                        await response.read()
+                        assert response.status == 200, response.status
+
+                return call
+
+            direct_url = stage_url
+            gw_url = f"http://127.0.0.1:{gw_port}"
+            nc_url = f"http://127.0.0.1:{nc_port}"
+            # warm connections and code paths
+            for base in (direct_url, gw_url, nc_url):
+                await paced(200, args.rate, poster(base, unique=True))
+            await poster(gw_url, unique=False)(0)
+
+            n, rate = args.requests, args.rate
+            direct = await paced(n, rate, poster(direct_url, unique=True))
+            proxy = await paced(n, rate, poster(nc_url, unique=True))
+            miss = await paced(n, rate, poster(gw_url, unique=True))
+            hit = await paced(n, rate, poster(gw_url, unique=False))
+            await rds.set("bench:probe", b"x" * 64)
+
+            async def redis_get(index: int) -> None:
+                await rds.get("bench:probe")
+
+            redis_rt = await paced(n, rate, redis_get)
+            await rds.aclose()
+
+            def ms(value: float) -> str:
+                return f"{value * 1000:.3f}"
+
+            base50, base99 = percentile(direct, 50), percentile(direct, 99)
+            rows.append(("direct to stage (baseline)", ms(base50), ms(base99), "1.00x / 1.00x"))
+            for label, values in (
+                ("gateway, no cache (proxy only)", proxy),
+                ("gateway, cache miss", miss),
+            ):
+                p50, p99 = percentile(values, 50), percentile(values, 99)
+                rows.append(
+                    (
+                        label,
+                        f"{ms(p50)} (+{ms(p50 - base50)})",
+                        f"{ms(p99)} (+{ms(p99 - base99)})",
+                        f"{p50 / base50:.2f}x / {p99 / base99:.2f}x",
+                    )
+                )
+            r50, r99 = percentile(redis_rt, 50), percentile(redis_rt, 99)
+            rows.append(("one Redis GET round trip", ms(r50), ms(r99), "(hit baseline)"))
+            h50, h99 = percentile(hit, 50), percentile(hit, 99)
+            rows.append(
+                (
+                    "gateway, cache hit",
+                    ms(h50),
+                    ms(h99),
+                    f"{h50 / base50:.2f}x / {h99 / base99:.2f}x direct;"
+                    f" {h50 / r50:.1f}x / {h99 / r99:.1f}x Redis GET",
+                )
+            )
+
+            async def stage_calls() -> int:
+                async with session.get(stage_url + "/count") as response:
+                    return int((await response.json())["calls"])
+
+            async def burst(base: str, label: str) -> int:
+                before = await stage_calls()
+                body = {"run": run_id, "burst": label, "sleep": 0.05}
+                headers = {"Cache-Control": "no-cache, no-store"}
+
+                async def one() -> None:
+                    async with session.post(base + "/", json=body, headers=headers) as response:
+                        await response.read()
+
+                await asyncio.gather(*(one() for _ in range(args.concurrent)))
+                return await stage_calls() - before
+
+            direct_calls = await burst(direct_url, "direct")
+            coalesced_calls = await burst(nc_url, "gateway")
+            rows.append(
+                (
+                    f"{args.concurrent} identical concurrent requests",
+                    f"direct: {direct_calls} stage calls",
+                    f"gateway: {coalesced_calls} stage call(s)",
+                    f"{direct_calls / max(coalesced_calls, 1):.0f}x fewer calls",
+                )
+            )
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=2000, help="requests per measurement")
+    parser.add_argument("--rate", type=float, default=400, help="requests per second")
+    parser.add_argument("--concurrent", type=int, default=50, help="identical requests at once")
+    args = parser.parse_args()
+    if args.requests < 10 or args.requests > 100_000 or args.rate <= 0:
+        parser.error("--requests must be in 10..100000 and --rate positive")
+    if shutil.which("redis-server") is None:
+        print("bench: redis-server not found (apt-get install redis-server)", file=sys.stderr)
+        return 1
+    os.environ.setdefault("PYTHONPATH", str(REPO / "operator"))
+    rows = asyncio.run(run(args))
+    header = ("case", "p50 ms", "p99 ms", "ratio (p50 / p99)")
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(4)]
+    print(f"gateway bench: {args.requests} requests per case at {args.rate:g} req/s, loopback")
+    for row in [header, tuple("-" * w for w in widths), *rows]:
+        print(" | ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+    print("ratios are against the direct-to-stage baseline measured in this same run")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
