@@ -233,6 +233,15 @@ async def run(args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
                 await asyncio.gather(*(one() for _ in range(args.concurrent)))
                 return await stage_calls() - before
 
+            async with session.get(f"http://127.0.0.1:{gw_admin}/metrics") as response:
+                text = await response.text()
+            errors = sum(
+                float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines()
+                if line.startswith("penstock_stage_cache_lookups_total") and "error" in line
+            )
+            rows.append(("cache lookup errors in the run", f"{errors:g}", "", ""))
+
             direct_calls = await burst(direct_url, "direct")
             coalesced_calls = await burst(nc_url, "gateway")
             rows.append(

@@ -122,14 +122,21 @@ class GatewayMetrics:
             registry=r,
         ).labels(**labels)
         self._labels = labels
-        for result in ("hit", "miss", "error"):
-            self._lookups.labels(**labels, result=result)
+        self._lookup_children = {
+            result: self._lookups.labels(**labels, result=result)
+            for result in ("hit", "miss", "error")
+        }
+        self._request_children: dict[str, Counter] = {}
 
     def request(self, outcome: str) -> None:
-        self._requests.labels(**self._labels, outcome=outcome).inc()
+        child = self._request_children.get(outcome)
+        if child is None:
+            child = self._requests.labels(**self._labels, outcome=outcome)
+            self._request_children[outcome] = child
+        child.inc()
 
     def lookup(self, result: str) -> None:
-        self._lookups.labels(**self._labels, result=result).inc()
+        self._lookup_children[result].inc()
 
     def store(self, result: str) -> None:
         self._stores.labels(**self._labels, result=result).inc()
