@@ -135,6 +135,8 @@ class Stage:
             assert request.transport is not None
             request.transport.close()
             await asyncio.sleep(1)
+        if isinstance(body, dict) and body.get("private"):
+            return web.json_response({"mine": True}, headers={"Cache-Control": "private"})
         if isinstance(body, dict) and body.get("stream"):
             response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
             await response.prepare(request)
@@ -324,7 +326,10 @@ async def test_errors_and_streams_are_not_cached(
             async with client.post(url(gateway), json={"stream": True}) as response:
                 await response.read()
                 assert response.headers["X-Penstock-Cache"] == "miss"
-        assert stage.calls["/"] == 4
+        for _ in range(2):
+            status, _, cache = await post(client, gateway, {"private": True})
+            assert (status, cache) == (200, "miss")
+        assert stage.calls["/"] == 6
         assert redis_server.keys() == []
 
 

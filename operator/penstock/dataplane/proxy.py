@@ -61,7 +61,7 @@ HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
-_NOT_FORWARDED_REQUEST = frozenset({"host", "content-length"})
+_NOT_FORWARDED_REQUEST = frozenset({"host", "content-length", "expect"})
 _NOT_FORWARDED_RESPONSE = frozenset({"content-length"})
 
 
@@ -425,6 +425,8 @@ class Gateway:
             return
         if any(name.lower() == "content-encoding" for name, _ in answer.headers):
             return  # the envelope keeps the content type only
+        if {"no-store", "private"} & cache_directives(dict(answer.headers)):
+            return  # the stage said this answer must not be shared
         stored = await self.cache.put(key, Entry(answer.status, answer.content_type, answer.body))
         self.metrics.store(stored.value)
         if stored is Store.ERROR:
@@ -456,7 +458,7 @@ class Gateway:
     def _upstream_headers(self, request: web.Request, streamed: bool) -> CIMultiDict[str]:
         drop = _NOT_FORWARDED_REQUEST
         if streamed:
-            drop = frozenset({"host"})  # a streamed body keeps its declared length
+            drop = frozenset({"host", "expect"})  # a streamed body keeps its declared length
         headers = strip_headers(request.headers, drop)
         forwarded = request.remote
         if forwarded:
