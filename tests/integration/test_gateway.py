@@ -737,8 +737,12 @@ def test_gateway_command_runs_from_environment_and_stops_on_sigterm(
     )
     warm = tmp_path / "warm.json"
     warm.write_text('{"warm": true}')
+    pythonpath = os.pathsep.join(
+        filter(None, [str(REPO / "operator"), os.environ.get("PYTHONPATH")])
+    )
     env = {
         **os.environ,
+        "PYTHONPATH": pythonpath,
         "PENSTOCK_GATEWAY_LISTEN": f"127.0.0.1:{port}",
         "PENSTOCK_GATEWAY_ADMIN_LISTEN": f"127.0.0.1:{admin_port}",
         "PENSTOCK_GATEWAY_UPSTREAM": f"http://127.0.0.1:{stage_port}",
@@ -793,6 +797,7 @@ def test_gateway_command_runs_from_environment_and_stops_on_sigterm(
 def test_gateway_command_refuses_bad_flags() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "penstock.dataplane.gateway", "--listen", "x", "--upstream", "y"],
+        env={**os.environ, "PYTHONPATH": str(REPO / "operator")},
         capture_output=True,
         text=True,
         timeout=30,
