@@ -17,6 +17,7 @@ from penstock.controller import handlers
 from penstock.controller.kube import Kube, load_api_client
 from penstock.controller.reconcile import Reconciler
 from penstock.controller.settings import OperatorSettings, settings_from_args
+from penstock.controller.tracing import configure_tracing
 
 log = logging.getLogger("penstock.operator")
 
@@ -95,6 +96,8 @@ def run_operator(args: argparse.Namespace) -> int:
     except Exception as error:
         print(f"error: cannot load Kubernetes credentials: {error}", file=sys.stderr)
         return 1
+    if settings.otlp_endpoint:
+        configure_tracing(settings.otlp_endpoint)
     if settings.metrics_port:
         start_http_server(settings.metrics_port)
     registry = kopf.OperatorRegistry()

@@ -20,6 +20,7 @@ from penstock.controller.drift import drifted
 from penstock.controller.kube import CHILD_KINDS, Kube
 from penstock.controller.settings import OperatorSettings
 from penstock.controller.status import invalid_status, valid_status
+from penstock.controller.tracing import reconcile_span
 from penstock.render import PipelineRef, render_children, render_secret
 from penstock.render.cache import cache_secret_name
 
@@ -61,14 +62,23 @@ class Reconciler:
 
     def reconcile(self, body: Mapping[str, Any]) -> Outcome:
         started = time.monotonic()
-        try:
-            outcome = self._reconcile(body)
-        except Exception:
-            metrics.RECONCILE_TOTAL.labels(result="error").inc()
-            raise
-        finally:
-            metrics.RECONCILE_DURATION.observe(time.monotonic() - started)
-        result = "changed" if outcome.applied or outcome.deleted else "unchanged"
+        meta = body["metadata"]
+        with reconcile_span(
+            meta["namespace"], meta["name"], int(meta.get("generation", 0))
+        ) as span:
+            try:
+                outcome = self._reconcile(body)
+            except Exception as error:
+                metrics.RECONCILE_TOTAL.labels(result="error").inc()
+                span.record_exception(error)
+                span.set_attribute("penstock.reconcile.result", "error")
+                raise
+            finally:
+                metrics.RECONCILE_DURATION.observe(time.monotonic() - started)
+            result = "changed" if outcome.applied or outcome.deleted else "unchanged"
+            span.set_attribute("penstock.reconcile.result", result)
+            span.set_attribute("penstock.reconcile.applied", len(outcome.applied))
+            span.set_attribute("penstock.reconcile.deleted", len(outcome.deleted))
         metrics.RECONCILE_TOTAL.labels(result=result).inc()
         return outcome
 

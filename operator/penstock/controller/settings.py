@@ -25,6 +25,8 @@ class OperatorSettings:
     peering: str | None = None
     priority: int = 0
     request_timeout_seconds: float = 30.0
+    otlp_endpoint: str | None = None
+    """OTLP/HTTP endpoint for the operator's own reconcile spans."""
 
 
 def _env(name: str, default: str) -> str:
@@ -92,11 +94,24 @@ def add_operator_arguments(parser: argparse.ArgumentParser) -> None:
         help="peering priority; the highest runs, the others stand by (env PENSTOCK_PRIORITY)",
     )
     parser.add_argument(
+        "--otlp-endpoint",
+        type=_url,
+        default=_env("OTLP_ENDPOINT", ""),
+        help="OTLP/HTTP endpoint (e.g. http://otel-collector:4318) receiving a span per "
+        "reconcile (env PENSTOCK_OTLP_ENDPOINT); default: no tracing",
+    )
+    parser.add_argument(
         "--price-table",
         default=_env("PRICE_TABLE", ""),
         help="JSON or YAML file with prices (cpuCoreHour, memoryGiBHour, gpuHour{type: usd}); "
         "env PENSTOCK_PRICE_TABLE; default: the built-in table",
     )
+
+
+def _url(value: str) -> str:
+    if value and not value.startswith(("http://", "https://")):
+        raise argparse.ArgumentTypeError(f"{value!r} is not an http(s) URL")
+    return value
 
 
 def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
@@ -112,4 +127,5 @@ def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
         log_format=args.log_format,
         peering=args.peering,
         priority=args.priority,
+        otlp_endpoint=args.otlp_endpoint or None,
     )
