@@ -57,11 +57,15 @@ reported Running, but no container really runs).
 
 Next:
   export KUBECONFIG=$STATE/kubeconfig
-  kubectl describe pipeline rag -n $NAMESPACE      # conditions, per-stage status, events
-  kubectl explain pipeline.spec.stages             # the API, documented
-  kubectl edit pipeline rag -n $NAMESPACE          # change a stage; watch the rollout
+  # conditions, per-stage status and events:
+  kubectl describe pipeline rag -n $NAMESPACE
+  # the API, documented:
+  kubectl explain pipeline.spec.stages
+  # change a stage and watch the rollout:
+  kubectl edit pipeline rag -n $NAMESPACE
   kubectl apply -n $NAMESPACE -f examples/batch-embedding.yaml
-  tail -f $OPERATOR_LOG                            # what the operator does
+  # what the operator does:
+  tail -f $OPERATOR_LOG
 
 Stop everything:  make demo-down
 MSG
