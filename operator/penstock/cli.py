@@ -88,6 +88,12 @@ def cmd_operator(args: argparse.Namespace) -> int:
     return run_operator(args)
 
 
+def cmd_gateway(args: argparse.Namespace) -> int:
+    from penstock.dataplane.gateway import main as gateway_main
+
+    return gateway_main(args.gateway_args)
+
+
 def cmd_preload(args: argparse.Namespace) -> int:
     from penstock.preload import main as preload_main
 
@@ -154,10 +160,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     preload.add_argument("preload_args", nargs=argparse.REMAINDER)
     preload.set_defaults(func=cmd_preload)
+
+    gateway = sub.add_parser(
+        "gateway",
+        help="run the stage gateway sidecar",
+        description="Run the gateway in front of a stage: cache, coalescing, batching, "
+        "metrics, traces. Run `penstock gateway --help` for its options.",
+        add_help=False,
+    )
+    gateway.add_argument("gateway_args", nargs=argparse.REMAINDER)
+    gateway.set_defaults(func=cmd_gateway)
     return parser
 
 
+# Subcommands with their own argument parsers: everything after the name is theirs.
+_PASSTHROUGH = {"preload": "preload_args", "gateway": "gateway_args"}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in _PASSTHROUGH:
+        args = argparse.Namespace(**{_PASSTHROUGH[argv[0]]: argv[1:]})
+        return cmd_preload(args) if argv[0] == "preload" else cmd_gateway(args)
     args = build_parser().parse_args(argv)
     try:
         code: int = args.func(args)

@@ -110,3 +110,10 @@ def test_every_subcommand_has_help() -> None:
         result = run(command, "--help")
         assert result.returncode == 0, command
         assert "usage: penstock" in result.stdout
+
+
+def test_passthrough_subcommands_have_their_own_help() -> None:
+    for command in ("preload", "gateway"):
+        result = run(command, "--help")
+        assert result.returncode == 0, result.stderr
+        assert f"usage: penstock {command}" in result.stdout

@@ -79,7 +79,10 @@ def test_every_pod_meets_the_restricted_standard(example: Path) -> None:
             assert context["capabilities"] == {"drop": ["ALL"]}
             assert context["readOnlyRootFilesystem"] is True
             for mount in container.get("volumeMounts", []):
-                assert any(v["name"] == mount["name"] and "emptyDir" in v for v in pod["volumes"])
+                volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+                # Writable mounts are emptyDirs; config is mounted read-only.
+                assert "emptyDir" in volume or (mount.get("readOnly") and "configMap" in volume)
+                assert "hostPath" not in volume
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.stem)
@@ -111,7 +114,7 @@ def test_rag_example_wires_model_cache_and_hpa() -> None:
     stage = embed["containers"][0]
     assert {"name": "model", "mountPath": "/models", "readOnly": True} in stage["volumeMounts"]
     retrieve = manifests[("Deployment", "rag-retrieve")]["spec"]["template"]["spec"]
-    cache = retrieve["containers"][1]
+    cache = next(c for c in retrieve["containers"] if c["name"] == "cache")
     assert cache["args"][cache["args"].index("--bind") + 1] == "127.0.0.1"
     assert cache["env"][0]["valueFrom"]["secretKeyRef"]["name"] == "rag-cache"
     hpa = manifests[("HorizontalPodAutoscaler", "rag-retrieve")]["spec"]
@@ -144,3 +147,60 @@ def test_rendered_objects_pass_the_kubernetes_schemas(example: Path) -> None:
     for manifest in _render(example):
         # Raises ValidationError naming the field when a manifest breaks the 1.34 schema.
         kubernetes_validate.validate(manifest, "1.34.0", strict=True)
+
+
+def _containers(deployment: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["name"]: c for c in deployment["spec"]["template"]["spec"]["containers"]}
+
+
+def test_gateway_fronts_stages_that_cache_batch_trace_or_warm_up() -> None:
+    manifests = {
+        (m["kind"], m["metadata"]["name"]): m for m in _render(ROOT / "examples" / "rag.yaml")
+    }
+    # rag has tracing enabled: every stage gets a gateway that owns the Service's port name.
+    for stage in ("retrieve", "embed", "generate"):
+        containers = _containers(manifests[("Deployment", f"rag-{stage}")])
+        assert [p["name"] for p in containers["gateway"]["ports"]] == ["http", "admin"]
+        assert containers["stage"]["ports"][0]["name"] == "stage"
+        service = manifests[("Service", f"rag-{stage}")]
+        assert service["spec"]["ports"][0]["targetPort"] == "http"
+    embed = _containers(manifests[("Deployment", "rag-embed")])["gateway"]
+    env = {e["name"]: e.get("value") for e in embed["env"]}
+    assert env["PENSTOCK_GATEWAY_BATCH_MAX_SIZE"] == "32"
+    assert env["PENSTOCK_GATEWAY_BATCH_PATH"] == "/batch"
+    assert env["PENSTOCK_GATEWAY_WARMUP_REQUESTS"] == "3"
+    assert env["PENSTOCK_GATEWAY_UPSTREAM"] == "http://127.0.0.1:8080"
+    assert env["PENSTOCK_GATEWAY_MODEL_VERSION"].startswith("53aa51")
+    topology = manifests[("ConfigMap", "rag-topology")]["data"]
+    assert topology["warmup-embed.json"] == '{"text": "warmup"}'
+    retrieve = {
+        e["name"]: e
+        for e in _containers(manifests[("Deployment", "rag-retrieve")])["gateway"]["env"]
+    }
+    assert retrieve["PENSTOCK_GATEWAY_REDIS_URL"]["value"] == "redis://127.0.0.1:6379/0"
+    assert retrieve["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "rag-cache"
+    generate = {
+        e["name"]: e.get("value")
+        for e in _containers(manifests[("Deployment", "rag-generate")])["gateway"]["env"]
+    }
+    assert generate["PENSTOCK_GATEWAY_HOURLY_COST"] == "2.5"
+
+
+def test_plain_stage_has_no_gateway() -> None:
+    doc = yaml.safe_load((ROOT / "examples" / "batch-embedding.yaml").read_text())
+    result = validate_document(doc)
+    assert result.spec is not None
+    manifests = render_children(PipelineRef("batch-embed", "demo", UID), result.spec, SETTINGS)
+    chunk = next(
+        m
+        for m in manifests
+        if m["metadata"]["name"] == "batch-embed-chunk" and m["kind"] == "Deployment"
+    )
+    assert list(_containers(chunk)) == ["stage"]
+    assert _containers(chunk)["stage"]["ports"][0]["name"] == "http"
+    service = next(
+        m
+        for m in manifests
+        if m["metadata"]["name"] == "batch-embed-chunk" and m["kind"] == "Service"
+    )
+    assert [p["name"] for p in service["spec"]["ports"]] == ["http"]

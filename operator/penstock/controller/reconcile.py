@@ -132,7 +132,9 @@ class Reconciler:
         self._reconcile_secret(body, ref, spec.cache_used, outcome)
 
         deployments = {name: obj for (kind, name), obj in live.items() if kind == "Deployment"}
-        status = valid_status(ref.name, generation, result, deployments, self.settings.prices)
+        status = valid_status(
+            ref.name, generation, result, deployments, self.settings.render.prices
+        )
         was_ready = find(previous_status.get("conditions", []), "Ready")
         now_ready = status["conditions"][0]["status"] == "True"
         if now_ready and (not was_ready or was_ready.get("status") != "True"):

@@ -15,7 +15,6 @@ class OperatorSettings:
     namespaces: tuple[str, ...] = ()
     """Namespaces to watch; empty means all."""
     render: RenderSettings = field(default_factory=RenderSettings)
-    prices: PriceTable = field(default_factory=PriceTable)
     resync_seconds: float = 60.0
     """How often every Pipeline's children are checked for drift."""
     metrics_port: int = 8080
@@ -97,8 +96,9 @@ def add_operator_arguments(parser: argparse.ArgumentParser) -> None:
         "--otlp-endpoint",
         type=_url,
         default=_env("OTLP_ENDPOINT", ""),
-        help="OTLP/HTTP endpoint (e.g. http://otel-collector:4318) receiving a span per "
-        "reconcile (env PENSTOCK_OTLP_ENDPOINT); default: no tracing",
+        help="OTLP/HTTP endpoint (e.g. http://otel-collector:4318) receiving the operator's "
+        "reconcile spans and the gateways' spans of Pipelines with tracing enabled "
+        "(env PENSTOCK_OTLP_ENDPOINT); default: no tracing",
     )
     parser.add_argument(
         "--price-table",
@@ -118,8 +118,12 @@ def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
     prices = PriceTable.from_file(args.price_table) if args.price_table else PriceTable()
     return OperatorSettings(
         namespaces=tuple(dict.fromkeys(args.namespace)),
-        render=RenderSettings(operator_image=args.operator_image, redis_image=args.redis_image),
-        prices=prices,
+        render=RenderSettings(
+            operator_image=args.operator_image,
+            redis_image=args.redis_image,
+            prices=prices,
+            otlp_endpoint=args.otlp_endpoint or None,
+        ),
         resync_seconds=args.resync_seconds,
         metrics_port=args.metrics_port,
         health_port=args.health_port,

@@ -6,7 +6,15 @@ from typing import Any
 
 from penstock.api import PipelineSpec, Stage
 from penstock.render.cache import redis_container
+from penstock.render.gateway import (
+    ADMIN_PORT,
+    WARMUP_VOLUME,
+    gateway_container,
+    needs_gateway,
+    warmup_key,
+)
 from penstock.render.meta import (
+    SERVING_PORT_NAME,
     PipelineRef,
     labels,
     metadata,
@@ -16,11 +24,9 @@ from penstock.render.meta import (
 from penstock.render.model import MODEL_VOLUME, model_volume, preload_container
 from penstock.render.security import container_security_context, pod_security_context
 from penstock.render.settings import RenderSettings
+from penstock.render.topology import topology_name
 
 DEFAULT_REQUESTS = {"cpu": "100m", "memory": "128Mi"}
-# The port name the stage's Service targets. Whatever container owns it receives the traffic:
-# today the stage container; a proxy sidecar takes it over by claiming the name.
-SERVING_PORT_NAME = "http"
 
 
 def _env(ref: PipelineRef, stage: Stage) -> list[dict[str, Any]]:
@@ -44,11 +50,12 @@ def _resources(stage: Stage) -> dict[str, Any]:
     return resources
 
 
-def stage_container(ref: PipelineRef, stage: Stage) -> dict[str, Any]:
+def stage_container(ref: PipelineRef, stage: Stage, behind_gateway: bool) -> dict[str, Any]:
+    port_name = "stage" if behind_gateway else SERVING_PORT_NAME
     container: dict[str, Any] = {
         "name": "stage",
         "image": stage.image,
-        "ports": [{"name": SERVING_PORT_NAME, "containerPort": stage.port, "protocol": "TCP"}],
+        "ports": [{"name": port_name, "containerPort": stage.port, "protocol": "TCP"}],
         "env": _env(ref, stage),
         "resources": _resources(stage),
         "readinessProbe": {
@@ -72,16 +79,32 @@ def stage_container(ref: PipelineRef, stage: Stage) -> dict[str, Any]:
     return container
 
 
-def sidecars(ref: PipelineRef, stage: Stage, settings: RenderSettings) -> list[dict[str, Any]]:
+def sidecars(
+    ref: PipelineRef, spec: PipelineSpec, stage: Stage, settings: RenderSettings
+) -> list[dict[str, Any]]:
     """Containers that run beside the stage in every pod."""
     result = []
+    if needs_gateway(spec, stage):
+        result.append(gateway_container(ref.name, ref.namespace, spec, stage, settings))
     if stage.cache and stage.cache.enabled:
         result.append(redis_container(ref.name, stage.cache, settings.redis_image))
     return result
 
 
-def _volumes(stage: Stage) -> list[dict[str, Any]]:
+def _volumes(ref: PipelineRef, spec: PipelineSpec, stage: Stage) -> list[dict[str, Any]]:
     volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}]
+    if needs_gateway(spec, stage):
+        volumes.append({"name": "gateway-tmp", "emptyDir": {"sizeLimit": "64Mi"}})
+        if stage.model and stage.model.warmup and stage.model.warmup.requests:
+            volumes.append(
+                {
+                    "name": WARMUP_VOLUME,
+                    "configMap": {
+                        "name": topology_name(ref.name),
+                        "items": [{"key": warmup_key(stage.name), "path": warmup_key(stage.name)}],
+                    },
+                }
+            )
     if stage.model:
         volumes.append(model_volume(stage.model))
         volumes.append({"name": "preload-tmp", "emptyDir": {"sizeLimit": "1Gi"}})
@@ -92,16 +115,29 @@ def _volumes(stage: Stage) -> list[dict[str, Any]]:
     return volumes
 
 
+def _template_metadata(object_labels: dict[str, str], gateway: bool) -> dict[str, Any]:
+    meta: dict[str, Any] = {"labels": object_labels}
+    if gateway:
+        # The widespread scrape convention; a PodMonitor can select the `admin` port instead.
+        meta["annotations"] = {
+            "prometheus.io/scrape": "true",
+            "prometheus.io/port": str(ADMIN_PORT),
+            "prometheus.io/path": "/metrics",
+        }
+    return meta
+
+
 def stage_deployment(
     ref: PipelineRef, spec: PipelineSpec, stage: Stage, settings: RenderSettings
 ) -> dict[str, Any]:
     object_labels = labels(ref.name, spec, stage.name, stage.name)
+    gateway = needs_gateway(spec, stage)
     pod_spec: dict[str, Any] = {
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "securityContext": pod_security_context(),
-        "containers": [stage_container(ref, stage), *sidecars(ref, stage, settings)],
-        "volumes": _volumes(stage),
+        "containers": [stage_container(ref, stage, gateway), *sidecars(ref, spec, stage, settings)],
+        "volumes": _volumes(ref, spec, stage),
         "terminationGracePeriodSeconds": 30,
     }
     if stage.model:
@@ -125,7 +161,7 @@ def stage_deployment(
                 "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 0},
             },
             "template": {
-                "metadata": {"labels": object_labels},
+                "metadata": _template_metadata(object_labels, gateway),
                 "spec": pod_spec,
             },
         },

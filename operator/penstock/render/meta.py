@@ -11,6 +11,9 @@ from penstock.api import API_VERSION, KIND, PipelineSpec
 FIELD_MANAGER = "penstock-operator"
 MANAGED_BY = "penstock-operator"
 MAX_NAME = 63
+# The port name a stage's Service targets. Whatever container owns it receives the traffic:
+# the gateway sidecar when the stage has one, else the stage container itself.
+SERVING_PORT_NAME = "http"
 
 
 @dataclass(frozen=True)

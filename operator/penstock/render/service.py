@@ -5,13 +5,33 @@ from __future__ import annotations
 from typing import Any
 
 from penstock.api import PipelineSpec, Stage
-from penstock.render.deployment import SERVING_PORT_NAME
-from penstock.render.meta import PipelineRef, labels, metadata, selector_labels, stage_object_name
+from penstock.render.gateway import ADMIN_PORT, needs_gateway
+from penstock.render.meta import (
+    SERVING_PORT_NAME,
+    PipelineRef,
+    labels,
+    metadata,
+    selector_labels,
+    stage_object_name,
+)
 
 SERVICE_PORT = 80
 
 
 def stage_service(ref: PipelineRef, spec: PipelineSpec, stage: Stage) -> dict[str, Any]:
+    ports: list[dict[str, Any]] = [
+        {
+            "name": SERVING_PORT_NAME,
+            "port": SERVICE_PORT,
+            "targetPort": SERVING_PORT_NAME,
+            "protocol": "TCP",
+            "appProtocol": "http",
+        }
+    ]
+    if needs_gateway(spec, stage):
+        ports.append(
+            {"name": "admin", "port": ADMIN_PORT, "targetPort": "admin", "protocol": "TCP"}
+        )
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -23,15 +43,7 @@ def stage_service(ref: PipelineRef, spec: PipelineSpec, stage: Stage) -> dict[st
         "spec": {
             "type": "ClusterIP",
             "selector": selector_labels(ref.name, stage.name),
-            "ports": [
-                {
-                    "name": SERVING_PORT_NAME,
-                    "port": SERVICE_PORT,
-                    "targetPort": SERVING_PORT_NAME,
-                    "protocol": "TCP",
-                    "appProtocol": "http",
-                }
-            ],
+            "ports": ports,
         },
     }
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from penstock.api.cost import PriceTable
 
 DEFAULT_OPERATOR_IMAGE = "ghcr.io/penstock-dev/penstock:0.1.0"
 DEFAULT_REDIS_IMAGE = "docker.io/library/redis:7.4.1-alpine"
@@ -11,6 +13,10 @@ DEFAULT_REDIS_IMAGE = "docker.io/library/redis:7.4.1-alpine"
 @dataclass(frozen=True)
 class RenderSettings:
     operator_image: str = DEFAULT_OPERATOR_IMAGE
-    """Image of the preload init container (the operator's own image)."""
+    """Image of the preload init container and the gateway sidecar (the operator's own image)."""
     redis_image: str = DEFAULT_REDIS_IMAGE
     """Image of the Redis cache sidecar."""
+    prices: PriceTable = field(default_factory=PriceTable)
+    """Price table: the gateway's per-request cost uses the same hourly figure as status."""
+    otlp_endpoint: str | None = None
+    """Where gateways of pipelines with tracing enabled send spans (OTLP/HTTP)."""

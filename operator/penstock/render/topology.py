@@ -32,11 +32,17 @@ def topology(ref: PipelineRef, spec: PipelineSpec) -> dict[str, Any]:
             for stage in spec.stages
         ],
     }
+    data = {"topology.json": json.dumps(document, indent=2, sort_keys=True) + "\n"}
+    for stage in spec.stages:
+        warmup = stage.model.warmup if stage.model else None
+        if warmup and warmup.requests:
+            # Mounted into the gateway as its warmup request body.
+            data[f"warmup-{stage.name}.json"] = json.dumps(warmup.body, sort_keys=True)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": metadata(
             ref, topology_name(ref.name), labels(ref.name, spec, "topology", None)
         ),
-        "data": {"topology.json": json.dumps(document, indent=2, sort_keys=True) + "\n"},
+        "data": data,
     }
