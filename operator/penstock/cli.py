@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import secrets
 import sys
 from collections.abc import Sequence
@@ -88,16 +89,11 @@ def cmd_operator(args: argparse.Namespace) -> int:
     return run_operator(args)
 
 
-def cmd_gateway(args: argparse.Namespace) -> int:
-    from penstock.dataplane.gateway import main as gateway_main
-
-    return gateway_main(args.gateway_args)
-
-
-def cmd_preload(args: argparse.Namespace) -> int:
-    from penstock.preload import main as preload_main
-
-    return preload_main(args.preload_args)
+# Subcommands with their own argument parsers: everything after the name is theirs.
+_PASSTHROUGH = {
+    "preload": ("fetch and verify a model (init container)", "penstock.preload"),
+    "gateway": ("run the stage gateway sidecar", "penstock.dataplane.gateway"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -151,37 +147,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_operator_arguments(operator)
     operator.set_defaults(func=cmd_operator)
 
-    preload = sub.add_parser(
-        "preload",
-        help="fetch and verify a model (init container)",
-        description="Fetch a model artifact, verify its sha256 and place it atomically. "
-        "Run `penstock preload --help` for its options.",
-        add_help=False,
-    )
-    preload.add_argument("preload_args", nargs=argparse.REMAINDER)
-    preload.set_defaults(func=cmd_preload)
-
-    gateway = sub.add_parser(
-        "gateway",
-        help="run the stage gateway sidecar",
-        description="Run the gateway in front of a stage: cache, coalescing, batching, "
-        "metrics, traces. Run `penstock gateway --help` for its options.",
-        add_help=False,
-    )
-    gateway.add_argument("gateway_args", nargs=argparse.REMAINDER)
-    gateway.set_defaults(func=cmd_gateway)
+    for name, (summary, _) in _PASSTHROUGH.items():
+        # Listed for `penstock --help`; main() hands their arguments to their own parsers.
+        sub.add_parser(name, help=summary, add_help=False)
     return parser
-
-
-# Subcommands with their own argument parsers: everything after the name is theirs.
-_PASSTHROUGH = {"preload": "preload_args", "gateway": "gateway_args"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in _PASSTHROUGH:
-        args = argparse.Namespace(**{_PASSTHROUGH[argv[0]]: argv[1:]})
-        return cmd_preload(args) if argv[0] == "preload" else cmd_gateway(args)
+        module = importlib.import_module(_PASSTHROUGH[argv[0]][1])
+        passthrough: int = module.main(argv[1:])
+        return passthrough
     args = build_parser().parse_args(argv)
     try:
         code: int = args.func(args)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 from penstock.api.cost import PriceTable
 from penstock.render.settings import DEFAULT_OPERATOR_IMAGE, DEFAULT_REDIS_IMAGE, RenderSettings
@@ -32,6 +33,42 @@ def _env(name: str, default: str) -> str:
     return os.environ.get(f"PENSTOCK_{name}", default)
 
 
+def _url(value: str) -> str:
+    if value and not value.startswith(("http://", "https://")):
+        raise argparse.ArgumentTypeError(f"{value!r} is not an http(s) URL")
+    return value
+
+
+# flag, type, default, help. Each flag is also PENSTOCK_<FLAG>; argparse applies `type` to the
+# environment's string too, so a bad variable fails with a message naming the flag.
+_FLAGS: list[tuple[str, Any, str, str]] = [
+    ("operator-image", str, DEFAULT_OPERATOR_IMAGE, "image of the preload and gateway containers"),
+    ("redis-image", str, DEFAULT_REDIS_IMAGE, "image of the Redis cache sidecar"),
+    ("resync-seconds", float, "60", "drift-repair interval per Pipeline"),
+    ("metrics-port", int, "8080", "port of /metrics, 0 to disable"),
+    ("health-port", int, "8081", "port of the /healthz liveness endpoint, 0 to disable"),
+    ("log-level", str, "INFO", "log level: DEBUG, INFO, WARNING or ERROR"),
+    ("log-format", str, "text", "log format: text or json"),
+    ("peering", str, "", "kopf peering name for an active/standby pair; empty: standalone"),
+    ("priority", int, "0", "peering priority; the highest runs, the others stand by"),
+    (
+        "otlp-endpoint",
+        _url,
+        "",
+        "OTLP/HTTP endpoint (e.g. http://otel-collector:4318) receiving the operator's reconcile "
+        "spans and the gateways' spans of Pipelines with tracing enabled; empty: no tracing",
+    ),
+    (
+        "price-table",
+        str,
+        "",
+        "JSON or YAML file with prices (cpuCoreHour, memoryGiBHour, gpuHour{type: usd}); "
+        "empty: the built-in table",
+    ),
+]
+_CHOICES = {"log-level": ["DEBUG", "INFO", "WARNING", "ERROR"], "log-format": ["text", "json"]}
+
+
 def add_operator_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--namespace",
@@ -40,78 +77,15 @@ def add_operator_arguments(parser: argparse.ArgumentParser) -> None:
         help="watch only this namespace (repeatable; env PENSTOCK_NAMESPACES, comma-separated); "
         "default: all namespaces",
     )
-    parser.add_argument(
-        "--operator-image",
-        default=_env("OPERATOR_IMAGE", DEFAULT_OPERATOR_IMAGE),
-        help="image for the preload init container (env PENSTOCK_OPERATOR_IMAGE)",
-    )
-    parser.add_argument(
-        "--redis-image",
-        default=_env("REDIS_IMAGE", DEFAULT_REDIS_IMAGE),
-        help="image of the Redis cache sidecar (env PENSTOCK_REDIS_IMAGE)",
-    )
-    parser.add_argument(
-        "--resync-seconds",
-        type=float,
-        default=float(_env("RESYNC_SECONDS", "60")),
-        help="drift-repair interval per Pipeline (env PENSTOCK_RESYNC_SECONDS; default 60)",
-    )
-    parser.add_argument(
-        "--metrics-port",
-        type=int,
-        default=int(_env("METRICS_PORT", "8080")),
-        help="port of /metrics, 0 to disable (env PENSTOCK_METRICS_PORT; default 8080)",
-    )
-    parser.add_argument(
-        "--health-port",
-        type=int,
-        default=int(_env("HEALTH_PORT", "8081")),
-        help="port of the /healthz liveness endpoint, 0 to disable (env PENSTOCK_HEALTH_PORT; default 8081)",
-    )
-    parser.add_argument(
-        "--log-level",
-        default=_env("LOG_LEVEL", "INFO"),
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="log level (env PENSTOCK_LOG_LEVEL; default INFO)",
-    )
-    parser.add_argument(
-        "--log-format",
-        default=_env("LOG_FORMAT", "text"),
-        choices=["text", "json"],
-        help="log format (env PENSTOCK_LOG_FORMAT; default text)",
-    )
-    parser.add_argument(
-        "--peering",
-        default=_env("PEERING", "") or None,
-        help="kopf peering name for an active/standby pair (env PENSTOCK_PEERING); "
-        "default: standalone",
-    )
-    parser.add_argument(
-        "--priority",
-        type=int,
-        default=int(_env("PRIORITY", "0")),
-        help="peering priority; the highest runs, the others stand by (env PENSTOCK_PRIORITY)",
-    )
-    parser.add_argument(
-        "--otlp-endpoint",
-        type=_url,
-        default=_env("OTLP_ENDPOINT", ""),
-        help="OTLP/HTTP endpoint (e.g. http://otel-collector:4318) receiving the operator's "
-        "reconcile spans and the gateways' spans of Pipelines with tracing enabled "
-        "(env PENSTOCK_OTLP_ENDPOINT); default: no tracing",
-    )
-    parser.add_argument(
-        "--price-table",
-        default=_env("PRICE_TABLE", ""),
-        help="JSON or YAML file with prices (cpuCoreHour, memoryGiBHour, gpuHour{type: usd}); "
-        "env PENSTOCK_PRICE_TABLE; default: the built-in table",
-    )
-
-
-def _url(value: str) -> str:
-    if value and not value.startswith(("http://", "https://")):
-        raise argparse.ArgumentTypeError(f"{value!r} is not an http(s) URL")
-    return value
+    for flag, kind, default, text in _FLAGS:
+        env = flag.upper().replace("-", "_")
+        parser.add_argument(
+            f"--{flag}",
+            type=kind,
+            default=_env(env, default),
+            choices=_CHOICES.get(flag),
+            help=f"{text} (env PENSTOCK_{env}; default {default or 'empty'})",
+        )
 
 
 def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
@@ -129,7 +103,7 @@ def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
         health_port=args.health_port,
         log_level=args.log_level,
         log_format=args.log_format,
-        peering=args.peering,
+        peering=args.peering or None,
         priority=args.priority,
         otlp_endpoint=args.otlp_endpoint or None,
     )
