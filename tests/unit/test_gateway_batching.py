@@ -117,3 +117,26 @@ async def test_held_time_is_split_over_the_batch() -> None:
     outcomes = await asyncio.gather(*(batcher.submit(i) for i in range(4)))
     for outcome in outcomes:
         assert 0.02 <= outcome.held_seconds <= 0.05
+
+
+async def test_requests_collect_while_max_inflight_batches_are_out() -> None:
+    stage = FakeStage(delay=0.1)
+    batcher = Batcher(stage.send, stage="embed", max_size=32, max_latency=0.001, max_inflight=1)
+    first = asyncio.ensure_future(batcher.submit(0))
+    await asyncio.sleep(0.02)  # batch [0] is out; the next ones wait for it
+    rest = [asyncio.ensure_future(batcher.submit(i)) for i in range(1, 10)]
+    outcomes = await asyncio.wait_for(asyncio.gather(first, *rest), timeout=2)
+    assert stage.batches == [[0], list(range(1, 10))]
+    assert [json.loads(o.body) for o in outcomes if isinstance(o, Answer)] == [
+        {"out": i} for i in range(10)
+    ]
+
+
+async def test_a_full_batch_waits_for_a_free_slot_then_goes_at_once() -> None:
+    stage = FakeStage(delay=0.05)
+    batcher = Batcher(stage.send, stage="embed", max_size=2, max_latency=10.0, max_inflight=1)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await asyncio.wait_for(asyncio.gather(*(batcher.submit(i) for i in range(6))), timeout=2)
+    assert stage.batches == [[0, 1], [2, 3], [4, 5]]
+    assert loop.time() - started >= 0.14  # one at a time

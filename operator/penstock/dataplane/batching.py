@@ -1,8 +1,11 @@
 """Dynamic batching: gather single requests into one call of the stage's batch endpoint.
 
 A batch is sent when it holds ``max_size`` items or ``max_latency`` seconds after its first
-item arrived, whichever comes first; batches run concurrently. The stage answers a JSON array
-of the same length, in order; anything else fails exactly that batch's callers.
+item arrived, whichever comes first; up to ``max_inflight`` batches run concurrently. While
+that many are out, requests keep collecting and go in the next batch as soon as one returns
+(a busy stage gets full batches instead of a queue of small ones, as Triton's dynamic batcher
+does). The stage answers a JSON array of the same length, in order; anything else fails
+exactly that batch's callers.
 """
 
 from __future__ import annotations
@@ -57,37 +60,71 @@ Send = Callable[[list[Any]], Awaitable[BatchResponse | Failure]]
 
 
 class Batcher:
-    """Collects items and sends them with ``send``; ``submit`` returns that item's outcome."""
+    """Collects items and sends them with ``send``; ``submit`` returns that item's outcome.
 
-    def __init__(self, send: Send, *, stage: str, max_size: int, max_latency: float) -> None:
+    ``max_inflight`` bounds the batches out at once (``None``: no bound).
+    """
+
+    def __init__(
+        self,
+        send: Send,
+        *,
+        stage: str,
+        max_size: int,
+        max_latency: float,
+        max_inflight: int | None = None,
+    ) -> None:
         self._send = send
         self._stage = stage
         self.max_size = max_size
         self.max_latency = max_latency
+        self.max_inflight = max_inflight
         self._pending: list[tuple[Any, asyncio.Future[Outcome]]] = []
+        self._first_at = 0.0  # loop time the oldest pending item arrived
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
         self.on_batch: Callable[[int], None] | None = None
 
+    def _has_slot(self) -> bool:
+        return self.max_inflight is None or len(self._tasks) < self.max_inflight
+
     async def submit(self, item: Any) -> Outcome:
-        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Outcome] = loop.create_future()
+        if not self._pending:
+            self._first_at = loop.time()
         self._pending.append((item, future))
         if len(self._pending) >= self.max_size:
             self._flush()
-        elif self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self.max_latency, self._flush)
+        elif self._timer is None and self._has_slot():
+            self._timer = loop.call_later(self.max_latency, self._flush)
         return await future
 
     def _flush(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        while self._pending:
+        loop = asyncio.get_running_loop()
+        while self._pending and self._has_slot():
             batch = self._pending[: self.max_size]
             self._pending = self._pending[self.max_size :]
-            task = asyncio.get_running_loop().create_task(self._run(batch))
+            task = loop.create_task(self._run(batch))
             self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(self._batch_done)
+        if self._pending:
+            self._first_at = loop.time()
+
+    def _batch_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if self._closed or not self._pending or self._timer is not None:
+            return
+        loop = asyncio.get_running_loop()
+        wait = self._first_at + self.max_latency - loop.time()
+        if len(self._pending) >= self.max_size or wait <= 0:
+            self._flush()
+        else:
+            self._timer = loop.call_later(wait, self._flush)
 
     async def _run(self, batch: list[tuple[Any, asyncio.Future[Outcome]]]) -> None:
         size = len(batch)
@@ -124,6 +161,7 @@ class Batcher:
                 future.set_result(outcome)
 
     async def close(self) -> None:
+        self._closed = True
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

@@ -46,6 +46,7 @@ class GatewayConfig:
     batch_max_size: int = 8
     batch_max_latency_ms: float = 5.0
     batch_path: str | None = None
+    batch_max_inflight: int = 2
     warmup_requests: int = 0
     warmup_body: bytes = b"{}"
     warmup_path: str = "/"
@@ -190,6 +191,12 @@ _FLAGS: tuple[_Flag, ...] = (
         "longest wait for a batch to fill (default 5)",
     ),
     _Flag("--batch-path", _path, "PATH", "the stage's batch endpoint; enables batching"),
+    _Flag(
+        "--batch-max-inflight",
+        _positive_int,
+        "N",
+        "most batches at the stage at once; meanwhile requests collect (default 2)",
+    ),
     _Flag("--warmup-requests", _non_negative_int, "N", "warmup POSTs before ready (default 0)"),
     _Flag("--warmup-body", _text, "FILE", "file with the warmup request body (default '{}')"),
     _Flag("--warmup-path", _path, "PATH", "where warmup requests go (default /)"),
@@ -282,9 +289,11 @@ def parse_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) 
             values["warmup_body"] = Path(body_file).read_bytes()
         except OSError as error:
             raise ConfigError(f"--warmup-body: cannot read {body_file}: {error}") from None
-    batch_only = ("batch_max_size", "batch_max_latency_ms")
+    batch_only = ("batch_max_size", "batch_max_latency_ms", "batch_max_inflight")
     if "batch_path" not in values and any(name in values for name in batch_only):
-        raise ConfigError("--batch-max-size/--batch-max-latency-ms need --batch-path")
+        raise ConfigError(
+            "--batch-max-size/--batch-max-latency-ms/--batch-max-inflight need --batch-path"
+        )
     password = env.get(ENV_REDIS_PASSWORD, "")
     if password:
         values["redis_password"] = password

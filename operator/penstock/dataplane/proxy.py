@@ -177,6 +177,7 @@ class Gateway:
                 stage=config.stage,
                 max_size=config.batch_max_size,
                 max_latency=config.batch_max_latency_ms / 1000,
+                max_inflight=config.batch_max_inflight,
             )
             self._batcher.on_batch = self.metrics.batch_size.observe
         proxy = web.Application(client_max_size=config.max_body_bytes)
