@@ -18,12 +18,13 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from yarl import URL
 
 from penstock.dataplane.answers import Answer, Failure, Outcome
 from penstock.dataplane.batching import Batcher, BatchResponse
@@ -62,24 +63,19 @@ HOP_BY_HOP = frozenset(
     }
 )
 _NOT_FORWARDED_REQUEST = frozenset({"host", "content-length", "expect"})
+_NOT_FORWARDED_STREAMED = frozenset({"host", "expect"})  # a streamed body keeps its length
 _NOT_FORWARDED_RESPONSE = frozenset({"content-length"})
 
 
 def strip_headers(headers: Mapping[str, str], drop: frozenset[str]) -> CIMultiDict[str]:
     """Headers without hop-by-hop ones (also those named in ``Connection``) and ``drop``."""
-    named = {
-        token.strip().lower()
-        for value in _all(headers, "connection")
-        for token in value.split(",")
-        if token.strip()
-    }
-    out: CIMultiDict[str] = CIMultiDict()
-    for name, value in headers.items():
-        lowered = name.lower()
-        if lowered in HOP_BY_HOP or lowered in drop or lowered in named:
-            continue
-        out.add(name, value)
-    return out
+    skip = HOP_BY_HOP | drop
+    connection = _all(headers, "connection")
+    if connection:
+        skip = skip | {token.strip().lower() for value in connection for token in value.split(",")}
+    return CIMultiDict(
+        [(name, value) for name, value in headers.items() if name.lower() not in skip]
+    )
 
 
 def _all(headers: Mapping[str, str], name: str) -> list[str]:
@@ -92,6 +88,12 @@ def _all(headers: Mapping[str, str], name: str) -> list[str]:
 
 def cache_directives(headers: Mapping[str, str]) -> set[str]:
     """Lower-case ``Cache-Control`` directive names (``Pragma: no-cache`` counts as no-cache)."""
+    if (
+        "cache-control" not in headers
+        and "pragma" not in headers
+        and isinstance(headers, CIMultiDict | CIMultiDictProxy)
+    ):
+        return set()  # the common case, without parsing
     directives = {
         part.split("=", 1)[0].strip().lower()
         for value in _all(headers, "cache-control")
@@ -162,6 +164,7 @@ class Gateway:
             ),
             auto_decompress=False,
             skip_auto_headers=("User-Agent", "Accept-Encoding"),
+            cookie_jar=aiohttp.DummyCookieJar(),  # a proxy keeps no cookies between clients
         )
         if config.redis_url:
             self.cache = RedisCache(
@@ -307,9 +310,12 @@ class Gateway:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
         record = _Record()
-        self.metrics.inflight.inc()
-        context = self._propagator.extract(request.headers) if self._tracing else None
+        metrics = self.metrics
+        metrics.inflight.inc()
         try:
+            if not self._tracing:  # fast path: no span, no context switch
+                return await self._serve(request, record)
+            context = self._propagator.extract(request.headers)
             with self._tracer.start_as_current_span(
                 f"{request.method} {self.config.stage}", context=context, kind=SpanKind.SERVER
             ) as span:
@@ -333,11 +339,11 @@ class Gateway:
                         span.set_status(Status(StatusCode.ERROR, record.outcome))
                 return response
         finally:
-            self.metrics.inflight.dec()
-            self.metrics.duration.observe(time.perf_counter() - started)
-            self.metrics.request(record.outcome)
+            metrics.inflight.dec()
+            metrics.duration.observe(time.perf_counter() - started)
+            metrics.request(record.outcome)
             if record.cost > 0:
-                self.metrics.cost.inc(record.cost)
+                metrics.cost.inc(record.cost)
 
     def _failure(self, failure: Failure, record: _Record, cache: str) -> web.Response:
         record.outcome = failure.outcome
@@ -388,7 +394,7 @@ class Gateway:
             headers=request.headers,
             key_headers=config.cache_key_headers,
         )
-        directives = cache_directives(request.headers)
+        directives = cache_directives(request.headers) if self.cache is not None else set()
         cache_state = "bypass"
         if self.cache is not None and "no-cache" not in directives:
             lookup, entry = await self.cache.get(key)
@@ -435,31 +441,23 @@ class Gateway:
 
     async def _read_body(self, request: web.Request) -> bytes | Failure:
         limit = self.config.max_body_bytes
-        too_large = Failure(
-            413,
-            f"request body is larger than {limit} bytes (--max-body-bytes)",
-            self.config.stage,
-            "client_error",
-        )
         if request.content_length is not None and request.content_length > limit:
-            return too_large
-        chunks: list[bytes] = []
-        size = 0
+            return self._too_large()
         try:
-            async for chunk in request.content.iter_any():
-                size += len(chunk)
-                if size > limit:
-                    return too_large
-                chunks.append(chunk)
+            return await request.read()  # the app's client_max_size is the same limit
+        except web.HTTPRequestEntityTooLarge:
+            return self._too_large()
         except (aiohttp.ClientPayloadError, ConnectionError) as error:
             message = f"request body could not be read: {_describe(error)}"
             return Failure(400, message, self.config.stage, "client_error")
-        return b"".join(chunks)
+
+    def _too_large(self) -> Failure:
+        limit = self.config.max_body_bytes
+        message = f"request body is larger than {limit} bytes (--max-body-bytes)"
+        return Failure(413, message, self.config.stage, "client_error")
 
     def _upstream_headers(self, request: web.Request, streamed: bool) -> CIMultiDict[str]:
-        drop = _NOT_FORWARDED_REQUEST
-        if streamed:
-            drop = frozenset({"host", "expect"})  # a streamed body keeps its declared length
+        drop = _NOT_FORWARDED_STREAMED if streamed else _NOT_FORWARDED_REQUEST
         headers = strip_headers(request.headers, drop)
         forwarded = request.remote
         if forwarded:
@@ -479,7 +477,7 @@ class Gateway:
         """One call to the stage: a buffered answer, an open stream, or a clear failure."""
         config = self.config
         headers = self._upstream_headers(request, streamed=not isinstance(body, bytes))
-        url = config.upstream + request.rel_url.raw_path_qs
+        url = URL(config.upstream + request.rel_url.raw_path_qs, encoded=True)  # as sent
         started = time.perf_counter()
         response: aiohttp.ClientResponse | None = None
         try:
