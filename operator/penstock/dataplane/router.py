@@ -1,0 +1,702 @@
+"""``penstock router``: the pipeline's entrypoint, running the stage DAG per request.
+
+``POST /`` with the pipeline input (JSON). Every stage the output depends on is called as soon as
+all of its inputs exist (asyncio tasks, maximum parallelism); stages the output does not depend
+on are never called. A stage receives the envelope of the DESIGN stage contract. The output
+stage's answer is the response; when it streams (``stream: true``) its body reaches the client
+chunk by chunk with the stage's content type.
+
+Errors are JSON ``{"error", "pipeline", "stage"}``: 400 for a bad request body, 502 when a stage
+fails (non-2xx, connection error, invalid JSON; the other in-flight stages are cancelled), 504
+when a stage's ``timeoutSeconds`` or the pipeline's ``latencyBudgetMs`` runs out (``stage`` names
+the stage still running then).
+
+With the request header ``X-Penstock-Profile: 1`` a JSON answer is wrapped as
+``{"output": ..., "profile": {"stages": [...], "critical_path": [...], "total_ms": ...}}``.
+Profiles are only given for non-streaming outputs: a streamed body has no place for them (the
+header is ignored then).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, NoReturn
+from urllib.parse import urlsplit
+
+import aiohttp
+from aiohttp import web
+from opentelemetry.context import Context
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.trace import NoOpTracer, SpanKind, Status, StatusCode, Tracer
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+
+from penstock.dataplane.config import HostPort, parse_host_port
+from penstock.dataplane.router_topology import (
+    StageRoute,
+    Topology,
+    TopologyError,
+    critical_path,
+    envelope_body,
+    load_pipeline,
+    load_topology,
+    parse_stage_urls,
+    ready_stages,
+)
+from penstock.dataplane.telemetry import (
+    ATTR_PIPELINE,
+    ATTR_STAGE,
+    DURATION_BUCKETS,
+    traces_url,
+)
+
+log = logging.getLogger("penstock.router")
+
+ENV_PREFIX = "PENSTOCK_ROUTER_"
+PROFILE_HEADER = "X-Penstock-Profile"
+CACHE_HEADER = "X-Penstock-Cache"
+JSON_TYPE = "application/json"
+MAX_BODY_BYTES = 16 << 20
+
+
+# =========================================================================== configuration
+
+
+class ConfigError(Exception):
+    """A bad flag or value; the message names it."""
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    listen: HostPort
+    topology: Topology
+    admin_listen: HostPort
+    otlp_endpoint: str | None = None
+    sampling_ratio: float = 1.0
+
+
+def env_name(flag: str) -> str:
+    """``--stage-url`` -> ``PENSTOCK_ROUTER_STAGE_URL``."""
+    return ENV_PREFIX + flag.lstrip("-").replace("-", "_").upper()
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(message)
+
+
+_HELP = {
+    "--listen": ("HOST:PORT", "where clients reach the pipeline (required)"),
+    "--pipeline": ("FILE", "a Pipeline YAML; stage URLs come from --stage-url (local runs)"),
+    "--topology": ("FILE", "the topology.json of the pipeline's ConfigMap (in the cluster)"),
+    "--stage-url": (
+        "NAME=URL",
+        "where stage NAME is reached, repeatable; required with --pipeline for every stage the"
+        " output needs, overrides the topology's URL otherwise (env: comma-separated)",
+    ),
+    "--admin-listen": ("HOST:PORT", "/metrics, /live, /ready (default: the --listen host, 9090)"),
+    "--otlp-endpoint": ("URL", "OTLP/HTTP collector; enables spans per request and stage"),
+    "--sampling-ratio": ("R", "trace sampling ratio in [0, 1] (default 1)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="penstock router",
+        description="The pipeline's entrypoint: runs the stage DAG per request with maximum"
+        " parallelism, enforces the latency budget, streams the output stage, profiles on"
+        f" request ({PROFILE_HEADER}: 1).",
+        epilog=f"Every flag --foo-bar can also be set with {ENV_PREFIX}FOO_BAR."
+        " Exit status 2 on bad flags or files.",
+    )
+    for flag, (metavar, text) in _HELP.items():
+        parser.add_argument(
+            flag,
+            metavar=metavar,
+            default=None,
+            action="append" if flag == "--stage-url" else "store",
+            help=f"{text} [env: {env_name(flag)}]",
+        )
+    return parser
+
+
+def _url(source: str, text: str) -> str:
+    parts = urlsplit(text.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{source}: {text!r} is not an http(s)://host[:port] URL")
+    return text.strip()
+
+
+def parse_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> RouterConfig:
+    """Flags, else environment variables, else defaults; raise :class:`ConfigError`."""
+    env = os.environ if environ is None else environ
+    args = build_parser().parse_args(list(argv))
+
+    def pick(flag: str) -> tuple[str | None, str]:
+        value = getattr(args, flag.lstrip("-").replace("-", "_"))
+        if isinstance(value, str) and value.strip():
+            return value.strip(), flag
+        raw = env.get(env_name(flag), "").strip()
+        return (raw or None), env_name(flag)
+
+    listen_text, source = pick("--listen")
+    if listen_text is None:
+        raise ConfigError(f"--listen is required (or set {env_name('--listen')})")
+    try:
+        listen = parse_host_port(listen_text)
+        admin_text, source = pick("--admin-listen")
+        admin = parse_host_port(admin_text) if admin_text else HostPort(listen.host, 9090)
+    except ValueError as error:
+        raise ConfigError(f"{source}: {error}") from None
+    if admin == listen and listen.port != 0:
+        raise ConfigError("--admin-listen must differ from --listen")
+    otlp, source = pick("--otlp-endpoint")
+    if otlp is not None:
+        otlp = _url(source, otlp)
+    ratio_text, source = pick("--sampling-ratio")
+    ratio = 1.0
+    if ratio_text is not None:
+        try:
+            ratio = float(ratio_text)
+        except ValueError:
+            raise ConfigError(f"{source}: {ratio_text!r} is not a number") from None
+        if not 0.0 <= ratio <= 1.0:
+            raise ConfigError(f"{source}: {ratio_text!r} is not in [0, 1]")
+    items: list[str] = [item for item in (args.stage_url or []) if item.strip()]
+    if not items:
+        items = [i for i in env.get(env_name("--stage-url"), "").replace(",", " ").split() if i]
+    pipeline, _ = pick("--pipeline")
+    topology_file, _ = pick("--topology")
+    if (pipeline is None) == (topology_file is None):
+        raise ConfigError(
+            "give exactly one of --pipeline FILE (a Pipeline YAML) or --topology FILE"
+            " (the topology.json of the pipeline's ConfigMap)"
+        )
+    try:
+        urls = parse_stage_urls(items)
+        if pipeline is not None:
+            topology = load_pipeline(pipeline, urls)
+        else:
+            topology = with_stage_urls(load_topology(topology_file or ""), urls)
+    except TopologyError as error:
+        raise ConfigError(str(error)) from None
+    return RouterConfig(listen, topology, admin, otlp, ratio)
+
+
+def with_stage_urls(topology: Topology, urls: Mapping[str, str]) -> Topology:
+    """The topology with some stages' URLs replaced (``--stage-url`` over ``topology.json``)."""
+    unknown = sorted(set(urls) - set(topology.stages))
+    if unknown:
+        raise TopologyError(
+            f"--stage-url names no stage of pipeline {topology.pipeline!r}: {', '.join(unknown)}"
+        )
+    stages = {
+        name: replace(stage, url=urls.get(name, stage.url))
+        for name, stage in topology.stages.items()
+    }
+    return replace(topology, stages=stages)
+
+
+# =========================================================================== telemetry
+
+
+class RouterMetrics:
+    """The router's metrics in a registry of its own (several routers may share a process)."""
+
+    def __init__(self, topology: Topology) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._labels = {"namespace": topology.namespace, "pipeline": topology.pipeline}
+        self._requests = Counter(
+            "penstock_pipeline_requests_total",
+            "Pipeline requests through the router, by outcome"
+            " (ok, bad_request, stage_error, timeout)",
+            ["namespace", "pipeline", "outcome"],
+            registry=self.registry,
+        )
+        self.duration = Histogram(
+            "penstock_pipeline_request_duration_seconds",
+            "Time from request to complete pipeline response at the router",
+            ["namespace", "pipeline"],
+            buckets=DURATION_BUCKETS,
+            registry=self.registry,
+        ).labels(**self._labels)
+        self._children: dict[str, Counter] = {}
+
+    def request(self, outcome: str) -> None:
+        child = self._children.get(outcome)
+        if child is None:
+            child = self._children[outcome] = self._requests.labels(**self._labels, outcome=outcome)
+        child.inc()
+
+
+def build_tracer(
+    config: RouterConfig, exporter: SpanExporter | None = None
+) -> tuple[Tracer, TracerProvider | None]:
+    """A tracer of its own provider (not the global one), or a no-op one without tracing."""
+    if exporter is None and config.otlp_endpoint is None:
+        return NoOpTracer(), None
+    if exporter is None:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        exporter = OTLPSpanExporter(endpoint=traces_url(config.otlp_endpoint or ""))
+    topology = config.topology
+    resource = Resource.create(
+        {
+            "service.name": f"{topology.pipeline}.router",
+            "service.namespace": topology.namespace,
+            ATTR_PIPELINE: topology.pipeline,
+        }
+    )
+    provider = TracerProvider(
+        resource=resource, sampler=ParentBased(TraceIdRatioBased(config.sampling_ratio))
+    )
+    provider.add_span_processor(BatchSpanProcessor(exporter))
+    return provider.get_tracer("penstock.router"), provider
+
+
+# =========================================================================== execution
+
+
+class StageError(Exception):
+    """A stage failed or ran out of time; ``status`` is the router's HTTP answer (502/504)."""
+
+    def __init__(self, stage: str, message: str, status: int = 502) -> None:
+        super().__init__(message)
+        self.stage = stage
+        self.message = message
+        self.status = status
+
+
+@dataclass
+class _Answer:
+    body: bytes = b""
+    response: aiohttp.ClientResponse | None = None  # an open streaming response
+
+
+@dataclass
+class _Run:
+    """One request's bookkeeping: when each stage started and ended (for the profile)."""
+
+    t0: float
+    started: dict[str, float] = field(default_factory=dict)
+    ended: dict[str, float] = field(default_factory=dict)
+    cache: dict[str, str | None] = field(default_factory=dict)
+
+    def ms(self, at: float) -> float:
+        return round((at - self.t0) * 1000, 3)
+
+
+def _endpoint(url: str) -> str:
+    """A stage's base URL serves the contract at ``/``; a URL with a path is used as is."""
+    return url if urlsplit(url).path not in ("", "/") else url.rstrip("/") + "/"
+
+
+def _json_error(status: int, message: str, pipeline: str, stage: str | None = None) -> web.Response:
+    body: dict[str, Any] = {"error": message, "pipeline": pipeline}
+    if stage is not None:
+        body["stage"] = stage
+    return web.json_response(body, status=status)
+
+
+class Router:
+    """One router instance: its listeners, keep-alive client pool, metrics and tracer."""
+
+    def __init__(self, config: RouterConfig, *, span_exporter: SpanExporter | None = None):
+        self.config = config
+        self.topology = config.topology
+        self.metrics = RouterMetrics(config.topology)
+        self._tracer, self._provider = build_tracer(config, span_exporter)
+        self._tracing = self._provider is not None
+        self._propagator = TraceContextTextMapPropagator()
+        self._graph = {name: stage.depends_on for name, stage in self.topology.stages.items()}
+        needed = self.topology.needed()
+        # Stages in file order: a stable launch order, and the profile lists them so.
+        self._needed = [name for name in self.topology.stages if name in needed]
+        self._endpoints = {
+            name: _endpoint(stage.url) for name, stage in self.topology.stages.items()
+        }
+        self._session: aiohttp.ClientSession | None = None
+        self._runners: list[web.AppRunner] = []
+        self.ready = False
+        self.port = 0
+        self.admin_port = 0
+
+    # ----------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30, ttl_dns_cache=60),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
+            skip_auto_headers=("User-Agent",),
+        )
+        app = web.Application(client_max_size=MAX_BODY_BYTES)
+        app.router.add_post("/", self._handle)
+        admin = web.Application()
+        admin.router.add_get("/metrics", self._metrics)
+        admin.router.add_get("/live", self._live)
+        admin.router.add_get("/ready", self._ready)
+        listen, admin_listen = self.config.listen, self.config.admin_listen
+        self.port = await self._listen(app, listen.host, listen.port)
+        self.admin_port = await self._listen(admin, admin_listen.host, admin_listen.port)
+        self.ready = True
+
+    async def _listen(self, app: web.Application, host: str, port: int) -> int:
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5)
+        await runner.setup()
+        self._runners.append(runner)
+        site = web.TCPSite(runner, host, port, reuse_address=True)
+        await site.start()
+        for address in runner.addresses:
+            if isinstance(address, tuple):
+                return int(address[1])
+        return port  # pragma: no cover - TCP sites always have a (host, port) address
+
+    async def stop(self) -> None:
+        self.ready = False
+        for runner in reversed(self._runners):
+            await runner.cleanup()
+        self._runners = []
+        if self._session is not None:
+            await self._session.close()
+        if self._provider is not None:
+            self._provider.shutdown()
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        assert self._session is not None, "router not started"
+        return self._session
+
+    # ----------------------------------------------------------------- admin
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        response = web.Response(body=generate_latest(self.metrics.registry))
+        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return response
+
+    async def _live(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "live"})
+
+    async def _ready(self, request: web.Request) -> web.Response:
+        status = 200 if self.ready else 503
+        text = "ready" if self.ready else "not ready"
+        return web.json_response(
+            {"status": text, "pipeline": self.topology.pipeline}, status=status
+        )
+
+    # ----------------------------------------------------------------- requests
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
+        outcome = "stage_error"
+        try:
+            response, outcome = await self._serve(request, started)
+            return response
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        finally:
+            self.metrics.request(outcome)
+            self.metrics.duration.observe(time.perf_counter() - started)
+
+    async def _serve(self, request: web.Request, started: float) -> tuple[web.StreamResponse, str]:
+        pipeline = self.topology.pipeline
+        raw = await request.read()
+        try:
+            json.loads(raw)
+        except ValueError as error:
+            message = f"request body is not valid JSON: {error}"
+            return _json_error(400, message, pipeline), "bad_request"
+        profile = request.headers.get(PROFILE_HEADER, "").strip().lower() in ("1", "true")
+        parent = self._propagator.extract(request.headers)
+        with self._tracer.start_as_current_span(
+            f"pipeline {pipeline}", context=parent, kind=SpanKind.SERVER
+        ) as span:
+            if span.is_recording():
+                span.set_attribute(ATTR_PIPELINE, pipeline)
+            # Without tracing, the caller's traceparent is passed on unchanged.
+            context = None if self._tracing else parent
+            run = _Run(started)
+            deadline = None
+            if self.topology.latency_budget_ms is not None:
+                deadline = started + self.topology.latency_budget_ms / 1000
+            try:
+                answer = await self._execute(raw, run, deadline, context)
+            except StageError as error:
+                if span.is_recording():
+                    span.set_status(Status(StatusCode.ERROR, error.message))
+                    span.set_attribute(ATTR_STAGE, error.stage)
+                log.warning("pipeline %s: %s", pipeline, error.message)
+                outcome = "timeout" if error.status == 504 else "stage_error"
+                return _json_error(error.status, error.message, pipeline, error.stage), outcome
+            if answer.response is not None:
+                return await self._stream(request, answer.response, deadline)
+            if not profile:
+                return web.Response(body=answer.body, content_type=JSON_TYPE), "ok"
+            wrapped = {"output": json.loads(answer.body), "profile": self._profile(run)}
+            return web.json_response(wrapped), "ok"
+
+    def _profile(self, run: _Run) -> dict[str, Any]:
+        stages = [
+            {
+                "name": name,
+                "start_ms": run.ms(run.started[name]),
+                "end_ms": run.ms(run.ended[name]),
+                "duration_ms": round((run.ended[name] - run.started[name]) * 1000, 3),
+                "cache": run.cache.get(name),
+            }
+            for name in self._needed
+            if name in run.ended
+        ]
+        ends = {name: run.ended[name] for name in run.ended}
+        return {
+            "stages": stages,
+            "critical_path": critical_path(self.topology.output, self._graph, ends),
+            "total_ms": run.ms(time.perf_counter()),
+        }
+
+    async def _execute(
+        self, raw_input: bytes, run: _Run, deadline: float | None, context: Context | None
+    ) -> _Answer:
+        """Run the needed stages, each as soon as its inputs exist; the output's answer."""
+        output = self.topology.output
+        outputs: dict[str, bytes] = {}
+        answers: dict[str, _Answer] = {}
+        running: dict[asyncio.Task[_Answer], str] = {}
+        try:
+            while True:
+                for name in ready_stages(self._needed, self._graph, outputs, running.values()):
+                    stage = self.topology.stages[name]
+                    body = envelope_body(stage.depends_on, raw_input, outputs)
+                    stream = name == output and stage.stream
+                    task = asyncio.create_task(self._call(stage, body, run, context, stream))
+                    running[task] = name
+                if not running:
+                    return answers[output]
+                timeout = None if deadline is None else max(0.0, deadline - time.perf_counter())
+                done, _ = await asyncio.wait(
+                    running, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+                if not done:
+                    late = sorted(running.values(), key=lambda name: run.started.get(name, 0.0))
+                    others = f" (also running: {', '.join(late[1:])})" if len(late) > 1 else ""
+                    raise StageError(
+                        late[0],
+                        f"latency budget of {self.topology.latency_budget_ms} ms ran out while"
+                        f" stage {late[0]!r} was running{others}",
+                        504,
+                    )
+                for task in done:
+                    name = running.pop(task)
+                    try:
+                        answer = task.result()
+                    except StageError:
+                        raise
+                    except Exception as error:  # a bug, not a stage's fault; still no hang
+                        raise StageError(name, f"stage {name!r}: {error!r}") from error
+                    answers[name] = answer
+                    outputs[name] = answer.body
+        finally:
+            for task in running:
+                task.cancel()
+            if running:
+                await asyncio.gather(*running, return_exceptions=True)
+
+    async def _call(
+        self, stage: StageRoute, body: bytes, run: _Run, context: Context | None, stream: bool
+    ) -> _Answer:
+        name = stage.name
+        with self._tracer.start_as_current_span(f"stage {name}", kind=SpanKind.CLIENT) as span:
+            headers = {"Content-Type": JSON_TYPE, "Accept": "*/*" if stream else JSON_TYPE}
+            self._propagator.inject(headers, context=context)
+            if span.is_recording():
+                span.set_attributes({ATTR_PIPELINE: self.topology.pipeline, ATTR_STAGE: name})
+            run.started[name] = time.perf_counter()
+            try:
+                answer = await self._post(stage, body, headers, run, stream)
+            except StageError as error:
+                if span.is_recording():
+                    span.set_status(Status(StatusCode.ERROR, error.message))
+                raise
+            finally:
+                run.ended[name] = time.perf_counter()
+            return answer
+
+    async def _post(
+        self,
+        stage: StageRoute,
+        body: bytes,
+        headers: dict[str, str],
+        run: _Run,
+        stream: bool,
+    ) -> _Answer:
+        name, url = stage.name, self._endpoints[stage.name]
+        try:
+            async with asyncio.timeout(stage.timeout_seconds):
+                response = await self.session.post(url, data=body, headers=headers)
+                try:
+                    run.cache[name] = response.headers.get(CACHE_HEADER)
+                    if not 200 <= response.status <= 299:
+                        detail = (await response.read())[:300].decode("utf-8", "replace")
+                        raise StageError(
+                            name,
+                            f"stage {name!r} answered HTTP {response.status}: {detail.strip()}",
+                        )
+                    if stream:
+                        return _Answer(response=response)
+                    data = await response.read()
+                except BaseException:
+                    response.release()
+                    raise
+                response.release()
+        except TimeoutError:
+            raise StageError(
+                name,
+                f"stage {name!r} did not answer within its timeoutSeconds"
+                f" ({stage.timeout_seconds:g} s)",
+                504,
+            ) from None
+        except (aiohttp.ClientError, OSError) as error:
+            raise StageError(
+                name, f"stage {name!r} at {url} failed: {type(error).__name__}: {error}"
+            ) from None
+        try:
+            json.loads(data)
+        except ValueError as error:
+            raise StageError(name, f"stage {name!r} answered invalid JSON: {error}") from None
+        return _Answer(body=data)
+
+    async def _stream(
+        self, request: web.Request, upstream: aiohttp.ClientResponse, deadline: float | None
+    ) -> tuple[web.StreamResponse, str]:
+        """Pass the output stage's body through as it arrives, with its content type."""
+        out = web.StreamResponse(status=upstream.status)
+        content_type = upstream.headers.get("Content-Type")
+        if content_type:
+            out.headers["Content-Type"] = content_type
+        cache = upstream.headers.get(CACHE_HEADER)
+        if cache:
+            out.headers[CACHE_HEADER] = cache
+        output = self.topology.output
+        limit = self.topology.stages[output].timeout_seconds
+        end = (
+            time.perf_counter() + limit
+            if deadline is None
+            else min(deadline, time.perf_counter() + limit)
+        )
+        outcome = "ok"
+        try:
+            await out.prepare(request)
+            try:
+                async with asyncio.timeout(max(0.0, end - time.perf_counter())):
+                    async for chunk in upstream.content.iter_any():
+                        await out.write(chunk)
+            except TimeoutError:
+                outcome = "timeout"
+                log.warning(
+                    "pipeline %s: stream of stage %r cut at the latency budget or timeoutSeconds",
+                    self.topology.pipeline,
+                    output,
+                )
+                out.force_close()
+            except (aiohttp.ClientError, OSError) as error:
+                outcome = "stage_error"
+                log.warning(
+                    "pipeline %s: stream of stage %r broke: %s",
+                    self.topology.pipeline,
+                    output,
+                    error,
+                )
+                out.force_close()
+        finally:
+            upstream.release()
+        return out, outcome
+
+
+# =========================================================================== entry point
+
+
+async def serve(config: RouterConfig, stop: asyncio.Event | None = None) -> None:
+    """Start a router, run until ``stop`` is set (or SIGTERM/SIGINT), then stop."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    handled: list[signal.Signals] = []
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(signum, stop.set)
+            handled.append(signum)
+        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
+            pass
+    router = Router(config)
+    try:
+        await router.start()
+        topology = config.topology
+        log.info(
+            "router for pipeline %s/%s listening on %s:%d (admin %s:%d), output %s, stages %s",
+            topology.namespace,
+            topology.pipeline,
+            config.listen.host,
+            router.port,
+            config.admin_listen.host,
+            router.admin_port,
+            topology.output,
+            ", ".join(sorted(topology.needed())),
+        )
+        await stop.wait()
+        log.info("stopping")
+    finally:
+        await router.stop()
+        for signum in handled:
+            loop.remove_signal_handler(signum)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``penstock router`` with ``argv`` (the arguments after ``router``).
+
+    Exit status: 0 after a clean stop, 1 when the router cannot start (e.g. a port in use),
+    2 on bad flags, values or files, with a one-line ``error: ...`` on stderr.
+    """
+    from penstock.dataplane.gateway import loop_factory
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in args or "--help" in args:
+        build_parser().print_help()
+        return 0
+    try:
+        config = parse_config(args)
+    except ConfigError as error:
+        print(f"penstock router: error: {error}", file=sys.stderr, flush=True)
+        return 2
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
+            runner.run(serve(config))
+    except OSError as error:
+        print(f"penstock router: error: cannot start: {error}", file=sys.stderr, flush=True)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
