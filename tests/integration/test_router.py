@@ -429,3 +429,32 @@ def test_main_subprocess_with_pipeline_file(tmp_path: Path, stage_process: str) 
     finally:
         process.terminate()
         assert process.wait(10) == 0
+
+
+async def test_spans_per_stage_when_tracing(stages: Stages) -> None:
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    config = RouterConfig(
+        listen=HostPort("127.0.0.1", 0),
+        topology=await diamond(stages, sleep=0.0),
+        admin_listen=HostPort("127.0.0.1", 0),
+    )
+    router = Router(config, span_exporter=exporter)
+    await router.start()
+    try:
+        await post(router, {}, {"traceparent": TRACEPARENT})
+    finally:
+        await router.stop()  # flushes the batch processor
+    spans = {span.name: span for span in exporter.get_finished_spans()}
+    assert {"pipeline rag", "stage retrieve", "stage embed", "stage answer"} <= set(spans)
+    trace_id = int(TRACEPARENT.split("-")[1], 16)
+    root = spans["pipeline rag"]
+    for name in ("retrieve", "embed", "answer"):
+        span = spans[f"stage {name}"]
+        assert span.context is not None and span.context.trace_id == trace_id
+        assert span.parent is not None and root.context is not None
+        assert span.parent.span_id == root.context.span_id
+        assert span.attributes is not None and span.attributes["penstock.stage"] == name
+        call = stages.called(name)[0]
+        assert call.headers["traceparent"].split("-")[2] == f"{span.context.span_id:016x}"
