@@ -13,6 +13,17 @@ export PATH="$ROOT/bin:$PATH"
 
 say() { printf '\033[1m[demo]\033[0m %s\n' "$*"; }
 
+# Poll a condition (kubectl wait errors while .status.conditions is still unset).
+wait_condition() { # <timeout s> <condition> <kubectl get args...>
+  local deadline=$((SECONDS + $1)) type="$2" got; shift 2
+  while ((SECONDS < deadline)); do
+    got=$(kubectl get "$@" -o "jsonpath={.status.conditions[?(@.type==\"$type\")].status}" 2>/dev/null || true)
+    [[ "$got" == True ]] && return 0
+    sleep 1
+  done
+  return 1
+}
+
 operator_running() { [[ -f "$OPERATOR_PID" ]] && kill -0 "$(<"$OPERATOR_PID")" 2>/dev/null; }
 
 down() {
@@ -29,7 +40,7 @@ up() {
   export KUBECONFIG="$STATE/kubeconfig"
   say "installing the Pipeline CRD"
   kubectl apply --server-side --force-conflicts -f "$ROOT/crds/pipelines.penstock.dev.yaml" >/dev/null
-  kubectl wait --for=condition=Established crd/pipelines.penstock.dev --timeout=60s >/dev/null
+  wait_condition 60 Established crd pipelines.penstock.dev || { say "the CRD was not established"; exit 1; }
   if ! operator_running; then
     mkdir -p "$(dirname "$OPERATOR_LOG")"
     say "starting the operator (log: $OPERATOR_LOG)"
@@ -41,7 +52,7 @@ up() {
   say "applying examples/rag.yaml to namespace $NAMESPACE"
   kubectl apply -n "$NAMESPACE" -f "$ROOT/examples/rag.yaml"
   say "waiting for the pipeline to become Ready"
-  if ! kubectl wait -n "$NAMESPACE" --for=condition=Ready pipeline/rag --timeout=180s; then
+  if ! wait_condition 180 Ready pipeline rag -n "$NAMESPACE"; then
     say "not Ready in time; operator log tail:"
     tail -n 30 "$OPERATOR_LOG" >&2
     exit 1

@@ -93,6 +93,7 @@ def cmd_operator(args: argparse.Namespace) -> int:
 _PASSTHROUGH = {
     "preload": ("fetch and verify a model (init container)", "penstock.preload"),
     "gateway": ("run the stage gateway sidecar", "penstock.dataplane.gateway"),
+    "router": ("run a pipeline's router (the stage DAG per request)", "penstock.dataplane.router"),
 }
 
 

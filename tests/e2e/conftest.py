@@ -169,8 +169,17 @@ def cluster() -> Iterator[Cluster]:
 @pytest.fixture(scope="session")
 def crd(cluster: Cluster) -> str:
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
-    cluster.kubectl(
-        "wait", "--for=condition=Established", "crd/pipelines.penstock.dev", "--timeout=60s"
+    # Polled rather than `kubectl wait`, which errors while .status.conditions is still unset.
+    jsonpath = '{.status.conditions[?(@.type=="Established")].status}'
+    wait_for(
+        lambda: (
+            cluster.kubectl(
+                "get", "crd", "pipelines.penstock.dev", "-o", f"jsonpath={jsonpath}", check=False
+            ).stdout
+            == "True"
+        ),
+        timeout=60,
+        what="the Pipeline CRD Established",
     )
     # The OpenAPI document (kubectl explain, field validation) is published a moment later.
     wait_for(

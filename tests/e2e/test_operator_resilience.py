@@ -56,12 +56,12 @@ def test_sigkill_mid_reconcile_leaves_exactly_the_right_children(
         what=f"all {PIPELINES} Pipelines Ready after the restart (children before restart: {partial})",
     )
     expected = {
-        "deployments": 3 * PIPELINES,
-        "services": 3 * PIPELINES,
-        "horizontalpodautoscalers": 3 * PIPELINES,
+        "deployments": 4 * PIPELINES,  # 3 stages + router
+        "services": 4 * PIPELINES,
+        "horizontalpodautoscalers": 4 * PIPELINES,
         "configmaps": PIPELINES,
         "secrets": PIPELINES,
-        "replicasets": 3 * PIPELINES,
+        "replicasets": 4 * PIPELINES,
     }
     selector = "app.kubernetes.io/managed-by=penstock-operator"
     for kind, count in expected.items():

@@ -130,8 +130,9 @@ def test_valid_pipeline_gets_children_pods_and_ready_status(
         "rag-embed",
         "rag-generate",
         "rag-retrieve",
+        "rag-router",
     ]
-    assert len(found["services"]) == 3 and len(found["horizontalpodautoscalers"]) == 3
+    assert len(found["services"]) == 4 and len(found["horizontalpodautoscalers"]) == 4
     assert [c["metadata"]["name"] for c in found["configmaps"]] == ["rag-topology"]
     assert [s["metadata"]["name"] for s in found["secrets"]] == ["rag-cache"]
     for items in found.values():
@@ -142,13 +143,14 @@ def test_valid_pipeline_gets_children_pods_and_ready_status(
             owner = item["metadata"]["ownerReferences"][0]
             assert (owner["kind"], owner["uid"], owner["controller"]) == ("Pipeline", uid, True)
     pods = cluster.items("pods", namespace, "penstock.dev/pipeline=rag")
-    assert len(pods) == 3
+    assert len(pods) == 4  # 3 stages and the router
     for pod in pods:
         assert pod["status"]["phase"] == "Running"
         assert pod["status"].get("podIP")
         assert pod["spec"]["nodeName"]
     stages = {s["name"]: s for s in status["stages"]}
     assert stages["embed"]["readyReplicas"] == 1 and stages["embed"]["desiredReplicas"] == 1
+    assert status["routerUrl"] == f"http://rag-router.{namespace}.svc:80"
     assert (
         status["observedGeneration"]
         == cluster.get("pipeline", "rag", namespace)["metadata"]["generation"]
@@ -263,7 +265,8 @@ def test_restricted_namespace_admits_every_generated_pod(
     wait_ready(cluster, "rag", namespace)
     wait_ready(cluster, "batch-embed", namespace)
     pods = cluster.items("pods", namespace, "app.kubernetes.io/managed-by=penstock-operator")
-    assert len(pods) == 3 + 3  # batch-embed's embed stage has minReplicas 2
+    # rag: 3 stages + router; batch-embed: chunk, 2 embed (minReplicas 2) + router
+    assert len(pods) == 4 + 4
     failed = [e for e in cluster.items("events", namespace) if e["reason"] == "FailedCreate"]
     assert failed == []
 

@@ -90,7 +90,7 @@ def test_render_prints_every_child(tmp_path: Path) -> None:
     result = run("render", str(ROOT / "examples" / "rag.yaml"), "--namespace", "demo")
     assert result.returncode == 0, result.stderr
     kinds = [doc["kind"] for doc in yaml.safe_load_all(result.stdout)]
-    assert kinds.count("Deployment") == 3
+    assert kinds.count("Deployment") == 4  # 3 stages + router
     assert "Secret" in kinds
     assert "ConfigMap" in kinds
     assert all(doc["metadata"]["namespace"] == "demo" for doc in yaml.safe_load_all(result.stdout))
@@ -113,7 +113,7 @@ def test_every_subcommand_has_help() -> None:
 
 
 def test_passthrough_subcommands_have_their_own_help() -> None:
-    for command in ("preload", "gateway"):
+    for command in ("preload", "gateway", "router"):
         result = run(command, "--help")
         assert result.returncode == 0, result.stderr
         assert f"usage: penstock {command}" in result.stdout

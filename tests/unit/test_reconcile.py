@@ -109,12 +109,12 @@ def test_first_reconcile_creates_every_child_and_status(world: Any) -> None:
     kube, reconciler, events = world
     outcome = reconciler.reconcile(_pipeline(kube))
     kinds = sorted(key[0] for key in kube.objects)
-    assert kinds.count("Deployment") == 3
-    assert kinds.count("Service") == 3
-    assert kinds.count("HorizontalPodAutoscaler") == 3
+    assert kinds.count("Deployment") == 4
+    assert kinds.count("Service") == 4
+    assert kinds.count("HorizontalPodAutoscaler") == 4
     assert ("Secret", "demo", "rag-cache") in kube.objects
     assert ("ConfigMap", "demo", "rag-topology") in kube.objects
-    assert len(outcome.applied) == 11
+    assert len(outcome.applied) == 14
     status = _current(kube)["status"]
     ready = status["conditions"][0]
     assert (ready["type"], ready["status"], ready["reason"]) == ("Ready", "False", "StagesNotReady")

@@ -90,11 +90,17 @@ def test_design_labels_on_every_object_and_pod_template(example: Path) -> None:
     for manifest in _render(example):
         assert set(manifest["metadata"]["labels"]) >= DESIGN_LABELS, manifest["metadata"]["name"]
         assert manifest["metadata"]["ownerReferences"][0]["uid"] == UID
-        if manifest["kind"] in ("Deployment", "Service", "HorizontalPodAutoscaler"):
+        is_stage = manifest["metadata"]["labels"]["app.kubernetes.io/component"] not in (
+            "router",
+            "topology",
+            "cache",
+        )
+        if manifest["kind"] in ("Deployment", "Service", "HorizontalPodAutoscaler") and is_stage:
             assert "penstock.dev/stage" in manifest["metadata"]["labels"]
         if manifest["kind"] == "Deployment":
             template_labels = manifest["spec"]["template"]["metadata"]["labels"]
-            assert DESIGN_LABELS | {"penstock.dev/stage"} <= set(template_labels)
+            expected = DESIGN_LABELS | ({"penstock.dev/stage"} if is_stage else set())
+            assert expected <= set(template_labels)
             assert "replicas" not in manifest["spec"], "the HPA owns replicas"
 
 
@@ -204,3 +210,32 @@ def test_plain_stage_has_no_gateway() -> None:
         if m["metadata"]["name"] == "batch-embed-chunk" and m["kind"] == "Service"
     )
     assert [p["name"] for p in service["spec"]["ports"]] == ["http"]
+
+
+def test_router_runs_the_topology_and_rolls_when_it_changes() -> None:
+    manifests = {
+        (m["kind"], m["metadata"]["name"]): m for m in _render(ROOT / "examples" / "rag.yaml")
+    }
+    router = manifests[("Deployment", "rag-router")]
+    container = router["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"] == ["router"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["PENSTOCK_ROUTER_TOPOLOGY"] == "/etc/penstock/topology/topology.json"
+    volume = router["spec"]["template"]["spec"]["volumes"][0]
+    assert volume["configMap"]["name"] == "rag-topology"
+    assert manifests[("Service", "rag-router")]["spec"]["ports"][0]["targetPort"] == "http"
+    assert ("HorizontalPodAutoscaler", "rag-router") in manifests
+    before = router["spec"]["template"]["metadata"]["annotations"]["penstock.dev/topology-hash"]
+    doc = yaml.safe_load((ROOT / "examples" / "rag.yaml").read_text())
+    doc["spec"]["latencyBudgetMs"] = 900
+    result = validate_document(doc)
+    assert result.spec is not None
+    changed = next(
+        m
+        for m in render_children(PipelineRef("rag", "demo", UID), result.spec, SETTINGS)
+        if m["kind"] == "Deployment" and m["metadata"]["name"] == "rag-router"
+    )
+    assert (
+        changed["spec"]["template"]["metadata"]["annotations"]["penstock.dev/topology-hash"]
+        != before
+    )

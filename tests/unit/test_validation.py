@@ -92,6 +92,7 @@ def test_good_spec_is_valid() -> None:
         (_with(["stages", 0, "port"], 70000), "spec.stages[0].port", "70000"),
         (_with(["stages", 0, "port"], 6379), "spec.stages[0].port", "6379"),
         (_with(["tracing"], {"samplingRatio": 2}), "spec.tracing.samplingRatio", "2"),
+        (_with(["stages", 0, "name"], "router"), "spec.stages[0].name", "reserved"),
     ],
 )
 def test_bad_input_names_the_field_and_value(spec: dict[str, Any], path: str, needle: str) -> None:

@@ -237,6 +237,10 @@ class Stage(ApiModel):
                 "!has(self.batching) || !has(self.stream) || !self.stream",
                 "a streaming stage cannot be batched",
             ),
+            (
+                "self.name != 'router'",
+                "the stage name router is reserved for the pipeline's router",
+            ),
         )
     )
 
@@ -302,6 +306,15 @@ class Tracing(ApiModel):
     """Fraction of requests traced, 0 to 1. Default 0.1."""
 
 
+class RouterSpec(ApiModel):
+    """The pipeline's entrypoint, which runs the stage DAG per request with maximum parallelism."""
+
+    resources: Resources | None = None
+    """Compute resources of the router. Default: requests 100m CPU, 128Mi memory."""
+    scaling: Scaling | None = None
+    """Autoscaling of the router. Default: 1 to 10 replicas at 70% CPU."""
+
+
 class PipelineSpec(ApiModel):
     """A DAG of stages served as one pipeline."""
 
@@ -332,6 +345,8 @@ class PipelineSpec(ApiModel):
     """The stage whose result is the pipeline's answer. Default: the only stage nothing depends on."""
     tracing: Tracing | None = None
     """Tracing settings. Off by default."""
+    router: RouterSpec | None = None
+    """Router settings (resources, scaling)."""
     image_pull_secrets: list[Dns1123Label] | None = Field(default=None, max_length=8)
     """Names of Secrets used to pull the stage images."""
     stages: list[Stage] = Field(min_length=1, max_length=MAX_STAGES)

@@ -15,6 +15,7 @@ from penstock.api.pipeline import PipelineSpec
 from penstock.api.types import API_VERSION, KIND, is_dns1123_label, parse_quantity
 
 MAX_PIPELINE_NAME = 63
+RESERVED_STAGE_NAME = "router"
 _UNION_BRANCHES = {"int", "str", "float", "bool", "list", "dict", "none"}
 
 
@@ -121,6 +122,12 @@ def _graph_problems(spec: PipelineSpec) -> tuple[list[Problem], list[Problem]]:
     names = [stage.name for stage in spec.stages]
     seen: set[str] = set()
     for index, name in enumerate(names):
+        if name == RESERVED_STAGE_NAME:
+            errors.append(
+                Problem(
+                    f"spec.stages[{index}].name", "'router' is reserved for the pipeline's router"
+                )
+            )
         if name in seen:
             errors.append(Problem(f"spec.stages[{index}].name", f"duplicate stage name {name!r}"))
         seen.add(name)

@@ -133,7 +133,7 @@ class Reconciler:
 
         deployments = {name: obj for (kind, name), obj in live.items() if kind == "Deployment"}
         status = valid_status(
-            ref.name, generation, result, deployments, self.settings.render.prices
+            ref.name, ref.namespace, generation, result, deployments, self.settings.render.prices
         )
         was_ready = find(previous_status.get("conditions", []), "Ready")
         now_ready = status["conditions"][0]["status"] == "True"

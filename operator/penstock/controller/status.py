@@ -9,7 +9,8 @@ from penstock.api import PipelineSpec
 from penstock.api.cost import PriceTable, replica_hourly_cost, usd
 from penstock.api.validation import Result
 from penstock.controller.conditions import condition
-from penstock.render.meta import stage_object_name
+from penstock.render.meta import PipelineRef, stage_object_name
+from penstock.render.router import router_name, router_url
 
 
 def _deployment_state(deployment: dict[str, Any] | None) -> tuple[int, int, bool, str | None]:
@@ -60,11 +61,18 @@ def stage_statuses(
             not_ready.append(stage.name)
         if stuck_reason:
             stuck.append(f"{stage.name}: {stuck_reason}")
+    router = deployments.get(router_name(pipeline))
+    _, _, router_rolled_out, router_stuck = _deployment_state(router)
+    if not router_rolled_out:
+        not_ready.append("router")
+    if router_stuck:
+        stuck.append(f"router: {router_stuck}")
     return stages, not_ready, stuck, total
 
 
 def valid_status(
     name: str,
+    namespace: str,
     generation: int,
     result: Result,
     deployments: dict[str, dict[str, Any]],
@@ -103,8 +111,10 @@ def valid_status(
         "observedGeneration": generation,
         "conditions": conditions,
         "stages": stages,
-        "stagesReady": f"{len(spec.stages) - len(not_ready)}/{len(spec.stages)}",
+        "stagesReady": f"{len(spec.stages) - len([n for n in not_ready if n != 'router'])}"
+        f"/{len(spec.stages)}",
         "hourlyCost": usd(total),
+        "routerUrl": router_url(PipelineRef(name, namespace)),
     }
     if result.warnings:
         status["warnings"] = [str(problem) for problem in result.warnings]

@@ -9,6 +9,7 @@ from penstock.render.cache import cache_secret
 from penstock.render.deployment import stage_deployment
 from penstock.render.hpa import stage_hpa
 from penstock.render.meta import FIELD_MANAGER, PipelineRef
+from penstock.render.router import router_deployment, router_hpa, router_service
 from penstock.render.service import stage_service
 from penstock.render.settings import RenderSettings
 from penstock.render.topology import topology
@@ -20,11 +21,15 @@ def render_children(
     ref: PipelineRef, spec: PipelineSpec, settings: RenderSettings
 ) -> list[dict[str, Any]]:
     """Every object the operator keeps applied for this Pipeline (the Secret aside)."""
-    manifests: list[dict[str, Any]] = [topology(ref, spec)]
+    config = topology(ref, spec)
+    manifests: list[dict[str, Any]] = [config]
     for stage in spec.stages:
         manifests.append(stage_deployment(ref, spec, stage, settings))
         manifests.append(stage_service(ref, spec, stage))
         manifests.append(stage_hpa(ref, spec, stage))
+    manifests.append(router_deployment(ref, spec, settings, config["data"]["topology.json"]))
+    manifests.append(router_service(ref, spec))
+    manifests.append(router_hpa(ref, spec))
     return manifests
 
 

@@ -1,0 +1,168 @@
+"""The pipeline's router: Deployment, Service and HPA running `penstock router` on the topology."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from penstock.api import PipelineSpec
+from penstock.api.pipeline import Scaling
+from penstock.render.meta import (
+    SERVING_PORT_NAME,
+    PipelineRef,
+    labels,
+    metadata,
+    object_name,
+    selector_labels,
+)
+from penstock.render.security import container_security_context, pod_security_context
+from penstock.render.settings import RenderSettings
+
+COMPONENT = "router"
+ROUTER_PORT = 8080
+ADMIN_PORT = 9090
+SERVICE_PORT = 80
+TOPOLOGY_DIR = "/etc/penstock/topology"
+
+
+def router_name(pipeline: str) -> str:
+    return object_name(pipeline, COMPONENT)
+
+
+def router_url(ref: PipelineRef) -> str:
+    return f"http://{router_name(ref.name)}.{ref.namespace}.svc:{SERVICE_PORT}"
+
+
+def _scaling(spec: PipelineSpec) -> Scaling:
+    return spec.router.scaling if spec.router and spec.router.scaling else Scaling()
+
+
+def router_deployment(
+    ref: PipelineRef, spec: PipelineSpec, settings: RenderSettings, topology_json: str
+) -> dict[str, Any]:
+    object_labels = labels(ref.name, spec, COMPONENT, None)
+    env = [
+        {"name": "PENSTOCK_ROUTER_LISTEN", "value": f"0.0.0.0:{ROUTER_PORT}"},
+        {"name": "PENSTOCK_ROUTER_ADMIN_LISTEN", "value": f"0.0.0.0:{ADMIN_PORT}"},
+        {"name": "PENSTOCK_ROUTER_TOPOLOGY", "value": f"{TOPOLOGY_DIR}/topology.json"},
+    ]
+    if spec.tracing and spec.tracing.enabled and settings.otlp_endpoint:
+        env.append({"name": "PENSTOCK_ROUTER_OTLP_ENDPOINT", "value": settings.otlp_endpoint})
+        env.append(
+            {"name": "PENSTOCK_ROUTER_SAMPLING_RATIO", "value": str(spec.tracing.sampling_ratio)}
+        )
+    resources = {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}}
+    if spec.router and spec.router.resources:
+        resources = spec.router.resources.to_wire()
+    container = {
+        "name": COMPONENT,
+        "image": settings.operator_image,
+        "command": ["penstock"],
+        "args": ["router"],
+        "ports": [
+            {"name": SERVING_PORT_NAME, "containerPort": ROUTER_PORT, "protocol": "TCP"},
+            {"name": "admin", "containerPort": ADMIN_PORT, "protocol": "TCP"},
+        ],
+        "env": env,
+        "resources": resources,
+        "livenessProbe": {"httpGet": {"path": "/live", "port": "admin"}, "periodSeconds": 10},
+        "readinessProbe": {"httpGet": {"path": "/ready", "port": "admin"}, "periodSeconds": 2},
+        "securityContext": container_security_context(),
+        "volumeMounts": [
+            {"name": "topology", "mountPath": TOPOLOGY_DIR, "readOnly": True},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+    }
+    # A changed topology rolls the router, which reads it at start.
+    digest = hashlib.sha256(topology_json.encode()).hexdigest()[:16]
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata(ref, router_name(ref.name), object_labels),
+        "spec": {
+            "revisionHistoryLimit": 3,
+            "selector": {"matchLabels": selector_labels(ref.name, COMPONENT)},
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 0},
+            },
+            "template": {
+                "metadata": {
+                    "labels": object_labels,
+                    "annotations": {
+                        "penstock.dev/topology-hash": digest,
+                        "prometheus.io/scrape": "true",
+                        "prometheus.io/port": str(ADMIN_PORT),
+                        "prometheus.io/path": "/metrics",
+                    },
+                },
+                "spec": {
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    "securityContext": pod_security_context(),
+                    "containers": [container],
+                    "volumes": [
+                        {
+                            "name": "topology",
+                            "configMap": {
+                                "name": object_name(ref.name, "topology"),
+                                "items": [{"key": "topology.json", "path": "topology.json"}],
+                            },
+                        },
+                        {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
+                    ],
+                    "terminationGracePeriodSeconds": 30,
+                },
+            },
+        },
+    }
+
+
+def router_service(ref: PipelineRef, spec: PipelineSpec) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(ref, router_name(ref.name), labels(ref.name, spec, COMPONENT, None)),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector_labels(ref.name, COMPONENT),
+            "ports": [
+                {
+                    "name": SERVING_PORT_NAME,
+                    "port": SERVICE_PORT,
+                    "targetPort": SERVING_PORT_NAME,
+                    "protocol": "TCP",
+                    "appProtocol": "http",
+                },
+                {"name": "admin", "port": ADMIN_PORT, "targetPort": "admin", "protocol": "TCP"},
+            ],
+        },
+    }
+
+
+def router_hpa(ref: PipelineRef, spec: PipelineSpec) -> dict[str, Any]:
+    scaling = _scaling(spec)
+    name = router_name(ref.name)
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": metadata(ref, name, labels(ref.name, spec, COMPONENT, None)),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+            "minReplicas": scaling.min_replicas,
+            "maxReplicas": scaling.effective_max_replicas,
+            "metrics": [
+                {
+                    "type": "Resource",
+                    "resource": {
+                        "name": "cpu",
+                        "target": {
+                            "type": "Utilization",
+                            "averageUtilization": max(1, round(scaling.target_utilization * 100)),
+                        },
+                    },
+                }
+            ],
+            "behavior": {"scaleDown": {"stabilizationWindowSeconds": 300}},
+        },
+    }
