@@ -223,3 +223,23 @@ def test_apply_error_is_raised_not_swallowed(world: Any) -> None:
     kube.fail_apply = "Service"
     with pytest.raises(KubeError):
         reconciler.reconcile(_pipeline(kube))
+
+
+def test_stage_hourly_cost_is_exported_and_dropped_with_the_stage(world: Any) -> None:
+    from prometheus_client import REGISTRY
+
+    kube, reconciler, _ = world
+    reconciler.reconcile(_pipeline(kube))
+    labels = {
+        "namespace": "demo",
+        "pipeline": "rag",
+        "stage": "generate",
+        "cost_center": "search-team",
+    }
+    assert REGISTRY.get_sample_value("penstock_stage_hourly_cost_usd", labels) == 2.5
+    body = _current(kube)
+    body["spec"]["stages"] = [s for s in body["spec"]["stages"] if s["name"] != "embed"]
+    body["spec"]["stages"][-1]["dependsOn"] = ["retrieve"]
+    reconciler.reconcile(body)
+    gone = {**labels, "stage": "embed"}
+    assert REGISTRY.get_sample_value("penstock_stage_hourly_cost_usd", gone) is None

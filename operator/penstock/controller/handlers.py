@@ -14,6 +14,7 @@ from typing import Any
 import kopf
 
 from penstock.api import GROUP, PLURAL, VERSION
+from penstock.controller import metrics
 from penstock.controller.kube import KubeError
 from penstock.controller.reconcile import Reconciler
 
@@ -85,6 +86,7 @@ async def reconcile_pipeline(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None
 async def forget_pipeline(body: kopf.Body, **_: Any) -> None:
     # Children go by garbage collection (owner references); only local state is dropped here.
     LOCKS.forget((body["metadata"]["namespace"], body["metadata"]["name"]))
+    metrics.forget_pipeline(body["metadata"]["namespace"], body["metadata"]["name"])
 
 
 async def child_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:

@@ -135,6 +135,12 @@ class Reconciler:
         status = valid_status(
             ref.name, ref.namespace, generation, result, deployments, self.settings.render.prices
         )
+        metrics.set_stage_costs(
+            ref.namespace,
+            ref.name,
+            spec.cost_center,
+            {item["name"]: float(item["hourlyCost"]) for item in status["stages"]},
+        )
         was_ready = find(previous_status.get("conditions", []), "Ready")
         now_ready = status["conditions"][0]["status"] == "True"
         if now_ready and (not was_ready or was_ready.get("status") != "True"):
