@@ -1,0 +1,1 @@
+"""Local developer commands: ``penstock dev`` (run a Pipeline locally) and ``penstock analyze``."""

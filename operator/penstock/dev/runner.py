@@ -1,0 +1,447 @@
+"""``penstock dev FILE``: run a whole Pipeline on this machine, without Kubernetes.
+
+Everything listens on loopback (127.0.0.1), on free ports except the router's ``--port``:
+
+- one ``redis-server`` when any stage caches (and ``--no-cache`` is not given);
+- every stage the output needs, started from the Pipeline annotation
+  ``penstock.dev/dev-command.<stage>``, e.g. ``"python examples/rag/embed/app.py --port {port}"``
+  (``{port}`` and ``{host}`` are filled in; a leading ``python`` is this interpreter; the command
+  runs in the current directory with ``HOST`` and ``PORT`` also set, plus the stage's plain
+  ``env`` values);
+- one ``penstock gateway`` in front of each stage that would get one in the cluster (cache,
+  batching, warmup or tracing), with the same cache, batching and warmup settings;
+- ``penstock router`` on ``--port``, reaching each stage through its gateway (or directly).
+
+It waits until the stages answer ``/healthz``, the gateways and the router ``/ready`` (an error
+shows the failing process's log tail), prints the URL and example requests, and stops all of them
+(each in its own process group) on Ctrl-C or SIGTERM, or when any of them exits.
+
+With ``--no-stream`` the router gets a copy of the Pipeline whose stages do not stream, so the
+output arrives as one JSON answer and ``X-Penstock-Profile: 1`` profiles are available (the router
+gives no profile for a streamed output).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import yaml
+
+from penstock.api import PipelineSpec, Stage
+from penstock.api.types import parse_quantity
+from penstock.api.validation import needed_stages, output_stage, validate_document
+from penstock.render.gateway import needs_gateway
+
+DEV_COMMAND = "penstock.dev/dev-command."
+EXAMPLE_INPUT = "penstock.dev/dev-example-input"
+HOST = "127.0.0.1"
+LOG_TAIL_LINES = 30
+
+
+class DevError(Exception):
+    """Something that stops ``penstock dev``; the message says what and where."""
+
+
+class _Stop(Exception):
+    """SIGTERM arrived."""
+
+
+@dataclass
+class Proc:
+    name: str
+    argv: list[str]
+    log: Path
+    ready_url: str | None
+    popen: subprocess.Popen[bytes] | None = None
+    ready: bool = False
+
+    def tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        try:
+            text = self.log.read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        kept = text.splitlines()[-lines:]
+        return "\n".join(f"    {line}" for line in kept) or "    (log is empty)"
+
+
+@dataclass
+class Plan:
+    pipeline: str
+    port: int
+    procs: list[Proc] = field(default_factory=list)
+    urls: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    streams: bool = False
+    example: str = '{"text": "hello"}'
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="penstock dev",
+        description="Run a Pipeline locally: Redis, the stage processes (from their "
+        "penstock.dev/dev-command.<stage> annotations), a gateway per stage that needs one, and "
+        "the router, all on 127.0.0.1. Ctrl-C stops everything.",
+    )
+    parser.add_argument("file", metavar="FILE", help="a Pipeline YAML (one document)")
+    parser.add_argument("--port", type=int, default=8000, help="router port (default 8000)")
+    parser.add_argument(
+        "--no-cache", action="store_true", help="no Redis and no caching in the gateways"
+    )
+    parser.add_argument(
+        "--no-stream",
+        action="store_true",
+        help="the output answers as one JSON body, so X-Penstock-Profile: 1 profiles work",
+    )
+    parser.add_argument(
+        "--ready-timeout",
+        type=float,
+        default=180.0,
+        help="seconds to wait for every process to be ready (default 180)",
+    )
+    parser.add_argument("--log-dir", help="where process logs go (default: a temporary directory)")
+    return parser
+
+
+def load_pipeline(path: str) -> tuple[dict[str, Any], PipelineSpec]:
+    try:
+        text = Path(path).read_text()
+    except OSError as error:
+        raise DevError(f"cannot read {path}: {error.strerror or error}") from None
+    try:
+        documents = [doc for doc in yaml.safe_load_all(text) if doc is not None]
+    except yaml.YAMLError as error:
+        raise DevError(f"{path}: not valid YAML: {error}") from None
+    if len(documents) != 1:
+        raise DevError(f"{path}: expected one Pipeline document (got {len(documents)})")
+    document = documents[0]
+    result = validate_document(document)
+    if not result.valid or result.spec is None:
+        problems = "\n".join(f"  {problem}" for problem in result.errors)
+        raise DevError(f"{path}: invalid Pipeline:\n{problems}")
+    return document, result.spec
+
+
+def stage_command(annotations: dict[str, Any], stage: str, port: int) -> list[str]:
+    key = DEV_COMMAND + stage
+    command = annotations.get(key)
+    if not isinstance(command, str) or not command.strip():
+        raise DevError(
+            f"stage {stage!r} has no dev command: add the Pipeline annotation"
+            f' {key}: "python path/to/app.py --port {{port}}" (how to start it locally)'
+        )
+    try:
+        argv = shlex.split(command.replace("{port}", str(port)).replace("{host}", HOST))
+    except ValueError as error:
+        raise DevError(f"annotation {key}: cannot parse the command: {error}") from None
+    if argv and argv[0] in ("python", "python3"):
+        argv[0] = sys.executable
+    return argv
+
+
+def gateway_argv(
+    name: str,
+    spec: PipelineSpec,
+    stage: Stage,
+    listen: int,
+    admin: int,
+    upstream: str,
+    redis_url: str | None,
+    warmup_dir: Path,
+) -> list[str]:
+    argv = [sys.executable, "-m", "penstock.cli", "gateway"]
+    argv += ["--listen", f"{HOST}:{listen}", "--admin-listen", f"{HOST}:{admin}"]
+    argv += ["--upstream", upstream, "--pipeline", name, "--stage", stage.name]
+    argv += ["--namespace", "dev", "--cost-center", spec.cost_center]
+    argv += ["--timeout-seconds", str(stage.timeout_seconds), "--stage-image", stage.image]
+    if stage.cache is not None and stage.cache.enabled and redis_url:
+        argv += ["--redis-url", redis_url, "--cache-ttl-seconds", str(stage.cache.ttl_seconds)]
+        max_entry = int(parse_quantity(stage.cache.max_entry_size))
+        argv += ["--cache-max-entry-bytes", str(max_entry)]
+    if stage.batching is not None:
+        argv += ["--batch-path", stage.batching.path]
+        argv += ["--batch-max-size", str(stage.batching.max_batch_size)]
+        argv += ["--batch-max-latency-ms", str(stage.batching.max_latency_ms)]
+    if stage.model is not None:
+        argv += ["--model-version", stage.model.sha256 or stage.model.uri]
+        warmup = stage.model.warmup
+        if warmup is not None and warmup.requests > 0:
+            body = warmup_dir / f"warmup-{stage.name}.json"
+            body.write_text(json.dumps(warmup.body if warmup.body is not None else {}))
+            argv += ["--warmup-requests", str(warmup.requests), "--warmup-path", warmup.path]
+            argv += ["--warmup-body", str(body)]
+    return argv
+
+
+def plan(
+    document: dict[str, Any], spec: PipelineSpec, args: argparse.Namespace, workdir: Path
+) -> Plan:
+    """Every process to start, with its ports, before anything starts."""
+    metadata = document.get("metadata") or {}
+    annotations = metadata.get("annotations") or {}
+    name = str(metadata["name"])
+    result = Plan(pipeline=name, port=args.port)
+    needed = needed_stages(spec)
+    for stage in spec.stages:
+        if stage.name not in needed:
+            result.notes.append(f"stage {stage.name} is not started: the output does not need it")
+    # Check every annotation first: one clear error before anything runs.
+    stages = [stage for stage in spec.stages if stage.name in needed]
+    commands = {}
+    ports = {}
+    for stage in stages:
+        ports[stage.name] = free_port()
+        commands[stage.name] = stage_command(annotations, stage.name, ports[stage.name])
+    uses_cache = not args.no_cache and any(stage.cache_enabled for stage in stages)
+    redis_url = None
+    if uses_cache:
+        redis_port = free_port()
+        redis_url = f"redis://{HOST}:{redis_port}/0"
+        argv = ["redis-server", "--port", str(redis_port), "--bind", HOST, "--save", ""]
+        argv += ["--appendonly", "no", "--protected-mode", "yes"]
+        result.procs.append(Proc("redis", argv, workdir / "redis.log", None))
+    for stage in stages:
+        port = ports[stage.name]
+        stage_url = f"http://{HOST}:{port}"
+        result.procs.append(
+            Proc(
+                f"stage {stage.name}",
+                commands[stage.name],
+                workdir / f"stage-{stage.name}.log",
+                f"{stage_url}/healthz",
+            )
+        )
+        effective = stage.model_copy(update={"cache": None}) if args.no_cache else stage
+        if needs_gateway(spec, effective):
+            listen, admin = free_port(), free_port()
+            argv = gateway_argv(name, spec, effective, listen, admin, stage_url, redis_url, workdir)
+            result.procs.append(
+                Proc(
+                    f"gateway {stage.name}",
+                    argv,
+                    workdir / f"gateway-{stage.name}.log",
+                    f"http://{HOST}:{admin}/ready",
+                )
+            )
+            result.urls[stage.name] = f"http://{HOST}:{listen}"
+        else:
+            result.urls[stage.name] = stage_url
+    pipeline_file = Path(args.file)
+    result.streams = spec.stage(output_stage(spec)).stream
+    if args.no_stream and any(stage.stream for stage in spec.stages):
+        copy = json.loads(json.dumps(document))
+        for stage in copy["spec"]["stages"]:
+            stage["stream"] = False
+        pipeline_file = workdir / "pipeline.yaml"
+        pipeline_file.write_text(yaml.safe_dump(copy, sort_keys=False))
+        result.streams = False
+    router_admin = free_port()
+    argv = [sys.executable, "-m", "penstock.cli", "router", "--pipeline", str(pipeline_file)]
+    argv += ["--listen", f"{HOST}:{args.port}", "--admin-listen", f"{HOST}:{router_admin}"]
+    for stage_name, url in result.urls.items():
+        argv += ["--stage-url", f"{stage_name}={url}"]
+    result.procs.append(
+        Proc("router", argv, workdir / "router.log", f"http://{HOST}:{router_admin}/ready")
+    )
+    example = annotations.get(EXAMPLE_INPUT)
+    if isinstance(example, str) and example.strip():
+        result.example = example.strip()
+    return result
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM if ``penstock dev`` itself dies (Linux), so nothing is orphaned."""
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def start(proc: Proc, env: dict[str, str]) -> None:
+    log = proc.log.open("wb")
+    try:
+        proc.popen = subprocess.Popen(
+            proc.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,  # its own process group: stopped as a whole
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        )
+    except OSError as error:
+        raise DevError(f"{proc.name}: cannot start {proc.argv[0]}: {error}") from None
+    finally:
+        log.close()
+
+
+def stop_all(procs: Sequence[Proc], grace: float = 5.0) -> None:
+    """SIGTERM every process group, wait, SIGKILL what is left (reverse start order)."""
+    running = [proc for proc in reversed(procs) if proc.popen is not None]
+    for proc in running:
+        assert proc.popen is not None
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.popen.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for proc in running:
+        assert proc.popen is not None
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.popen.wait(timeout=max(0.0, deadline - time.monotonic()))
+    for proc in running:
+        assert proc.popen is not None
+        # The group may outlive its leader: kill whatever of it is left.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.popen.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.popen.wait(timeout=2)
+
+
+def _ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return 200 <= int(response.status) < 300
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def exited(procs: Sequence[Proc]) -> Proc | None:
+    for proc in procs:
+        if proc.popen is not None and proc.popen.poll() is not None:
+            return proc
+    return None
+
+
+def failure(proc: Proc, what: str) -> DevError:
+    return DevError(f"{proc.name} {what}; log {proc.log} ends with:\n{proc.tail()}")
+
+
+def wait_ready(procs: Sequence[Proc], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        dead = exited(procs)
+        if dead is not None:
+            assert dead.popen is not None
+            raise failure(dead, f"exited with status {dead.popen.returncode} while starting")
+        for proc in procs:
+            if not proc.ready:
+                proc.ready = proc.ready_url is None or _ok(proc.ready_url)
+        waiting = [proc for proc in procs if not proc.ready]
+        if not waiting:
+            return
+        if time.monotonic() > deadline:
+            first = waiting[0]
+            others = ", ".join(proc.name for proc in waiting)
+            raise failure(
+                first,
+                f"was not ready after {timeout:g} s ({first.ready_url}; waiting for {others})",
+            )
+        time.sleep(0.2)
+
+
+def banner(result: Plan) -> str:
+    url = f"http://{HOST}:{result.port}/"
+    body = shlex.quote(result.example)
+    lines = [f"penstock dev: pipeline {result.pipeline} is ready at {url}"]
+    for proc in result.procs:
+        assert proc.popen is not None
+        lines.append(f"  {proc.name:<22} pid {proc.popen.pid:<8} log {proc.log}")
+    for stage, stage_url in result.urls.items():
+        lines.append(f"  router -> {stage:<12} {stage_url}")
+    lines += [f"  note: {note}" for note in result.notes]
+    json_header = "-H 'Content-Type: application/json'"
+    lines += [
+        "",
+        "Try:",
+        f"  curl -sN {url} {json_header} -d {body}",
+        f"  curl -s {url} {json_header} -H 'X-Penstock-Profile: 1' -d {body}",
+    ]
+    if result.streams:
+        lines.append(
+            "  (the output stage streams, so the router gives no profile: "
+            "restart with --no-stream to profile)"
+        )
+    lines += ["", "Ctrl-C stops everything."]
+    return "\n".join(lines)
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise _Stop
+
+
+def run(args: argparse.Namespace) -> int:
+    document, spec = load_pipeline(args.file)
+    if args.log_dir:
+        workdir = Path(args.log_dir)
+        workdir.mkdir(parents=True, exist_ok=True)
+        cleanup = None
+    else:
+        cleanup = tempfile.TemporaryDirectory(prefix="penstock-dev-")
+        workdir = Path(cleanup.name)
+    result = plan(document, spec, args, workdir)
+    env = dict(os.environ, HOST=HOST)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        for proc in result.procs:
+            stage_env = dict(env)
+            if proc.name.startswith("stage "):
+                stage = spec.stage(proc.name.removeprefix("stage "))
+                for var in stage.env or []:
+                    if var.value is not None:
+                        stage_env[var.name] = var.value
+                assert proc.ready_url is not None
+                stage_env["PORT"] = proc.ready_url.rsplit(":", 1)[1].split("/", 1)[0]
+            start(proc, stage_env)
+        wait_ready(result.procs, args.ready_timeout)
+        print(banner(result), flush=True)
+        while True:
+            dead = exited(result.procs)
+            if dead is not None:
+                assert dead.popen is not None
+                raise failure(dead, f"exited with status {dead.popen.returncode}")
+            time.sleep(0.5)
+    except (_Stop, KeyboardInterrupt):
+        print("penstock dev: stopping", file=sys.stderr, flush=True)
+        return 0
+    finally:
+        # No more signals while stopping: a second Ctrl-C must not leave orphans.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        original_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            stop_all(result.procs)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            signal.signal(signal.SIGINT, original_int)
+            if cleanup is not None:
+                cleanup.cleanup()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except DevError as error:
+        print(f"penstock dev: error: {error}", file=sys.stderr)
+        return 1
