@@ -124,7 +124,10 @@ def test_valid_pipeline_gets_children_pods_and_ready_status(
 ) -> None:
     assert cluster.apply(RAG, namespace).returncode == 0
     status = wait_ready(cluster, "rag", namespace)
-    uid = cluster.get("pipeline", "rag", namespace)["metadata"]["uid"]
+    meta = cluster.get("pipeline", "rag", namespace)["metadata"]
+    uid = meta["uid"]
+    # No finalizer: a Pipeline can be deleted even while the operator is not running.
+    assert not meta.get("finalizers")
     found = children(cluster, "rag", namespace)
     assert sorted(d["metadata"]["name"] for d in found["deployments"]) == [
         "rag-embed",

@@ -97,6 +97,32 @@ async def child_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         LOCKS.schedule((meta["namespace"], pipeline), _reconciler(memo))
 
 
+RESYNC_CONCURRENCY = 4
+
+
+async def resync_loop(reconciler: Reconciler, interval: float) -> None:
+    """Every interval, reconcile every watched Pipeline: repairs drift that caused no event."""
+    limit = asyncio.Semaphore(RESYNC_CONCURRENCY)
+
+    async def one(body: dict[str, Any]) -> None:
+        key = (body["metadata"]["namespace"], body["metadata"]["name"])
+        async with limit, LOCKS.lock(key):
+            try:
+                await asyncio.to_thread(reconciler.reconcile, body)
+            except KubeError as error:
+                log.warning("resync of %s/%s failed: %s", *key, error)
+
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            bodies = await asyncio.to_thread(reconciler.list_pipelines)
+        except KubeError as error:
+            log.warning("resync: cannot list Pipelines: %s", error)
+            continue
+        live = [b for b in bodies if not b["metadata"].get("deletionTimestamp")]
+        await asyncio.gather(*(one(body) for body in live))
+
+
 CHILD_RESOURCES = (
     ("apps", "v1", "deployments"),
     ("", "v1", "services"),
@@ -111,13 +137,20 @@ def register(registry: kopf.OperatorRegistry, resync_seconds: float) -> None:
     kopf.on.resume(*resource, id="reconcile", registry=registry)(reconcile_pipeline)
     kopf.on.create(*resource, id="reconcile", registry=registry)(reconcile_pipeline)
     kopf.on.update(*resource, id="reconcile", field="spec", registry=registry)(reconcile_pipeline)
-    kopf.timer(
-        *resource,
-        id="resync",
-        interval=resync_seconds,
-        initial_delay=resync_seconds,
-        registry=registry,
-    )(reconcile_pipeline)
+    # Drift repair runs as one operator-wide loop rather than a kopf timer per Pipeline: kopf
+    # guards timers with a finalizer, which would block deleting Pipelines while the operator
+    # is down (e.g. after `helm uninstall`).
+
+    async def start_resync(memo: kopf.Memo, **_: Any) -> None:
+        memo["resync_task"] = asyncio.create_task(resync_loop(_reconciler(memo), resync_seconds))
+
+    async def stop_resync(memo: kopf.Memo, **_: Any) -> None:
+        task: asyncio.Task[None] | None = memo.get("resync_task")
+        if task:
+            task.cancel()
+
+    kopf.on.startup(registry=registry)(start_resync)
+    kopf.on.cleanup(registry=registry)(stop_resync)
     kopf.on.delete(*resource, optional=True, registry=registry)(forget_pipeline)
     for group, version, plural in CHILD_RESOURCES:
         kopf.on.event(group, version, plural, labels=MANAGED, registry=registry)(child_changed)

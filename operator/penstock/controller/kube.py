@@ -52,6 +52,13 @@ class KubeError(Exception):
         self.status = status
 
 
+def _items(kind: str, result: dict[str, Any]) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = result.get("items", [])
+    for item in items:  # list items omit kind; put it back for uniform handling
+        item.setdefault("kind", kind)
+    return items
+
+
 def load_api_client() -> client.ApiClient:
     """In-cluster credentials when running in a pod, else the current kubeconfig."""
     try:
@@ -115,12 +122,14 @@ class Kube:
             raise
         return result
 
+    def list_all(self, kind: str) -> list[dict[str, Any]]:
+        """Objects of a kind in every namespace."""
+        spec = KINDS[kind]
+        return _items(kind, self._call("GET", f"/{spec.prefix}/{spec.plural}"))
+
     def list(self, kind: str, namespace: str, selector: str) -> list[dict[str, Any]]:
-        result = self._call("GET", KINDS[kind].path(namespace), query=[("labelSelector", selector)])
-        items: list[dict[str, Any]] = result.get("items", [])
-        for item in items:  # list items omit kind; put it back for uniform handling
-            item.setdefault("kind", kind)
-        return items
+        query = [("labelSelector", selector)] if selector else []
+        return _items(kind, self._call("GET", KINDS[kind].path(namespace), query=query))
 
     def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
         """Server-side apply with Penstock's field manager, taking over conflicting fields."""

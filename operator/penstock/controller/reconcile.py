@@ -60,6 +60,16 @@ class Reconciler:
         self.settings = settings
         self.emit = emit
 
+    def list_pipelines(self) -> list[dict[str, Any]]:
+        """Every Pipeline the operator watches (all namespaces, or its namespaces)."""
+        if not self.settings.namespaces:
+            return self.kube.list_all("Pipeline")
+        return [
+            body
+            for namespace in self.settings.namespaces
+            for body in self.kube.list("Pipeline", namespace, "")
+        ]
+
     def reconcile(self, body: Mapping[str, Any]) -> Outcome:
         started = time.monotonic()
         meta = body["metadata"]
