@@ -580,3 +580,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AnalyzeError as error:
         print(f"penstock analyze: error: {error}", file=sys.stderr)
         return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

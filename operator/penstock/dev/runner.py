@@ -445,3 +445,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DevError as error:
         print(f"penstock dev: error: {error}", file=sys.stderr)
         return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
