@@ -24,7 +24,8 @@ Figures (percentiles are nearest-rank: p50 of n values is the ceil(0.5 n)-th sma
   mean size alone otherwise).
 
 Recommendations carry an expected saving per request, counted only while the stage is on the
-critical path (time off the critical path does not shorten the answer).
+critical path (time off the critical path does not shorten the answer); savings under 0.5 ms or
+2% of the mean request time are not worth a change and are left out.
 """
 
 from __future__ import annotations
@@ -364,8 +365,11 @@ def recommend(report: Report, spec: PipelineSpec | None) -> list[str]:
                 " but its replicas still cost)",
             )
         )
-    scored.sort(key=lambda item: -item[0])
-    return [text for _, text in scored]
+    # Savings too small to act on (under 0.5 ms or 2% of the mean request) are left out.
+    floor = max(0.5, 0.02 * report.total_mean_ms)
+    kept = [(saving, text) for saving, text in scored if saving == 0.0 or saving >= floor]
+    kept.sort(key=lambda item: -item[0])
+    return [text for _, text in kept]
 
 
 # --------------------------------------------------------------------------- output

@@ -6,7 +6,8 @@ Everything listens on loopback (127.0.0.1), on free ports except the router's ``
 - every stage the output needs, started from the Pipeline annotation
   ``penstock.dev/dev-command.<stage>``, e.g. ``"python examples/rag/embed/app.py --port {port}"``
   (``{port}`` and ``{host}`` are filled in; a leading ``python`` is this interpreter; the command
-  runs in the current directory with ``HOST`` and ``PORT`` also set, plus the stage's plain
+  runs in the current directory, or in the nearest directory above the Pipeline file that holds
+  its relative ``.py`` script, with ``HOST`` and ``PORT`` also set, plus the stage's plain
   ``env`` values);
 - one ``penstock gateway`` in front of each stage that would get one in the cluster (cache,
   batching, warmup or tracing), with the same cache, batching and warmup settings;
@@ -29,6 +30,7 @@ import ctypes
 import json
 import os
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -70,6 +72,7 @@ class Proc:
     argv: list[str]
     log: Path
     ready_url: str | None
+    cwd: Path | None = None
     popen: subprocess.Popen[bytes] | None = None
     ready: bool = False
 
@@ -80,6 +83,20 @@ class Proc:
             return "(no log)"
         kept = text.splitlines()[-lines:]
         return "\n".join(f"    {line}" for line in kept) or "    (log is empty)"
+
+
+def stage_cwd(argv: Sequence[str], pipeline_file: str) -> Path:
+    """Where a stage command runs: the current directory, unless its script (the first ``.py``
+    argument, when relative) is not there but is under a directory holding the Pipeline file."""
+    here = Path.cwd()
+    script = next((arg for arg in argv[1:] if arg.endswith(".py")), None)
+    if script is None or Path(script).is_absolute() or (here / script).exists():
+        return here
+    folder = Path(pipeline_file).resolve().parent
+    for candidate in (folder, *folder.parents):
+        if (candidate / script).exists():
+            return candidate
+    return here
 
 
 @dataclass
@@ -233,6 +250,7 @@ def plan(
                 commands[stage.name],
                 workdir / f"stage-{stage.name}.log",
                 f"{stage_url}/healthz",
+                stage_cwd(commands[stage.name], args.file),
             )
         )
         effective = stage.model_copy(update={"cache": None}) if args.no_cache else stage
@@ -289,6 +307,7 @@ def start(proc: Proc, env: dict[str, str]) -> None:
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
+            cwd=proc.cwd,
             start_new_session=True,  # its own process group: stopped as a whole
             preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
@@ -396,10 +415,10 @@ def run(args: argparse.Namespace) -> int:
     if args.log_dir:
         workdir = Path(args.log_dir)
         workdir.mkdir(parents=True, exist_ok=True)
-        cleanup = None
+        cleanup: Path | None = None
     else:
-        cleanup = tempfile.TemporaryDirectory(prefix="penstock-dev-")
-        workdir = Path(cleanup.name)
+        workdir = Path(tempfile.mkdtemp(prefix="penstock-dev-"))
+        cleanup = workdir
     result = plan(document, spec, args, workdir)
     env = dict(os.environ, HOST=HOST)
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
@@ -425,6 +444,9 @@ def run(args: argparse.Namespace) -> int:
     except (_Stop, KeyboardInterrupt):
         print("penstock dev: stopping", file=sys.stderr, flush=True)
         return 0
+    except DevError:
+        cleanup = None  # keep the logs the error points at
+        raise
     finally:
         # No more signals while stopping: a second Ctrl-C must not leave orphans.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -435,7 +457,7 @@ def run(args: argparse.Namespace) -> int:
             signal.signal(signal.SIGTERM, previous)
             signal.signal(signal.SIGINT, original_int)
             if cleanup is not None:
-                cleanup.cleanup()
+                shutil.rmtree(cleanup, ignore_errors=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
