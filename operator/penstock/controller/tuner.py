@@ -183,15 +183,28 @@ def capacity_per_replica(stage: StageInput, seen: Observation) -> float | None:
     if rps and replicas:
         if inflight is None and latency is not None:
             inflight = rps * latency
-        if inflight:
-            return rps / min(float(replicas), inflight)
+        measured = _ratio(rps, min(float(replicas), inflight)) if inflight else None
+        if measured:
+            return measured
     if latency:
-        return 1.0 / latency
+        return _ratio(1.0, latency)
     return None
 
 
-def _ceil(value: float) -> int:
-    return math.ceil(value - _EPSILON * max(1.0, value))
+def _ratio(numerator: float, denominator: float) -> float | None:
+    """numerator / denominator when finite, else None (never raises)."""
+    try:
+        return _num(numerator / denominator)
+    except (ZeroDivisionError, OverflowError):
+        return None
+
+
+def _replicas_for(arrival: float, capacity: float, stage: StageInput) -> int:
+    target = min(1.0, max(_EPSILON, stage.target_utilization))
+    wanted = _ratio(arrival, capacity * target)
+    if wanted is None:  # overflow: more than any bound
+        return _bounds(stage)[1]
+    return _clamp(math.ceil(wanted - _EPSILON * max(1.0, wanted)), stage)
 
 
 def critical_path(graph: PipelineGraph, latencies: Mapping[str, float | None]) -> tuple[str, ...]:
@@ -229,16 +242,16 @@ def compute(graph: PipelineGraph, observed: Mapping[str, Observation]) -> Pipeli
         elif upstream:
             upstream_seen = [r for r in (seen_rps[d] for d in deps) if r is not None]
             top_seen = max(upstream_seen, default=0.0)
-            fan_out = rps / top_seen if rps and top_seen else 1.0
-            expected = max(upstream) * fan_out
+            fan_out = (_ratio(rps, top_seen) if rps and top_seen else None) or 1.0
+            expected = _num(max(upstream) * fan_out)
         else:
             expected = rps
         arrival[stage.name] = expected
-        capacity = capacity_per_replica(stage, seen)
+        capacity = _num(capacity_per_replica(stage, seen))
         replicas = _replicas(seen.ready_replicas)
         utilization = None
         if expected is not None and capacity and replicas:
-            utilization = expected / (capacity * replicas)
+            utilization = _ratio(expected, capacity * replicas)
         raw: int | None
         if expected is None:
             raw, reason = None, "no data: request rate missing"
@@ -247,8 +260,7 @@ def compute(graph: PipelineGraph, observed: Mapping[str, Observation]) -> Pipeli
         elif not capacity:
             raw, reason = None, "no data: latency missing, capacity unknown"
         else:
-            target = min(1.0, max(_EPSILON, stage.target_utilization))
-            raw = _clamp(_ceil(expected / (capacity * target)), stage)
+            raw = _replicas_for(expected, capacity, stage)
             reason = f"{expected:.3g} rps at {capacity:.3g} rps per replica"
         results.append(
             StageResult(
@@ -273,7 +285,9 @@ def compute(graph: PipelineGraph, observed: Mapping[str, Observation]) -> Pipeli
 class _StageState:
     applied: int
     lower_since: float | None = None
-    highest_lower: int = 0
+    """Start of the current run of recommendations below `applied`."""
+    lower: list[tuple[float, int]] = field(default_factory=list)
+    """That run's (time, recommendation) of the last stable window."""
 
 
 @dataclass
@@ -348,16 +362,20 @@ class Tuner:
             return wanted
         state.applied = _clamp(state.applied, stage)
         if wanted >= state.applied:
-            state.applied, state.lower_since, state.highest_lower = wanted, None, 0
+            state.applied, state.lower_since, state.lower = wanted, None, []
             return wanted
+        window = self.stable_window_seconds
         if state.lower_since is None:
-            state.lower_since, state.highest_lower = now, wanted
-        else:
-            state.highest_lower = max(state.highest_lower, wanted)
-        if now - state.lower_since >= self.stable_window_seconds:
-            state.applied = state.highest_lower
-            # Still lower than the new value: a new window starts now.
-            state.lower_since, state.highest_lower = None, 0
+            state.lower_since = now
+        state.lower = [(t, r) for t, r in state.lower if now - t <= window]
+        state.lower.append((now, wanted))
+        if now - state.lower_since >= window:
+            # Lower for a whole window: down to the highest recommendation of that window.
+            state.applied = max(r for _, r in state.lower)
+            # What follows the last sample at that level is the next run below it.
+            last = max(i for i, (_, r) in enumerate(state.lower) if r >= state.applied)
+            state.lower = state.lower[last + 1 :]
+            state.lower_since = state.lower[0][0] if state.lower else None
         return state.applied
 
     def last(self, key: str) -> PipelineResult | None:
