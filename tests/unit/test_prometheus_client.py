@@ -1,0 +1,222 @@
+"""The Prometheus API client against a real local HTTP server serving canned /api/v1/query answers."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import socket
+import threading
+import urllib.parse
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from penstock.controller.prometheus import (
+    PrometheusClient,
+    PrometheusError,
+    escape_label_value,
+    inflight_query,
+    latency_query,
+    observe_pipeline,
+    request_rate_query,
+)
+from penstock.controller.tuner import Observation
+
+# (status code, body) for a query string
+Answer = Callable[[str], tuple[int, bytes]]
+
+
+class Server:
+    def __init__(self) -> None:
+        self.answer: Answer = lambda _query: (200, vector([]))
+        self.queries: list[str] = []
+        self.paths: list[str] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                parsed = urllib.parse.urlparse(self.path)
+                server.paths.append(parsed.path)
+                query = urllib.parse.parse_qs(parsed.query).get("query", [""])[0]
+                server.queries.append(query)
+                code, body = server.answer(query)
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *_: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(5)
+
+
+@pytest.fixture
+def server() -> Iterator[Server]:
+    instance = Server()
+    yield instance
+    instance.close()
+
+
+def vector(series: list[tuple[dict[str, str], str]]) -> bytes:
+    return json.dumps(
+        {
+            "status": "success",
+            "data": {
+                "resultType": "vector",
+                "result": [{"metric": m, "value": [1700000000.5, v]} for m, v in series],
+            },
+        }
+    ).encode()
+
+
+def test_instant_vector_is_parsed(server: Server) -> None:
+    server.answer = lambda _q: (200, vector([({"stage": "a"}, "1.5"), ({"stage": "b"}, "NaN")]))
+    samples = PrometheusClient(server.url + "/").query("up")
+    assert [(s.labels, s.value) for s in samples[:1]] == [({"stage": "a"}, 1.5)]
+    assert math.isnan(samples[1].value)
+    assert server.paths == ["/api/v1/query"]
+    assert server.queries == ["up"]
+
+
+def test_scalar_result(server: Server) -> None:
+    body = json.dumps(
+        {"status": "success", "data": {"resultType": "scalar", "result": [1.0, "3"]}}
+    ).encode()
+    server.answer = lambda _q: (200, body)
+    assert PrometheusClient(server.url).query("3")[0].value == 3.0
+
+
+@pytest.mark.parametrize(
+    ("code", "body", "message"),
+    [
+        (
+            400,
+            b'{"status":"error","errorType":"bad_data","error":"parse error at char 3"}',
+            "HTTP 400 to 'x': bad_data: parse error at char 3",
+        ),
+        (503, b"service unavailable", "HTTP 503 to 'x': service unavailable"),
+        (200, b"<html>not json</html>", "is not JSON"),
+        (200, b"[1, 2]", "is not a JSON object"),
+        (
+            200,
+            b'{"status":"error","errorType":"timeout","error":"query timed out"}',
+            "failed: timeout: query timed out",
+        ),
+        (200, b'{"status":"success"}', "has no data object"),
+        (
+            200,
+            b'{"status":"success","data":{"resultType":"matrix","result":[]}}',
+            "is a 'matrix', not an instant vector",
+        ),
+        (
+            200,
+            b'{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1]}]}}',
+            "malformed sample value",
+        ),
+        (
+            200,
+            b'{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1,"x"]}]}}',
+            "'x' in the answer to 'x' is not a number",
+        ),
+        (200, b'{"status":"success","data":{"resultType":"vector","result":[7]}}', "malformed"),
+    ],
+)
+def test_errors_are_prometheus_errors(server: Server, code: int, body: bytes, message: str) -> None:
+    server.answer = lambda _q: (code, body)
+    with pytest.raises(PrometheusError) as error:
+        PrometheusClient(server.url).query("x")
+    assert message in str(error.value)
+
+
+def test_connection_refused_is_a_prometheus_error() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(
+        PrometheusError, match=re.escape("cannot reach Prometheus at http://127.0.0.1")
+    ):
+        PrometheusClient(f"http://127.0.0.1:{port}", timeout_seconds=2).query("up")
+
+
+def test_timeout_is_a_prometheus_error() -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)  # accepts the connection, never answers
+        client = PrometheusClient(
+            f"http://127.0.0.1:{listener.getsockname()[1]}", timeout_seconds=0.3
+        )
+        with pytest.raises(PrometheusError, match="cannot reach Prometheus"):
+            client.query("up")
+
+
+def test_bad_url_is_rejected() -> None:
+    with pytest.raises(PrometheusError, match="not an http"):
+        PrometheusClient("prometheus:9090")
+
+
+def test_label_values_are_escaped() -> None:
+    assert escape_label_value('a"b\\c\nd') == 'a\\"b\\\\c\\nd'
+    query = request_rate_query("ns", 'p"} or vector(1) #')
+    assert query == (
+        "sum by (stage) (rate(penstock_stage_requests_total"
+        '{namespace="ns",pipeline="p\\"} or vector(1) #"}[2m]))'
+    )
+
+
+def test_queries_follow_the_gateway_metrics() -> None:
+    selector = '{namespace="search",pipeline="rag"}'
+    assert latency_query("search", "rag") == (
+        f"sum by (stage) (rate(penstock_stage_request_duration_seconds_sum{selector}[2m]))"
+        f" / sum by (stage) (rate(penstock_stage_request_duration_seconds_count{selector}[2m]))"
+    )
+    assert inflight_query("search", "rag", "5m") == (
+        f"sum by (stage) (avg_over_time(penstock_stage_inflight_requests{selector}[5m]))"
+    )
+
+
+def test_observe_pipeline_builds_the_tuner_input(server: Server) -> None:
+    def answer(query: str) -> tuple[int, bytes]:
+        if "requests_total" in query:
+            return 200, vector([({"stage": "retrieve"}, "12.5"), ({"stage": "generate"}, "0")])
+        if "duration_seconds" in query:
+            # 0/0 without traffic is NaN: missing, not zero.
+            return 200, vector([({"stage": "retrieve"}, "0.08"), ({"stage": "generate"}, "NaN")])
+        return 200, vector([({"stage": "retrieve"}, "1.25"), ({}, "9")])
+
+    server.answer = answer
+    observed = observe_pipeline(
+        PrometheusClient(server.url),
+        "search",
+        "rag",
+        ["retrieve", "embed", "generate"],
+        {"retrieve": 2, "generate": 1},
+    )
+    assert observed == {
+        "retrieve": Observation(12.5, 0.08, 1.25, 2),
+        "embed": Observation(None, None, None, None),
+        "generate": Observation(0.0, None, None, 1),
+    }
+    assert len(server.queries) == 3
+    assert all('namespace="search",pipeline="rag"' in query for query in server.queries)
+
+
+def test_observe_pipeline_raises_when_a_query_fails(server: Server) -> None:
+    server.answer = lambda q: (
+        (200, vector([])) if "requests_total" in q else (500, b'{"status":"error","error":"boom"}')
+    )
+    with pytest.raises(PrometheusError, match="HTTP 500"):
+        observe_pipeline(PrometheusClient(server.url), "ns", "p", ["a"])
