@@ -94,6 +94,11 @@ _PASSTHROUGH = {
     "preload": ("fetch and verify a model (init container)", "penstock.preload"),
     "gateway": ("run the stage gateway sidecar", "penstock.dataplane.gateway"),
     "router": ("run a pipeline's router (the stage DAG per request)", "penstock.dataplane.router"),
+    "dev": ("run a Pipeline locally: Redis, stages, gateways, router", "penstock.dev.runner"),
+    "analyze": (
+        "per-stage time, critical path, advice from router profiles",
+        "penstock.dev.analyze",
+    ),
 }
 
 

@@ -113,7 +113,7 @@ def test_every_subcommand_has_help() -> None:
 
 
 def test_passthrough_subcommands_have_their_own_help() -> None:
-    for command in ("preload", "gateway", "router"):
+    for command in ("preload", "gateway", "router", "dev", "analyze"):
         result = run(command, "--help")
         assert result.returncode == 0, result.stderr
         assert f"usage: penstock {command}" in result.stdout
