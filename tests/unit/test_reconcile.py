@@ -243,3 +243,81 @@ def test_stage_hourly_cost_is_exported_and_dropped_with_the_stage(world: Any) ->
     reconciler.reconcile(body)
     gone = {**labels, "stage": "embed"}
     assert REGISTRY.get_sample_value("penstock_stage_hourly_cost_usd", gone) is None
+
+
+class StubPrometheus:
+    """Answers the tuner's three queries per stage (a boundary fake at unit level)."""
+
+    def __init__(self, rps: dict[str, float], latency: float = 0.1, inflight: float = 1.0) -> None:
+        self.rps = rps
+        self.latency = latency
+        self.inflight = inflight
+        self.fail = False
+
+    def query(self, promql: str, at: float | None = None) -> list[Any]:
+        from penstock.controller.prometheus import PrometheusError, Sample
+
+        if self.fail:
+            raise PrometheusError("connection refused")
+        if "request_duration" in promql:
+            value: dict[str, float] = dict.fromkeys(self.rps, self.latency)
+        elif "inflight" in promql:
+            value = dict.fromkeys(self.rps, self.inflight)
+        else:
+            value = self.rps
+        return [Sample(labels={"stage": stage}, value=v) for stage, v in value.items()]
+
+
+def _tuned_world(prometheus: StubPrometheus) -> tuple[FakeKube, Reconciler, Events]:
+    kube = FakeKube()
+    events = Events()
+    settings = OperatorSettings(prometheus_url="http://prometheus:9090", tuner_interval_seconds=0)
+    return kube, Reconciler(kube, settings, events, prometheus), events  # type: ignore[arg-type]
+
+
+def _condition(kube: FakeKube, type_: str) -> dict[str, Any]:
+    return next(c for c in _current(kube)["status"]["conditions"] if c["type"] == type_)
+
+
+def test_without_prometheus_the_hpas_stay_static_and_a_condition_says_why(world: Any) -> None:
+    kube, reconciler, _ = world
+    reconciler.reconcile(_pipeline(kube))
+    metrics_condition = _condition(kube, "MetricsAvailable")
+    assert (metrics_condition["status"], metrics_condition["reason"]) == ("False", "NotConfigured")
+    assert (
+        kube.objects[("HorizontalPodAutoscaler", "demo", "rag-embed")]["spec"]["minReplicas"] == 1
+    )
+
+
+def test_tuner_raises_the_hpa_floor_and_reports_in_status() -> None:
+    prometheus = StubPrometheus({"retrieve": 40.0, "embed": 40.0, "generate": 40.0}, latency=0.1)
+    kube, reconciler, events = _tuned_world(prometheus)
+    reconciler.reconcile(_pipeline(kube))
+    _set_ready(kube)
+    reconciler.reconcile(_current(kube))
+    status = _current(kube)["status"]
+    embed = next(s for s in status["stages"] if s["name"] == "embed")
+    # 40 rps at 0.1 s per request is 4 busy replicas; at 70% target utilization, 6.
+    assert embed["recommendedReplicas"] == 6
+    assert embed["observedRps"] == 40.0
+    hpa = kube.objects[("HorizontalPodAutoscaler", "demo", "rag-embed")]["spec"]
+    assert hpa["minReplicas"] == 6
+    assert hpa["maxReplicas"] == 8
+    assert status["bottleneck"] in {"retrieve", "embed", "generate"}
+    assert status["criticalPath"][-1] == "generate"
+    assert _condition(kube, "MetricsAvailable")["status"] == "True"
+    assert any(reason == "RecommendationChanged" for _, reason, _ in events.posted)
+
+
+def test_broken_prometheus_keeps_the_last_floor() -> None:
+    prometheus = StubPrometheus({"retrieve": 40.0, "embed": 40.0, "generate": 40.0})
+    kube, reconciler, _ = _tuned_world(prometheus)
+    reconciler.reconcile(_pipeline(kube))
+    prometheus.fail = True
+    reconciler.reconcile(_current(kube))
+    assert (
+        kube.objects[("HorizontalPodAutoscaler", "demo", "rag-embed")]["spec"]["minReplicas"] == 6
+    )
+    metrics_condition = _condition(kube, "MetricsAvailable")
+    assert (metrics_condition["status"], metrics_condition["reason"]) == ("False", "QueryFailed")
+    assert "connection refused" in metrics_condition["message"]

@@ -83,10 +83,11 @@ async def reconcile_pipeline(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None
     await _reconcile_now(body, memo)
 
 
-async def forget_pipeline(body: kopf.Body, **_: Any) -> None:
+async def forget_pipeline(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     # Children go by garbage collection (owner references); only local state is dropped here.
     LOCKS.forget((body["metadata"]["namespace"], body["metadata"]["name"]))
     metrics.forget_pipeline(body["metadata"]["namespace"], body["metadata"]["name"])
+    _reconciler(memo).tuning.forget(body["metadata"]["namespace"], body["metadata"]["name"])
 
 
 async def child_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:

@@ -15,6 +15,7 @@ from prometheus_client import start_http_server
 
 from penstock.controller import handlers
 from penstock.controller.kube import Kube, load_api_client
+from penstock.controller.prometheus import PrometheusClient
 from penstock.controller.reconcile import Reconciler
 from penstock.controller.settings import OperatorSettings, settings_from_args
 from penstock.controller.tracing import configure_tracing
@@ -101,10 +102,15 @@ def run_operator(args: argparse.Namespace) -> int:
     if settings.metrics_port:
         start_http_server(settings.metrics_port)
     registry = kopf.OperatorRegistry()
-    handlers.register(registry, settings.resync_seconds)
+    # With a tuner, Pipelines are revisited at least as often as it runs.
+    interval = settings.resync_seconds
+    if settings.prometheus_url:
+        interval = min(interval, settings.tuner_interval_seconds)
+    handlers.register(registry, interval)
     kopf.on.startup(registry=registry)(_configure_kopf(settings))
     kopf.on.login(registry=registry)(login)
-    memo = kopf.Memo(reconciler=Reconciler(kube, settings, post_event))
+    prometheus = PrometheusClient(settings.prometheus_url) if settings.prometheus_url else None
+    memo = kopf.Memo(reconciler=Reconciler(kube, settings, post_event, prometheus))
     log.info(
         "penstock operator starting: namespaces=%s resync=%ss",
         ",".join(settings.namespaces) or "(all)",

@@ -18,9 +18,11 @@ from penstock.controller import metrics
 from penstock.controller.conditions import find, merge_conditions, now_rfc3339
 from penstock.controller.drift import drifted
 from penstock.controller.kube import CHILD_KINDS, Kube
+from penstock.controller.prometheus import PrometheusClient
 from penstock.controller.settings import OperatorSettings
 from penstock.controller.status import invalid_status, valid_status
 from penstock.controller.tracing import reconcile_span
+from penstock.controller.tuning import ThroughputTuning, apply_to_status
 from penstock.render import PipelineRef, render_children, render_secret
 from penstock.render.cache import cache_secret_name
 
@@ -55,10 +57,19 @@ def _status_patch(previous: Mapping[str, Any], current: dict[str, Any]) -> dict[
 
 
 class Reconciler:
-    def __init__(self, kube: Kube, settings: OperatorSettings, emit: EmitEvent) -> None:
+    def __init__(
+        self,
+        kube: Kube,
+        settings: OperatorSettings,
+        emit: EmitEvent,
+        prometheus: PrometheusClient | None = None,
+    ) -> None:
         self.kube = kube
         self.settings = settings
         self.emit = emit
+        self.tuning = ThroughputTuning(
+            prometheus, settings.tuner_interval_seconds, settings.tuner_window_seconds
+        )
 
     def list_pipelines(self) -> list[dict[str, Any]]:
         """Every Pipeline the operator watches (all namespaces, or its namespaces)."""
@@ -118,7 +129,25 @@ class Reconciler:
                 if _owned_by(item, meta["uid"]):
                     live[(kind, item["metadata"]["name"])] = item
 
-        desired = render_children(ref, spec, self.settings.render)
+        live_deployments = {name: obj for (kind, name), obj in live.items() if kind == "Deployment"}
+        tuning = self.tuning.run(
+            ref.namespace,
+            ref.name,
+            generation,
+            spec,
+            live_deployments,
+            list(previous_status.get("stages", [])),
+        )
+        for stage in tuning.result.stages if tuning.result else ():
+            if stage.changed:
+                self.emit(
+                    body,
+                    "Normal",
+                    "RecommendationChanged",
+                    f"stage {stage.name}: {stage.recommended_replicas} replicas recommended "
+                    f"({stage.reason})",
+                )
+        desired = render_children(ref, spec, self.settings.render, tuning.floors)
         for manifest in desired:
             key = _key(manifest)
             current = live.get(key)
@@ -145,6 +174,7 @@ class Reconciler:
         status = valid_status(
             ref.name, ref.namespace, generation, result, deployments, self.settings.render.prices
         )
+        apply_to_status(status, tuning)
         metrics.set_stage_costs(
             ref.namespace,
             ref.name,

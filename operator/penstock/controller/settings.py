@@ -27,6 +27,10 @@ class OperatorSettings:
     request_timeout_seconds: float = 30.0
     otlp_endpoint: str | None = None
     """OTLP/HTTP endpoint for the operator's own reconcile spans."""
+    prometheus_url: str | None = None
+    """Prometheus HTTP API the throughput tuner reads; None disables the tuner."""
+    tuner_interval_seconds: float = 30.0
+    tuner_window_seconds: float = 300.0
 
 
 def _env(name: str, default: str) -> str:
@@ -57,6 +61,20 @@ _FLAGS: list[tuple[str, Any, str, str]] = [
         "",
         "OTLP/HTTP endpoint (e.g. http://otel-collector:4318) receiving the operator's reconcile "
         "spans and the gateways' spans of Pipelines with tracing enabled; empty: no tracing",
+    ),
+    (
+        "prometheus-url",
+        _url,
+        "",
+        "Prometheus HTTP API (e.g. http://prometheus-operated.monitoring:9090) with the "
+        "gateways' metrics, read by the throughput tuner; empty: no tuner, static HPAs",
+    ),
+    ("tuner-interval-seconds", float, "30", "how often the throughput tuner runs per Pipeline"),
+    (
+        "tuner-window-seconds",
+        float,
+        "300",
+        "how long a lower recommendation must hold before the tuner scales down",
     ),
     (
         "price-table",
@@ -106,4 +124,7 @@ def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
         peering=args.peering or None,
         priority=args.priority,
         otlp_endpoint=args.otlp_endpoint or None,
+        prometheus_url=args.prometheus_url or None,
+        tuner_interval_seconds=args.tuner_interval_seconds,
+        tuner_window_seconds=args.tuner_window_seconds,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from penstock.api import PipelineSpec
@@ -18,15 +19,22 @@ __all__ = ["FIELD_MANAGER", "PipelineRef", "RenderSettings", "render_children", 
 
 
 def render_children(
-    ref: PipelineRef, spec: PipelineSpec, settings: RenderSettings
+    ref: PipelineRef,
+    spec: PipelineSpec,
+    settings: RenderSettings,
+    replica_floors: Mapping[str, int] | None = None,
 ) -> list[dict[str, Any]]:
-    """Every object the operator keeps applied for this Pipeline (the Secret aside)."""
+    """Every object the operator keeps applied for this Pipeline (the Secret aside).
+
+    replica_floors: per stage, the throughput tuner's recommended replicas (HPA minReplicas).
+    """
+    floors = replica_floors or {}
     config = topology(ref, spec)
     manifests: list[dict[str, Any]] = [config]
     for stage in spec.stages:
         manifests.append(stage_deployment(ref, spec, stage, settings))
         manifests.append(stage_service(ref, spec, stage))
-        manifests.append(stage_hpa(ref, spec, stage))
+        manifests.append(stage_hpa(ref, spec, stage, floors.get(stage.name)))
     manifests.append(router_deployment(ref, spec, settings, config["data"]["topology.json"]))
     manifests.append(router_service(ref, spec))
     manifests.append(router_hpa(ref, spec))

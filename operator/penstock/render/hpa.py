@@ -39,8 +39,14 @@ def _metrics(stage: Stage) -> list[dict[str, Any]]:
     return metrics
 
 
-def stage_hpa(ref: PipelineRef, spec: PipelineSpec, stage: Stage) -> dict[str, Any]:
+def stage_hpa(
+    ref: PipelineRef, spec: PipelineSpec, stage: Stage, floor: int | None = None
+) -> dict[str, Any]:
+    """floor: the throughput tuner's recommendation, raising minReplicas within the bounds."""
     scaling = stage.scaling_or_default
+    min_replicas = scaling.min_replicas
+    if floor is not None:
+        min_replicas = min(max(min_replicas, floor), scaling.effective_max_replicas)
     name = stage_object_name(ref.name, stage.name)
     return {
         "apiVersion": "autoscaling/v2",
@@ -48,7 +54,7 @@ def stage_hpa(ref: PipelineRef, spec: PipelineSpec, stage: Stage) -> dict[str, A
         "metadata": metadata(ref, name, labels(ref.name, spec, stage.name, stage.name)),
         "spec": {
             "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
-            "minReplicas": scaling.min_replicas,
+            "minReplicas": min_replicas,
             "maxReplicas": scaling.effective_max_replicas,
             "metrics": _metrics(stage),
             "behavior": {
