@@ -285,7 +285,7 @@ def test_render_output_passes_server_side_dry_run(
             "render",
             "--namespace",
             namespace,
-            *map(str, sorted((ROOT / "examples").glob("*.yaml"))),
+            *map(str, sorted((ROOT / "examples").rglob("*.yaml"))),
         ],
         capture_output=True,
         text=True,

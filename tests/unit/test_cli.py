@@ -40,9 +40,9 @@ spec:
 
 
 def test_validate_examples_succeeds() -> None:
-    result = run("validate", *map(str, sorted((ROOT / "examples").glob("*.yaml"))))
+    result = run("validate", *map(str, sorted((ROOT / "examples").rglob("*.yaml"))))
     assert result.returncode == 0, result.stderr
-    assert result.stdout.count(": valid") == 2
+    assert result.stdout.count(": valid") == 3
 
 
 def test_validate_names_document_field_and_value(tmp_path: Path) -> None:
