@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build pinned upstream tools (kube-apiserver, kube-controller-manager, kube-scheduler,
-# kubectl, etcd, kwok, helm) from source with the local Go toolchain.
+# kubectl, etcd, kwok, helm, prometheus) from source with the local Go toolchain.
 #
 # Builds happen in a version-keyed cache OUTSIDE the checkout:
 #   ${PENSTOCK_TOOLS_CACHE:-$HOME/.cache/penstock-tools}/<tool>-<version>/bin/<binary>
@@ -231,6 +231,25 @@ build_helm() {
     "-s -w -X helm.sh/helm/$major/internal/version.version=$HELM_VERSION -X helm.sh/helm/$major/internal/version.gitTreeState=clean"
 }
 
+# Prometheus server (for the throughput tuner's integration tests).  Prometheus 3.x is
+# published as the Go module github.com/prometheus/prometheus with tags v0.3MM.P for
+# release 3.MM.P; its go.mod has no replace directives, so go install works directly.
+# Built WITHOUT the `builtinassets` tag: the web UI's compiled assets (web/ui/static) are
+# not in the module, so the UI pages are unavailable but the HTTP API (/api/v1/...) works.
+build_prometheus() {
+  local dir="$CACHE/prometheus-$PROMETHEUS_VERSION"
+  is_built "$dir" prometheus && return 0
+  local m="${PROMETHEUS_VERSION#v0.}" # 316.0
+  local mm="${m%%.*}" patch="${m#*.}"
+  local release="${mm:0:1}.$((10#${mm:1})).$patch" # 3.16.0
+  local date; date=$(cd "$dir" && go mod download -json "github.com/prometheus/prometheus@$PROMETHEUS_VERSION" 2>/dev/null |
+    sed -n 's/.*"Info": *"\(.*\)".*/\1/p' | xargs -r sed -n 's/.*"Time": *"\([^"]*\)".*/\1/p' | head -n1)
+  local commit; commit=$(cd "$dir" && origin_hash "github.com/prometheus/prometheus@$PROMETHEUS_VERSION")
+  local pv=github.com/prometheus/common/version
+  go_install prometheus "$PROMETHEUS_VERSION" github.com/prometheus/prometheus/cmd/prometheus \
+    "-s -w -X $pv.Version=$release -X $pv.Revision=${commit:-unknown} -X $pv.Branch=HEAD -X $pv.BuildUser=penstock-tools -X $pv.BuildDate=${date:-unknown}"
+}
+
 # ---------------------------------------------------------------- main
 with_cache_lock "$ETCD_DIR" build_etcd
 link "$ETCD_DIR" etcd
@@ -240,6 +259,8 @@ link "$CACHE/kwok-$KWOK_VERSION" kwok
 ln -sfn "$CACHE/kwok-$KWOK_VERSION/stages.yaml" "$BIN/kwok-stages.yaml"
 with_cache_lock "$CACHE/helm-$HELM_VERSION" build_helm
 link "$CACHE/helm-$HELM_VERSION" helm
+with_cache_lock "$CACHE/prometheus-$PROMETHEUS_VERSION" build_prometheus
+link "$CACHE/prometheus-$PROMETHEUS_VERSION" prometheus
 with_cache_lock "$K8S_DIR" build_kubernetes
 link "$K8S_DIR" "${K8S_BINS[@]}"
 
