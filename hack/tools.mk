@@ -4,7 +4,7 @@ PENSTOCK_HACK_DIR := $(abspath $(dir $(lastword $(MAKEFILE_LIST))))
 
 .PHONY: tools cluster-up cluster-down cluster-status
 
-tools: ## Build pinned kube-apiserver/controller-manager/scheduler, kubectl, etcd, kwok, helm into bin/ (cached in ~/.cache/penstock-tools)
+tools: ## Build pinned kube-apiserver/controller-manager/scheduler, kubectl, etcd, kwok, helm, prometheus into bin/ (cached in ~/.cache/penstock-tools)
 	@bash $(PENSTOCK_HACK_DIR)/tools.sh
 
 cluster-up: tools ## Start a local control plane (etcd, apiserver, controller-manager, scheduler, kwok + 3 fake nodes); KUBECONFIG=.cluster/kubeconfig

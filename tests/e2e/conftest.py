@@ -207,7 +207,7 @@ class OperatorProcess:
         self.metrics_port = 0
         self.starts = 0
 
-    def start(self) -> None:
+    def start(self, *extra_args: str) -> None:
         self.metrics_port = free_port()
         self.starts += 1
         log = (self.log_dir / f"operator-{self.starts}.log").open("wb")
@@ -225,6 +225,7 @@ class OperatorProcess:
                 str(free_port()),
                 "--operator-image",
                 "penstock:e2e",
+                *extra_args,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -276,7 +277,7 @@ class InClusterOperator(OperatorProcess):
             )
         ]
 
-    def start(self) -> None:
+    def start(self, *extra_args: str) -> None:
         self.starts += 1
         wait_for(self._ready_pods, timeout=180, what="the in-cluster operator pod Ready")
 
