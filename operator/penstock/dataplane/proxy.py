@@ -31,6 +31,7 @@ from penstock.dataplane.batching import Batcher, BatchResponse
 from penstock.dataplane.cache import Entry, Lookup, RedisCache, Store, cache_key
 from penstock.dataplane.coalesce import Coalescer
 from penstock.dataplane.config import GatewayConfig
+from penstock.dataplane.serving import listen
 from penstock.dataplane.telemetry import (
     ATTR_BATCH_SIZE,
     ATTR_CACHE_HIT,
@@ -189,22 +190,11 @@ class Gateway:
         admin.router.add_get("/metrics", self._metrics)
         admin.router.add_get("/live", self._live)
         admin.router.add_get("/ready", self._ready)
-        self.port = await self._listen(proxy, config.listen.host, config.listen.port)
-        self.admin_port = await self._listen(
-            admin, config.admin_listen.host, config.admin_listen.port
+        self.port = await listen(proxy, config.listen.host, config.listen.port, self._runners)
+        self.admin_port = await listen(
+            admin, config.admin_listen.host, config.admin_listen.port, self._runners
         )
         self._readiness = asyncio.get_running_loop().create_task(self._readiness_loop())
-
-    async def _listen(self, app: web.Application, host: str, port: int) -> int:
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5)
-        await runner.setup()
-        self._runners.append(runner)
-        site = web.TCPSite(runner, host, port, reuse_address=True)
-        await site.start()
-        for address in runner.addresses:
-            if isinstance(address, tuple):
-                return int(address[1])
-        return port  # pragma: no cover - TCP sites always have a (host, port) address
 
     async def stop(self) -> None:
         self.ready = False

@@ -24,7 +24,6 @@ import asyncio
 import json
 import logging
 import os
-import signal
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -61,6 +60,7 @@ from penstock.dataplane.router_topology import (
     parse_stage_urls,
     ready_stages,
 )
+from penstock.dataplane.serving import listen, run_command, stop_on_signals
 from penstock.dataplane.telemetry import (
     ATTR_PIPELINE,
     ATTR_STAGE,
@@ -353,21 +353,10 @@ class Router:
         admin.router.add_get("/metrics", self._metrics)
         admin.router.add_get("/live", self._live)
         admin.router.add_get("/ready", self._ready)
-        listen, admin_listen = self.config.listen, self.config.admin_listen
-        self.port = await self._listen(app, listen.host, listen.port)
-        self.admin_port = await self._listen(admin, admin_listen.host, admin_listen.port)
+        public, private = self.config.listen, self.config.admin_listen
+        self.port = await listen(app, public.host, public.port, self._runners)
+        self.admin_port = await listen(admin, private.host, private.port, self._runners)
         self.ready = True
-
-    async def _listen(self, app: web.Application, host: str, port: int) -> int:
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5)
-        await runner.setup()
-        self._runners.append(runner)
-        site = web.TCPSite(runner, host, port, reuse_address=True)
-        await site.start()
-        for address in runner.addresses:
-            if isinstance(address, tuple):
-                return int(address[1])
-        return port  # pragma: no cover - TCP sites always have a (host, port) address
 
     async def stop(self) -> None:
         self.ready = False
@@ -636,66 +625,33 @@ class Router:
 async def serve(config: RouterConfig, stop: asyncio.Event | None = None) -> None:
     """Start a router, run until ``stop`` is set (or SIGTERM/SIGINT), then stop."""
     stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    handled: list[signal.Signals] = []
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        try:
-            loop.add_signal_handler(signum, stop.set)
-            handled.append(signum)
-        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
-            pass
     router = Router(config)
-    try:
-        await router.start()
-        topology = config.topology
-        log.info(
-            "router for pipeline %s/%s listening on %s:%d (admin %s:%d), output %s, stages %s",
-            topology.namespace,
-            topology.pipeline,
-            config.listen.host,
-            router.port,
-            config.admin_listen.host,
-            router.admin_port,
-            topology.output,
-            ", ".join(sorted(topology.needed())),
-        )
-        await stop.wait()
-        log.info("stopping")
-    finally:
-        await router.stop()
-        for signum in handled:
-            loop.remove_signal_handler(signum)
+    with stop_on_signals(stop):
+        try:
+            await router.start()
+            topology = config.topology
+            log.info(
+                "router for pipeline %s/%s listening on %s:%d (admin %s:%d), output %s, stages %s",
+                topology.namespace,
+                topology.pipeline,
+                config.listen.host,
+                router.port,
+                config.admin_listen.host,
+                router.admin_port,
+                topology.output,
+                ", ".join(sorted(topology.needed())),
+            )
+            await stop.wait()
+            log.info("stopping")
+        finally:
+            await router.stop()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``penstock router`` with ``argv`` (the arguments after ``router``).
-
-    Exit status: 0 after a clean stop, 1 when the router cannot start (e.g. a port in use),
-    2 on bad flags, values or files, with a one-line ``error: ...`` on stderr.
-    """
-    from penstock.dataplane.gateway import loop_factory
-
-    args = list(sys.argv[1:] if argv is None else argv)
-    if "-h" in args or "--help" in args:
-        build_parser().print_help()
-        return 0
-    try:
-        config = parse_config(args)
-    except ConfigError as error:
-        print(f"penstock router: error: {error}", file=sys.stderr, flush=True)
-        return 2
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    """Run ``penstock router`` with ``argv`` (the arguments after ``router``)."""
+    return run_command(
+        "router", argv, build_parser().print_help, parse_config, (ConfigError,), serve
     )
-    try:
-        with asyncio.Runner(loop_factory=loop_factory()) as runner:
-            runner.run(serve(config))
-    except OSError as error:
-        print(f"penstock router: error: cannot start: {error}", file=sys.stderr, flush=True)
-        return 1
-    except KeyboardInterrupt:
-        return 0
-    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover
