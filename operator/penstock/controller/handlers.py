@@ -112,6 +112,9 @@ async def resync_loop(reconciler: Reconciler, interval: float) -> None:
                 await asyncio.to_thread(reconciler.reconcile, body)
             except KubeError as error:
                 log.warning("resync of %s/%s failed: %s", *key, error)
+            except Exception:
+                # One bad Pipeline must not end the loop for all the others.
+                log.exception("resync of %s/%s failed", *key)
 
     while True:
         await asyncio.sleep(interval)

@@ -39,6 +39,7 @@ KINDS: dict[str, Kind] = {
     "Deployment": Kind("apis/apps/v1", "deployments"),
     "HorizontalPodAutoscaler": Kind("apis/autoscaling/v2", "horizontalpodautoscalers"),
     "Pipeline": Kind(f"apis/{GROUP}/{VERSION}", PLURAL),
+    "Event": Kind("api/v1", "events"),
 }
 # Children the operator applies and prunes, in apply order (config before workloads).
 CHILD_KINDS = ("ConfigMap", "Deployment", "Service", "HorizontalPodAutoscaler")

@@ -7,13 +7,13 @@ import asyncio
 import json
 import logging
 import sys
-from collections.abc import Mapping
-from typing import Any, cast
+from typing import Any
 
 import kopf
 from prometheus_client import start_http_server
 
 from penstock.controller import handlers
+from penstock.controller.events import EventPoster
 from penstock.controller.kube import Kube, load_api_client
 from penstock.controller.prometheus import PrometheusClient
 from penstock.controller.reconcile import Reconciler
@@ -47,11 +47,6 @@ def configure_logging(settings: OperatorSettings) -> None:
     root.setLevel(settings.log_level)
     for noisy in ("urllib3", "kubernetes", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-def post_event(body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
-    """Post a Kubernetes Event about the Pipeline through kopf's queue (thread-safe)."""
-    kopf.event(cast(kopf.Body, body), type=type_, reason=reason, message=message)
 
 
 def _configure_kopf(config: OperatorSettings) -> Any:
@@ -110,7 +105,7 @@ def run_operator(args: argparse.Namespace) -> int:
     kopf.on.startup(registry=registry)(_configure_kopf(settings))
     kopf.on.login(registry=registry)(login)
     prometheus = PrometheusClient(settings.prometheus_url) if settings.prometheus_url else None
-    memo = kopf.Memo(reconciler=Reconciler(kube, settings, post_event, prometheus))
+    memo = kopf.Memo(reconciler=Reconciler(kube, settings, EventPoster(kube), prometheus))
     log.info(
         "penstock operator starting: namespaces=%s resync=%ss",
         ",".join(settings.namespaces) or "(all)",
