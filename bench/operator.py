@@ -1,0 +1,1149 @@
+# ruff: noqa: A005  (the brief names this script bench/operator.py; it is run, never imported)
+"""Benchmark: the Penstock operator against a plain `kubectl apply` of the same objects.
+
+For every size N it measures, on a real control plane (hack/cluster.sh, or $KUBECONFIG):
+
+1. operator: wall time from one server-side `kubectl apply` of N Pipelines (a 5-stage DAG
+   each, no cache, no model) into a fresh namespace until every child exists, and until every
+   Pipeline has Ready=True;
+2. baseline (floor): the same children pre-rendered by `penstock render` (render time not
+   included) applied with one server-side `kubectl apply` into another fresh namespace, timed
+   until they all exist;
+3. the operator's peak RSS (VmHWM of a fresh operator process per size);
+4. the write requests the apiserver received on the operator's resources during an idle
+   window after every Pipeline is Ready (resync timer firing, nothing to change).
+
+Run: python bench/operator.py [--sizes 10,100,500] [--stages 5] [--idle-seconds 60]
+Without $KUBECONFIG it starts the local control plane (hack/cluster.sh; state dir
+$PENSTOCK_CLUSTER_DIR) with enough kwok nodes for the pods, and stops it at the end if it
+started it. This is a benchmark that prints a table, not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import platform
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from kubernetes import client, config
+
+ROOT = Path(__file__).resolve().parents[1]
+CLUSTER_SCRIPT = ROOT / "hack" / "cluster.sh"
+CRD_FILE = ROOT / "crds" / "pipelines.penstock.dev.yaml"
+MANAGED_SELECTOR = "app.kubernetes.io/managed-by=penstock-operator"
+PODS_PER_KWOK_NODE = 110  # hack/cluster.sh gives every fake node pods: "110"
+
+# Collection paths of the children, by kind.
+CHILD_PATHS: dict[str, str] = {
+    "ConfigMap": "/api/v1/namespaces/{ns}/configmaps",
+    "Secret": "/api/v1/namespaces/{ns}/secrets",
+    "Service": "/api/v1/namespaces/{ns}/services",
+    "Deployment": "/apis/apps/v1/namespaces/{ns}/deployments",
+    "HorizontalPodAutoscaler": "/apis/autoscaling/v2/namespaces/{ns}/horizontalpodautoscalers",
+}
+METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
+TABLE = "application/json;as=Table;g=meta.k8s.io;v=v1"
+
+# The idle-write filter: write verbs on (group, resource, subresource) the operator writes.
+WRITE_VERBS = frozenset({"POST", "PUT", "PATCH", "DELETE", "APPLY", "DELETECOLLECTION"})
+OPERATOR_WRITTEN = frozenset(
+    {
+        ("penstock.dev", "pipelines", ""),
+        ("penstock.dev", "pipelines", "status"),
+        ("apps", "deployments", ""),
+        ("", "services", ""),
+        ("autoscaling", "horizontalpodautoscalers", ""),
+        ("", "configmaps", ""),
+        ("", "secrets", ""),
+    }
+)
+IDLE_FILTER_NOTE = (
+    "idle writes = increase of apiserver_request_total over the idle window, verbs "
+    "POST/PUT/PATCH/DELETE/APPLY/DELETECOLLECTION, on pipelines (incl. /status), deployments, "
+    "services, horizontalpodautoscalers, configmaps, secrets, main resource only except "
+    "pipelines/status. Not counted: deployments/status (deployment controller), "
+    "horizontalpodautoscalers/status (HPA controller), events (the HPA controller posts them), "
+    "leases, nodes, pods. The apiserver metric carries no client identity, so this counts "
+    "every writer of those resources in the whole cluster; during the window nothing else "
+    "writes them (no leader election, the bench itself only reads)."
+)
+
+T = TypeVar("T")
+
+
+class BenchError(Exception):
+    """A phase failed or timed out; the message says which and why."""
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def tool(name: str) -> str:
+    local = ROOT / "bin" / name
+    if local.exists():
+        return str(local)
+    found = shutil.which(name)
+    if not found:
+        raise BenchError(f"{name} not found: run `make tools` (or put {name} on PATH)")
+    return found
+
+
+class Deadline:
+    """A per-phase time budget."""
+
+    def __init__(self, phase: str, seconds: float) -> None:
+        self.phase = phase
+        self.seconds = seconds
+        self.start = time.monotonic()
+
+    def left(self) -> float:
+        return self.seconds - (time.monotonic() - self.start)
+
+    def check(self, detail: str) -> None:
+        if self.left() <= 0:
+            raise BenchError(
+                f"phase '{self.phase}' timed out after {self.seconds:.0f}s ({detail}); "
+                "raise --timeout or pick smaller --sizes"
+            )
+
+
+def poll(
+    deadline: Deadline, interval: float, check: Callable[[], T | None], what: Callable[[], str]
+) -> T:
+    """Call check() every interval seconds until it returns a value; BenchError at deadline."""
+    while True:
+        result = check()
+        if result is not None:
+            return result
+        deadline.check(what())
+        time.sleep(min(interval, max(deadline.left(), 0.01)))
+
+
+# ------------------------------------------------------------------ cluster access
+
+
+class Api:
+    """Raw GETs against the apiserver (the official client's transport and credentials)."""
+
+    def __init__(self, kubeconfig: str) -> None:
+        self.kubeconfig = kubeconfig
+        self._api = config.new_client_from_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
+
+    def get(self, path: str, accept: str = "application/json", query: str = "") -> bytes:
+        serialized = self._api.param_serialize(
+            method="GET",
+            resource_path=path + (f"?{query}" if query else ""),
+            header_params={"Accept": accept},
+            auth_settings=["BearerToken"],
+        )
+        try:
+            response = self._api.call_api(*serialized, _request_timeout=(5.0, 60.0))
+            response.read()
+        except client.ApiException as error:
+            raise BenchError(f"GET {path}: {error.status} {error.reason}") from error
+        except Exception as error:  # urllib3: refused, timeout
+            raise BenchError(f"GET {path}: {error}") from error
+        data: bytes = response.data or b""
+        if not 200 <= response.status < 300:
+            raise BenchError(f"GET {path}: HTTP {response.status}: {data[:200]!r}")
+        return data
+
+    def json(self, path: str, accept: str = "application/json", query: str = "") -> Any:
+        return json.loads(self.get(path, accept, query))
+
+    def exists(self, path: str) -> bool:
+        try:
+            self.get(path)
+        except BenchError as error:
+            if " 404 " in str(error) or "HTTP 404" in str(error):
+                return False
+            raise
+        return True
+
+    def count(self, kind: str, namespace: str) -> int:
+        """Objects of kind with the managed-by label in namespace (a metadata-only list)."""
+        body = self.json(
+            CHILD_PATHS[kind].format(ns=namespace),
+            METADATA_LIST,
+            f"labelSelector={MANAGED_SELECTOR}",
+        )
+        return len(body.get("items") or [])
+
+
+def kubectl(
+    kubeconfig: str,
+    *args: str,
+    stdin: str | None = None,
+    timeout: float = 120,
+    check: bool = True,
+) -> subprocess.CompletedProcess[str]:
+    try:
+        result = subprocess.run(
+            [tool("kubectl"), "--kubeconfig", kubeconfig, *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=max(timeout, 1.0),
+            check=False,
+        )
+    except subprocess.TimeoutExpired as error:
+        raise BenchError(
+            f"kubectl {' '.join(args[:3])} ... timed out after {timeout:.0f}s"
+        ) from error
+    if check and result.returncode != 0:
+        raise BenchError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()[-2000:]}")
+    return result
+
+
+@dataclass
+class Cluster:
+    kubeconfig: str
+    started_here: bool
+    env: dict[str, str]
+
+
+def cluster_script(env: dict[str, str], *args: str, timeout: float = 900) -> str:
+    result = subprocess.run(
+        ["bash", str(CLUSTER_SCRIPT), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise BenchError(
+            f"hack/cluster.sh {' '.join(args)} failed:\n{result.stderr.strip()[-3000:]}"
+        )
+    return result.stdout
+
+
+def bring_up_cluster(nodes_needed: int) -> Cluster:
+    external = os.environ.get("KUBECONFIG")
+    if external:
+        log(f"using the cluster of KUBECONFIG={external}")
+        return Cluster(kubeconfig=external, started_here=False, env=dict(os.environ))
+    env = dict(os.environ)
+    env.setdefault("PENSTOCK_CLUSTER_NODES", str(nodes_needed))
+    state = env.get("PENSTOCK_CLUSTER_DIR", str(ROOT / ".cluster"))
+    was_up = (
+        subprocess.run(
+            ["bash", str(CLUSTER_SCRIPT), "status"], env=env, capture_output=True, check=False
+        ).returncode
+        == 0
+    )
+    log(
+        f"local control plane in {state}: "
+        + (
+            "already up, reusing it"
+            if was_up
+            else f"starting with {env['PENSTOCK_CLUSTER_NODES']} kwok nodes"
+        )
+    )
+    cluster_script(env, "up")
+    line = cluster_script(env, "env").strip()
+    kubeconfig = line.split("=", 1)[1].strip("'\"")
+    return Cluster(kubeconfig=kubeconfig, started_here=not was_up, env=env)
+
+
+# ------------------------------------------------------------------ workload
+
+
+def pipeline_doc(name: str, stages: int, cache: bool) -> str:
+    """One Pipeline: s0 fans out to s1 and s2, they join in s3, then a chain to the last stage."""
+    lines = [
+        "apiVersion: penstock.dev/v1alpha1",
+        "kind: Pipeline",
+        "metadata:",
+        f"  name: {name}",
+        "spec:",
+        "  costCenter: bench",
+        "  team: perf",
+        f"  output: s{stages - 1}",
+        "  stages:",
+    ]
+    for i in range(stages):
+        lines += [f"    - name: s{i}", "      image: registry.example/bench-stage:1.0"]
+        if i == 1 or i == 2:
+            lines.append("      dependsOn: [s0]")
+        elif i == 3 and stages > 3:
+            lines.append("      dependsOn: [s1, s2]")
+        elif i > 0:
+            lines.append(f"      dependsOn: [s{i - 1}]")
+        if cache:
+            lines.append("      cache: {enabled: true}")
+    return "\n".join(lines) + "\n"
+
+
+def pipelines_yaml(size: int, stages: int, cache: bool) -> str:
+    return "---\n".join(pipeline_doc(f"p{i:04d}", stages, cache) for i in range(size))
+
+
+def render(
+    pipelines_file: Path, namespace: str, out: Path, timeout: float
+) -> tuple[float, Counter[str]]:
+    """`penstock render` into out; (seconds, expected objects per kind)."""
+    started = time.monotonic()
+    with out.open("w") as sink:
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "penstock.cli",
+                "render",
+                str(pipelines_file),
+                "--namespace",
+                namespace,
+            ],
+            stdout=sink,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=timeout,
+            check=False,
+            cwd=ROOT,
+        )
+    seconds = time.monotonic() - started
+    if result.returncode != 0:
+        raise BenchError(f"penstock render failed: {result.stderr.strip()[-2000:]}")
+    kinds: Counter[str] = Counter(
+        match.group(1) for match in re.finditer(r"^kind: (\w+)$", out.read_text(), re.MULTILINE)
+    )
+    unknown = set(kinds) - set(CHILD_PATHS)
+    if unknown:
+        raise BenchError(f"penstock render produced kinds this bench does not count: {unknown}")
+    return seconds, kinds
+
+
+def pods_per_pipeline(stages: int, cache: bool, work: Path, timeout: float) -> tuple[int, str]:
+    """Pods one Pipeline runs (HPA minReplicas, else replicas, per Deployment) and a summary
+    of its children, from `penstock render` of one sample Pipeline."""
+    sample = work / "sample-pipeline.yaml"
+    sample.write_text(pipeline_doc("sample", stages, cache))
+    rendered = work / "sample-rendered.yaml"
+    render(sample, "sample", rendered, timeout)
+    docs = [doc for doc in yaml.safe_load_all(rendered.read_text()) if doc]
+    floors = {
+        doc["spec"]["scaleTargetRef"]["name"]: int(doc["spec"].get("minReplicas", 1))
+        for doc in docs
+        if doc["kind"] == "HorizontalPodAutoscaler"
+    }
+    pods = sum(
+        floors.get(doc["metadata"]["name"], int(doc["spec"].get("replicas", 1)))
+        for doc in docs
+        if doc["kind"] == "Deployment"
+    )
+    kinds = Counter(doc["kind"] for doc in docs)
+    summary = ", ".join(f"{count} {kind}" for kind, count in sorted(kinds.items()))
+    return pods, summary
+
+
+def operator_revision() -> str:
+    """HEAD plus a digest of uncommitted changes under operator/ (the code the bench runs)."""
+    import hashlib
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(ROOT), *args], capture_output=True, text=True, check=False
+        ).stdout
+
+    head = git("rev-parse", "--short", "HEAD").strip() or "?"
+    diff = git("diff", "HEAD", "--", "operator/")
+    return head + (f"+dirty:{hashlib.sha256(diff.encode()).hexdigest()[:8]}" if diff else "")
+
+
+# ------------------------------------------------------------------ the operator process
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def proc_status(pid: int) -> dict[str, int]:
+    """VmHWM / VmRSS in kB from /proc/<pid>/status."""
+    values: dict[str, int] = {}
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key, _, rest = line.partition(":")
+            if key in ("VmHWM", "VmRSS"):
+                values[key] = int(rest.split()[0])
+    return values
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (its threads included)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Operator:
+    """A fresh `penstock operator` process (cluster-wide, as deployed by default)."""
+
+    def __init__(self, kubeconfig: str, log_path: Path, resync_seconds: float) -> None:
+        self.log_path = log_path
+        self.metrics_port = free_port()
+        self.health_port = free_port()
+        self._log = log_path.open("wb")
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "penstock.cli",
+                "operator",
+                "--resync-seconds",
+                str(resync_seconds),
+                "--metrics-port",
+                str(self.metrics_port),
+                "--health-port",
+                str(self.health_port),
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "KUBECONFIG": kubeconfig},
+            cwd=ROOT,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def _http_ok(self, port: int, path: str) -> bytes | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+                body: bytes = response.read()
+                return body if response.status == 200 else None
+        except (urllib.error.URLError, OSError):
+            return None
+
+    def wait_started(self, deadline: Deadline) -> None:
+        def ready() -> bool | None:
+            if not self.alive():
+                raise BenchError(
+                    f"the operator exited at start; log: {self.log_path}\n{self.log_tail()}"
+                )
+            return True if self._http_ok(self.health_port, "/healthz") is not None else None
+
+        poll(deadline, 0.5, ready, lambda: "operator /healthz")
+        # Let the initial listing (children of earlier phases) settle: wait until the process
+        # uses under 10% of a CPU for a second.
+        previous = cpu_seconds(self.pid)
+        while deadline.left() > 0:
+            time.sleep(1.0)
+            now = cpu_seconds(self.pid)
+            if now - previous < 0.1:
+                return
+            previous = now
+        deadline.check("operator still busy after start")
+
+    def reconciles(self) -> Counter[str]:
+        """penstock_reconcile_total by result, from the operator's /metrics."""
+        body = self._http_ok(self.metrics_port, "/metrics")
+        counts: Counter[str] = Counter()
+        if body is None:
+            return counts
+        for line in body.decode().splitlines():
+            match = re.match(r'^penstock_reconcile_total\{result="(\w+)"\} ([0-9.e+]+)$', line)
+            if match:
+                counts[match.group(1)] = int(float(match.group(2)))
+        return counts
+
+    def stop(self) -> None:
+        if self.alive():
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        self._log.close()
+
+    def log_tail(self, lines: int = 30) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+    def log_summary(self) -> dict[str, int]:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return {
+            "ERROR": len(re.findall(r" ERROR ", text)),
+            "WARNING": len(re.findall(r" WARNING ", text)),
+            "Traceback": text.count("Traceback"),
+        }
+
+
+# ------------------------------------------------------------------ apiserver request metrics
+
+METRIC_LINE = re.compile(r"^apiserver_request_total\{(.*)\} ([0-9.e+]+)$")
+LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def request_totals(api: Api) -> Counter[tuple[str, str, str, str]]:
+    """apiserver_request_total summed by (verb, group, resource, subresource)."""
+    totals: Counter[tuple[str, str, str, str]] = Counter()
+    for line in api.get("/metrics", "text/plain").decode().splitlines():
+        match = METRIC_LINE.match(line)
+        if not match:
+            continue
+        labels = dict(LABEL.findall(match.group(1)))
+        key = (
+            labels.get("verb", ""),
+            labels.get("group", ""),
+            labels.get("resource", ""),
+            labels.get("subresource", ""),
+        )
+        totals[key] += int(float(match.group(2)))
+    return totals
+
+
+def describe(key: tuple[str, str, str, str]) -> str:
+    verb, group, resource, subresource = key
+    name = f"{resource}.{group}" if group else resource
+    return f"{verb} {name}{'/' + subresource if subresource else ''}"
+
+
+def operator_requests(
+    before: Counter[tuple[str, str, str, str]], after: Counter[tuple[str, str, str, str]]
+) -> tuple[int, int]:
+    """(writes, reads) on the resources the operator writes, between two scrapes."""
+    delta = after - before
+    ours = {k: v for k, v in delta.items() if (k[1], k[2], k[3]) in OPERATOR_WRITTEN}
+    writes = sum(v for k, v in ours.items() if k[0] in WRITE_VERBS)
+    reads = sum(v for k, v in ours.items() if k[0] in ("GET", "LIST"))
+    return writes, reads
+
+
+# ------------------------------------------------------------------ one size
+
+
+@dataclass
+class Row:
+    size: int
+    children_expected: int = 0
+    operator_children_s: float | None = None
+    operator_ready_s: float | None = None
+    direct_apply_s: float | None = None
+    direct_available_s: float | None = None
+    render_s: float | None = None
+    peak_rss_mb: float | None = None
+    idle_writes: int | None = None
+    idle_write_detail: list[str] = field(default_factory=list)
+    idle_other_writes: list[str] = field(default_factory=list)
+    idle_reads: int | None = None
+    idle_reconciles: Counter[str] = field(default_factory=Counter)
+    idle_cpu_percent: float | None = None
+    direct_requests: tuple[int, int] | None = None
+    operator_requests: tuple[int, int] | None = None
+    operator_reconciles: Counter[str] = field(default_factory=Counter)
+    log_counts: dict[str, int] = field(default_factory=dict)
+    operator_log: str = ""
+    namespaces: list[str] = field(default_factory=list)
+    cleanup_s: float | None = None
+
+    @property
+    def ratio(self) -> float | None:
+        if self.operator_children_s is None or not self.direct_apply_s:
+            return None
+        return self.operator_children_s / self.direct_apply_s
+
+
+@dataclass
+class Options:
+    sizes: list[int]
+    stages: int
+    idle_seconds: float
+    resync_seconds: float
+    timeout: float
+    poll_interval: float
+    cache: bool
+    work: Path
+    children_summary: str = ""
+
+
+def create_namespace(cluster: Cluster, api: Api, name: str, timeout: float) -> None:
+    kubectl(cluster.kubeconfig, "create", "namespace", name)
+    # Pods need the default ServiceAccount; wait for it so neither phase pays for it.
+    poll(
+        Deadline(f"namespace {name}", timeout),
+        0.2,
+        lambda: True if api.exists(f"/api/v1/namespaces/{name}/serviceaccounts/default") else None,
+        lambda: f"default ServiceAccount in {name}",
+    )
+
+
+def count_children(api: Api, namespace: str, kinds: Counter[str]) -> int:
+    return sum(api.count(kind, namespace) for kind in kinds)
+
+
+def deployments_available(api: Api, namespace: str, expected: int) -> bool:
+    """Every managed Deployment has all replicas ready and up to date (server-side Table)."""
+    table = api.json(
+        CHILD_PATHS["Deployment"].format(ns=namespace), TABLE, f"labelSelector={MANAGED_SELECTOR}"
+    )
+    columns = [column["name"] for column in table.get("columnDefinitions", [])]
+    rows = table.get("rows", [])
+    if len(rows) < expected:
+        return False
+    ready_at, updated_at = columns.index("Ready"), columns.index("Up-to-date")
+    for row in rows:
+        ready, _, desired = str(row["cells"][ready_at]).partition("/")
+        if (
+            int(desired) < 1
+            or int(ready) < int(desired)
+            or int(row["cells"][updated_at]) < int(desired)
+        ):
+            return False
+    return True
+
+
+def ready_pipelines(api: Api, namespace: str) -> int:
+    body = api.json(f"/apis/penstock.dev/v1alpha1/namespaces/{namespace}/pipelines")
+    ready = 0
+    for item in body.get("items") or []:
+        status = item.get("status") or {}
+        if status.get("observedGeneration") != item["metadata"].get("generation"):
+            continue
+        if any(
+            c.get("type") == "Ready" and c.get("status") == "True"
+            for c in status.get("conditions", [])
+        ):
+            ready += 1
+    return ready
+
+
+def run_size(cluster: Cluster, api: Api, options: Options, row: Row) -> None:
+    """Measure one size into row (row.namespaces: what it created, for the caller to delete)."""
+    size = row.size
+    suffix = uuid.uuid4().hex[:5]
+    ns_direct, ns_operator = f"bench-{size}-direct-{suffix}", f"bench-{size}-operator-{suffix}"
+    pipelines_file = options.work / f"pipelines-{size}.yaml"
+    pipelines_file.write_text(pipelines_yaml(size, options.stages, options.cache))
+    rendered_file = options.work / f"rendered-{size}.yaml"
+
+    # -- render (not timed as part of the baseline)
+    row.render_s, kinds = render(pipelines_file, ns_direct, rendered_file, options.timeout)
+    expected = sum(kinds.values())
+    row.children_expected = expected
+    log(
+        f"N={size}: rendered {expected} objects ({dict(kinds)}) in {row.render_s:.1f}s; "
+        f"namespaces {ns_direct}, {ns_operator}"
+    )
+    for name in (ns_direct, ns_operator):
+        row.namespaces.append(name)
+        create_namespace(cluster, api, name, options.timeout)
+
+    # -- baseline: the floor, one server-side apply of the rendered objects
+    deadline = Deadline(f"N={size} direct apply", options.timeout)
+    scrape = request_totals(api)
+    started = time.monotonic()
+    kubectl(
+        cluster.kubeconfig,
+        "apply",
+        "--server-side",
+        "-f",
+        str(rendered_file),
+        timeout=deadline.left(),
+    )
+    last = [0]
+
+    def direct_done() -> float | None:
+        last[0] = count_children(api, ns_direct, kinds)
+        return time.monotonic() - started if last[0] >= expected else None
+
+    row.direct_apply_s = poll(
+        deadline, options.poll_interval, direct_done, lambda: f"{last[0]}/{expected} objects exist"
+    )
+    row.direct_requests = operator_requests(scrape, request_totals(api))
+    log(f"N={size}: direct apply: all {expected} objects exist after {row.direct_apply_s:.1f}s")
+    # Wait until its pods serve, so the operator phase does not run on top of this one's pods.
+    deployments = kinds["Deployment"]
+    row.direct_available_s = poll(
+        deadline,
+        max(options.poll_interval, 1.0),
+        lambda: (
+            time.monotonic() - started
+            if deployments_available(api, ns_direct, deployments)
+            else None
+        ),
+        lambda: f"the {deployments} directly applied Deployments to become available",
+    )
+    log(f"N={size}: direct apply: all Deployments available after {row.direct_available_s:.1f}s")
+
+    # -- the operator: fresh process per size
+    operator = Operator(
+        cluster.kubeconfig, options.work / f"operator-{size}.log", options.resync_seconds
+    )
+    row.operator_log = str(operator.log_path)
+    try:
+        operator.wait_started(Deadline(f"N={size} operator start", options.timeout))
+        log(f"N={size}: operator started (pid {operator.pid})")
+        deadline = Deadline(f"N={size} operator", options.timeout)
+        scrape, reconciles = request_totals(api), operator.reconciles()
+        started = time.monotonic()
+        kubectl(
+            cluster.kubeconfig,
+            "apply",
+            "--server-side",
+            "-n",
+            ns_operator,
+            "-f",
+            str(pipelines_file),
+            timeout=deadline.left(),
+        )
+        state = {"children": 0, "ready": 0}
+
+        def operator_done() -> float | None:
+            if not operator.alive():
+                raise BenchError(
+                    f"the operator exited; log: {operator.log_path}\n{operator.log_tail()}"
+                )
+            now = time.monotonic() - started
+            if row.operator_children_s is None:
+                state["children"] = count_children(api, ns_operator, kinds)
+                if state["children"] >= expected:
+                    row.operator_children_s = now
+                    log(f"N={size}: operator: all {expected} children exist after {now:.1f}s")
+            state["ready"] = ready_pipelines(api, ns_operator)
+            if state["ready"] >= size and row.operator_children_s is not None:
+                return now
+            return None
+
+        row.operator_ready_s = poll(
+            deadline,
+            options.poll_interval,
+            operator_done,
+            lambda: (
+                f"{state['children']}/{expected} children, {state['ready']}/{size} Pipelines Ready"
+            ),
+        )
+        row.operator_requests = operator_requests(scrape, request_totals(api))
+        row.operator_reconciles = operator.reconciles() - reconciles
+        log(f"N={size}: operator: all {size} Pipelines Ready after {row.operator_ready_s:.1f}s")
+
+        # -- idle resync: let event-triggered reconciles finish, then count writes
+        settle = options.resync_seconds + 5
+        log(f"N={size}: settling {settle:.0f}s, then an idle window of {options.idle_seconds:.0f}s")
+        time.sleep(settle)
+        before, reconciles_before = request_totals(api), operator.reconciles()
+        cpu_before = cpu_seconds(operator.pid)
+        time.sleep(options.idle_seconds)
+        after, reconciles_after = request_totals(api), operator.reconciles()
+        cpu_after = cpu_seconds(operator.pid)
+        if not operator.alive():
+            raise BenchError(f"the operator exited while idle; log: {operator.log_path}")
+        delta = after - before  # Counter subtraction keeps positive deltas only
+        writes = {k: v for k, v in delta.items() if k[0] in WRITE_VERBS}
+        ours = {k: v for k, v in writes.items() if (k[1], k[2], k[3]) in OPERATOR_WRITTEN}
+        row.idle_writes = sum(ours.values())
+        row.idle_write_detail = [f"{describe(k)}: {v}" for k, v in sorted(ours.items())]
+        row.idle_other_writes = [
+            f"{describe(k)}: {v}" for k, v in sorted(writes.items()) if k not in ours
+        ]
+        row.idle_reads = sum(
+            v
+            for k, v in delta.items()
+            if k[0] in ("GET", "LIST") and (k[1], k[2], k[3]) in OPERATOR_WRITTEN
+        )
+        row.idle_reconciles = reconciles_after - reconciles_before
+        row.idle_cpu_percent = 100 * (cpu_after - cpu_before) / options.idle_seconds
+        hwm = proc_status(operator.pid).get("VmHWM")
+        row.peak_rss_mb = hwm / 1024 if hwm is not None else None
+        log(
+            f"N={size}: idle: {row.idle_writes} writes, {sum(row.idle_reconciles.values())} "
+            f"reconciles, operator CPU {row.idle_cpu_percent:.0f}%, peak RSS {row.peak_rss_mb} MB"
+        )
+    finally:
+        try:
+            if operator.alive():
+                # The Pipelines carry the operator's finalizer: delete them while it runs.
+                row.cleanup_s = delete_namespaces(cluster, api, row.namespaces, options.timeout)
+        except BenchError as error:
+            log(f"N={size}: cleanup: {error}")
+        finally:
+            operator.stop()
+            row.log_counts = operator.log_summary()
+
+
+def existing_namespaces(api: Api, names: list[str]) -> list[str]:
+    return [name for name in names if api.exists(f"/api/v1/namespaces/{name}")]
+
+
+def delete_namespaces(
+    cluster: Cluster, api: Api, names: list[str], wait: float | None
+) -> float | None:
+    """Delete; with wait, block until they are gone (seconds taken) so the next size starts
+    on a quiet cluster."""
+    names = existing_namespaces(api, names)
+    for name in names:
+        kubectl(cluster.kubeconfig, "delete", "namespace", name, "--wait=false", check=False)
+    if wait is None or not names:
+        return None
+    log(f"waiting for the garbage collector to remove {', '.join(names)}")
+    started = time.monotonic()
+    poll(
+        Deadline("namespace deletion", wait),
+        2.0,
+        lambda: True if not existing_namespaces(api, names) else None,
+        lambda: f"namespaces {names} to be deleted",
+    )
+    seconds = time.monotonic() - started
+    log(f"namespaces gone after {seconds:.0f}s")
+    return seconds
+
+
+def abandon_namespaces(cluster: Cluster, api: Api, names: list[str], wait: float | None) -> None:
+    """Cleanup after a failure, the operator stopped: delete our namespaces and drop the
+    operator's finalizer from their Pipelines so they do not hang in Terminating."""
+    names = existing_namespaces(api, names)
+    for name in names:
+        kubectl(cluster.kubeconfig, "delete", "namespace", name, "--wait=false", check=False)
+        body = api.json(f"/apis/penstock.dev/v1alpha1/namespaces/{name}/pipelines", METADATA_LIST)
+        for item in body.get("items") or []:
+            if item["metadata"].get("finalizers"):
+                kubectl(
+                    cluster.kubeconfig,
+                    "patch",
+                    "pipeline",
+                    item["metadata"]["name"],
+                    "-n",
+                    name,
+                    "--type=merge",
+                    "-p",
+                    '{"metadata":{"finalizers":null}}',
+                    check=False,
+                )
+    delete_namespaces(cluster, api, names, wait)
+
+
+def check_capacity(api: Api, pods_needed: int) -> None:
+    nodes = api.json("/api/v1/nodes").get("items") or []
+    capacity = 0
+    for node in nodes:
+        ready = any(
+            c.get("type") == "Ready" and c.get("status") == "True"
+            for c in node.get("status", {}).get("conditions", [])
+        )
+        if ready and not node.get("spec", {}).get("unschedulable"):
+            capacity += int(node.get("status", {}).get("allocatable", {}).get("pods", "0"))
+    pods = api.json("/api/v1/pods", METADATA_LIST).get("items") or []
+    free = capacity - len(pods)
+    if free < pods_needed:
+        raise BenchError(
+            f"the cluster can schedule {free} more pods but the largest size needs {pods_needed} "
+            "(its direct and operator namespaces at once): Pipelines would never become Ready. "
+            "Use a cluster with "
+            "more nodes (local control plane: PENSTOCK_CLUSTER_NODES="
+            f"{math.ceil((pods_needed + len(pods)) / PODS_PER_KWOK_NODE)} hack/cluster.sh up, "
+            "after hack/cluster.sh down) or smaller --sizes"
+        )
+
+
+def install_crd(cluster: Cluster, api: Api, timeout: float) -> None:
+    kubectl(cluster.kubeconfig, "apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
+    kubectl(
+        cluster.kubeconfig,
+        "wait",
+        "--for=condition=Established",
+        "crd/pipelines.penstock.dev",
+        f"--timeout={int(timeout)}s",
+        timeout=timeout + 10,
+    )
+    poll(
+        Deadline("CRD schema published", timeout),
+        0.5,
+        lambda: (
+            True
+            if kubectl(cluster.kubeconfig, "explain", "pipeline.spec", check=False).returncode == 0
+            else None
+        ),
+        lambda: "the Pipeline schema in the apiserver's OpenAPI",
+    )
+
+
+# ------------------------------------------------------------------ report
+
+
+def fmt(value: float | None, digits: int = 1) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def table(rows: list[Row]) -> str:
+    lines = [
+        "| size | operator children s | operator Ready s | direct apply s | ratio | peak RSS MB | idle writes |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row.size} | {fmt(row.operator_children_s)} | {fmt(row.operator_ready_s)} "
+            f"| {fmt(row.direct_apply_s)} | {fmt(row.ratio, 2)} | {fmt(row.peak_rss_mb, 0)} "
+            f"| {'—' if row.idle_writes is None else row.idle_writes} |"
+        )
+    return "\n".join(lines)
+
+
+def details(rows: list[Row], options: Options) -> str:
+    def requests(value: tuple[int, int] | None) -> str:
+        return "—" if value is None else f"{value[0]} / {value[1]}"
+
+    def reconciles(counts: Counter[str]) -> str:
+        return ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "0"
+
+    lines = [
+        "",
+        "Apply phases (requests = apiserver requests on the operator's resources, writes / "
+        "reads; render time is not part of the direct apply):",
+        "",
+        "| size | objects | render s | direct: requests | direct: Deployments available s "
+        "| operator to Ready: requests | operator to Ready: reconciles |",
+        "|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row.size} | {row.children_expected} | {fmt(row.render_s)} "
+            f"| {requests(row.direct_requests)} | {fmt(row.direct_available_s)} "
+            f"| {requests(row.operator_requests)} | {reconciles(row.operator_reconciles)} |"
+        )
+    lines += [
+        "",
+        "Idle window and operator process:",
+        "",
+        "| size | idle reconciles | idle reads (GET/LIST) | operator CPU idle "
+        "| log ERROR / WARNING / Traceback | namespaces deleted s |",
+        "|---:|---|---:|---:|---|---:|",
+    ]
+    for row in rows:
+        counts = " / ".join(
+            str(row.log_counts.get(k, "—")) for k in ("ERROR", "WARNING", "Traceback")
+        )
+        cpu = "—" if row.idle_cpu_percent is None else f"{row.idle_cpu_percent:.0f}%"
+        idle = "—" if row.idle_writes is None else reconciles(row.idle_reconciles)
+        lines.append(
+            f"| {row.size} | {idle} | {'—' if row.idle_reads is None else row.idle_reads} "
+            f"| {cpu} | {counts} | {fmt(row.cleanup_s, 0)} |"
+        )
+    lines.append("")
+    for row in rows:
+        expected = row.size * int(options.idle_seconds // options.resync_seconds)
+        done = sum(row.idle_reconciles.values())
+        if row.idle_writes is not None and done < expected / 2:
+            lines.append(
+                f"- WARNING N={row.size}: {done} reconciles in the idle window, expected about "
+                f"{expected} (every Pipeline once per {options.resync_seconds:g} s resync): the "
+                "resync did not (fully) run, so 'idle writes' does not cover it."
+            )
+        if row.idle_write_detail:
+            lines.append(f"- N={row.size} idle writes: {'; '.join(row.idle_write_detail)}")
+        if row.idle_other_writes:
+            lines.append(
+                f"- N={row.size} other writes in the idle window (not counted): "
+                + "; ".join(row.idle_other_writes)
+            )
+        if row.operator_log:
+            lines.append(f"- N={row.size} operator log: {row.operator_log}")
+    cache = (
+        "cache on every stage (+1 Secret per Pipeline)" if options.cache else "no cache, no model"
+    )
+    lines += [
+        "",
+        "Method:",
+        f"- workload: N Pipelines of {options.stages} stages (s0 -> s1,s2 -> s3 -> ...), {cache}; "
+        f"children per Pipeline (from `penstock render`): {options.children_summary}.",
+        "- per size, back to back: the direct apply into a fresh namespace (timed from the "
+        "`kubectl apply --server-side` of the `penstock render` output until every object is "
+        "listed; render time excluded), then a wait until those Deployments are available; then "
+        "a fresh operator process (cluster-wide, as deployed) is started and allowed to settle, "
+        "and the N Pipelines are applied into a second fresh namespace (timed until every child "
+        "exists, and until every Pipeline has Ready=True for its current generation). Both "
+        "namespaces are then deleted while that operator still runs (the Pipelines carry its "
+        "finalizer) and waited for, so the next size starts on a quiet cluster."
+        f" Polling every {options.poll_interval}s "
+        "with metadata-only lists (label app.kubernetes.io/managed-by=penstock-operator).",
+        "- ratio = operator children s / direct apply s.",
+        "- peak RSS = VmHWM of that size's fresh operator process, read after its idle window.",
+        f"- idle window: {options.idle_seconds:.0f}s, starting resync + 5 s after all are Ready, "
+        f"operator --resync-seconds {options.resync_seconds:g}.",
+        f"- {IDLE_FILTER_NOTE}",
+    ]
+    return "\n".join(lines)
+
+
+def machine_info(api: Api, cluster: Cluster, revision: str) -> str:
+    version = api.json("/version")
+    cpu_model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    nodes = len(api.json("/api/v1/nodes", METADATA_LIST).get("items") or [])
+    now = operator_revision()
+    code = revision if now == revision else f"{revision} at the start, {now} at the end (CHANGED)"
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    kubeconfig = cluster.kubeconfig if not cluster.started_here else "(started by this run)"
+    return "\n".join(
+        [
+            f"- nproc: {os.cpu_count()} ({cpu_model}), memory {mem_gib:.1f} GiB, "
+            f"load average at the end: {load}",
+            f"- Kubernetes: {version.get('gitVersion')} ({nodes} nodes), cluster: {kubeconfig}",
+            f"- Python {platform.python_version()}, {platform.system()} {platform.release()}, "
+            f"operator code: git {code}",
+        ]
+    )
+
+
+def command_line() -> str:
+    env = " ".join(
+        f"{k}={shlex.quote(os.environ[k])}"
+        for k in ("KUBECONFIG", "PENSTOCK_CLUSTER_DIR", "PENSTOCK_CLUSTER_NODES")
+        if k in os.environ
+    )
+    return (env + " " if env else "") + "python " + shlex.join(sys.argv)
+
+
+# ------------------------------------------------------------------ main
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Benchmark the Penstock operator against a direct apply of the same objects."
+    )
+    parser.add_argument("--sizes", default="10,100,500", help="comma-separated Pipeline counts")
+    parser.add_argument("--stages", type=int, default=5, help="stages per Pipeline (default 5)")
+    parser.add_argument(
+        "--idle-seconds", type=float, default=60, help="idle window for counting writes"
+    )
+    parser.add_argument(
+        "--resync-seconds", type=float, default=10, help="the operator's --resync-seconds"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=900, help="bound of every phase, seconds (default 900)"
+    )
+    parser.add_argument("--poll-interval", type=float, default=0.5, help="seconds between polls")
+    parser.add_argument(
+        "--cache", action="store_true", help="enable the cache on every stage (adds a Secret)"
+    )
+    parser.add_argument(
+        "--work-dir",
+        default="",
+        help="where to keep manifests and operator logs (default: a temp dir)",
+    )
+    args = parser.parse_args(argv)
+    try:
+        args.size_list = [int(s) for s in args.sizes.split(",") if s.strip()]
+    except ValueError:
+        parser.error(f"--sizes must be comma-separated integers, got {args.sizes!r}")
+    if not args.size_list or any(s < 1 for s in args.size_list):
+        parser.error("--sizes needs at least one positive integer")
+    if not 1 <= args.stages <= 50:
+        parser.error("--stages must be between 1 and 50")
+    return args
+
+
+@contextlib.contextmanager
+def cluster_session(nodes_needed: int) -> Iterator[Cluster]:
+    cluster = bring_up_cluster(nodes_needed)
+    try:
+        yield cluster
+    finally:
+        if cluster.started_here and os.environ.get("PENSTOCK_BENCH_KEEP_CLUSTER") != "1":
+            log("taking the local control plane down")
+            with contextlib.suppress(BenchError, subprocess.TimeoutExpired):
+                cluster_script(cluster.env, "down", timeout=120)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    work = Path(args.work_dir or tempfile.mkdtemp(prefix="penstock-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    options = Options(
+        sizes=args.size_list,
+        stages=args.stages,
+        idle_seconds=args.idle_seconds,
+        resync_seconds=args.resync_seconds,
+        timeout=args.timeout,
+        poll_interval=args.poll_interval,
+        cache=args.cache,
+        work=work,
+    )
+    rows: list[Row] = []
+    failure: str | None = None
+    log(f"work dir (manifests, operator logs): {work}")
+    info = ""
+    revision = operator_revision()
+    try:
+        pods, options.children_summary = pods_per_pipeline(
+            options.stages, options.cache, work, options.timeout
+        )
+        # Both namespaces of the largest size hold pods at the same time.
+        pods_needed = 2 * max(options.sizes) * pods
+        nodes_needed = max(3, math.ceil(pods_needed * 1.1 / PODS_PER_KWOK_NODE))
+        with cluster_session(nodes_needed) as cluster:
+            api = Api(cluster.kubeconfig)
+            try:
+                install_crd(cluster, api, options.timeout)
+                check_capacity(api, pods_needed)
+                for size in options.sizes:
+                    row = Row(size=size)
+                    rows.append(row)
+                    try:
+                        run_size(cluster, api, options, row)
+                    finally:
+                        # Normally run_size has deleted them already; this is for a failure.
+                        wait = None if cluster.started_here else options.timeout
+                        with contextlib.suppress(BenchError):
+                            abandon_namespaces(cluster, api, row.namespaces, wait)
+            finally:
+                with contextlib.suppress(BenchError):
+                    info = machine_info(api, cluster, revision)
+    except BenchError as error:
+        failure = str(error)
+    except KeyboardInterrupt:
+        failure = "interrupted"
+
+    print("## Penstock operator benchmark\n")
+    print(table(rows))
+    print(details(rows, options))
+    print("\nCommand:\n")
+    print(f"    {command_line()}")
+    if info:
+        print("\nMachine:\n")
+        print(info)
+    if failure:
+        print(f"\nFAILED: {failure}")
+        print(f"\nFAILED: {failure}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
