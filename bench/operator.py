@@ -640,8 +640,9 @@ def ready_pipelines(api: Api, namespace: str) -> int:
     return ready
 
 
-def run_size(cluster: Cluster, api: Api, options: Options, row: Row) -> None:
-    """Measure one size into row (row.namespaces: what it created, for the caller to delete)."""
+def run_size(cluster: Cluster, api: Api, options: Options, row: Row, wait_for_gc: bool) -> None:
+    """Measure one size into row, then delete its namespaces (with wait_for_gc: wait until
+    they are gone). row.namespaces: what it created, for the caller to clean up on failure."""
     size = row.size
     suffix = uuid.uuid4().hex[:5]
     ns_direct, ns_operator = f"bench-{size}-direct-{suffix}", f"bench-{size}-operator-{suffix}"
@@ -784,8 +785,18 @@ def run_size(cluster: Cluster, api: Api, options: Options, row: Row) -> None:
     finally:
         try:
             if operator.alive():
-                # The Pipelines carry the operator's finalizer: delete them while it runs.
-                row.cleanup_s = delete_namespaces(cluster, api, row.namespaces, options.timeout)
+                # Delete while the operator runs, in case it keeps a finalizer on Pipelines.
+                if wait_for_gc:
+                    row.cleanup_s = delete_namespaces(cluster, api, row.namespaces, options.timeout)
+                else:
+                    delete_namespaces(cluster, api, row.namespaces, None)
+                    path = f"/apis/penstock.dev/v1alpha1/namespaces/{ns_operator}/pipelines"
+                    poll(
+                        Deadline(f"N={size} Pipelines deleted", options.timeout),
+                        1.0,
+                        lambda: True if not api.json(path, METADATA_LIST).get("items") else None,
+                        lambda: f"the Pipelines in {ns_operator} to be deleted",
+                    )
         except BenchError as error:
             log(f"N={size}: cleanup: {error}")
         finally:
@@ -919,8 +930,9 @@ def details(rows: list[Row], options: Options) -> str:
 
     lines = [
         "",
-        "Apply phases (requests = apiserver requests on the operator's resources, writes / "
-        "reads; render time is not part of the direct apply):",
+        "Apply phases (requests = apiserver requests on the operator's resources from the "
+        "apply until the column's end point, writes / reads; reads include the bench's own "
+        "polls, 4-5 per poll; render time is not part of the direct apply):",
         "",
         "| size | objects | render s | direct: requests | direct: Deployments available s "
         "| operator to Ready: requests | operator to Ready: reconciles |",
@@ -983,8 +995,9 @@ def details(rows: list[Row], options: Options) -> str:
         "a fresh operator process (cluster-wide, as deployed) is started and allowed to settle, "
         "and the N Pipelines are applied into a second fresh namespace (timed until every child "
         "exists, and until every Pipeline has Ready=True for its current generation). Both "
-        "namespaces are then deleted while that operator still runs (the Pipelines carry its "
-        "finalizer) and waited for, so the next size starts on a quiet cluster."
+        "namespaces are then deleted while that operator still runs (in case it keeps a "
+        "finalizer on Pipelines) and waited for, so the next size starts on a quiet cluster "
+        "(not after the last size when the bench takes its cluster down)."
         f" Polling every {options.poll_interval}s "
         "with metadata-only lists (label app.kubernetes.io/managed-by=penstock-operator).",
         "- ratio = operator children s / direct apply s.",
@@ -1112,11 +1125,12 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 install_crd(cluster, api, options.timeout)
                 check_capacity(api, pods_needed)
-                for size in options.sizes:
+                for index, size in enumerate(options.sizes):
                     row = Row(size=size)
                     rows.append(row)
+                    last = index == len(options.sizes) - 1
                     try:
-                        run_size(cluster, api, options, row)
+                        run_size(cluster, api, options, row, not (last and cluster.started_here))
                     finally:
                         # Normally run_size has deleted them already; this is for a failure.
                         wait = None if cluster.started_here else options.timeout
