@@ -358,7 +358,7 @@ def pods_per_pipeline(stages: int, cache: bool, work: Path, timeout: float) -> t
 
 
 def operator_revision() -> str:
-    """HEAD plus a digest of uncommitted changes under operator/ (the code the bench runs)."""
+    """HEAD's operator/ tree plus a digest of uncommitted changes there (the code run)."""
     import hashlib
 
     def git(*args: str) -> str:
@@ -367,8 +367,10 @@ def operator_revision() -> str:
         ).stdout
 
     head = git("rev-parse", "--short", "HEAD").strip() or "?"
+    tree = git("rev-parse", "--short", "HEAD:operator").strip() or "?"
     diff = git("diff", "HEAD", "--", "operator/")
-    return head + (f"+dirty:{hashlib.sha256(diff.encode()).hexdigest()[:8]}" if diff else "")
+    dirty = f"+dirty:{hashlib.sha256(diff.encode()).hexdigest()[:8]}" if diff else ""
+    return f"operator/ tree {tree}{dirty} (HEAD {head})"
 
 
 # ------------------------------------------------------------------ the operator process
@@ -568,6 +570,7 @@ class Row:
     operator_log: str = ""
     namespaces: list[str] = field(default_factory=list)
     cleanup_s: float | None = None
+    direct_deleted_s: float | None = None
 
     @property
     def ratio(self) -> float | None:
@@ -698,6 +701,9 @@ def run_size(cluster: Cluster, api: Api, options: Options, row: Row, wait_for_gc
         lambda: f"the {deployments} directly applied Deployments to become available",
     )
     log(f"N={size}: direct apply: all Deployments available after {row.direct_available_s:.1f}s")
+    # The operator phase runs alone: its watches must not see (nor its RSS hold) the directly
+    # applied objects, which carry the same labels, nor may their garbage collection overlap.
+    row.direct_deleted_s = delete_namespaces(cluster, api, [ns_direct], options.timeout)
 
     # -- the operator: fresh process per size
     operator = Operator(
@@ -870,7 +876,7 @@ def check_capacity(api: Api, pods_needed: int) -> None:
     if free < pods_needed:
         raise BenchError(
             f"the cluster can schedule {free} more pods but the largest size needs {pods_needed} "
-            "(its direct and operator namespaces at once): Pipelines would never become Ready. "
+            "(one Pod per Deployment replica): Pipelines would never become Ready. "
             "Use a cluster with "
             "more nodes (local control plane: PENSTOCK_CLUSTER_NODES="
             f"{math.ceil((pods_needed + len(pods)) / PODS_PER_KWOK_NODE)} hack/cluster.sh up, "
@@ -935,13 +941,15 @@ def details(rows: list[Row], options: Options) -> str:
         "polls, 4-5 per poll; render time is not part of the direct apply):",
         "",
         "| size | objects | render s | direct: requests | direct: Deployments available s "
-        "| operator to Ready: requests | operator to Ready: reconciles |",
-        "|---:|---:|---:|---:|---:|---:|---|",
+        "| direct: namespace deleted s | operator to Ready: requests "
+        "| operator to Ready: reconciles |",
+        "|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for row in rows:
         lines.append(
             f"| {row.size} | {row.children_expected} | {fmt(row.render_s)} "
             f"| {requests(row.direct_requests)} | {fmt(row.direct_available_s)} "
+            f"| {fmt(row.direct_deleted_s, 0)} "
             f"| {requests(row.operator_requests)} | {reconciles(row.operator_reconciles)} |"
         )
     lines += [
@@ -949,7 +957,7 @@ def details(rows: list[Row], options: Options) -> str:
         "Idle window and operator process:",
         "",
         "| size | idle reconciles | idle reads (GET/LIST) | operator CPU idle "
-        "| log ERROR / WARNING / Traceback | namespaces deleted s |",
+        "| log ERROR / WARNING / Traceback | operator: namespace deleted s |",
         "|---:|---|---:|---:|---|---:|",
     ]
     for row in rows:
@@ -991,13 +999,14 @@ def details(rows: list[Row], options: Options) -> str:
         f"children per Pipeline (from `penstock render`): {options.children_summary}.",
         "- per size, back to back: the direct apply into a fresh namespace (timed from the "
         "`kubectl apply --server-side` of the `penstock render` output until every object is "
-        "listed; render time excluded), then a wait until those Deployments are available; then "
-        "a fresh operator process (cluster-wide, as deployed) is started and allowed to settle, "
-        "and the N Pipelines are applied into a second fresh namespace (timed until every child "
-        "exists, and until every Pipeline has Ready=True for its current generation). Both "
-        "namespaces are then deleted while that operator still runs (in case it keeps a "
-        "finalizer on Pipelines) and waited for, so the next size starts on a quiet cluster "
-        "(not after the last size when the bench takes its cluster down)."
+        "listed; render time excluded), then a wait until those Deployments are available, "
+        "then that namespace is deleted and waited for; then a fresh operator process "
+        "(cluster-wide, as deployed) is started and allowed to settle, and the N Pipelines are "
+        "applied into a second fresh namespace (timed until every child exists, and until every "
+        "Pipeline has Ready=True for its current generation). That namespace is then deleted "
+        "while the operator still runs (in case it keeps a finalizer on Pipelines) and waited "
+        "for, so the next size starts on a quiet cluster (after the last size only until its "
+        "Pipelines are gone when the bench takes its cluster down)."
         f" Polling every {options.poll_interval}s "
         "with metadata-only lists (label app.kubernetes.io/managed-by=penstock-operator).",
         "- ratio = operator children s / direct apply s.",
@@ -1020,7 +1029,8 @@ def machine_info(api: Api, cluster: Cluster, revision: str) -> str:
     mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     nodes = len(api.json("/api/v1/nodes", METADATA_LIST).get("items") or [])
     now = operator_revision()
-    code = revision if now == revision else f"{revision} at the start, {now} at the end (CHANGED)"
+    same = now.split(" (HEAD")[0] == revision.split(" (HEAD")[0]
+    code = revision if same else f"{revision} at the start, {now} at the end (CHANGED)"
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     kubeconfig = cluster.kubeconfig if not cluster.started_here else "(started by this run)"
     return "\n".join(
@@ -1029,7 +1039,7 @@ def machine_info(api: Api, cluster: Cluster, revision: str) -> str:
             f"load average at the end: {load}",
             f"- Kubernetes: {version.get('gitVersion')} ({nodes} nodes), cluster: {kubeconfig}",
             f"- Python {platform.python_version()}, {platform.system()} {platform.release()}, "
-            f"operator code: git {code}",
+            f"operator code: {code}",
         ]
     )
 
@@ -1117,8 +1127,8 @@ def main(argv: list[str] | None = None) -> int:
         pods, options.children_summary = pods_per_pipeline(
             options.stages, options.cache, work, options.timeout
         )
-        # Both namespaces of the largest size hold pods at the same time.
-        pods_needed = 2 * max(options.sizes) * pods
+        # One namespace holds pods at a time (the direct one is deleted before the operator's).
+        pods_needed = max(options.sizes) * pods
         nodes_needed = max(3, math.ceil(pods_needed * 1.1 / PODS_PER_KWOK_NODE))
         with cluster_session(nodes_needed) as cluster:
             api = Api(cluster.kubeconfig)
