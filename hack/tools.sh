@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build pinned upstream tools (kube-apiserver, kube-controller-manager, kube-scheduler,
-# kubectl, etcd, kwok, helm, prometheus) from source with the local Go toolchain.
+# kubectl, etcd, kwok, helm, prometheus, jaeger) from source with the local Go toolchain.
 #
 # Builds happen in a version-keyed cache OUTSIDE the checkout:
 #   ${PENSTOCK_TOOLS_CACHE:-$HOME/.cache/penstock-tools}/<tool>-<version>/bin/<binary>
@@ -250,6 +250,40 @@ build_prometheus() {
     "-s -w -X $pv.Version=$release -X $pv.Revision=${commit:-unknown} -X $pv.Branch=HEAD -X $pv.BuildUser=penstock-tools -X $pv.BuildDate=${date:-unknown}"
 }
 
+# Jaeger v2 (an OpenTelemetry collector distribution with Jaeger's storage and query UI):
+# the trace backend of the tracing tests, and the real collector binary that validates and
+# runs the collector configuration the operator renders.  The Go module tags release 2.X as
+# v1.(X+63); its go.mod has a replace directive, so a throwaway module repeats it.
+JAEGER_DIR="$CACHE/jaeger-$JAEGER_VERSION"
+
+build_jaeger() {
+  is_built "$JAEGER_DIR" jaeger && return 0
+  local t0; t0=$(date +%s)
+  log "building jaeger $JAEGER_VERSION (a cold build takes minutes) ..."
+  local mod="$JAEGER_DIR/mod"
+  rm -rf "$mod" "$JAEGER_DIR/bin" "$JAEGER_DIR/.complete"
+  mkdir -p "$mod" "$JAEGER_DIR/bin"
+  local gomod
+  gomod=$(cd "$mod" && go mod download -json "github.com/jaegertracing/jaeger@$JAEGER_VERSION" | sed -n 's/.*"GoMod": *"\(.*\)".*/\1/p')
+  [[ -f "$gomod" ]] || die "could not download github.com/jaegertracing/jaeger@$JAEGER_VERSION go.mod"
+  {
+    echo "module penstock.local/jaeger"
+    echo
+    echo "go $(go env GOVERSION | sed -E 's/^go([0-9]+\.[0-9]+).*/\1/')"
+    echo
+    echo "require github.com/jaegertracing/jaeger $JAEGER_VERSION"
+    echo
+    grep '^replace ' "$gomod" || true
+    echo
+    echo "tool github.com/jaegertracing/jaeger/cmd/jaeger"
+  } >"$mod/go.mod"
+  run_logged "go mod tidy (jaeger)" "$JAEGER_DIR/tidy.log" bash -c "cd '$mod' && go mod tidy"
+  run_logged "go build jaeger" "$JAEGER_DIR/build.log" bash -c \
+    "cd '$mod' && go build -v -p '$JOBS' -ldflags '-s -w' -o '$JAEGER_DIR/bin/jaeger' github.com/jaegertracing/jaeger/cmd/jaeger"
+  mark_complete "$JAEGER_DIR"
+  log "built jaeger $JAEGER_VERSION in $(elapsed "$t0")"
+}
+
 # ---------------------------------------------------------------- main
 with_cache_lock "$ETCD_DIR" build_etcd
 link "$ETCD_DIR" etcd
@@ -261,6 +295,8 @@ with_cache_lock "$CACHE/helm-$HELM_VERSION" build_helm
 link "$CACHE/helm-$HELM_VERSION" helm
 with_cache_lock "$CACHE/prometheus-$PROMETHEUS_VERSION" build_prometheus
 link "$CACHE/prometheus-$PROMETHEUS_VERSION" prometheus
+with_cache_lock "$JAEGER_DIR" build_jaeger
+link "$JAEGER_DIR" jaeger
 with_cache_lock "$K8S_DIR" build_kubernetes
 link "$K8S_DIR" "${K8S_BINS[@]}"
 

@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from penstock.cli import main as penstock_main
+from penstock.render.settings import DEFAULT_COLLECTOR_IMAGE
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "penstock"
@@ -50,7 +51,7 @@ ALL_FEATURES: dict[str, Any] = {
         "prices": {"cpuCoreHour": 0.04, "memoryGiBHour": "0.005", "gpuHour": {"default": 2.5}}
     },
     "prometheus": {"url": "http://prometheus-operated.monitoring:9090"},
-    "otlp": {"endpoint": "http://otel-collector.observability:4317"},
+    "otlp": {"endpoint": "http://jaeger.observability:4318"},
     "extraEnv": [
         {"name": "HTTPS_PROXY", "value": "http://proxy:3128"},
         {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
@@ -126,6 +127,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "peering": {"enabled": True, "name": "penstock-ha"},
     },
     "all-features": ALL_FEATURES,
+    "jaeger": {"jaeger": {"enabled": True}, "networkPolicy": ALL_FEATURES["networkPolicy"]},
     "all-features-namespaced": {**ALL_FEATURES, "watchNamespaces": ["team-a"]},
 }
 
@@ -536,6 +538,8 @@ def test_deployment_defaults(helm: str) -> None:
         "PENSTOCK_LOG_FORMAT": "json",
         "PENSTOCK_OPERATOR_IMAGE": container["image"],
         "PENSTOCK_REDIS_IMAGE": "docker.io/library/redis:7.4.1-alpine",
+        # The chart and the operator agree on the collector release the tests validate.
+        "PENSTOCK_COLLECTOR_IMAGE": DEFAULT_COLLECTOR_IMAGE,
         "PENSTOCK_RESYNC_SECONDS": "60",
         "PENSTOCK_METRICS_PORT": "8080",
         "PENSTOCK_HEALTH_PORT": "8081",
@@ -580,7 +584,8 @@ def test_values_reach_the_operator_environment(helm: str) -> None:
             "redisImage": "registry.example/redis:7",
             "image": {"repository": "registry.example/penstock", "tag": "1.2.3"},
             "prometheus": {"url": "http://prometheus:9090"},
-            "otlp": {"endpoint": "http://collector:4317"},
+            "otlp": {"endpoint": "http://collector:4318"},
+            "collectorImage": "registry.example/otelcol:1",
             "extraEnv": [{"name": "EXTRA", "value": "1"}],
         },
     )
@@ -596,7 +601,8 @@ def test_values_reach_the_operator_environment(helm: str) -> None:
     assert env["PENSTOCK_OPERATOR_IMAGE"] == "registry.example/penstock:1.2.3"
     assert container["image"] == "registry.example/penstock:1.2.3"
     assert env["PENSTOCK_PROMETHEUS_URL"] == "http://prometheus:9090"
-    assert env["PENSTOCK_OTLP_ENDPOINT"] == "http://collector:4317"
+    assert env["PENSTOCK_OTLP_ENDPOINT"] == "http://collector:4318"
+    assert env["PENSTOCK_COLLECTOR_IMAGE"] == "registry.example/otelcol:1"
     assert env["EXTRA"] == "1"
     assert {p["name"]: p["containerPort"] for p in container["ports"]} == {
         "metrics": 9090,
@@ -720,6 +726,9 @@ FEATURES = {
         d for d in of_kind(docs, "ConfigMap") if d["metadata"]["name"].endswith("-dashboard")
     ],
     "networkPolicy": lambda docs: of_kind(docs, "NetworkPolicy"),
+    "jaeger": lambda docs: [
+        d for d in of_kind(docs, "Deployment") if d["metadata"]["name"].endswith("-jaeger")
+    ],
 }
 
 
@@ -818,3 +827,21 @@ def test_dashboard_config_map_holds_a_grafana_dashboard(helm: str) -> None:
     titles = " ".join(p["title"].lower() for p in panels)
     for word in ("throughput", "p50", "p95", "cache hit ratio", "batch size", "cost"):
         assert word in titles, word
+
+
+def test_jaeger_receives_the_operator_traces_unless_otlp_endpoint_is_set(helm: str) -> None:
+    docs = template(helm, {"jaeger": {"enabled": True, "maxTraces": 1000}})
+    jaeger = [d for d in docs if d["metadata"]["name"].endswith("-jaeger")]
+    assert sorted(d["kind"] for d in jaeger) == ["ConfigMap", "Deployment", "Service"]
+    service = one(jaeger, "Service")
+    assert {p["name"]: p["port"] for p in service["spec"]["ports"]}["otlp-http"] == 4318
+    config = yaml.safe_load(one(jaeger, "ConfigMap")["data"]["config.yaml"])
+    assert config["extensions"]["jaeger_storage"]["backends"]["memstore"]["memory"] == {
+        "max_traces": 1000
+    }
+    operator = next(c for d, c in containers(docs) if c["name"] == "operator")
+    expected = f"http://{jaeger[0]['metadata']['name']}.{NAMESPACE}.svc:4318"
+    assert env_of(operator)["PENSTOCK_OTLP_ENDPOINT"] == expected
+    docs = template(helm, {"jaeger": {"enabled": True}, "otlp": {"endpoint": "http://o:4318"}})
+    operator = next(c for d, c in containers(docs) if c["name"] == "operator")
+    assert env_of(operator)["PENSTOCK_OTLP_ENDPOINT"] == "http://o:4318"

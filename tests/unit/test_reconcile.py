@@ -16,6 +16,7 @@ import yaml
 from penstock.controller.kube import KubeError
 from penstock.controller.reconcile import Reconciler
 from penstock.controller.settings import OperatorSettings
+from penstock.render.collector import COLLECTOR_NAME
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,11 +34,13 @@ class FakeKube:
         return copy.deepcopy(obj) if obj else None
 
     def list(self, kind: str, namespace: str, selector: str) -> list[dict[str, Any]]:
-        wanted = dict(part.split("=") for part in selector.split(","))
+        wanted = dict(part.split("=") for part in selector.split(",") if part)
         return [
             copy.deepcopy(obj)
             for (k, ns, _), obj in self.objects.items()
-            if k == kind and ns == namespace and wanted.items() <= obj["metadata"]["labels"].items()
+            if k == kind
+            and ns == namespace
+            and wanted.items() <= obj["metadata"].get("labels", {}).items()
         ]
 
     def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -109,12 +112,14 @@ def test_first_reconcile_creates_every_child_and_status(world: Any) -> None:
     kube, reconciler, events = world
     outcome = reconciler.reconcile(_pipeline(kube))
     kinds = sorted(key[0] for key in kube.objects)
-    assert kinds.count("Deployment") == 4
-    assert kinds.count("Service") == 4
+    # 3 stages + router, and the namespace's collector (rag traces)
+    assert kinds.count("Deployment") == 5
+    assert kinds.count("Service") == 5
     assert kinds.count("HorizontalPodAutoscaler") == 4
     assert ("Secret", "demo", "rag-cache") in kube.objects
     assert ("ConfigMap", "demo", "rag-topology") in kube.objects
-    assert len(outcome.applied) == 14
+    assert ("ConfigMap", "demo", COLLECTOR_NAME) in kube.objects
+    assert len(outcome.applied) == 17
     status = _current(kube)["status"]
     ready = status["conditions"][0]
     assert (ready["type"], ready["status"], ready["reason"]) == ("Ready", "False", "StagesNotReady")
@@ -321,3 +326,102 @@ def test_broken_prometheus_keeps_the_last_floor() -> None:
     metrics_condition = _condition(kube, "MetricsAvailable")
     assert (metrics_condition["status"], metrics_condition["reason"]) == ("False", "QueryFailed")
     assert "connection refused" in metrics_condition["message"]
+
+
+# ----------------------------------------------------------------------------- the collector
+
+
+def _second_pipeline(kube: FakeKube, tracing: bool = True) -> dict[str, Any]:
+    body = yaml.safe_load((ROOT / "examples" / "rag.yaml").read_text())
+    body["metadata"].update(name="chat", namespace="demo", uid="chat-uid", generation=1)
+    body["spec"]["costCenter"] = "chat-team"
+    body["spec"]["tracing"] = {"enabled": tracing, "samplingRatio": 1}
+    kube.objects[("Pipeline", "demo", "chat")] = body
+    return body
+
+
+def _collector(kube: FakeKube, kind: str = "Deployment") -> dict[str, Any] | None:
+    return kube.objects.get((kind, "demo", COLLECTOR_NAME))
+
+
+def _collector_config(kube: FakeKube) -> dict[str, Any]:
+    config_map = _collector(kube, "ConfigMap")
+    assert config_map is not None
+    config: dict[str, Any] = yaml.safe_load(config_map["data"]["collector.yaml"])
+    return config
+
+
+def _owners(obj: dict[str, Any] | None) -> list[str]:
+    assert obj is not None
+    return sorted(ref["name"] for ref in obj["metadata"].get("ownerReferences", []))
+
+
+def test_tracing_pipelines_of_a_namespace_share_one_collector(world: Any) -> None:
+    kube, reconciler, _ = world
+    reconciler.reconcile(_pipeline(kube))
+    reconciler.reconcile(_second_pipeline(kube))
+    for kind in ("ConfigMap", "Deployment", "Service"):
+        assert _owners(_collector(kube, kind)) == ["chat", "rag"]
+        assert not any(
+            ref.get("controller") for ref in _collector(kube, kind)["metadata"]["ownerReferences"]
+        )
+    processors = _collector_config(kube)["processors"]
+    stamp = processors["attributes/chat"]
+    assert stamp["include"]["resources"] == [{"key": "penstock.pipeline", "value": "chat"}]
+    assert {"key": "penstock.cost_center", "value": "chat-team", "action": "upsert"} in stamp[
+        "actions"
+    ]
+    assert "attributes/rag" in processors
+    pod = kube.objects[("Deployment", "demo", "chat-embed")]["spec"]["template"]["spec"]
+    gateway = next(c for c in pod["containers"] if c["name"] == "gateway")
+    gateway_env = {e["name"]: e.get("value") for e in gateway["env"]}
+    assert gateway_env["PENSTOCK_GATEWAY_OTLP_ENDPOINT"] == (
+        f"http://{COLLECTOR_NAME}.demo.svc:4318"
+    )
+    kube.writes.clear()
+    reconciler.reconcile(_current(kube))
+    assert not [w for w in kube.writes if COLLECTOR_NAME in w]
+
+
+def test_disabling_tracing_leaves_the_collector_then_deletes_it_with_the_last(world: Any) -> None:
+    kube, reconciler, events = world
+    reconciler.reconcile(_pipeline(kube))
+    reconciler.reconcile(_second_pipeline(kube))
+    chat = copy.deepcopy(kube.objects[("Pipeline", "demo", "chat")])
+    chat["spec"]["tracing"]["enabled"] = False
+    kube.objects[("Pipeline", "demo", "chat")] = chat
+    reconciler.reconcile(chat)
+    assert _owners(_collector(kube)) == ["rag"]
+    assert "attributes/chat" not in _collector_config(kube)["processors"]
+    rag = _current(kube)
+    rag["spec"]["tracing"]["enabled"] = False
+    kube.objects[("Pipeline", "demo", "rag")] = rag
+    reconciler.reconcile(rag)
+    for kind in ("ConfigMap", "Deployment", "Service"):
+        assert _collector(kube, kind) is None
+    assert any(
+        reason == "Deleted" and COLLECTOR_NAME in message for _, reason, message in events.posted
+    )
+
+
+def test_pipeline_without_tracing_gets_no_collector(world: Any) -> None:
+    kube, reconciler, _ = world
+    reconciler.reconcile(_second_pipeline(kube, tracing=False))
+    assert _collector(kube) is None
+    assert _collector(kube, "ConfigMap") is None
+
+
+def test_an_owner_with_an_invalid_spec_keeps_its_place(world: Any) -> None:
+    kube, reconciler, _ = world
+    reconciler.reconcile(_pipeline(kube))
+    reconciler.reconcile(_second_pipeline(kube))
+    chat = copy.deepcopy(kube.objects[("Pipeline", "demo", "chat")])
+    chat["spec"]["stages"][0]["dependsOn"] = ["generate"]  # a cycle
+    kube.objects[("Pipeline", "demo", "chat")] = chat
+    reconciler.reconcile(chat)
+    reconciler.reconcile(_current(kube))  # rag recomputes the shared collector
+    assert _owners(_collector(kube)) == ["chat", "rag"]
+    stamp = _collector_config(kube)["processors"]["attributes/chat"]
+    assert {"key": "penstock.cost_center", "value": "chat-team", "action": "upsert"} in stamp[
+        "actions"
+    ]

@@ -98,3 +98,17 @@ Included by the Deployment template, so every render runs them.
 {{- fail "set either priceTable.prices or priceTable.existingConfigMap, not both" }}
 {{- end }}
 {{- end }}
+
+{{/* Name of the optional Jaeger all-in-one. */}}
+{{- define "penstock.jaegerName" -}}
+{{- printf "%s-jaeger" (include "penstock.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Where traces go: otlp.endpoint, else the chart's Jaeger when enabled, else nothing. */}}
+{{- define "penstock.otlpEndpoint" -}}
+{{- if .Values.otlp.endpoint }}
+{{- .Values.otlp.endpoint }}
+{{- else if .Values.jaeger.enabled }}
+{{- printf "http://%s.%s.svc:4318" (include "penstock.jaegerName" .) .Release.Namespace }}
+{{- end }}
+{{- end }}

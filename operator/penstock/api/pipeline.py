@@ -358,3 +358,7 @@ class PipelineSpec(ApiModel):
     @property
     def cache_used(self) -> bool:
         return any(stage.cache_enabled for stage in self.stages)
+
+    @property
+    def tracing_enabled(self) -> bool:
+        return self.tracing is not None and self.tracing.enabled

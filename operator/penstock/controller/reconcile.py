@@ -15,6 +15,7 @@ from typing import Any
 
 from penstock.api.validation import validate_spec
 from penstock.controller import metrics
+from penstock.controller.collector import Collectors
 from penstock.controller.conditions import find, merge_conditions, now_rfc3339
 from penstock.controller.drift import drifted
 from penstock.controller.kube import CHILD_KINDS, Kube
@@ -67,6 +68,7 @@ class Reconciler:
         self.kube = kube
         self.settings = settings
         self.emit = emit
+        self.collectors = Collectors(kube, settings.render)
         self.tuning = ThroughputTuning(
             prometheus, settings.tuner_interval_seconds, settings.tuner_window_seconds
         )
@@ -169,6 +171,11 @@ class Reconciler:
                 self.emit(body, "Normal", "Deleted", f"deleted {key[0]} {key[1]}: not in the spec")
 
         self._reconcile_secret(body, ref, spec.cache_used, outcome)
+        collector_applied, collector_deleted = self.collectors.sync(
+            body, spec, lambda kind, reason, message: self.emit(body, kind, reason, message)
+        )
+        outcome.applied += collector_applied
+        outcome.deleted += collector_deleted
 
         deployments = {name: obj for (kind, name), obj in live.items() if kind == "Deployment"}
         status = valid_status(

@@ -8,7 +8,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from penstock.api.cost import PriceTable
-from penstock.render.settings import DEFAULT_OPERATOR_IMAGE, DEFAULT_REDIS_IMAGE, RenderSettings
+from penstock.render.settings import (
+    DEFAULT_COLLECTOR_IMAGE,
+    DEFAULT_OPERATOR_IMAGE,
+    DEFAULT_REDIS_IMAGE,
+    RenderSettings,
+)
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,12 @@ def _url(value: str) -> str:
 _FLAGS: list[tuple[str, Any, str, str]] = [
     ("operator-image", str, DEFAULT_OPERATOR_IMAGE, "image of the preload and gateway containers"),
     ("redis-image", str, DEFAULT_REDIS_IMAGE, "image of the Redis cache sidecar"),
+    (
+        "collector-image",
+        str,
+        DEFAULT_COLLECTOR_IMAGE,
+        "image of the per-namespace OpenTelemetry collector of Pipelines with tracing enabled",
+    ),
     ("resync-seconds", float, "60", "drift-repair interval per Pipeline"),
     ("metrics-port", int, "8080", "port of /metrics, 0 to disable"),
     ("health-port", int, "8081", "port of the /healthz liveness endpoint, 0 to disable"),
@@ -59,8 +70,9 @@ _FLAGS: list[tuple[str, Any, str, str]] = [
         "otlp-endpoint",
         _url,
         "",
-        "OTLP/HTTP endpoint (e.g. http://otel-collector:4318) receiving the operator's reconcile "
-        "spans and the gateways' spans of Pipelines with tracing enabled; empty: no tracing",
+        "trace backend's OTLP/HTTP endpoint (e.g. http://jaeger.observability:4318) receiving "
+        "the operator's reconcile spans and, through the per-namespace collectors, the spans of "
+        "Pipelines with tracing enabled; empty: no operator spans, collectors keep span metrics",
     ),
     (
         "prometheus-url",
@@ -113,6 +125,7 @@ def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
         render=RenderSettings(
             operator_image=args.operator_image,
             redis_image=args.redis_image,
+            collector_image=args.collector_image,
             prices=prices,
             otlp_endpoint=args.otlp_endpoint or None,
         ),

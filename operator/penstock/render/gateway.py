@@ -11,6 +11,7 @@ from penstock.api import PipelineSpec, Stage
 from penstock.api.cost import replica_hourly_cost
 from penstock.api.types import parse_quantity
 from penstock.render.cache import REDIS_PORT, password_env
+from penstock.render.collector import collector_endpoint
 from penstock.render.security import container_security_context
 from penstock.render.settings import RenderSettings
 
@@ -25,13 +26,12 @@ def warmup_key(stage: str) -> str:
 
 
 def needs_gateway(spec: PipelineSpec, stage: Stage) -> bool:
-    tracing = spec.tracing is not None and spec.tracing.enabled
     warmup = (
         stage.model is not None
         and stage.model.warmup is not None
         and stage.model.warmup.requests > 0
     )
-    return stage.cache_enabled or stage.batching is not None or tracing or warmup
+    return stage.cache_enabled or stage.batching is not None or spec.tracing_enabled or warmup
 
 
 def _env(
@@ -64,8 +64,8 @@ def _env(
         values["BATCH_MAX_SIZE"] = str(stage.batching.max_batch_size)
         values["BATCH_MAX_LATENCY_MS"] = str(stage.batching.max_latency_ms)
         values["BATCH_PATH"] = stage.batching.path
-    if spec.tracing and spec.tracing.enabled and settings.otlp_endpoint:
-        values["OTLP_ENDPOINT"] = settings.otlp_endpoint
+    if spec.tracing_enabled and spec.tracing:
+        values["OTLP_ENDPOINT"] = collector_endpoint(namespace)
         values["SAMPLING_RATIO"] = str(spec.tracing.sampling_ratio)
     env = [{"name": f"PENSTOCK_GATEWAY_{key}", "value": value} for key, value in values.items()]
     if stage.cache and stage.cache.enabled:

@@ -7,6 +7,7 @@ from typing import Any
 
 from penstock.api import PipelineSpec
 from penstock.api.pipeline import Scaling
+from penstock.render.collector import collector_endpoint
 from penstock.render.meta import (
     SERVING_PORT_NAME,
     PipelineRef,
@@ -46,8 +47,10 @@ def router_deployment(
         {"name": "PENSTOCK_ROUTER_ADMIN_LISTEN", "value": f"0.0.0.0:{ADMIN_PORT}"},
         {"name": "PENSTOCK_ROUTER_TOPOLOGY", "value": f"{TOPOLOGY_DIR}/topology.json"},
     ]
-    if spec.tracing and spec.tracing.enabled and settings.otlp_endpoint:
-        env.append({"name": "PENSTOCK_ROUTER_OTLP_ENDPOINT", "value": settings.otlp_endpoint})
+    if spec.tracing_enabled and spec.tracing:
+        env.append(
+            {"name": "PENSTOCK_ROUTER_OTLP_ENDPOINT", "value": collector_endpoint(ref.namespace)}
+        )
         env.append(
             {"name": "PENSTOCK_ROUTER_SAMPLING_RATIO", "value": str(spec.tracing.sampling_ratio)}
         )

@@ -8,6 +8,8 @@ from penstock.api.cost import PriceTable
 
 DEFAULT_OPERATOR_IMAGE = "ghcr.io/penstock-dev/penstock:0.1.0"
 DEFAULT_REDIS_IMAGE = "docker.io/library/redis:7.4.1-alpine"
+# The collector release whose configuration schema the tests check (Jaeger 2.13 embeds 0.140).
+DEFAULT_COLLECTOR_IMAGE = "docker.io/otel/opentelemetry-collector-contrib:0.140.1"
 
 
 @dataclass(frozen=True)
@@ -18,5 +20,7 @@ class RenderSettings:
     """Image of the Redis cache sidecar."""
     prices: PriceTable = field(default_factory=PriceTable)
     """Price table: the gateway's per-request cost uses the same hourly figure as status."""
+    collector_image: str = DEFAULT_COLLECTOR_IMAGE
+    """Image of the per-namespace OpenTelemetry collector of Pipelines with tracing enabled."""
     otlp_endpoint: str | None = None
-    """Where gateways of pipelines with tracing enabled send spans (OTLP/HTTP)."""
+    """The trace backend (OTLP/HTTP base URL) the per-namespace collectors export to."""
