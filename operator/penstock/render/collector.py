@@ -29,6 +29,7 @@ OTLP_GRPC_PORT = 4317
 OTLP_HTTP_PORT = 4318
 SPAN_METRICS_PORT = 8889
 HEALTH_PORT = 13133
+TELEMETRY_PORT = 8888
 CONFIG_KEY = "collector.yaml"
 # Span metrics histogram buckets (ms): the range of the gateway's latency histogram.
 SPAN_METRICS_BUCKETS_MS = (1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000)
@@ -170,7 +171,22 @@ def collector_config(
                     "exporters": ["prometheus"],
                 },
             },
-            "telemetry": {"logs": {"level": "info"}},
+            "telemetry": {
+                "logs": {"level": "info"},
+                # The collector's own metrics (accepted, refused, exported spans).
+                "metrics": {
+                    "level": "basic",
+                    "readers": [
+                        {
+                            "pull": {
+                                "exporter": {
+                                    "prometheus": {"host": "0.0.0.0", "port": TELEMETRY_PORT}
+                                }
+                            }
+                        }
+                    ],
+                },
+            },
         },
     }
 
@@ -194,6 +210,7 @@ def render_collector(
         {"name": "otlp-grpc", "containerPort": OTLP_GRPC_PORT, "protocol": "TCP"},
         {"name": "otlp-http", "containerPort": OTLP_HTTP_PORT, "protocol": "TCP"},
         {"name": "span-metrics", "containerPort": SPAN_METRICS_PORT, "protocol": "TCP"},
+        {"name": "telemetry", "containerPort": TELEMETRY_PORT, "protocol": "TCP"},
         {"name": "health", "containerPort": HEALTH_PORT, "protocol": "TCP"},
     ]
     probe = {"httpGet": {"path": "/status", "port": "health"}, "periodSeconds": 10}
