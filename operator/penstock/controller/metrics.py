@@ -1,6 +1,9 @@
-"""The operator's Prometheus metrics (names fixed in DESIGN.md)."""
+"""The operator's Prometheus metrics (names fixed in DESIGN.md, plus the status figures)."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -14,30 +17,77 @@ RECONCILE_DURATION = Histogram(
     "Time one Pipeline reconcile took.",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+STAGE_LABELS = ["namespace", "pipeline", "stage"]
 STAGE_HOURLY_COST = Gauge(
     "penstock_stage_hourly_cost_usd",
     "Cost of a stage's current replicas per hour, USD (requests x price table, or hourlyRate).",
-    ["namespace", "pipeline", "stage", "cost_center"],
+    [*STAGE_LABELS, "cost_center"],
 )
+STAGE_RECOMMENDED_REPLICAS = Gauge(
+    "penstock_stage_recommended_replicas",
+    "Replicas the throughput tuner recommends for a stage (its HPA's minReplicas floor).",
+    STAGE_LABELS,
+)
+STAGE_DESIRED_REPLICAS = Gauge(
+    "penstock_stage_desired_replicas",
+    "Replicas a stage's Deployment asks for (set by its HPA).",
+    STAGE_LABELS,
+)
+STAGE_READY_REPLICAS = Gauge(
+    "penstock_stage_ready_replicas",
+    "Ready replicas of a stage's Deployment.",
+    STAGE_LABELS,
+)
+STAGE_UTILIZATION = Gauge(
+    "penstock_stage_utilization",
+    "Observed request rate over the stage's current capacity (1 = saturated).",
+    STAGE_LABELS,
+)
+PIPELINE_BOTTLENECK = Gauge(
+    "penstock_pipeline_bottleneck",
+    "1 for the stage the throughput tuner names the pipeline's bottleneck.",
+    STAGE_LABELS,
+)
+# status field of each stage -> its gauge
+_STAGE_FIGURES: dict[str, Gauge] = {
+    "recommendedReplicas": STAGE_RECOMMENDED_REPLICAS,
+    "desiredReplicas": STAGE_DESIRED_REPLICAS,
+    "readyReplicas": STAGE_READY_REPLICAS,
+    "utilization": STAGE_UTILIZATION,
+}
+_PER_PIPELINE = (STAGE_HOURLY_COST, PIPELINE_BOTTLENECK, *_STAGE_FIGURES.values())
 
 
-def set_stage_costs(
-    namespace: str, pipeline: str, cost_center: str, costs: dict[str, float]
+def export_status(
+    namespace: str, pipeline: str, cost_center: str, status: Mapping[str, Any]
 ) -> None:
-    """Export the pipeline's per-stage hourly cost; stages no longer in the spec are dropped."""
-    forget_pipeline(namespace, pipeline, keep=set(costs))
-    for stage, cost in costs.items():
-        STAGE_HOURLY_COST.labels(namespace, pipeline, stage, cost_center).set(cost)
+    """Export a valid Pipeline's status figures; series it no longer has are dropped."""
+    kept: set[tuple[int, tuple[str, ...]]] = set()
+
+    def put(gauge: Gauge, labels: tuple[str, ...], value: float) -> None:
+        gauge.labels(*labels).set(value)
+        kept.add((id(gauge), labels))
+
+    for item in status.get("stages", []):
+        labels = (namespace, pipeline, item["name"])
+        put(STAGE_HOURLY_COST, (*labels, cost_center), float(item["hourlyCost"]))
+        for field, gauge in _STAGE_FIGURES.items():
+            if item.get(field) is not None:
+                put(gauge, labels, float(item[field]))
+    if status.get("bottleneck"):
+        put(PIPELINE_BOTTLENECK, (namespace, pipeline, status["bottleneck"]), 1)
+    forget_pipeline(namespace, pipeline, keep=kept)
 
 
-def forget_pipeline(namespace: str, pipeline: str, keep: set[str] | None = None) -> None:
-    for labels in list(_series(STAGE_HOURLY_COST)):
-        ns, name, stage, _ = labels
-        if ns == namespace and name == pipeline and (keep is None or stage not in keep):
-            STAGE_HOURLY_COST.remove(*labels)
+def forget_pipeline(
+    namespace: str, pipeline: str, keep: set[tuple[int, tuple[str, ...]]] | None = None
+) -> None:
+    for gauge in _PER_PIPELINE:
+        for labels in _series(gauge):
+            if labels[:2] == (namespace, pipeline) and (id(gauge), labels) not in (keep or ()):
+                gauge.remove(*labels)
 
 
 def _series(gauge: Gauge) -> list[tuple[str, ...]]:
-    return [
-        tuple(key) for key in gauge._metrics
-    ]  # prometheus-client keeps children by label values
+    # prometheus-client keeps children by label values
+    return [tuple(key) for key in list(gauge._metrics)]

@@ -182,12 +182,7 @@ class Reconciler:
             ref.name, ref.namespace, generation, result, deployments, self.settings.render.prices
         )
         apply_to_status(status, tuning)
-        metrics.set_stage_costs(
-            ref.namespace,
-            ref.name,
-            spec.cost_center,
-            {item["name"]: float(item["hourlyCost"]) for item in status["stages"]},
-        )
+        metrics.export_status(ref.namespace, ref.name, spec.cost_center, status)
         was_ready = find(previous_status.get("conditions", []), "Ready")
         now_ready = status["conditions"][0]["status"] == "True"
         if now_ready and (not was_ready or was_ready.get("status") != "True"):
