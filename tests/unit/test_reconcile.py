@@ -425,3 +425,16 @@ def test_an_owner_with_an_invalid_spec_keeps_its_place(world: Any) -> None:
     assert {"key": "penstock.cost_center", "value": "chat-team", "action": "upsert"} in stamp[
         "actions"
     ]
+
+
+def test_a_deleted_pipeline_leaves_the_collector_config_on_refresh(world: Any) -> None:
+    kube, reconciler, _ = world
+    reconciler.reconcile(_pipeline(kube))
+    reconciler.reconcile(_second_pipeline(kube))
+    del kube.objects[("Pipeline", "demo", "chat")]
+    applied, deleted = reconciler.collectors.refresh("demo")
+    assert deleted == []
+    assert f"ConfigMap/{COLLECTOR_NAME}" in applied
+    assert _owners(_collector(kube, "ConfigMap")) == ["rag"]
+    assert "attributes/chat" not in _collector_config(kube)["processors"]
+    assert reconciler.collectors.refresh("elsewhere") == ([], [])

@@ -69,6 +69,13 @@ class Collectors:
         with self._lock(ref.namespace):
             return self._sync(ref.namespace, note)
 
+    def refresh(self, namespace: str) -> tuple[list[str], list[str]]:
+        """Recompute the namespace's collector (after a Pipeline was deleted), when it has one."""
+        if self.kube.get("Deployment", namespace, COLLECTOR_NAME) is None:
+            return [], []
+        with self._lock(namespace):
+            return self._sync(namespace, lambda *_: None)
+
     def _traced(self, namespace: str, owners: set[str]) -> list[TracedPipeline]:
         traced = []
         for body in self.kube.list("Pipeline", namespace, ""):

@@ -84,10 +84,18 @@ async def reconcile_pipeline(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None
 
 
 async def forget_pipeline(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    # Children go by garbage collection (owner references); only local state is dropped here.
-    LOCKS.forget((body["metadata"]["namespace"], body["metadata"]["name"]))
-    metrics.forget_pipeline(body["metadata"]["namespace"], body["metadata"]["name"])
-    _reconciler(memo).tuning.forget(body["metadata"]["namespace"], body["metadata"]["name"])
+    # Children go by garbage collection (owner references); only local state is dropped here,
+    # and the namespace's shared collector drops the Pipeline from its configuration.
+    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    LOCKS.forget((namespace, name))
+    metrics.forget_pipeline(namespace, name)
+    reconciler = _reconciler(memo)
+    reconciler.tuning.forget(namespace, name)
+    try:
+        await asyncio.to_thread(reconciler.collectors.refresh, namespace)
+    except KubeError as error:
+        # The next resync of another Pipeline in the namespace catches up.
+        log.warning("collector of %s after deleting %s: %s", namespace, name, error)
 
 
 async def child_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
