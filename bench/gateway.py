@@ -33,6 +33,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import redis.asyncio as aioredis
@@ -110,14 +111,18 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
-async def paced(count: int, rate: float, call: Callable[[int], Awaitable[None]]) -> list[float]:
-    """Start ``count`` calls at ``rate`` per second; their latencies in seconds."""
-    latencies: list[float] = []
+async def paced(
+    count: int, rate: float, call: Callable[[int], Awaitable[None]], keep_index: bool = False
+) -> Any:
+    """Start ``count`` calls at ``rate`` per second; their latencies in seconds (with
+    keep_index, (index, latency) pairs)."""
+    latencies: list[Any] = []
 
     async def one(index: int) -> None:
         started = time.perf_counter()
         await call(index)
-        latencies.append(time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        latencies.append((index, elapsed) if keep_index else elapsed)
 
     loop = asyncio.get_running_loop()
     begin = loop.time()
@@ -129,6 +134,18 @@ async def paced(count: int, rate: float, call: Callable[[int], Awaitable[None]])
         tasks.append(asyncio.create_task(one(index)))
     await asyncio.gather(*tasks)
     return latencies
+
+
+async def interleaved(
+    count: int, rate: float, calls: list[Callable[[int], Awaitable[None]]]
+) -> list[list[float]]:
+    """``count`` calls of each kind, started in turn at ``rate`` per second overall, so every
+    kind sees the same machine load; the latencies per kind."""
+    kinds = len(calls)
+    latencies = await paced(
+        count * kinds, rate, lambda index: calls[index % kinds](index // kinds), keep_index=True
+    )
+    return [[value for index, value in latencies if index % kinds == kind] for kind in range(kinds)]
 
 
 async def run(args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
@@ -182,9 +199,16 @@ async def run(args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
             await poster(gw_url, unique=False)(0)
 
             n, rate = args.requests, args.rate
-            direct = await paced(n, rate, poster(direct_url, unique=True))
-            proxy = await paced(n, rate, poster(nc_url, unique=True))
-            miss = await paced(n, rate, poster(gw_url, unique=True))
+            # Interleaved: the baseline and the gateways under the same load, request by request.
+            direct, proxy, miss = await interleaved(
+                n,
+                rate,
+                [
+                    poster(direct_url, unique=True),
+                    poster(nc_url, unique=True),
+                    poster(gw_url, unique=True),
+                ],
+            )
             hit = await paced(n, rate, poster(gw_url, unique=False))
             await rds.set("bench:probe", b"x" * 64)
 

@@ -63,14 +63,19 @@ def test_sigkill_mid_reconcile_leaves_exactly_the_right_children(
         "secrets": PIPELINES,
         "replicasets": 4 * PIPELINES,
     }
-    selector = "app.kubernetes.io/managed-by=penstock-operator"
+    # Per-Pipeline children; the namespace's shared collector (rag traces) is checked below.
+    selector = "penstock.dev/pipeline"
     for kind, count in expected.items():
-        items = cluster.items(kind, namespace, None if kind == "replicasets" else selector)
+        items = cluster.items(kind, namespace, selector)
         names = Counter(item["metadata"]["name"] for item in items)
         assert len(items) == count, f"{kind}: {len(items)} != {count}"
         assert max(names.values()) == 1, f"duplicate {kind}"
         pipelines = {item["metadata"]["labels"]["penstock.dev/pipeline"] for item in items}
         assert pipelines == {f"rag-{i:02d}" for i in range(PIPELINES)}, f"orphan {kind}"
+    collector = cluster.get("deployment", "penstock-otel-collector", namespace)
+    assert collector is not None
+    owners = {ref["name"] for ref in collector["metadata"]["ownerReferences"]}
+    assert owners == {f"rag-{i:02d}" for i in range(PIPELINES)}
     cluster.kubectl("delete", "pipelines", "--all", "-n", namespace, "--wait=false")
 
 

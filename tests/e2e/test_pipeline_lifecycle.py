@@ -268,8 +268,9 @@ def test_restricted_namespace_admits_every_generated_pod(
     wait_ready(cluster, "rag", namespace)
     wait_ready(cluster, "batch-embed", namespace)
     pods = cluster.items("pods", namespace, "app.kubernetes.io/managed-by=penstock-operator")
-    # rag: 3 stages + router; batch-embed: chunk, 2 embed (minReplicas 2) + router
-    assert len(pods) == 4 + 4
+    # rag: 3 stages + router; batch-embed: chunk, 2 embed (minReplicas 2) + router; the
+    # namespace's OpenTelemetry collector (rag traces)
+    assert len(pods) == 4 + 4 + 1
     failed = [e for e in cluster.items("events", namespace) if e["reason"] == "FailedCreate"]
     assert failed == []
 

@@ -438,3 +438,26 @@ def test_a_deleted_pipeline_leaves_the_collector_config_on_refresh(world: Any) -
     assert _owners(_collector(kube, "ConfigMap")) == ["rag"]
     assert "attributes/chat" not in _collector_config(kube)["processors"]
     assert reconciler.collectors.refresh("elsewhere") == ([], [])
+
+
+def test_the_collector_costs_no_request_once_a_pipeline_is_known(
+    world: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kube, reconciler, _ = world
+    reconciler.reconcile(_pipeline(kube))
+    calls: list[tuple[str, str]] = []
+    for method in ("get", "list"):
+        original = getattr(kube, method)
+
+        def counted(kind: str, *args: Any, _original: Any = original, _m: str = method) -> Any:
+            calls.append((_m, kind))
+            return _original(kind, *args)
+
+        monkeypatch.setattr(kube, method, counted)
+    reconciler.reconcile(_current(kube))
+    assert ("list", "Pipeline") not in calls
+    assert not [call for call in calls if call[0] == "get" and call[1] != "Secret"]
+    calls.clear()
+    reconciler.reconcile(_second_pipeline(kube))  # a new member: no list, only the 3 objects
+    assert ("list", "Pipeline") not in calls
+    assert _owners(_collector(kube)) == ["chat", "rag"]

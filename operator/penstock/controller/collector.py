@@ -1,13 +1,15 @@
 """Keeps each namespace's OpenTelemetry collector in step with its tracing Pipelines.
 
 The collector is shared, so its desired state is a function of every Pipeline of the
-namespace: any of them reconciling recomputes it from one list of Pipelines. Pipelines with
-an invalid spec keep what they had (their last valid children keep sending spans).
+namespace, recomputed from one list of its Pipelines when one of them changes what it
+contributes. Pipelines with an invalid spec keep what they had (their last valid children
+keep sending spans).
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -44,11 +46,22 @@ def _label_text(spec: Any, key: str) -> str:
 
 
 class Collectors:
-    def __init__(self, kube: Kube, settings: RenderSettings) -> None:
+    """The namespaces' collectors, with what each Pipeline contributed at the last sync.
+
+    A reconcile whose Pipeline contributes what it did at the last sync costs no request; the
+    namespace is otherwise recomputed from one list of its Pipelines (which also refreshes
+    every member), and at least every ``recheck_seconds`` to repair hand edits.
+    """
+
+    def __init__(self, kube: Kube, settings: RenderSettings, recheck_seconds: float) -> None:
         self.kube = kube
         self.settings = settings
+        self.recheck_seconds = recheck_seconds
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
+        # namespace -> Pipeline uid -> its entry in the collector (None: not traced)
+        self._members: dict[str, dict[str, TracedPipeline | None]] = {}
+        self._synced_at: dict[str, float] = {}
 
     def _lock(self, namespace: str) -> threading.Lock:
         with self._guard:
@@ -57,46 +70,72 @@ class Collectors:
     def sync(
         self, body: Mapping[str, Any], spec: PipelineSpec, note: Note
     ) -> tuple[list[str], list[str]]:
-        """Bring the namespace's collector up to date; returns (applied, deleted) objects.
-
-        Cheap when the Pipeline neither traces nor owns the collector: one GET.
-        """
+        """Bring the namespace's collector up to date; returns (applied, deleted) objects."""
         ref = _ref(body)
-        if not spec.tracing_enabled:
-            live = self.kube.get("Deployment", ref.namespace, COLLECTOR_NAME)
-            if live is None or str(ref.uid) not in _owner_uids(live):
-                return [], []
+        uid = str(ref.uid)
+        entry = TracedPipeline.of(ref, spec) if spec.tracing_enabled else None
         with self._lock(ref.namespace):
-            return self._sync(ref.namespace, note)
+            members = self._members.get(ref.namespace)
+            age = time.monotonic() - self._synced_at.get(ref.namespace, -1e9)
+            if members is None or age >= self.recheck_seconds:
+                return self._sync(ref.namespace, note)
+            if uid in members and members[uid] == entry:
+                return [], []
+            updated = {**members, uid: entry}
+            result = self._write(ref.namespace, updated, self._live(ref.namespace), note)
+            self._members[ref.namespace] = updated
+            return result
 
     def refresh(self, namespace: str) -> tuple[list[str], list[str]]:
-        """Recompute the namespace's collector (after a Pipeline was deleted), when it has one."""
-        if self.kube.get("Deployment", namespace, COLLECTOR_NAME) is None:
-            return [], []
+        """Recompute the namespace's collector now (after one of its Pipelines was deleted)."""
         with self._lock(namespace):
             return self._sync(namespace, lambda *_: None)
 
-    def _traced(self, namespace: str, owners: set[str]) -> list[TracedPipeline]:
-        traced = []
+    def forget(self, namespace: str) -> None:
+        """Drop what is remembered: the next reconcile in the namespace recomputes."""
+        with self._lock(namespace):
+            self._members.pop(namespace, None)
+
+    def _members_of(self, namespace: str, owners: set[str]) -> dict[str, TracedPipeline | None]:
+        members: dict[str, TracedPipeline | None] = {}
         for body in self.kube.list("Pipeline", namespace, ""):
             if body["metadata"].get("deletionTimestamp"):
                 continue
-            spec = validate_spec(body.get("spec")).spec
             ref = _ref(body)
+            spec = validate_spec(body.get("spec")).spec
+            entry: TracedPipeline | None = None
             if spec is not None:
-                if spec.tracing_enabled:
-                    traced.append(TracedPipeline.of(ref, spec))
+                entry = TracedPipeline.of(ref, spec) if spec.tracing_enabled else None
             elif ref.uid in owners:
+                # An invalid spec keeps its place: its last valid children still send spans.
                 raw = body.get("spec")
-                traced.append(
-                    TracedPipeline(ref, _label_text(raw, "costCenter"), _label_text(raw, "team"))
+                entry = TracedPipeline(
+                    ref, _label_text(raw, "costCenter"), _label_text(raw, "team")
                 )
-        return traced
+            members[str(ref.uid)] = entry
+        return members
+
+    def _live(self, namespace: str) -> dict[str, dict[str, Any] | None]:
+        return {kind: self.kube.get(kind, namespace, COLLECTOR_NAME) for kind in KINDS}
 
     def _sync(self, namespace: str, note: Note) -> tuple[list[str], list[str]]:
-        live = {kind: self.kube.get(kind, namespace, COLLECTOR_NAME) for kind in KINDS}
+        live = self._live(namespace)
         current_owners = set().union(*(_owner_uids(obj) for obj in live.values() if obj))
-        traced = self._traced(namespace, current_owners)
+        members = self._members_of(namespace, current_owners)
+        result = self._write(namespace, members, live, note)
+        # Remembered only after every write succeeded: a failure recomputes next time.
+        self._members[namespace] = members
+        self._synced_at[namespace] = time.monotonic()
+        return result
+
+    def _write(
+        self,
+        namespace: str,
+        members: Mapping[str, TracedPipeline | None],
+        live: Mapping[str, dict[str, Any] | None],
+        note: Note,
+    ) -> tuple[list[str], list[str]]:
+        traced = [entry for entry in members.values() if entry is not None]
         applied: list[str] = []
         deleted: list[str] = []
         if not traced:

@@ -68,7 +68,7 @@ class Reconciler:
         self.kube = kube
         self.settings = settings
         self.emit = emit
-        self.collectors = Collectors(kube, settings.render)
+        self.collectors = Collectors(kube, settings.render, settings.resync_seconds)
         self.tuning = ThroughputTuning(
             prometheus, settings.tuner_interval_seconds, settings.tuner_window_seconds
         )
