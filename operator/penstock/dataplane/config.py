@@ -95,6 +95,15 @@ def _url(text: str) -> str:
     return text.strip().rstrip("/")
 
 
+def _upstream_url(text: str) -> str:
+    parts = urlsplit(text.strip())
+    if parts.scheme != "http" or not parts.hostname or parts.query or parts.fragment:
+        raise ValueError(
+            f"{text!r} is not an http://host[:port] URL (the stage container in the same pod)"
+        )
+    return text.strip().rstrip("/")
+
+
 def _redis_url(text: str) -> str:
     parts = urlsplit(text.strip())
     if parts.scheme not in ("redis", "rediss", "unix"):
@@ -166,7 +175,12 @@ class _Flag:
 
 _FLAGS: tuple[_Flag, ...] = (
     _Flag("--listen", parse_host_port, "HOST:PORT", "where clients reach the stage (required)"),
-    _Flag("--upstream", _url, "URL", "the stage container, e.g. http://127.0.0.1:8080 (required)"),
+    _Flag(
+        "--upstream",
+        _upstream_url,
+        "URL",
+        "the stage container, e.g. http://127.0.0.1:8080 (required)",
+    ),
     _Flag(
         "--admin-listen",
         parse_host_port,

@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
@@ -24,7 +25,6 @@ from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from yarl import URL
 
 from penstock.dataplane.answers import Answer, Failure, Outcome
 from penstock.dataplane.batching import Batcher, BatchResponse
@@ -42,6 +42,12 @@ from penstock.dataplane.telemetry import (
     GatewayMetrics,
     build_tracer,
     request_cost_usd,
+)
+from penstock.dataplane.upstream import (
+    UpstreamClosed,
+    UpstreamPool,
+    UpstreamProtocolError,
+    UpstreamResponse,
 )
 
 log = logging.getLogger("penstock.gateway")
@@ -106,8 +112,8 @@ def cache_directives(headers: Mapping[str, str]) -> set[str]:
     return directives
 
 
-def _is_streaming(response: aiohttp.ClientResponse) -> bool:
-    content_type = response.headers.get("Content-Type", "")
+def _is_streaming(response: UpstreamResponse) -> bool:
+    content_type = response.header("content-type") or ""
     return response.content_length is None or content_type.startswith("text/event-stream")
 
 
@@ -115,7 +121,7 @@ def _is_streaming(response: aiohttp.ClientResponse) -> bool:
 class _OpenStream:
     """An upstream response whose body has not been read yet."""
 
-    response: aiohttp.ClientResponse
+    response: UpstreamResponse
     started: float
 
 
@@ -144,11 +150,14 @@ class Gateway:
         self.ready = False
         self.not_ready_reason = "waiting for the stage's /healthz"
         self._coalescer: Coalescer[Outcome | _OpenStream] = Coalescer()
-        self._session: aiohttp.ClientSession | None = None
+        upstream = urlsplit(config.upstream)
+        self._pool = UpstreamPool(upstream.hostname or "127.0.0.1", upstream.port or 80)
+        self._prefix = upstream.path.rstrip("/")
         self.cache: RedisCache | None = None
         self._batcher: Batcher | None = None
         self._runners: list[web.AppRunner] = []
         self._readiness: asyncio.Task[None] | None = None
+        self._stores: set[asyncio.Task[None]] = set()
         self.port = 0
         self.admin_port = 0
 
@@ -156,17 +165,6 @@ class Gateway:
 
     async def start(self) -> None:
         config = self.config
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30, ttl_dns_cache=60),
-            timeout=aiohttp.ClientTimeout(
-                total=None,
-                sock_connect=config.timeout_seconds,
-                sock_read=config.timeout_seconds,
-            ),
-            auto_decompress=False,
-            skip_auto_headers=("User-Agent", "Accept-Encoding"),
-            cookie_jar=aiohttp.DummyCookieJar(),  # a proxy keeps no cookies between clients
-        )
         if config.redis_url:
             self.cache = RedisCache(
                 config.redis_url,
@@ -205,52 +203,57 @@ class Gateway:
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners = []
+        await self.stored()
         if self._batcher is not None:
             await self._batcher.close()
-        if self._session is not None:
-            await self._session.close()
+        self._pool.close()
         if self.cache is not None:
             await self.cache.close()
         if self._provider is not None:
             self._provider.shutdown()
 
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        assert self._session is not None, "gateway not started"
-        return self._session
+    async def stored(self) -> None:
+        """Wait for the cache stores already started (they run after the answer is sent)."""
+        if self._stores:
+            await asyncio.gather(*list(self._stores), return_exceptions=True)
+
+    async def _fetch(
+        self, method: str, path: str, body: bytes | None, headers: list[tuple[str, str]]
+    ) -> tuple[int, bytes]:
+        """A whole exchange with the stage (readiness and warmup)."""
+        response = await self._pool.request(method, self._prefix + path, headers, body)
+        try:
+            return response.status, await response.read()
+        finally:
+            response.release()
 
     # ----------------------------------------------------------------- readiness
 
     async def _healthy(self) -> bool:
-        url = self.config.upstream + "/healthz"
         try:
             async with asyncio.timeout(min(self.config.timeout_seconds, 5.0)):
-                async with self.session.get(url) as response:
-                    await response.read()
-                    if response.status == 200:
-                        return True
-                    self.not_ready_reason = f"stage /healthz answered HTTP {response.status}"
-        except (aiohttp.ClientError, OSError, TimeoutError) as error:
+                status, _ = await self._fetch("GET", "/healthz", None, [])
+                if status == 200:
+                    return True
+                self.not_ready_reason = f"stage /healthz answered HTTP {status}"
+        except (OSError, TimeoutError) as error:
             self.not_ready_reason = f"stage /healthz failed: {_describe(error)}"
         return False
 
     async def _warmup(self) -> bool:
         config = self.config
-        url = config.upstream + config.warmup_path
+        json_type = [("Content-Type", "application/json")]
         for number in range(1, config.warmup_requests + 1):
             self.not_ready_reason = f"warmup request {number}/{config.warmup_requests}"
             try:
                 async with asyncio.timeout(config.timeout_seconds):
-                    async with self.session.post(
-                        url, data=config.warmup_body, headers={"Content-Type": "application/json"}
-                    ) as response:
-                        await response.read()
-                        if not 200 <= response.status <= 299:
-                            self.not_ready_reason = (
-                                f"warmup request {number} answered HTTP {response.status}"
-                            )
-                            return False
-            except (aiohttp.ClientError, OSError, TimeoutError) as error:
+                    status, _ = await self._fetch(
+                        "POST", config.warmup_path, config.warmup_body, json_type
+                    )
+                    if not 200 <= status <= 299:
+                        self.not_ready_reason = f"warmup request {number} answered HTTP {status}"
+                        return False
+            except (OSError, TimeoutError) as error:
                 self.not_ready_reason = f"warmup request {number} failed: {_describe(error)}"
                 return False
         return True
@@ -413,7 +416,10 @@ class Gateway:
                 result = await self._call_stage(request, body)
                 return await self._respond(request, result, record, cache_state, sharers=1)
         elif store and isinstance(result, Answer):
-            await self._store(key, result)
+            # Stored after the answer is on its way: a miss costs one Redis round trip, not two.
+            task = asyncio.get_running_loop().create_task(self._store(key, result))
+            self._stores.add(task)
+            task.add_done_callback(self._stores.discard)
         return await self._respond(request, result, record, cache_state, shared.sharers)
 
     async def _store(self, key: str, answer: Answer) -> None:
@@ -467,13 +473,13 @@ class Gateway:
         """One call to the stage: a buffered answer, an open stream, or a clear failure."""
         config = self.config
         headers = self._upstream_headers(request, streamed=not isinstance(body, bytes))
-        url = URL(config.upstream + request.rel_url.raw_path_qs, encoded=True)  # as sent
+        target = self._prefix + request.rel_url.raw_path_qs  # as sent
         started = time.perf_counter()
-        response: aiohttp.ClientResponse | None = None
+        response: UpstreamResponse | None = None
         try:
             async with asyncio.timeout(config.timeout_seconds):
-                response = await self.session.request(
-                    request.method, url, data=body, headers=headers, allow_redirects=False
+                response = await self._pool.request(
+                    request.method, target, list(headers.items()), body
                 )
                 if always_stream or _is_streaming(response):
                     opened = _OpenStream(response, started)
@@ -488,7 +494,7 @@ class Gateway:
                 "timeout",
                 held_seconds=time.perf_counter() - started,
             )
-        except (aiohttp.ClientError, OSError) as error:
+        except OSError as error:
             return Failure(
                 502,
                 f"stage {config.stage!r} failed: {_describe(error)}",
@@ -501,7 +507,7 @@ class Gateway:
                 response.release()
         return Answer(
             response.status,
-            tuple(strip_headers(response.headers, _NOT_FORWARDED_RESPONSE).items()),
+            tuple(strip_headers(CIMultiDict(response.headers), _NOT_FORWARDED_RESPONSE).items()),
             data,
             held_seconds=time.perf_counter() - started,
         )
@@ -516,17 +522,17 @@ class Gateway:
         started = time.perf_counter()
         try:
             async with asyncio.timeout(config.timeout_seconds):
-                async with self.session.post(
-                    config.upstream + config.batch_path, data=payload, headers=headers
-                ) as response:
-                    return BatchResponse(response.status, await response.read())
+                status, body = await self._fetch(
+                    "POST", config.batch_path, payload, list(headers.items())
+                )
+                return BatchResponse(status, body)
         except TimeoutError:
             message = (
                 f"stage {config.stage!r} did not answer the batch of {len(items)}"
                 f" within {config.timeout_seconds:g}s"
             )
             return Failure(504, message, config.stage, "timeout", time.perf_counter() - started)
-        except (aiohttp.ClientError, OSError) as error:
+        except OSError as error:
             message = f"stage {config.stage!r} batch call failed: {_describe(error)}"
             return Failure(
                 502, message, config.stage, "upstream_error", time.perf_counter() - started
@@ -558,7 +564,8 @@ class Gateway:
     ) -> web.StreamResponse:
         upstream = opened.response
         out = web.StreamResponse(status=upstream.status)
-        for name, value in strip_headers(upstream.headers, _NOT_FORWARDED_RESPONSE).items():
+        forwarded = strip_headers(CIMultiDict(upstream.headers), _NOT_FORWARDED_RESPONSE)
+        for name, value in forwarded.items():
             out.headers.add(name, value)
         out.headers[CACHE_HEADER] = cache_state
         if upstream.content_length is not None:
@@ -566,10 +573,10 @@ class Gateway:
         record.outcome = _outcome(upstream.status)
         try:
             await out.prepare(request)
-            async for chunk in upstream.content.iter_any():
+            async for chunk in upstream.iter_chunks():
                 await out.write(chunk)
             await out.write_eof()
-        except (aiohttp.ClientError, TimeoutError) as error:
+        except (UpstreamClosed, UpstreamProtocolError, TimeoutError) as error:
             record.outcome = "upstream_error"
             log.warning("stage %s stream broke: %s", self.config.stage, _describe(error))
             upstream.close()
@@ -594,9 +601,9 @@ def _outcome(status: int) -> str:
 
 
 def _describe(error: BaseException) -> str:
-    if isinstance(error, aiohttp.ServerDisconnectedError):
-        return "the stage closed the connection"
-    if isinstance(error, aiohttp.ClientConnectorError):
-        return f"cannot connect to {error.host}:{error.port} ({error.os_error.strerror or error})"
+    if isinstance(error, UpstreamClosed | UpstreamProtocolError):
+        return str(error)
+    if isinstance(error, ConnectionRefusedError):
+        return f"cannot connect to the stage ({error.strerror or error})"
     text = str(error)
     return f"{type(error).__name__}: {text}" if text else type(error).__name__

@@ -1,0 +1,306 @@
+"""A small HTTP/1.1 client for the gateway's one upstream: the stage on loopback.
+
+The gateway's added latency is mostly per-request client and server work in Python; this
+client writes a request in one call and parses the answer with llhttp (httptools), with a pool
+of keep-alive connections to the single stage address. It implements what the gateway needs
+and nothing else: Content-Length or chunked bodies both ways, streaming responses, and a
+clean error when the stage closes the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import cast
+
+import httptools
+
+_CHUNK_QUEUE_HIGH = 64  # pause reading the stage when this many chunks wait for the client
+
+
+class UpstreamClosed(ConnectionError):
+    """The stage closed the connection before its answer was complete."""
+
+
+class UpstreamProtocolError(ConnectionError):
+    """The stage's answer is not valid HTTP/1.1."""
+
+
+@dataclass
+class _Pending:
+    headers_done: asyncio.Future[None]
+    chunks: asyncio.Queue[bytes | BaseException | None] = field(default_factory=asyncio.Queue)
+    received_any: bool = False
+    complete: bool = False
+
+
+class _Connection(asyncio.Protocol):
+    def __init__(self, pool: UpstreamPool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.pending: _Pending | None = None
+        self.headers: list[tuple[str, str]] = []
+        self.status = 0
+        self.closed = False
+        self.reused = False
+        self._paused = False
+        self._writable: asyncio.Event | None = None  # set while the kernel takes more bytes
+
+    # -- asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, but have its methods.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        pending = self.pending
+        if pending is None:
+            self.close()  # bytes nobody asked for: the connection is not reusable
+            return
+        pending.received_any = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(UpstreamProtocolError("the stage switched protocols"))
+        except httptools.HttpParserError as error:
+            self._fail(UpstreamProtocolError(f"invalid HTTP from the stage: {error}"))
+
+    def pause_writing(self) -> None:
+        if self._writable is None:
+            self._writable = asyncio.Event()
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        if self._writable is not None:
+            self._writable.set()
+
+    async def drain(self) -> None:
+        if self._writable is not None and not self._writable.is_set():
+            if self.closed:
+                raise UpstreamClosed("the stage closed the connection")
+            await self._writable.wait()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.resume_writing()
+        pending = self.pending
+        if pending is not None and not pending.complete:
+            if exc is None and pending.headers_done.done() and self._ends_at_close():
+                self.on_message_complete()
+            else:
+                self._fail(UpstreamClosed("the stage closed the connection"))
+        self.pool.forget(self)
+
+    # -- httptools callbacks
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        self.status = self.parser.get_status_code()
+        assert self.pending is not None
+        if not self.pending.headers_done.done():
+            self.pending.headers_done.set_result(None)
+
+    def on_body(self, body: bytes) -> None:
+        assert self.pending is not None
+        self.pending.chunks.put_nowait(body)
+        if self.pending.chunks.qsize() >= _CHUNK_QUEUE_HIGH and self.transport and not self._paused:
+            self._paused = True
+            self.transport.pause_reading()
+
+    def on_message_complete(self) -> None:
+        assert self.pending is not None
+        self.pending.complete = True
+        self.pending.chunks.put_nowait(None)
+
+    # -- helpers
+    def _ends_at_close(self) -> bool:
+        """A body with neither Content-Length nor chunked framing ends with the connection."""
+        names = {name.lower() for name, _ in self.headers}
+        return "content-length" not in names and "transfer-encoding" not in names
+
+    def _fail(self, error: BaseException) -> None:
+        pending = self.pending
+        if pending is not None:
+            if not pending.headers_done.done():
+                pending.headers_done.set_exception(error)
+                pending.headers_done.exception()  # retrieved: the caller may be gone
+            pending.chunks.put_nowait(error)
+        self.close()
+
+    def resume(self) -> None:
+        if self._paused and self.transport is not None:
+            self._paused = False
+            self.transport.resume_reading()
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def start(self, request: bytes) -> _Pending:
+        assert self.transport is not None
+        loop = asyncio.get_running_loop()
+        self.pending = _Pending(loop.create_future())
+        self.headers = []
+        self.status = 0
+        self.transport.write(request)
+        return self.pending
+
+
+class UpstreamResponse:
+    """A stage answer whose headers have arrived; read or stream the body, then release."""
+
+    def __init__(self, connection: _Connection, pending: _Pending, keep_alive: bool) -> None:
+        self._connection = connection
+        self._pending = pending
+        self._keep_alive = keep_alive
+        self._released = False
+        self.status = connection.status
+        self.headers = connection.headers
+        length = self.header("content-length")
+        self.content_length = int(length) if length is not None and length.isdigit() else None
+
+    def header(self, name: str) -> str | None:
+        name = name.lower()
+        for key, value in self.headers:
+            if key.lower() == name:
+                return value
+        return None
+
+    async def iter_chunks(self) -> AsyncIterator[bytes]:
+        queue = self._pending.chunks
+        while True:
+            item = await queue.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            self._connection.resume()
+            yield item
+
+    async def read(self) -> bytes:
+        parts = [chunk async for chunk in self.iter_chunks()]
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def release(self) -> None:
+        """Return the connection for reuse when the answer was read whole, else close it."""
+        if self._released:
+            return
+        self._released = True
+        connection = self._connection
+        connection.pending = None
+        if self._pending.complete and self._keep_alive and not connection.closed:
+            connection.reused = True
+            self._connection.pool.put_back(connection)
+        else:
+            connection.close()
+
+    def close(self) -> None:
+        self._pending.complete = False
+        self.release()
+
+
+def _request_head(
+    method: str, target: str, host: str, headers: list[tuple[str, str]], framing: str
+) -> bytes:
+    lines = [f"{method} {target} HTTP/1.1", f"Host: {host}"]
+    lines += [f"{name}: {value}" for name, value in headers]
+    if framing:
+        lines.append(framing)
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+class UpstreamPool:
+    """Keep-alive connections to one host:port, reused most recently used first."""
+
+    def __init__(self, host: str, port: int, max_idle: int = 64) -> None:
+        self.host = host
+        self.port = port
+        self.max_idle = max_idle
+        self._idle: list[_Connection] = []
+        self._all: set[_Connection] = set()
+
+    def put_back(self, connection: _Connection) -> None:
+        if len(self._idle) < self.max_idle:
+            self._idle.append(connection)
+        else:
+            connection.close()
+
+    def forget(self, connection: _Connection) -> None:
+        self._all.discard(connection)
+        if connection in self._idle:
+            self._idle.remove(connection)
+
+    async def _connect(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+        _, connection = await loop.create_connection(
+            lambda: _Connection(self), self.host, self.port
+        )
+        self._all.add(connection)
+        return connection
+
+    async def request(
+        self,
+        method: str,
+        target: str,
+        headers: list[tuple[str, str]],
+        body: bytes | AsyncIterator[bytes] | None,
+    ) -> UpstreamResponse:
+        """Send a request; returns once the answer's headers arrived.
+
+        A bytes body is sent with Content-Length; an async iterator is streamed chunked. When
+        a reused keep-alive connection turns out closed before any answer byte, a bytes (or
+        empty) body is sent once more on a fresh connection.
+        """
+        host = f"{self.host}:{self.port}"
+        keep_alive = method != "HEAD"  # a HEAD answer has no body the parser could find
+        if body is None or isinstance(body, bytes):
+            payload = body or b""
+            framing = f"Content-Length: {len(payload)}"
+            if not keep_alive:
+                framing += "\r\nConnection: close"
+            message = _request_head(method, target, host, headers, framing) + payload
+            for attempt in range(2):
+                connection = self._idle.pop() if self._idle else await self._connect()
+                reused = connection.reused
+                pending = connection.start(message)
+                try:
+                    await pending.headers_done
+                except UpstreamClosed:
+                    if attempt == 0 and reused and not pending.received_any:
+                        continue
+                    raise
+                except BaseException:
+                    connection.pending = None
+                    connection.close()
+                    raise
+                return UpstreamResponse(connection, pending, keep_alive)
+            raise AssertionError("unreachable")
+        connection = self._idle.pop() if self._idle else await self._connect()
+        # A client's Content-Length is kept (its body streams as is); else chunked framing.
+        chunked = not any(name.lower() == "content-length" for name, _ in headers)
+        framing = "Transfer-Encoding: chunked" if chunked else ""
+        head = _request_head(method, target, host, headers, framing)
+        pending = connection.start(head)
+        transport = connection.transport
+        assert transport is not None
+        try:
+            async for chunk in body:
+                if chunk:
+                    transport.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
+                    await connection.drain()
+            if chunked:
+                transport.write(b"0\r\n\r\n")
+            await pending.headers_done
+        except BaseException:
+            connection.pending = None
+            connection.close()
+            raise
+        return UpstreamResponse(connection, pending, keep_alive)
+
+    def close(self) -> None:
+        for connection in list(self._all):
+            connection.close()
+        self._idle.clear()
