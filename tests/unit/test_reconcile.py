@@ -461,3 +461,26 @@ def test_the_collector_costs_no_request_once_a_pipeline_is_known(
     reconciler.reconcile(_second_pipeline(kube))  # a new member: no list, only the 3 objects
     assert ("list", "Pipeline") not in calls
     assert _owners(_collector(kube)) == ["chat", "rag"]
+
+
+def test_a_new_pipeline_lists_nothing_and_posts_one_event_per_kind_of_change(
+    world: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kube, reconciler, events = world
+    lists: list[str] = []
+    original = kube.list
+
+    def counted(kind: str, namespace: str, selector: str) -> list[dict[str, Any]]:
+        lists.append(kind)
+        return original(kind, namespace, selector)
+
+    monkeypatch.setattr(kube, "list", counted)
+    reconciler.reconcile(_pipeline(kube))
+    # no child lists: only the namespace's Pipelines, once, for the shared collector
+    assert lists == ["Pipeline"]
+    created = [message for _, reason, message in events.posted if reason == "Created"]
+    children, secret, collector = created
+    assert children.count("Deployment ") == 4 and children.count("HorizontalPodAutoscaler") == 4
+    assert "ConfigMap rag-topology" in children
+    assert secret == "created Secret rag-cache"
+    assert collector.startswith(f"created ConfigMap, Deployment, Service {COLLECTOR_NAME}")

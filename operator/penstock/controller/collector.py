@@ -142,12 +142,13 @@ class Collectors:
             for kind, obj in live.items():
                 if obj is not None and _managed(obj):
                     self.kube.delete(kind, namespace, COLLECTOR_NAME, obj["metadata"].get("uid"))
-                    deleted.append(f"{kind}/{COLLECTOR_NAME}")
-                    note(
-                        "Normal", "Deleted", f"deleted {kind} {COLLECTOR_NAME}: no Pipeline traces"
-                    )
-            return applied, deleted
+                    deleted.append(kind)
+            if deleted:
+                message = f"deleted {', '.join(deleted)} {COLLECTOR_NAME}: no Pipeline traces"
+                note("Normal", "Deleted", message)
+            return [], [f"{kind}/{COLLECTOR_NAME}" for kind in deleted]
         wanted_owners = {str(p.ref.uid) for p in traced if p.ref.uid}
+        changes: dict[str, list[str]] = {"Created": [], "Updated": []}
         for manifest in render_collector(namespace, traced, self.settings):
             kind = manifest["kind"]
             current = live[kind]
@@ -155,11 +156,13 @@ class Collectors:
             if drifted(manifest, current) or stale_owners:
                 self.kube.apply(manifest)
                 applied.append(f"{kind}/{COLLECTOR_NAME}")
-                verb = "created" if current is None else "updated"
+                changes["Created" if current is None else "Updated"].append(kind)
+        for reason, kinds in changes.items():
+            if kinds:
                 note(
                     "Normal",
-                    verb.capitalize(),
-                    f"{verb} {kind} {COLLECTOR_NAME}: OpenTelemetry collector of the "
-                    f"{len(traced)} tracing Pipeline(s) in {namespace}",
+                    reason,
+                    f"{reason.lower()} {', '.join(kinds)} {COLLECTOR_NAME}: OpenTelemetry "
+                    f"collector of the {len(traced)} tracing Pipeline(s) in {namespace}",
                 )
         return applied, deleted

@@ -60,13 +60,16 @@ def _items(kind: str, result: dict[str, Any]) -> list[dict[str, Any]]:
     return items
 
 
-def load_api_client() -> client.ApiClient:
-    """In-cluster credentials when running in a pod, else the current kubeconfig."""
+def load_api_client(connections: int = 4) -> client.ApiClient:
+    """In-cluster credentials when running in a pod, else the current kubeconfig; up to
+    ``connections`` pooled connections (one per concurrent caller)."""
+    configuration = client.Configuration()
     try:
-        config.load_incluster_config()  # type: ignore[no-untyped-call]
+        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
     except ConfigException:
-        config.load_kube_config()  # type: ignore[no-untyped-call]
-    return client.ApiClient()
+        config.load_kube_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    configuration.connection_pool_maxsize = connections
+    return client.ApiClient(configuration)
 
 
 class Kube:

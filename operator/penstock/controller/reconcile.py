@@ -126,10 +126,13 @@ class Reconciler:
             f"penstock.dev/pipeline={ref.name},app.kubernetes.io/managed-by=penstock-operator"
         )
         live: dict[tuple[str, str], dict[str, Any]] = {}
-        for kind in CHILD_KINDS:
-            for item in self.kube.list(kind, ref.namespace, selector):
-                if _owned_by(item, meta["uid"]):
-                    live[(kind, item["metadata"]["name"])] = item
+        # A Pipeline never reconciled to the end has no status yet: its children are created
+        # with server-side apply, which is also right for any that a killed reconcile left.
+        if "observedGeneration" in previous_status:
+            for kind in CHILD_KINDS:
+                for item in self.kube.list(kind, ref.namespace, selector):
+                    if _owned_by(item, meta["uid"]):
+                        live[(kind, item["metadata"]["name"])] = item
 
         live_deployments = {name: obj for (kind, name), obj in live.items() if kind == "Deployment"}
         tuning = self.tuning.run(
@@ -150,25 +153,32 @@ class Reconciler:
                     f"({stage.reason})",
                 )
         desired = render_children(ref, spec, self.settings.render, tuning.floors)
-        for manifest in desired:
-            key = _key(manifest)
-            current = live.get(key)
-            if drifted(manifest, current):
-                applied = self.kube.apply(manifest)
-                live[key] = applied
-                outcome.applied.append(f"{key[0]}/{key[1]}")
-                if current is None:
-                    self.emit(body, "Normal", "Created", f"created {key[0]} {key[1]}")
-                else:
-                    self.emit(body, "Normal", "Updated", f"updated {key[0]} {key[1]}")
-        wanted = {_key(manifest) for manifest in desired}
-        for key, item in list(live.items()):
-            if key not in wanted:
-                uid = item["metadata"].get("uid")
-                self.kube.delete(key[0], ref.namespace, key[1], uid)
-                del live[key]
-                outcome.deleted.append(f"{key[0]}/{key[1]}")
-                self.emit(body, "Normal", "Deleted", f"deleted {key[0]} {key[1]}: not in the spec")
+        changes: dict[str, list[str]] = {"Created": [], "Updated": [], "Deleted": []}
+        try:
+            for manifest in desired:
+                key = _key(manifest)
+                current = live.get(key)
+                if drifted(manifest, current):
+                    live[key] = self.kube.apply(manifest)
+                    outcome.applied.append(f"{key[0]}/{key[1]}")
+                    changes["Created" if current is None else "Updated"].append(
+                        f"{key[0]} {key[1]}"
+                    )
+            wanted = {_key(manifest) for manifest in desired}
+            for key, item in list(live.items()):
+                if key not in wanted:
+                    uid = item["metadata"].get("uid")
+                    self.kube.delete(key[0], ref.namespace, key[1], uid)
+                    del live[key]
+                    outcome.deleted.append(f"{key[0]}/{key[1]}")
+                    changes["Deleted"].append(f"{key[0]} {key[1]}")
+        finally:
+            # One Event per kind of change and reconcile, also when an apply failed midway.
+            for reason, objects in changes.items():
+                if objects:
+                    why = ": not in the spec" if reason == "Deleted" else ""
+                    message = f"{reason.lower()} {', '.join(objects)}{why}"
+                    self.emit(body, "Normal", reason, message[:1024])
 
         self._reconcile_secret(body, ref, spec.cache_used, outcome)
         collector_applied, collector_deleted = self.collectors.sync(
