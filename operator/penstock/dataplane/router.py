@@ -31,7 +31,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
-import aiohttp
 from aiohttp import web
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
@@ -67,6 +66,7 @@ from penstock.dataplane.telemetry import (
     DURATION_BUCKETS,
     traces_url,
 )
+from penstock.dataplane.upstream import UpstreamPool, UpstreamResponse
 
 log = logging.getLogger("penstock.router")
 
@@ -288,7 +288,7 @@ class StageError(Exception):
 @dataclass
 class _Answer:
     body: bytes = b""
-    response: aiohttp.ClientResponse | None = None  # an open streaming response
+    response: UpstreamResponse | None = None  # an open streaming response
 
 
 @dataclass
@@ -333,7 +333,12 @@ class Router:
         self._endpoints = {
             name: _endpoint(stage.url) for name, stage in self.topology.stages.items()
         }
-        self._session: aiohttp.ClientSession | None = None
+        # One keep-alive pool per stage Service (a small llhttp client: see dataplane/upstream).
+        self._pools: dict[str, tuple[UpstreamPool, str]] = {}
+        for name, endpoint in self._endpoints.items():
+            parts = urlsplit(endpoint)
+            pool = UpstreamPool(parts.hostname or "127.0.0.1", parts.port or 80)
+            self._pools[name] = (pool, parts.path + (f"?{parts.query}" if parts.query else ""))
         self._runners: list[web.AppRunner] = []
         self.ready = False
         self.port = 0
@@ -342,11 +347,6 @@ class Router:
     # ----------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30, ttl_dns_cache=60),
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
-            skip_auto_headers=("User-Agent",),
-        )
         app = web.Application(client_max_size=MAX_BODY_BYTES)
         app.router.add_post("/", self._handle)
         admin = web.Application()
@@ -363,15 +363,10 @@ class Router:
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners = []
-        if self._session is not None:
-            await self._session.close()
+        for pool, _ in self._pools.values():
+            pool.close()
         if self._provider is not None:
             self._provider.shutdown()
-
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        assert self._session is not None, "router not started"
-        return self._session
 
     # ----------------------------------------------------------------- admin
 
@@ -537,11 +532,12 @@ class Router:
         stream: bool,
     ) -> _Answer:
         name, url = stage.name, self._endpoints[stage.name]
+        pool, target = self._pools[name]
         try:
             async with asyncio.timeout(stage.timeout_seconds):
-                response = await self.session.post(url, data=body, headers=headers)
+                response = await pool.request("POST", target, list(headers.items()), body)
                 try:
-                    run.cache[name] = response.headers.get(CACHE_HEADER)
+                    run.cache[name] = response.header(CACHE_HEADER)
                     if not 200 <= response.status <= 299:
                         detail = (await response.read())[:300].decode("utf-8", "replace")
                         raise StageError(
@@ -562,7 +558,7 @@ class Router:
                 f" ({stage.timeout_seconds:g} s)",
                 504,
             ) from None
-        except (aiohttp.ClientError, OSError) as error:
+        except OSError as error:
             raise StageError(
                 name, f"stage {name!r} at {url} failed: {type(error).__name__}: {error}"
             ) from None
@@ -573,14 +569,14 @@ class Router:
         return _Answer(body=data)
 
     async def _stream(
-        self, request: web.Request, upstream: aiohttp.ClientResponse, deadline: float | None
+        self, request: web.Request, upstream: UpstreamResponse, deadline: float | None
     ) -> tuple[web.StreamResponse, str]:
         """Pass the output stage's body through as it arrives, with its content type."""
         out = web.StreamResponse(status=upstream.status)
-        content_type = upstream.headers.get("Content-Type")
+        content_type = upstream.header("Content-Type")
         if content_type:
             out.headers["Content-Type"] = content_type
-        cache = upstream.headers.get(CACHE_HEADER)
+        cache = upstream.header(CACHE_HEADER)
         if cache:
             out.headers[CACHE_HEADER] = cache
         output = self.topology.output
@@ -595,7 +591,7 @@ class Router:
             await out.prepare(request)
             try:
                 async with asyncio.timeout(max(0.0, end - time.perf_counter())):
-                    async for chunk in upstream.content.iter_any():
+                    async for chunk in upstream.iter_chunks():
                         await out.write(chunk)
             except TimeoutError:
                 outcome = "timeout"
@@ -605,7 +601,7 @@ class Router:
                     output,
                 )
                 out.force_close()
-            except (aiohttp.ClientError, OSError) as error:
+            except OSError as error:
                 outcome = "stage_error"
                 log.warning(
                     "pipeline %s: stream of stage %r broke: %s",
