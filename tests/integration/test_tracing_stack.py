@@ -327,7 +327,13 @@ def test_a_request_through_real_gateways_becomes_one_trace_in_jaeger(
     for span in found["spans"]:
         tags = _tags(span["tags"])
         process = found["processes"][span["processID"]]
-        assert _tags(process["tags"])["penstock.pipeline"] == "qa"
+        resource = _tags(process["tags"])
+        assert resource["penstock.pipeline"] == "qa"
+        # the resource attributes the operator renders (OTEL_RESOURCE_ATTRIBUTES)
+        assert (resource["penstock.team"], resource["k8s.namespace.name"]) == (
+            "relevance",
+            NAMESPACE,
+        )
         # Stamped by the collector from the Pipeline spec on every span.
         assert tags["penstock.cost_center"] == "search-team", span["operationName"]
         assert tags["penstock.team"] == "relevance"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import kopf
@@ -17,6 +18,7 @@ from penstock.api import GROUP, PLURAL, VERSION
 from penstock.controller import metrics
 from penstock.controller.kube import KubeError
 from penstock.controller.reconcile import Reconciler
+from penstock.render import FIELD_MANAGER
 
 log = logging.getLogger("penstock.handlers")
 
@@ -98,11 +100,44 @@ async def forget_pipeline(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         log.warning("collector of %s after deleting %s: %s", namespace, name, error)
 
 
-async def child_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+def _others_changed_it(meta: Mapping[str, Any]) -> bool:
+    """Did a field manager other than the operator write the object (not its status) since
+    the operator last did? The operator's own applies need no second look."""
+    ours, theirs = "", ""
+    for entry in meta.get("managedFields", []):
+        if entry.get("subresource"):
+            continue  # status written by the controllers
+        time = str(entry.get("time", ""))
+        if entry.get("manager") == FIELD_MANAGER:
+            ours = max(ours, time)
+        else:
+            theirs = max(theirs, time)
+    return theirs >= ours if theirs else False
+
+
+def needs_reconcile(event_type: str | None, kind: str, meta: Mapping[str, Any]) -> bool:
+    """Which events on a child can change what its Pipeline should do or report.
+
+    Not the initial listing (resume reconciles every Pipeline) and not the creation (the
+    operator created it); a deletion always; a Deployment's changes always (its status makes
+    the Pipeline Ready); other kinds only when someone else edited them.
+    """
+    if event_type == "DELETED":
+        return True
+    if event_type != "MODIFIED":
+        return False
+    return kind == "Deployment" or _others_changed_it(meta)
+
+
+async def child_changed(
+    body: kopf.Body, event: Mapping[str, Any], memo: kopf.Memo, **_: Any
+) -> None:
     meta = body.get("metadata", {})
     pipeline = meta.get("labels", {}).get("penstock.dev/pipeline")
     owned = any(ref.get("kind") == "Pipeline" for ref in meta.get("ownerReferences", []))
-    if pipeline and owned and meta.get("namespace"):
+    if not (pipeline and owned and meta.get("namespace")):
+        return
+    if needs_reconcile(event.get("type"), str(body.get("kind", "")), meta):
         LOCKS.schedule((meta["namespace"], pipeline), _reconciler(memo))
 
 

@@ -53,6 +53,16 @@ def collector_endpoint(namespace: str) -> str:
     return f"http://{COLLECTOR_NAME}.{namespace}.svc:{OTLP_HTTP_PORT}"
 
 
+def resource_attributes(namespace: str, spec: PipelineSpec) -> dict[str, str]:
+    """OTEL_RESOURCE_ATTRIBUTES of a tracing Pipeline's gateways and router: the spec's cost
+    attribution on the resource of every span, before the collector stamps the spans too."""
+    value = (
+        f"penstock.cost_center={spec.cost_center},penstock.team={spec.team},"
+        f"k8s.namespace.name={namespace}"
+    )
+    return {"name": "OTEL_RESOURCE_ATTRIBUTES", "value": value}
+
+
 def _labels() -> dict[str, str]:
     return {
         "app.kubernetes.io/component": COMPONENT,

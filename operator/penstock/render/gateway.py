@@ -11,7 +11,7 @@ from penstock.api import PipelineSpec, Stage
 from penstock.api.cost import replica_hourly_cost
 from penstock.api.types import parse_quantity
 from penstock.render.cache import REDIS_PORT, password_env
-from penstock.render.collector import collector_endpoint
+from penstock.render.collector import collector_endpoint, resource_attributes
 from penstock.render.security import container_security_context
 from penstock.render.settings import RenderSettings
 
@@ -68,6 +68,8 @@ def _env(
         values["OTLP_ENDPOINT"] = collector_endpoint(namespace)
         values["SAMPLING_RATIO"] = str(spec.tracing.sampling_ratio)
     env = [{"name": f"PENSTOCK_GATEWAY_{key}", "value": value} for key, value in values.items()]
+    if spec.tracing_enabled:
+        env.append(resource_attributes(namespace, spec))
     if stage.cache and stage.cache.enabled:
         env.append(password_env(pipeline))
     return env

@@ -7,7 +7,7 @@ from typing import Any
 
 from penstock.api import PipelineSpec
 from penstock.api.pipeline import Scaling
-from penstock.render.collector import collector_endpoint
+from penstock.render.collector import collector_endpoint, resource_attributes
 from penstock.render.meta import (
     SERVING_PORT_NAME,
     PipelineRef,
@@ -54,6 +54,7 @@ def router_deployment(
         env.append(
             {"name": "PENSTOCK_ROUTER_SAMPLING_RATIO", "value": str(spec.tracing.sampling_ratio)}
         )
+        env.append(resource_attributes(ref.namespace, spec))
     resources = {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}}
     if spec.router and spec.router.resources:
         resources = spec.router.resources.to_wire()
