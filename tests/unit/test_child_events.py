@@ -46,3 +46,13 @@ def test_an_edit_by_someone_else_after_the_operator_counts() -> None:
 
 def test_every_deployment_change_counts_its_status_makes_the_pipeline_ready() -> None:
     assert needs_reconcile("MODIFIED", "Deployment", _meta(OURS))
+
+
+def test_writes_refused_in_a_terminating_namespace_are_recognised() -> None:
+    from penstock.controller.handlers import _namespace_terminating
+    from penstock.controller.kube import KubeError
+
+    refused = "unable to create new content in namespace x because it is being terminated"
+    assert _namespace_terminating(KubeError(403, refused))
+    assert not _namespace_terminating(KubeError(403, "forbidden: RBAC"))
+    assert not _namespace_terminating(KubeError(500, refused))

@@ -60,10 +60,18 @@ class PipelineLocks:
                 await asyncio.to_thread(reconciler.reconcile, body)
         except KubeError as error:
             # The resync timer retries; nothing is lost.
-            log.warning("reconcile of %s/%s after a child event failed: %s", namespace, name, error)
+            level = logging.DEBUG if _namespace_terminating(error) else logging.WARNING
+            log.log(
+                level, "reconcile of %s/%s after a child event failed: %s", namespace, name, error
+            )
 
 
 LOCKS = PipelineLocks()
+
+
+def _namespace_terminating(error: KubeError) -> bool:
+    """A write refused because the namespace is being deleted: its Pipelines go with it."""
+    return error.status == 403 and "being terminated" in str(error)
 
 
 def _reconciler(memo: kopf.Memo) -> Reconciler:
@@ -154,7 +162,8 @@ async def resync_loop(reconciler: Reconciler, interval: float) -> None:
             try:
                 await asyncio.to_thread(reconciler.reconcile, body)
             except KubeError as error:
-                log.warning("resync of %s/%s failed: %s", *key, error)
+                level = logging.DEBUG if _namespace_terminating(error) else logging.WARNING
+                log.log(level, "resync of %s/%s failed: %s", *key, error)
             except Exception:
                 # One bad Pipeline must not end the loop for all the others.
                 log.exception("resync of %s/%s failed", *key)

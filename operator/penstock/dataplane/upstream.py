@@ -1,10 +1,11 @@
-"""A small HTTP/1.1 client for the gateway's one upstream: the stage on loopback.
+"""A small HTTP/1.1 client for the data plane's hops to a stage (gateway -> stage container,
+router -> stage Service).
 
-The gateway's added latency is mostly per-request client and server work in Python; this
-client writes a request in one call and parses the answer with llhttp (httptools), with a pool
-of keep-alive connections to the single stage address. It implements what the gateway needs
-and nothing else: Content-Length or chunked bodies both ways, streaming responses, and a
-clean error when the stage closes the connection.
+A hop's added latency is mostly per-request client and server work in Python; this client
+writes a request in one call and parses the answer with llhttp (httptools), with a pool of
+keep-alive connections per stage address. It implements what those hops need and nothing
+else: Content-Length or chunked bodies both ways, streaming responses, and a clean error when
+the stage closes the connection.
 """
 
 from __future__ import annotations
