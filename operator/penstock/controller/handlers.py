@@ -149,7 +149,8 @@ async def child_changed(
         LOCKS.schedule((meta["namespace"], pipeline), _reconciler(memo))
 
 
-RESYNC_CONCURRENCY = 4
+# Half the reconcile threads: a resync pass over many Pipelines leaves room for event-driven work.
+RESYNC_CONCURRENCY = 8
 
 
 async def resync_loop(reconciler: Reconciler, interval: float) -> None:
