@@ -149,8 +149,7 @@ async def child_changed(
         LOCKS.schedule((meta["namespace"], pipeline), _reconciler(memo))
 
 
-# Half the reconcile threads: a resync pass over many Pipelines leaves room for event-driven work.
-RESYNC_CONCURRENCY = 8
+RESYNC_CONCURRENCY = 4
 
 
 async def resync_loop(reconciler: Reconciler, interval: float) -> None:
