@@ -432,12 +432,13 @@ def test_a_deleted_pipeline_leaves_the_collector_config_on_refresh(world: Any) -
     reconciler.reconcile(_pipeline(kube))
     reconciler.reconcile(_second_pipeline(kube))
     del kube.objects[("Pipeline", "demo", "chat")]
-    applied, deleted = reconciler.collectors.refresh("demo")
+    applied, deleted = reconciler.collectors.remove("demo", "chat-uid")
     assert deleted == []
     assert f"ConfigMap/{COLLECTOR_NAME}" in applied
     assert _owners(_collector(kube, "ConfigMap")) == ["rag"]
     assert "attributes/chat" not in _collector_config(kube)["processors"]
-    assert reconciler.collectors.refresh("elsewhere") == ([], [])
+    assert reconciler.collectors.remove("demo", "never-traced") == ([], [])
+    assert reconciler.collectors.remove("elsewhere", "x") == ([], [])
 
 
 def test_the_collector_costs_no_request_once_a_pipeline_is_known(

@@ -19,6 +19,7 @@ from penstock.controller.drift import drifted
 from penstock.controller.kube import Kube
 from penstock.render import PipelineRef, RenderSettings
 from penstock.render.collector import COLLECTOR_NAME, TracedPipeline, render_collector
+from penstock.render.meta import MANAGED_BY
 
 # (event type, reason, message) on the Pipeline whose reconcile made the change
 Note = Callable[[str, str, str], None]
@@ -32,7 +33,7 @@ def _owner_uids(obj: Mapping[str, Any]) -> set[str]:
 
 def _managed(obj: Mapping[str, Any]) -> bool:
     labels = obj["metadata"].get("labels", {})
-    return bool(labels.get("app.kubernetes.io/managed-by") == "penstock-operator")
+    return bool(labels.get("app.kubernetes.io/managed-by") == MANAGED_BY)
 
 
 def _ref(body: Mapping[str, Any]) -> PipelineRef:
@@ -86,15 +87,18 @@ class Collectors:
             self._members[ref.namespace] = updated
             return result
 
-    def refresh(self, namespace: str) -> tuple[list[str], list[str]]:
-        """Recompute the namespace's collector now (after one of its Pipelines was deleted)."""
-        with self._lock(namespace):
-            return self._sync(namespace, lambda *_: None)
+    def remove(self, namespace: str, uid: str) -> tuple[list[str], list[str]]:
+        """Take a deleted Pipeline out of its namespace's collector.
 
-    def forget(self, namespace: str) -> None:
-        """Drop what is remembered: the next reconcile in the namespace recomputes."""
+        No request when it did not trace; an unknown namespace is recomputed (one list).
+        """
         with self._lock(namespace):
-            self._members.pop(namespace, None)
+            members = self._members.get(namespace)
+            if members is None:
+                return self._sync(namespace, lambda *_: None)
+            if members.pop(uid, None) is None:
+                return [], []
+            return self._write(namespace, members, self._live(namespace), lambda *_: None)
 
     def _members_of(self, namespace: str, owners: set[str]) -> dict[str, TracedPipeline | None]:
         members: dict[str, TracedPipeline | None] = {}

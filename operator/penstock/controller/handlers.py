@@ -102,7 +102,7 @@ async def forget_pipeline(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     reconciler = _reconciler(memo)
     reconciler.tuning.forget(namespace, name)
     try:
-        await asyncio.to_thread(reconciler.collectors.refresh, namespace)
+        await asyncio.to_thread(reconciler.collectors.remove, namespace, body["metadata"]["uid"])
     except KubeError as error:
         # The next resync of another Pipeline in the namespace catches up.
         log.warning("collector of %s after deleting %s: %s", namespace, name, error)
