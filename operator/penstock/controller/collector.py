@@ -49,9 +49,10 @@ def _label_text(spec: Any, key: str) -> str:
 class Collectors:
     """The namespaces' collectors, with what each Pipeline contributed at the last sync.
 
-    A reconcile whose Pipeline contributes what it did at the last sync costs no request; the
-    namespace is otherwise recomputed from one list of its Pipelines (which also refreshes
-    every member), and at least every ``recheck_seconds`` to repair hand edits.
+    A reconcile whose Pipeline contributes what it did at the last sync costs no request; a
+    changed or new contribution reads the collector's three objects and applies what differs.
+    A namespace seen for the first time, and each one at least every ``recheck_seconds`` (to
+    repair hand edits and drop what was missed), is recomputed from one list of its Pipelines.
     """
 
     def __init__(self, kube: Kube, settings: RenderSettings, recheck_seconds: float) -> None:
