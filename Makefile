@@ -1,22 +1,33 @@
 # Penstock developer targets. `make help` lists them.
 SHELL := /bin/bash
-PYTHON ?= python3
+# The project venv (make install). Its bin/ comes first on PATH, so `penstock`, `python3`
+# and the tools the tests start are the venv's, never the system Python's.
+VENV := $(CURDIR)/.venv
+export PATH := $(VENV)/bin:$(PATH)
+PYTHON ?= $(VENV)/bin/python
 PYTEST ?= $(PYTHON) -m pytest
 
 .DEFAULT_GOAL := help
 
 -include hack/tools.mk
 
-.PHONY: help install lint fmt crd unit integration e2e e2e-kind test demo demo-down
+.PHONY: help install install-pip lock lint fmt crd unit integration e2e e2e-kind test demo demo-down
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | sort | \
 	  awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
 
-install: ## Install penstock and its development dependencies (editable)
-	$(PYTHON) -m pip install -q -e '.[dev]'
+install: ## Create .venv with exactly uv.lock (core + dev + examples; penstock editable)
+	@bash hack/venv.sh
 
-lint: ## ruff (lint + format check) and mypy --strict
+install-pip: ## The same venv with plain pip, from the exported requirements-dev.txt
+	@bash hack/venv.sh --pip
+
+lock: ## Re-resolve uv.lock after a pyproject.toml change and re-export requirements*.txt
+	@bash hack/venv.sh --lock
+
+lint: ## lock freshness, ruff (lint + format check) and mypy --strict
+	@bash hack/venv.sh --check
 	$(PYTHON) -m ruff check operator tests bench
 	$(PYTHON) -m ruff format --check operator tests bench
 	$(PYTHON) -m mypy

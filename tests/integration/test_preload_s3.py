@@ -10,14 +10,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
+from moto import server as moto_server
 
 from penstock.preload import PreloadError, preload
 
 pytestmark = pytest.mark.integration
-
-moto_server = pytest.importorskip("moto.server")
-boto3 = pytest.importorskip("boto3")
 
 
 @pytest.fixture(scope="module")

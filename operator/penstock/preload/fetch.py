@@ -5,10 +5,10 @@ source declared (HTTP ``Content-Length``, the S3 object size, the local file siz
 connection cut short is an error rather than a silently truncated model.
 
 - ``file://`` and absolute paths: read directly.
-- ``http://``, ``https://``: one streaming GET with aiohttp (the HTTP client fsspec uses);
+- ``http://``, ``https://``: one streaming GET with aiohttp;
   redirects are followed, ``HTTP(S)_PROXY``/``NO_PROXY`` are honoured, and the body is
   taken as stored (``Accept-Encoding: identity``, no transparent decompression).
-- ``s3://``: s3fs (fsspec) with the standard AWS configuration: ``AWS_ACCESS_KEY_ID``,
+- ``s3://``: one streaming GetObject with boto3 and the standard AWS configuration: ``AWS_ACCESS_KEY_ID``,
   ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``, ``AWS_REGION``/``AWS_DEFAULT_REGION``,
   web identity (IRSA) etc., and ``AWS_ENDPOINT_URL_S3``/``AWS_ENDPOINT_URL`` for S3-compatible
   stores such as MinIO.
@@ -122,6 +122,8 @@ def fetch(
             raise TimeoutError
         if source.scheme == "file":
             _fetch_file(source, sink, deadline)
+        elif source.scheme == "s3":
+            _fetch_s3(source, sink, deadline)
         else:
             asyncio.run(_fetch_remote(source, sink, budget))
     except TimeoutError:
@@ -159,10 +161,7 @@ def _fetch_file(source: Source, sink: _Sink, deadline: float) -> None:
 
 async def _fetch_remote(source: Source, sink: _Sink, timeout_seconds: float) -> None:
     async with asyncio.timeout(timeout_seconds):
-        if source.scheme == "s3":
-            await _fetch_s3(source, sink)
-        else:
-            await _fetch_http(source, sink)
+        await _fetch_http(source, sink)
 
 
 async def _fetch_http(source: Source, sink: _Sink) -> None:
@@ -201,8 +200,8 @@ def _short(exc: BaseException) -> str:
 
 
 def _named(exc: BaseException, *names: str) -> bool:
-    """Whether ``exc`` is an instance of a class with one of ``names`` (botocore and
-    aiobotocore ship no type information, so their exceptions are matched by name)."""
+    """Whether ``exc`` is an instance of a class with one of ``names`` (botocore ships no type
+    information, so its exceptions are matched by name)."""
     return any(cls.__name__ in names for cls in type(exc).__mro__)
 
 
@@ -215,61 +214,80 @@ def s3_endpoint_url() -> str | None:
     return None
 
 
-async def _fetch_s3(source: Source, sink: _Sink) -> None:
-    import s3fs  # imported here: it is slow to import and only needed for s3://
+def _fetch_s3(source: Source, sink: _Sink, deadline: float) -> None:
+    # Imported here: boto3 takes ~0.3 s to import and only s3:// needs it.
+    import boto3
+    from botocore.config import Config
 
-    fs: Any = s3fs.S3FileSystem(
-        asynchronous=True, skip_instance_cache=True, endpoint_url=s3_endpoint_url()
+    bucket, key = source.location.split("/", 1)
+    budget = max(deadline - time.monotonic(), 0.001)
+    config = Config(
+        connect_timeout=min(30.0, budget),
+        read_timeout=min(60.0, budget),
+        retries={"mode": "standard", "max_attempts": 3},
     )
     client: Any = None
     try:
-        client = await fs.set_session()
-        f = await fs.open_async(source.location, "rb")
-        while chunk := await f.read(CHUNK_SIZE):
-            if sink.declared is None:
-                sink.declared = f.size
-            sink.write(chunk)
-        if sink.declared is None:
-            sink.declared = f.size
-    except PreloadError:
+        client = boto3.session.Session().client("s3", endpoint_url=s3_endpoint_url(), config=config)
+        body = client.get_object(Bucket=bucket, Key=key)
+        sink.declared = int(body["ContentLength"])
+        stream = body["Body"]
+        try:
+            while chunk := stream.read(CHUNK_SIZE):
+                sink.write(chunk)
+                if time.monotonic() > deadline:
+                    raise TimeoutError
+        finally:
+            stream.close()
+    except (PreloadError, TimeoutError):
         raise
-    except FileNotFoundError:
-        is_prefix = False
-        with contextlib.suppress(Exception):  # best effort, only to improve the message
-            is_prefix = bool(await fs._isdir(source.location))
-        if is_prefix:
-            raise PreloadError(
+    except Exception as exc:
+        raise _s3_error(exc, source, sink, client, bucket, key) from None
+    finally:
+        if client is not None:
+            client.close()
+
+
+def _s3_error(
+    exc: Exception, source: Source, sink: _Sink, client: Any, bucket: str, key: str
+) -> PreloadError:
+    """The clear error for what boto3 raised while fetching ``source``."""
+    code = ""
+    if _named(exc, "ClientError"):
+        code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+    if code in ("NoSuchKey", "404", "NotFound"):
+        if client is not None and _is_prefix(client, bucket, key):
+            return PreloadError(
                 f"{source.display} is a key prefix (a directory), not an object: point the URI at"
                 " a single object, or at a tar archive (.tar, .tar.gz, .tgz) of the model"
                 " directory"
-            ) from None
-        raise PreloadError(f"{source.display} does not exist (no such bucket or object)") from None
-    except PermissionError as exc:
-        raise PreloadError(
+            )
+        return PreloadError(f"{source.display} does not exist (no such bucket or object)")
+    if code == "NoSuchBucket":
+        return PreloadError(f"{source.display} does not exist (no such bucket or object)")
+    if code in ("AccessDenied", "403", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+        return PreloadError(
             f"access to {source.display} was denied: check the credentials"
             f" (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or the pod's IAM role) and the bucket"
             f" policy ({_short(exc)})"
-        ) from None
-    except Exception as exc:
-        if _named(exc, "NoCredentialsError", "PartialCredentialsError"):
-            raise PreloadError(
-                f"no usable AWS credentials to fetch {source.display}: set AWS_ACCESS_KEY_ID and"
-                f" AWS_SECRET_ACCESS_KEY, or give the pod an IAM role ({_short(exc)})"
-            ) from None
-        if _named(exc, "EndpointConnectionError", "ClientConnectorError"):
-            raise PreloadError(
-                f"could not connect to the S3 endpoint to fetch {source.display}: {_short(exc)}"
-            ) from None
-        if _named(exc, "IncompleteReadError", "ResponseStreamingError", "ClientPayloadError"):
-            raise sink.cut_short(_short(exc)) from None
-        if isinstance(exc, (TimeoutError, asyncio.CancelledError)):
-            raise
-        raise PreloadError(
-            f"fetching {source.display} failed: {type(exc).__name__}: {_short(exc)}"
-        ) from None
-    finally:
-        if client is not None:
-            try:
-                await client.close()
-            except Exception as exc:  # closing must not mask the real outcome
-                log.debug("closing the S3 client failed: %s", exc)
+        )
+    if _named(exc, "NoCredentialsError", "PartialCredentialsError"):
+        return PreloadError(
+            f"no usable AWS credentials to fetch {source.display}: set AWS_ACCESS_KEY_ID and"
+            f" AWS_SECRET_ACCESS_KEY, or give the pod an IAM role ({_short(exc)})"
+        )
+    if _named(exc, "EndpointConnectionError", "ConnectTimeoutError"):
+        return PreloadError(
+            f"could not connect to the S3 endpoint to fetch {source.display}: {_short(exc)}"
+        )
+    if _named(exc, "IncompleteReadError", "ResponseStreamingError", "ReadTimeoutError"):
+        return sink.cut_short(_short(exc))
+    return PreloadError(f"fetching {source.display} failed: {type(exc).__name__}: {_short(exc)}")
+
+
+def _is_prefix(client: Any, bucket: str, key: str) -> bool:
+    """Whether ``key`` names a "directory" of objects (best effort: only to improve a message)."""
+    with contextlib.suppress(Exception):
+        listing = client.list_objects_v2(Bucket=bucket, Prefix=key.rstrip("/") + "/", MaxKeys=1)
+        return bool(listing.get("KeyCount", 0))
+    return False
