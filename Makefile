@@ -26,8 +26,9 @@ install-pip: ## The same venv with plain pip, from the exported requirements-dev
 lock: ## Re-resolve uv.lock after a pyproject.toml change and re-export requirements*.txt
 	@bash hack/venv.sh --lock
 
-lint: ## lock freshness, ruff (lint + format check) and mypy --strict
+lint: ## lock freshness, ruff (lint + format check), import contracts and mypy --strict
 	@bash hack/venv.sh --check
+	lint-imports --no-cache
 	$(PYTHON) -m ruff check operator tests bench
 	$(PYTHON) -m ruff format --check operator tests bench
 	$(PYTHON) -m mypy
