@@ -1,4 +1,3 @@
-# ruff: noqa: A005  (the brief names this script bench/operator.py; it is run, never imported)
 """Benchmark: the Penstock operator against a plain `kubectl apply` of the same objects.
 
 For every size N it measures, on a real control plane (hack/cluster.sh, or $KUBECONFIG):
@@ -13,7 +12,7 @@ For every size N it measures, on a real control plane (hack/cluster.sh, or $KUBE
 4. the write requests the apiserver received on the operator's resources during an idle
    window after every Pipeline is Ready (resync timer firing, nothing to change).
 
-Run: python bench/operator.py [--sizes 10,100,500] [--stages 5] [--idle-seconds 60]
+Run: python bench/operator_scale.py [--sizes 10,100,500] [--stages 5] [--idle-seconds 60]
 Without $KUBECONFIG it starts the local control plane (hack/cluster.sh; state dir
 $PENSTOCK_CLUSTER_DIR) with enough kwok nodes for the pods, and stops it at the end if it
 started it. This is a benchmark that prints a table, not a test.
