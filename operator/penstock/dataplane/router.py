@@ -66,7 +66,7 @@ from penstock.dataplane.telemetry import (
     DURATION_BUCKETS,
     traces_url,
 )
-from penstock.dataplane.upstream import UpstreamPool, UpstreamResponse
+from penstock.dataplane.upstream import UpstreamResponse, pool_for, tls_context
 
 log = logging.getLogger("penstock.router")
 
@@ -91,6 +91,7 @@ class RouterConfig:
     admin_listen: HostPort
     otlp_endpoint: str | None = None
     sampling_ratio: float = 1.0
+    stage_ca_file: str | None = None
 
 
 def env_name(flag: str) -> str:
@@ -115,6 +116,11 @@ _HELP = {
     "--admin-listen": ("HOST:PORT", "/metrics, /live, /ready (default: the --listen host, 9090)"),
     "--otlp-endpoint": ("URL", "OTLP/HTTP collector; enables spans per request and stage"),
     "--sampling-ratio": ("R", "trace sampling ratio in [0, 1] (default 1)"),
+    "--stage-ca-file": (
+        "FILE",
+        "PEM CA bundle that https:// stage certificates are verified against, instead of the"
+        " system CA bundle",
+    ),
 }
 
 
@@ -180,6 +186,12 @@ def parse_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) 
             raise ConfigError(f"{source}: {ratio_text!r} is not a number") from None
         if not 0.0 <= ratio <= 1.0:
             raise ConfigError(f"{source}: {ratio_text!r} is not in [0, 1]")
+    ca_file, source = pick("--stage-ca-file")
+    if ca_file is not None:
+        try:
+            tls_context(ca_file)
+        except OSError as error:  # ssl.SSLError too: not PEM, no certificate in it
+            raise ConfigError(f"{source}: cannot load CA file {ca_file}: {error}") from None
     items: list[str] = [item for item in (args.stage_url or []) if item.strip()]
     if not items:
         items = [i for i in env.get(env_name("--stage-url"), "").replace(",", " ").split() if i]
@@ -198,7 +210,7 @@ def parse_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) 
             topology = with_stage_urls(load_topology(topology_file or ""), urls)
     except TopologyError as error:
         raise ConfigError(str(error)) from None
-    return RouterConfig(listen, topology, admin, otlp, ratio)
+    return RouterConfig(listen, topology, admin, otlp, ratio, ca_file)
 
 
 def with_stage_urls(topology: Topology, urls: Mapping[str, str]) -> Topology:
@@ -333,12 +345,12 @@ class Router:
         self._endpoints = {
             name: _endpoint(stage.url) for name, stage in self.topology.stages.items()
         }
-        # One keep-alive pool per stage Service (a small llhttp client: see dataplane/upstream).
-        self._pools: dict[str, tuple[UpstreamPool, str]] = {}
-        for name, endpoint in self._endpoints.items():
-            parts = urlsplit(endpoint)
-            pool = UpstreamPool(parts.hostname or "127.0.0.1", parts.port or 80)
-            self._pools[name] = (pool, parts.path + (f"?{parts.query}" if parts.query else ""))
+        # One keep-alive pool per stage Service (a small llhttp client: see dataplane/upstream);
+        # https:// stages over TLS, verified against --stage-ca-file or the system CA bundle.
+        tls = None
+        if any(urlsplit(url).scheme == "https" for url in self._endpoints.values()):
+            tls = tls_context(config.stage_ca_file)
+        self._pools = {name: pool_for(url, tls) for name, url in self._endpoints.items()}
         self._runners: list[web.AppRunner] = []
         self.ready = False
         self.port = 0
