@@ -48,6 +48,8 @@ from prometheus_client import (
 )
 
 from penstock.dataplane.config import HostPort, parse_host_port
+from penstock.dataplane.errors import StageError, json_error
+from penstock.dataplane.router_stream import CACHE_HEADER, relay
 from penstock.dataplane.router_topology import (
     StageRoute,
     Topology,
@@ -72,7 +74,6 @@ log = logging.getLogger("penstock.router")
 
 ENV_PREFIX = "PENSTOCK_ROUTER_"
 PROFILE_HEADER = "X-Penstock-Profile"
-CACHE_HEADER = "X-Penstock-Cache"
 JSON_TYPE = "application/json"
 MAX_BODY_BYTES = 16 << 20
 
@@ -238,8 +239,8 @@ class RouterMetrics:
         self._labels = {"namespace": topology.namespace, "pipeline": topology.pipeline}
         self._requests = Counter(
             "penstock_pipeline_requests_total",
-            "Pipeline requests through the router, by outcome"
-            " (ok, bad_request, stage_error, timeout)",
+            "Pipeline requests through the router, by outcome (ok, bad_request, stage_error,"
+            " timeout, stream_aborted, client_closed, cancelled)",
             ["namespace", "pipeline", "outcome"],
             registry=self.registry,
         )
@@ -287,16 +288,6 @@ def build_tracer(
 # =========================================================================== execution
 
 
-class StageError(Exception):
-    """A stage failed or ran out of time; ``status`` is the router's HTTP answer (502/504)."""
-
-    def __init__(self, stage: str, message: str, status: int = 502) -> None:
-        super().__init__(message)
-        self.stage = stage
-        self.message = message
-        self.status = status
-
-
 @dataclass
 class _Answer:
     body: bytes = b""
@@ -322,10 +313,8 @@ def _endpoint(url: str) -> str:
 
 
 def _json_error(status: int, message: str, pipeline: str, stage: str | None = None) -> web.Response:
-    body: dict[str, Any] = {"error": message, "pipeline": pipeline}
-    if stage is not None:
-        body["stage"] = stage
-    return web.json_response(body, status=status)
+    identity = {"pipeline": pipeline} if stage is None else {"pipeline": pipeline, "stage": stage}
+    return json_error(status, message, identity)
 
 
 class Router:
@@ -435,6 +424,8 @@ class Router:
                 deadline = started + self.topology.latency_budget_ms / 1000
             try:
                 answer = await self._execute(raw, run, deadline, context)
+                if answer.response is not None:
+                    return await self._stream(request, answer.response, deadline)
             except StageError as error:
                 if span.is_recording():
                     span.set_status(Status(StatusCode.ERROR, error.message))
@@ -442,8 +433,6 @@ class Router:
                 log.warning("pipeline %s: %s", pipeline, error.message)
                 outcome = "timeout" if error.status == 504 else "stage_error"
                 return _json_error(error.status, error.message, pipeline, error.stage), outcome
-            if answer.response is not None:
-                return await self._stream(request, answer.response, deadline)
             if not profile:
                 return web.Response(body=answer.body, content_type=JSON_TYPE), "ok"
             wrapped = {"output": json.loads(answer.body), "profile": self._profile(run)}
@@ -583,48 +572,12 @@ class Router:
     async def _stream(
         self, request: web.Request, upstream: UpstreamResponse, deadline: float | None
     ) -> tuple[web.StreamResponse, str]:
-        """Pass the output stage's body through as it arrives, with its content type."""
-        out = web.StreamResponse(status=upstream.status)
-        content_type = upstream.header("Content-Type")
-        if content_type:
-            out.headers["Content-Type"] = content_type
-        cache = upstream.header(CACHE_HEADER)
-        if cache:
-            out.headers[CACHE_HEADER] = cache
+        """Pass the output stage's body through as it arrives (see dataplane/router_stream)."""
         output = self.topology.output
-        limit = self.topology.stages[output].timeout_seconds
-        end = (
-            time.perf_counter() + limit
-            if deadline is None
-            else min(deadline, time.perf_counter() + limit)
-        )
-        outcome = "ok"
-        try:
-            await out.prepare(request)
-            try:
-                async with asyncio.timeout(max(0.0, end - time.perf_counter())):
-                    async for chunk in upstream.iter_chunks():
-                        await out.write(chunk)
-            except TimeoutError:
-                outcome = "timeout"
-                log.warning(
-                    "pipeline %s: stream of stage %r cut at the latency budget or timeoutSeconds",
-                    self.topology.pipeline,
-                    output,
-                )
-                out.force_close()
-            except OSError as error:
-                outcome = "stage_error"
-                log.warning(
-                    "pipeline %s: stream of stage %r broke: %s",
-                    self.topology.pipeline,
-                    output,
-                    error,
-                )
-                out.force_close()
-        finally:
-            upstream.release()
-        return out, outcome
+        end = time.perf_counter() + self.topology.stages[output].timeout_seconds
+        if deadline is not None:
+            end = min(end, deadline)
+        return await relay(request, upstream, output, end, self.topology.pipeline)
 
 
 # =========================================================================== entry point
