@@ -31,6 +31,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
+import aiohttp
 from aiohttp import web
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
@@ -48,8 +49,8 @@ from prometheus_client import (
 )
 
 from penstock.dataplane.config import HostPort, parse_host_port
-from penstock.dataplane.errors import StageError, json_error
-from penstock.dataplane.router_stream import CACHE_HEADER, relay
+from penstock.dataplane.errors import StageError, error_middleware, json_error
+from penstock.dataplane.router_stream import CACHE_HEADER, relay, visible
 from penstock.dataplane.router_topology import (
     StageRoute,
     Topology,
@@ -240,7 +241,7 @@ class RouterMetrics:
         self._requests = Counter(
             "penstock_pipeline_requests_total",
             "Pipeline requests through the router, by outcome (ok, bad_request, stage_error,"
-            " timeout, stream_aborted, client_closed, cancelled)",
+            " timeout, stream_aborted, client_closed, cancelled, internal_error)",
             ["namespace", "pipeline", "outcome"],
             registry=self.registry,
         )
@@ -348,9 +349,19 @@ class Router:
     # ----------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
-        app = web.Application(client_max_size=MAX_BODY_BYTES)
+        pipeline = self.topology.pipeline
+        who = f"the router of pipeline {pipeline!r}"
+        identity = {"pipeline": pipeline}
+        app = web.Application(
+            client_max_size=MAX_BODY_BYTES,
+            middlewares=[error_middleware(who, "POST / (the pipeline input as JSON)", identity)],
+        )
         app.router.add_post("/", self._handle)
-        admin = web.Application()
+        admin = web.Application(
+            middlewares=[
+                error_middleware(f"{who} (admin)", "GET /metrics, /live, /ready", identity)
+            ]
+        )
         admin.router.add_get("/metrics", self._metrics)
         admin.router.add_get("/live", self._live)
         admin.router.add_get("/ready", self._ready)
@@ -390,20 +401,28 @@ class Router:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
-        outcome = "stage_error"
+        outcome = "internal_error"
         try:
             response, outcome = await self._serve(request, started)
             return response
         except asyncio.CancelledError:
             outcome = "cancelled"
             raise
+        except Exception:
+            if request.writer.output_size > 0:  # mid-answer: the error middleware cuts it
+                raise
+            pipeline = self.topology.pipeline
+            log.exception("pipeline %s: internal error", pipeline)
+            return _json_error(500, "internal error in the router (logged)", pipeline)
         finally:
             self.metrics.request(outcome)
             self.metrics.duration.observe(time.perf_counter() - started)
 
     async def _serve(self, request: web.Request, started: float) -> tuple[web.StreamResponse, str]:
         pipeline = self.topology.pipeline
-        raw = await request.read()
+        raw = await self._read_body(request)
+        if isinstance(raw, tuple):
+            return raw
         try:
             json.loads(raw)
         except ValueError as error:
@@ -437,6 +456,22 @@ class Router:
                 return web.Response(body=answer.body, content_type=JSON_TYPE), "ok"
             wrapped = {"output": json.loads(answer.body), "profile": self._profile(run)}
             return web.json_response(wrapped), "ok"
+
+    async def _read_body(self, request: web.Request) -> bytes | tuple[web.Response, str]:
+        """The request body, or the answer when it cannot be had (too large, broken, gone)."""
+        pipeline = self.topology.pipeline
+        too_large = f"request body is larger than {MAX_BODY_BYTES} bytes"
+        if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+            return _json_error(413, too_large, pipeline), "bad_request"
+        try:
+            return await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return _json_error(413, too_large, pipeline), "bad_request"
+        except (aiohttp.ClientPayloadError, ConnectionResetError) as error:
+            if isinstance(error, ConnectionResetError) and request.transport is None:
+                return _json_error(400, "client left", pipeline), "client_closed"
+            message = f"request body could not be read: {error}"
+            return _json_error(400, message, pipeline), "bad_request"
 
     def _profile(self, run: _Run) -> dict[str, Any]:
         stages = [
@@ -538,7 +573,7 @@ class Router:
             async with asyncio.timeout(stage.timeout_seconds):
                 response = await pool.request("POST", target, list(headers.items()), body)
                 try:
-                    run.cache[name] = response.header(CACHE_HEADER)
+                    run.cache[name] = visible(response.header(CACHE_HEADER))
                     if not 200 <= response.status <= 299:
                         detail = (await response.read())[:300].decode("utf-8", "replace")
                         raise StageError(

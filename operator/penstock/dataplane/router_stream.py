@@ -26,12 +26,21 @@ log = logging.getLogger("penstock.router")
 CACHE_HEADER = "X-Penstock-Cache"
 
 
+def visible(value: str | None) -> str | None:
+    """A stage's header value worth passing on: printable ASCII only. Anything else (bytes
+    past 0x7f, which arrive decoded as latin-1) is dropped rather than re-encoded into other
+    bytes than the stage sent."""
+    if value and value.isascii() and value.isprintable():
+        return value
+    return None
+
+
 def _headers(upstream: UpstreamResponse) -> web.StreamResponse:
     out = web.StreamResponse(status=upstream.status)
-    content_type = upstream.header("Content-Type")
+    content_type = visible(upstream.header("Content-Type"))
     if content_type:
         out.headers["Content-Type"] = content_type
-    cache = upstream.header(CACHE_HEADER)
+    cache = visible(upstream.header(CACHE_HEADER))
     if cache:
         out.headers[CACHE_HEADER] = cache
     if upstream.content_length is not None:

@@ -206,6 +206,10 @@ class UpstreamResponse:
         self.release()
 
 
+class UpstreamRequestError(ValueError):
+    """A request that cannot be written as HTTP/1.1 (a line break or NUL in a header)."""
+
+
 def _request_head(
     method: str, target: str, host: str, headers: list[tuple[str, str]], framing: str
 ) -> bytes:
@@ -213,7 +217,16 @@ def _request_head(
     lines += [f"{name}: {value}" for name, value in headers]
     if framing:
         lines.append(framing)
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    text = "\r\n".join(lines)
+    breaks = len(lines) - 1
+    if text.count("\n") != breaks or text.count("\r") != breaks or "\0" in text:
+        raise UpstreamRequestError("a request header holds a line break or NUL")
+    # Header values as aiohttp hands them over (bytes decoded as UTF-8, undecodable ones as
+    # surrogates) go out as the very bytes the client sent; ASCII is unchanged either way.
+    try:
+        return (text + "\r\n\r\n").encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError as error:
+        raise UpstreamRequestError(f"a request header cannot be encoded: {error}") from None
 
 
 def tls_context(ca_file: str | None = None) -> ssl.SSLContext:
@@ -321,11 +334,11 @@ class UpstreamPool:
                     raise
                 return UpstreamResponse(connection, pending, keep_alive)
             raise AssertionError("unreachable")
-        connection = self._idle.pop() if self._idle else await self._connect()
         # A client's Content-Length is kept (its body streams as is); else chunked framing.
         chunked = not any(name.lower() == "content-length" for name, _ in headers)
         framing = "Transfer-Encoding: chunked" if chunked else ""
         head = _request_head(method, target, host, headers, framing)
+        connection = self._idle.pop() if self._idle else await self._connect()
         pending = connection.start(head)
         transport = connection.transport
         assert transport is not None
