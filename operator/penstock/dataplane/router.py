@@ -50,6 +50,13 @@ from prometheus_client import (
 
 from penstock.dataplane.config import HostPort, parse_host_port
 from penstock.dataplane.errors import StageError, error_middleware, json_error
+from penstock.dataplane.limits import (
+    LIMIT_FLAGS,
+    BodyTimeout,
+    Identity,
+    ServerLimits,
+    parse_limit,
+)
 from penstock.dataplane.router_stream import CACHE_HEADER, relay, visible
 from penstock.dataplane.router_topology import (
     StageRoute,
@@ -94,6 +101,7 @@ class RouterConfig:
     otlp_endpoint: str | None = None
     sampling_ratio: float = 1.0
     stage_ca_file: str | None = None
+    limits: ServerLimits = field(default_factory=ServerLimits)
 
 
 def env_name(flag: str) -> str:
@@ -123,6 +131,7 @@ _HELP = {
         "PEM CA bundle that https:// stage certificates are verified against, instead of the"
         " system CA bundle",
     ),
+    **{flag: ("N", text) for flag, (_, text) in LIMIT_FLAGS.items()},
 }
 
 
@@ -194,6 +203,14 @@ def parse_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) 
             tls_context(ca_file)
         except OSError as error:  # ssl.SSLError too: not PEM, no certificate in it
             raise ConfigError(f"{source}: cannot load CA file {ca_file}: {error}") from None
+    limits: dict[str, Any] = {}
+    for flag, (name, _) in LIMIT_FLAGS.items():
+        text, source = pick(flag)
+        if text is not None:
+            try:
+                limits[name] = parse_limit(flag, text)
+            except ValueError as error:
+                raise ConfigError(f"{source}: {error}") from None
     items: list[str] = [item for item in (args.stage_url or []) if item.strip()]
     if not items:
         items = [i for i in env.get(env_name("--stage-url"), "").replace(",", " ").split() if i]
@@ -212,7 +229,7 @@ def parse_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) 
             topology = with_stage_urls(load_topology(topology_file or ""), urls)
     except TopologyError as error:
         raise ConfigError(str(error)) from None
-    return RouterConfig(listen, topology, admin, otlp, ratio, ca_file)
+    return RouterConfig(listen, topology, admin, otlp, ratio, ca_file, ServerLimits(**limits))
 
 
 def with_stage_urls(topology: Topology, urls: Mapping[str, str]) -> Topology:
@@ -366,8 +383,15 @@ class Router:
         admin.router.add_get("/live", self._live)
         admin.router.add_get("/ready", self._ready)
         public, private = self.config.listen, self.config.admin_listen
-        self.port = await listen(app, public.host, public.port, self._runners)
-        self.admin_port = await listen(admin, private.host, private.port, self._runners)
+        limits = self.config.limits
+        self.port = await listen(
+            app, public.host, public.port, self._runners, limits, Identity(who, identity)
+        )
+        # Probes and scrapes need few connections: a bound of their own, whatever the load.
+        admin_limits = replace(limits, max_connections=min(limits.max_connections, 64))
+        self.admin_port = await listen(
+            admin, private.host, private.port, self._runners, admin_limits, Identity(who, identity)
+        )
         self.ready = True
 
     async def stop(self) -> None:
@@ -467,6 +491,8 @@ class Router:
             return await request.read()
         except web.HTTPRequestEntityTooLarge:
             return _json_error(413, too_large, pipeline), "bad_request"
+        except BodyTimeout as error:
+            return _json_error(408, str(error), pipeline), "bad_request"
         except (aiohttp.ClientPayloadError, ConnectionResetError) as error:
             if isinstance(error, ConnectionResetError) and request.transport is None:
                 return _json_error(400, "client left", pipeline), "client_closed"
