@@ -468,7 +468,10 @@ class Router:
             try:
                 answer = await self._execute(raw, run, deadline, context)
                 if answer.response is not None:
-                    return await self._stream(request, answer.response, deadline)
+                    response, outcome = await self._stream(request, answer.response, deadline)
+                    if outcome == "stream_aborted" and span.is_recording():
+                        span.set_status(Status(StatusCode.ERROR, "stream aborted"))
+                    return response, outcome
             except StageError as error:
                 if span.is_recording():
                     span.set_status(Status(StatusCode.ERROR, error.message))
