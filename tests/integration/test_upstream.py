@@ -9,7 +9,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from penstock.dataplane.upstream import UpstreamClosed, UpstreamPool, UpstreamProtocolError
+from penstock.dataplane.upstream import (
+    UpstreamClosed,
+    UpstreamPool,
+    UpstreamProtocolError,
+    UpstreamRequestError,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -113,5 +118,32 @@ async def test_broken_answers_are_clear_errors(answer: bytes, error: type[Except
 
     with pytest.raises(error):
         await exchange()
+    pool.close()
+    server.close()
+
+
+async def test_header_bytes_pass_unchanged_and_line_breaks_are_refused() -> None:
+    heads: list[bytes] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head, _ = await read_request(reader)
+        heads.append(head)
+        writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server, port = await serve(handler)
+    pool = UpstreamPool("127.0.0.1", port)
+    # As aiohttp decodes a client's header bytes: UTF-8, and undecodable bytes as surrogates.
+    sent = [("X-Utf8", "日本"), ("X-Raw", b"\xff\xfe".decode("utf-8", "surrogateescape"))]
+    response = await pool.request("POST", "/", sent, b"")
+    assert response.status == 204
+    response.release()
+    assert b"\r\nX-Utf8: \xe6\x97\xa5\xe6\x9c\xac\r\n" in heads[0]
+    assert b"\r\nX-Raw: \xff\xfe\r\n" in heads[0]
+    for bad in ("a\r\nInjected: 1", "a\nb", "a\rb", "a\x00b", "\ud800"):
+        with pytest.raises(UpstreamRequestError):
+            await pool.request("POST", "/", [("X-Bad", bad)], b"")
+    assert len(heads) == 1  # nothing was sent for them
     pool.close()
     server.close()

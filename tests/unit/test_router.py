@@ -209,3 +209,18 @@ def test_parse_config_errors(argv: list[str], message: str) -> None:
     with pytest.raises(ConfigError) as error:
         parse_config(argv, {})
     assert message in str(error.value)
+
+
+def test_stage_ca_file_is_loaded_at_start(tmp_path: Path) -> None:
+    path = tmp_path / "topology.json"
+    path.write_text(json.dumps(topo()))
+    base = ["--listen", "127.0.0.1:8080", "--topology", str(path)]
+    assert parse_config(base, {}).stage_ca_file is None
+    not_pem = tmp_path / "ca.pem"
+    not_pem.write_text("not a certificate\n")
+    for argv, env in (
+        ([*base, "--stage-ca-file", str(not_pem)], {}),
+        (base, {env_name("--stage-ca-file"): str(tmp_path / "missing.pem")}),
+    ):
+        with pytest.raises(ConfigError, match="cannot load CA file"):
+            parse_config(argv, env)

@@ -12,9 +12,12 @@ import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
+
+from penstock.dataplane.limits import LIMIT_FLAGS, ServerLimits, parse_limit
 
 ENV_PREFIX = "PENSTOCK_GATEWAY_"
 ENV_REDIS_PASSWORD = "REDIS_PASSWORD"
@@ -63,10 +66,24 @@ class GatewayConfig:
     model_version: str = ""
     redis_timeout_ms: float = 50.0
     health_interval_seconds: float = 2.0
+    header_timeout_seconds: float = ServerLimits.header_timeout
+    body_timeout_seconds: float = ServerLimits.body_timeout
+    idle_timeout_seconds: float = ServerLimits.idle_timeout
+    max_connections: int = ServerLimits.max_connections
 
     @property
     def batching(self) -> bool:
         return self.batch_path is not None
+
+    @property
+    def limits(self) -> ServerLimits:
+        """The listeners' bounds (see dataplane/connections)."""
+        return ServerLimits(
+            self.header_timeout_seconds,
+            self.body_timeout_seconds,
+            self.idle_timeout_seconds,
+            self.max_connections,
+        )
 
 
 def env_name(flag: str) -> str:
@@ -242,6 +259,10 @@ _FLAGS: tuple[_Flag, ...] = (
     ),
     _Flag("--stage-image", _text, "IMAGE", "stage image (part of the cache key)"),
     _Flag("--model-version", _text, "VERSION", "model version (part of the cache key)"),
+    *(
+        _Flag(name, partial(parse_limit, name), "N", text)
+        for name, (_, text) in LIMIT_FLAGS.items()
+    ),
 )
 
 

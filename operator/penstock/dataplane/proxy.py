@@ -13,7 +13,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -31,6 +31,7 @@ from penstock.dataplane.batching import Batcher, BatchResponse
 from penstock.dataplane.cache import Entry, Lookup, RedisCache, Store, cache_key
 from penstock.dataplane.coalesce import Coalescer
 from penstock.dataplane.config import GatewayConfig
+from penstock.dataplane.limits import Identity
 from penstock.dataplane.serving import listen
 from penstock.dataplane.telemetry import (
     ATTR_BATCH_SIZE,
@@ -188,9 +189,13 @@ class Gateway:
         admin.router.add_get("/metrics", self._metrics)
         admin.router.add_get("/live", self._live)
         admin.router.add_get("/ready", self._ready)
-        self.port = await listen(proxy, config.listen.host, config.listen.port, self._runners)
+        identity = Identity(f"the gateway of stage {config.stage!r}", {"stage": config.stage})
+        public, private = config.listen, config.admin_listen
+        limits = config.limits  # the admin port (probes, scrapes) gets a small bound of its own
+        admin_limits = replace(limits, max_connections=min(limits.max_connections, 64))
+        self.port = await listen(proxy, public.host, public.port, self._runners, limits, identity)
         self.admin_port = await listen(
-            admin, config.admin_listen.host, config.admin_listen.port, self._runners
+            admin, private.host, private.port, self._runners, admin_limits, identity
         )
         self._readiness = asyncio.get_running_loop().create_task(self._readiness_loop())
 

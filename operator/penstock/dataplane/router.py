@@ -31,6 +31,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
+import aiohttp
 from aiohttp import web
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
@@ -48,6 +49,15 @@ from prometheus_client import (
 )
 
 from penstock.dataplane.config import HostPort, parse_host_port
+from penstock.dataplane.errors import StageError, error_middleware, json_error
+from penstock.dataplane.limits import (
+    LIMIT_FLAGS,
+    BodyTimeout,
+    Identity,
+    ServerLimits,
+    parse_limit,
+)
+from penstock.dataplane.router_stream import CACHE_HEADER, relay, visible
 from penstock.dataplane.router_topology import (
     StageRoute,
     Topology,
@@ -66,13 +76,12 @@ from penstock.dataplane.telemetry import (
     DURATION_BUCKETS,
     traces_url,
 )
-from penstock.dataplane.upstream import UpstreamPool, UpstreamResponse
+from penstock.dataplane.upstream import UpstreamResponse, pool_for, tls_context
 
 log = logging.getLogger("penstock.router")
 
 ENV_PREFIX = "PENSTOCK_ROUTER_"
 PROFILE_HEADER = "X-Penstock-Profile"
-CACHE_HEADER = "X-Penstock-Cache"
 JSON_TYPE = "application/json"
 MAX_BODY_BYTES = 16 << 20
 
@@ -91,6 +100,8 @@ class RouterConfig:
     admin_listen: HostPort
     otlp_endpoint: str | None = None
     sampling_ratio: float = 1.0
+    stage_ca_file: str | None = None
+    limits: ServerLimits = field(default_factory=ServerLimits)
 
 
 def env_name(flag: str) -> str:
@@ -115,6 +126,12 @@ _HELP = {
     "--admin-listen": ("HOST:PORT", "/metrics, /live, /ready (default: the --listen host, 9090)"),
     "--otlp-endpoint": ("URL", "OTLP/HTTP collector; enables spans per request and stage"),
     "--sampling-ratio": ("R", "trace sampling ratio in [0, 1] (default 1)"),
+    "--stage-ca-file": (
+        "FILE",
+        "PEM CA bundle that https:// stage certificates are verified against, instead of the"
+        " system CA bundle",
+    ),
+    **{flag: ("N", text) for flag, (_, text) in LIMIT_FLAGS.items()},
 }
 
 
@@ -180,6 +197,20 @@ def parse_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) 
             raise ConfigError(f"{source}: {ratio_text!r} is not a number") from None
         if not 0.0 <= ratio <= 1.0:
             raise ConfigError(f"{source}: {ratio_text!r} is not in [0, 1]")
+    ca_file, source = pick("--stage-ca-file")
+    if ca_file is not None:
+        try:
+            tls_context(ca_file)
+        except OSError as error:  # ssl.SSLError too: not PEM, no certificate in it
+            raise ConfigError(f"{source}: cannot load CA file {ca_file}: {error}") from None
+    limits: dict[str, Any] = {}
+    for flag, (name, _) in LIMIT_FLAGS.items():
+        text, source = pick(flag)
+        if text is not None:
+            try:
+                limits[name] = parse_limit(flag, text)
+            except ValueError as error:
+                raise ConfigError(f"{source}: {error}") from None
     items: list[str] = [item for item in (args.stage_url or []) if item.strip()]
     if not items:
         items = [i for i in env.get(env_name("--stage-url"), "").replace(",", " ").split() if i]
@@ -198,7 +229,7 @@ def parse_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) 
             topology = with_stage_urls(load_topology(topology_file or ""), urls)
     except TopologyError as error:
         raise ConfigError(str(error)) from None
-    return RouterConfig(listen, topology, admin, otlp, ratio)
+    return RouterConfig(listen, topology, admin, otlp, ratio, ca_file, ServerLimits(**limits))
 
 
 def with_stage_urls(topology: Topology, urls: Mapping[str, str]) -> Topology:
@@ -226,8 +257,8 @@ class RouterMetrics:
         self._labels = {"namespace": topology.namespace, "pipeline": topology.pipeline}
         self._requests = Counter(
             "penstock_pipeline_requests_total",
-            "Pipeline requests through the router, by outcome"
-            " (ok, bad_request, stage_error, timeout)",
+            "Pipeline requests through the router, by outcome (ok, bad_request, stage_error,"
+            " timeout, stream_aborted, client_closed, cancelled, internal_error)",
             ["namespace", "pipeline", "outcome"],
             registry=self.registry,
         )
@@ -275,16 +306,6 @@ def build_tracer(
 # =========================================================================== execution
 
 
-class StageError(Exception):
-    """A stage failed or ran out of time; ``status`` is the router's HTTP answer (502/504)."""
-
-    def __init__(self, stage: str, message: str, status: int = 502) -> None:
-        super().__init__(message)
-        self.stage = stage
-        self.message = message
-        self.status = status
-
-
 @dataclass
 class _Answer:
     body: bytes = b""
@@ -310,10 +331,8 @@ def _endpoint(url: str) -> str:
 
 
 def _json_error(status: int, message: str, pipeline: str, stage: str | None = None) -> web.Response:
-    body: dict[str, Any] = {"error": message, "pipeline": pipeline}
-    if stage is not None:
-        body["stage"] = stage
-    return web.json_response(body, status=status)
+    identity = {"pipeline": pipeline} if stage is None else {"pipeline": pipeline, "stage": stage}
+    return json_error(status, message, identity)
 
 
 class Router:
@@ -333,12 +352,12 @@ class Router:
         self._endpoints = {
             name: _endpoint(stage.url) for name, stage in self.topology.stages.items()
         }
-        # One keep-alive pool per stage Service (a small llhttp client: see dataplane/upstream).
-        self._pools: dict[str, tuple[UpstreamPool, str]] = {}
-        for name, endpoint in self._endpoints.items():
-            parts = urlsplit(endpoint)
-            pool = UpstreamPool(parts.hostname or "127.0.0.1", parts.port or 80)
-            self._pools[name] = (pool, parts.path + (f"?{parts.query}" if parts.query else ""))
+        # One keep-alive pool per stage Service (a small llhttp client: see dataplane/upstream);
+        # https:// stages over TLS, verified against --stage-ca-file or the system CA bundle.
+        tls = None
+        if any(urlsplit(url).scheme == "https" for url in self._endpoints.values()):
+            tls = tls_context(config.stage_ca_file)
+        self._pools = {name: pool_for(url, tls) for name, url in self._endpoints.items()}
         self._runners: list[web.AppRunner] = []
         self.ready = False
         self.port = 0
@@ -347,15 +366,32 @@ class Router:
     # ----------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
-        app = web.Application(client_max_size=MAX_BODY_BYTES)
+        pipeline = self.topology.pipeline
+        who = f"the router of pipeline {pipeline!r}"
+        identity = {"pipeline": pipeline}
+        app = web.Application(
+            client_max_size=MAX_BODY_BYTES,
+            middlewares=[error_middleware(who, "POST / (the pipeline input as JSON)", identity)],
+        )
         app.router.add_post("/", self._handle)
-        admin = web.Application()
+        admin = web.Application(
+            middlewares=[
+                error_middleware(f"{who} (admin)", "GET /metrics, /live, /ready", identity)
+            ]
+        )
         admin.router.add_get("/metrics", self._metrics)
         admin.router.add_get("/live", self._live)
         admin.router.add_get("/ready", self._ready)
         public, private = self.config.listen, self.config.admin_listen
-        self.port = await listen(app, public.host, public.port, self._runners)
-        self.admin_port = await listen(admin, private.host, private.port, self._runners)
+        limits = self.config.limits
+        self.port = await listen(
+            app, public.host, public.port, self._runners, limits, Identity(who, identity)
+        )
+        # Probes and scrapes need few connections: a bound of their own, whatever the load.
+        admin_limits = replace(limits, max_connections=min(limits.max_connections, 64))
+        self.admin_port = await listen(
+            admin, private.host, private.port, self._runners, admin_limits, Identity(who, identity)
+        )
         self.ready = True
 
     async def stop(self) -> None:
@@ -389,20 +425,28 @@ class Router:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
-        outcome = "stage_error"
+        outcome = "internal_error"
         try:
             response, outcome = await self._serve(request, started)
             return response
         except asyncio.CancelledError:
             outcome = "cancelled"
             raise
+        except Exception:
+            if request.writer.output_size > 0:  # mid-answer: the error middleware cuts it
+                raise
+            pipeline = self.topology.pipeline
+            log.exception("pipeline %s: internal error", pipeline)
+            return _json_error(500, "internal error in the router (logged)", pipeline)
         finally:
             self.metrics.request(outcome)
             self.metrics.duration.observe(time.perf_counter() - started)
 
     async def _serve(self, request: web.Request, started: float) -> tuple[web.StreamResponse, str]:
         pipeline = self.topology.pipeline
-        raw = await request.read()
+        raw = await self._read_body(request)
+        if isinstance(raw, tuple):
+            return raw
         try:
             json.loads(raw)
         except ValueError as error:
@@ -423,6 +467,11 @@ class Router:
                 deadline = started + self.topology.latency_budget_ms / 1000
             try:
                 answer = await self._execute(raw, run, deadline, context)
+                if answer.response is not None:
+                    response, outcome = await self._stream(request, answer.response, deadline)
+                    if outcome == "stream_aborted" and span.is_recording():
+                        span.set_status(Status(StatusCode.ERROR, "stream aborted"))
+                    return response, outcome
             except StageError as error:
                 if span.is_recording():
                     span.set_status(Status(StatusCode.ERROR, error.message))
@@ -430,12 +479,28 @@ class Router:
                 log.warning("pipeline %s: %s", pipeline, error.message)
                 outcome = "timeout" if error.status == 504 else "stage_error"
                 return _json_error(error.status, error.message, pipeline, error.stage), outcome
-            if answer.response is not None:
-                return await self._stream(request, answer.response, deadline)
             if not profile:
                 return web.Response(body=answer.body, content_type=JSON_TYPE), "ok"
             wrapped = {"output": json.loads(answer.body), "profile": self._profile(run)}
             return web.json_response(wrapped), "ok"
+
+    async def _read_body(self, request: web.Request) -> bytes | tuple[web.Response, str]:
+        """The request body, or the answer when it cannot be had (too large, broken, gone)."""
+        pipeline = self.topology.pipeline
+        too_large = f"request body is larger than {MAX_BODY_BYTES} bytes"
+        if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+            return _json_error(413, too_large, pipeline), "bad_request"
+        try:
+            return await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return _json_error(413, too_large, pipeline), "bad_request"
+        except BodyTimeout as error:
+            return _json_error(408, str(error), pipeline), "bad_request"
+        except (aiohttp.ClientPayloadError, ConnectionResetError) as error:
+            if isinstance(error, ConnectionResetError) and request.transport is None:
+                return _json_error(400, "client left", pipeline), "client_closed"
+            message = f"request body could not be read: {error}"
+            return _json_error(400, message, pipeline), "bad_request"
 
     def _profile(self, run: _Run) -> dict[str, Any]:
         stages = [
@@ -537,7 +602,7 @@ class Router:
             async with asyncio.timeout(stage.timeout_seconds):
                 response = await pool.request("POST", target, list(headers.items()), body)
                 try:
-                    run.cache[name] = response.header(CACHE_HEADER)
+                    run.cache[name] = visible(response.header(CACHE_HEADER))
                     if not 200 <= response.status <= 299:
                         detail = (await response.read())[:300].decode("utf-8", "replace")
                         raise StageError(
@@ -571,48 +636,12 @@ class Router:
     async def _stream(
         self, request: web.Request, upstream: UpstreamResponse, deadline: float | None
     ) -> tuple[web.StreamResponse, str]:
-        """Pass the output stage's body through as it arrives, with its content type."""
-        out = web.StreamResponse(status=upstream.status)
-        content_type = upstream.header("Content-Type")
-        if content_type:
-            out.headers["Content-Type"] = content_type
-        cache = upstream.header(CACHE_HEADER)
-        if cache:
-            out.headers[CACHE_HEADER] = cache
+        """Pass the output stage's body through as it arrives (see dataplane/router_stream)."""
         output = self.topology.output
-        limit = self.topology.stages[output].timeout_seconds
-        end = (
-            time.perf_counter() + limit
-            if deadline is None
-            else min(deadline, time.perf_counter() + limit)
-        )
-        outcome = "ok"
-        try:
-            await out.prepare(request)
-            try:
-                async with asyncio.timeout(max(0.0, end - time.perf_counter())):
-                    async for chunk in upstream.iter_chunks():
-                        await out.write(chunk)
-            except TimeoutError:
-                outcome = "timeout"
-                log.warning(
-                    "pipeline %s: stream of stage %r cut at the latency budget or timeoutSeconds",
-                    self.topology.pipeline,
-                    output,
-                )
-                out.force_close()
-            except OSError as error:
-                outcome = "stage_error"
-                log.warning(
-                    "pipeline %s: stream of stage %r broke: %s",
-                    self.topology.pipeline,
-                    output,
-                    error,
-                )
-                out.force_close()
-        finally:
-            upstream.release()
-        return out, outcome
+        end = time.perf_counter() + self.topology.stages[output].timeout_seconds
+        if deadline is not None:
+            end = min(end, deadline)
+        return await relay(request, upstream, output, end, self.topology.pipeline)
 
 
 # =========================================================================== entry point

@@ -13,14 +13,33 @@ from typing import Any
 
 from aiohttp import web
 
+from penstock.dataplane.connections import GuardedSite, Listener, limits_middleware
+from penstock.dataplane.limits import Identity, ServerLimits
 
-async def listen(app: web.Application, host: str, port: int, runners: list[web.AppRunner]) -> int:
+
+async def listen(
+    app: web.Application,
+    host: str,
+    port: int,
+    runners: list[web.AppRunner],
+    limits: ServerLimits | None = None,
+    identity: Identity | None = None,
+) -> int:
     """Serve app on host:port (0 picks a free port); returns the port. The runner is appended
-    to runners so the caller can clean it up."""
+    to runners so the caller can clean it up. Connections are bounded and timed by ``limits``
+    (see dataplane/connections); ``identity`` names the server in its error answers."""
+    limits = limits or ServerLimits()
+    app.middlewares.insert(0, limits_middleware)  # outermost: it sees the handler's answer
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5)
     await runner.setup()
     runners.append(runner)
-    site = web.TCPSite(runner, host, port, reuse_address=True)
+    options = {
+        "access_log": None,
+        # aiohttp's own idle timer, a backstop only: the listener closes idle connections first.
+        "keepalive_timeout": limits.idle_timeout + limits.header_timeout,
+    }
+    listener = Listener(limits, identity or Identity())
+    site = GuardedSite(runner, host, port, listener, options)
     await site.start()
     for address in runner.addresses:
         if isinstance(address, tuple):

@@ -5,15 +5,18 @@ A hop's added latency is mostly per-request client and server work in Python; th
 writes a request in one call and parses the answer with llhttp (httptools), with a pool of
 keep-alive connections per stage address. It implements what those hops need and nothing
 else: Content-Length or chunked bodies both ways, streaming responses, and a clean error when
-the stage closes the connection.
+the stage closes the connection. ``https://`` stages are spoken to over TLS (SNI, the
+certificate verified against the system CA bundle or a given CA file, hostname checked).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import cast
+from urllib.parse import urlsplit
 
 import httptools
 
@@ -203,6 +206,10 @@ class UpstreamResponse:
         self.release()
 
 
+class UpstreamRequestError(ValueError):
+    """A request that cannot be written as HTTP/1.1 (a line break or NUL in a header)."""
+
+
 def _request_head(
     method: str, target: str, host: str, headers: list[tuple[str, str]], framing: str
 ) -> bytes:
@@ -210,16 +217,55 @@ def _request_head(
     lines += [f"{name}: {value}" for name, value in headers]
     if framing:
         lines.append(framing)
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    text = "\r\n".join(lines)
+    breaks = len(lines) - 1
+    if text.count("\n") != breaks or text.count("\r") != breaks or "\0" in text:
+        raise UpstreamRequestError("a request header holds a line break or NUL")
+    # Header values as aiohttp hands them over (bytes decoded as UTF-8, undecodable ones as
+    # surrogates) go out as the very bytes the client sent; ASCII is unchanged either way.
+    try:
+        return (text + "\r\n\r\n").encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError as error:
+        raise UpstreamRequestError(f"a request header cannot be encoded: {error}") from None
+
+
+def tls_context(ca_file: str | None = None) -> ssl.SSLContext:
+    """A client TLS context: certificates verified (against ``ca_file`` when given, else the
+    system CA bundle) and the hostname checked; HTTP/1.1 offered by ALPN. Raises ``OSError``
+    (``ssl.SSLError``) when the CA file cannot be read or holds no certificate."""
+    context = ssl.create_default_context(cafile=ca_file)
+    context.set_alpn_protocols(["http/1.1"])
+    return context
+
+
+def pool_for(url: str, tls: ssl.SSLContext | None = None) -> tuple[UpstreamPool, str]:
+    """A pool for an ``http(s)://host[:port]/path`` URL and the request target (path and
+    query). ``https`` means TLS with ``tls`` (default: :func:`tls_context`) and port 443 when
+    none is given; ``http`` means plain HTTP and port 80."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{url!r} is not an http(s)://host[:port] URL")
+    secure = parts.scheme == "https"
+    port = parts.port or (443 if secure else 80)
+    context = (tls or tls_context()) if secure else None
+    pool = UpstreamPool(parts.hostname, port, tls=context)
+    return pool, (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
 
 
 class UpstreamPool:
-    """Keep-alive connections to one host:port, reused most recently used first."""
+    """Keep-alive connections to one host:port, reused most recently used first; over TLS
+    when ``tls`` is given (the server's name for SNI and verification is ``host``)."""
 
-    def __init__(self, host: str, port: int, max_idle: int = 64) -> None:
+    def __init__(
+        self, host: str, port: int, max_idle: int = 64, *, tls: ssl.SSLContext | None = None
+    ) -> None:
         self.host = host
         self.port = port
         self.max_idle = max_idle
+        self.tls = tls
+        name = f"[{host}]" if ":" in host else host  # an IPv6 literal
+        default_port = 443 if tls is not None else 80
+        self.authority = name if port == default_port else f"{name}:{port}"
         self._idle: list[_Connection] = []
         self._all: set[_Connection] = set()
 
@@ -236,9 +282,18 @@ class UpstreamPool:
 
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
-        _, connection = await loop.create_connection(
-            lambda: _Connection(self), self.host, self.port
-        )
+        if self.tls is None:
+            _, connection = await loop.create_connection(
+                lambda: _Connection(self), self.host, self.port
+            )
+        else:
+            _, connection = await loop.create_connection(
+                lambda: _Connection(self),
+                self.host,
+                self.port,
+                ssl=self.tls,
+                server_hostname=self.host,
+            )
         self._all.add(connection)
         return connection
 
@@ -255,7 +310,7 @@ class UpstreamPool:
         a reused keep-alive connection turns out closed before any answer byte, a bytes (or
         empty) body is sent once more on a fresh connection.
         """
-        host = f"{self.host}:{self.port}"
+        host = self.authority
         keep_alive = method != "HEAD"  # a HEAD answer has no body the parser could find
         if body is None or isinstance(body, bytes):
             payload = body or b""
@@ -279,11 +334,11 @@ class UpstreamPool:
                     raise
                 return UpstreamResponse(connection, pending, keep_alive)
             raise AssertionError("unreachable")
-        connection = self._idle.pop() if self._idle else await self._connect()
         # A client's Content-Length is kept (its body streams as is); else chunked framing.
         chunked = not any(name.lower() == "content-length" for name, _ in headers)
         framing = "Transfer-Encoding: chunked" if chunked else ""
         head = _request_head(method, target, host, headers, framing)
+        connection = self._idle.pop() if self._idle else await self._connect()
         pending = connection.start(head)
         transport = connection.transport
         assert transport is not None
