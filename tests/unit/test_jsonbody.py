@@ -7,6 +7,7 @@ the same canonical text as its UTF-8 writing, or an error.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any
 
@@ -59,7 +60,7 @@ def test_bytes_that_are_not_utf8_are_refused(body: bytes) -> None:
     "body", [b"NaN", b"[Infinity]", b'{"x": -Infinity}', b"[1e400]", b"-1e999", b"1" * 400 + b".0"]
 )
 def test_non_finite_numbers_are_refused(body: bytes) -> None:
-    with pytest.raises(JsonBodyError, match="NaN|Infinity|range"):
+    with pytest.raises(JsonBodyError, match=r"NaN|Infinity|range"):
         parse(body)
 
 
@@ -121,8 +122,9 @@ JSON = st.recursive(
     | st.integers(min_value=-(10**30), max_value=10**30)
     | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=12),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=6), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=6), children, max_size=4)
+    ),
     max_leaves=16,
 )
 ENCODINGS = [
@@ -202,7 +204,5 @@ def test_random_edits_of_json_text_never_escape_as_another_error(value: Any, dat
             break
         position = data.draw(st.integers(0, len(body) - 1))
         body[position] = data.draw(st.integers(0, 255))
-    try:
+    with contextlib.suppress(JsonBodyError):
         parse(bytes(body))
-    except JsonBodyError:
-        pass
