@@ -10,7 +10,8 @@ import pytest
 from penstock.dataplane.coalesce import Coalescer
 from penstock.dataplane.config import ConfigError, HostPort, env_name, parse_config
 from penstock.dataplane.gateway import main
-from penstock.dataplane.proxy import cache_directives, strip_headers
+from penstock.dataplane.proxy import strip_headers
+from penstock.dataplane.sharing import cache_directives
 from penstock.dataplane.telemetry import request_cost_usd, traces_url
 
 BASE = ["--listen", "127.0.0.1:8000", "--upstream", "http://127.0.0.1:8080"]
