@@ -162,6 +162,8 @@ def key_of(body: bytes) -> str:
     ensure_ascii=st.booleans(),
     indent=st.sampled_from([None, 0, 2]),
 )
+@example(value="Ã©", encoding="latin-1", ensure_ascii=False, indent=None)  # UTF-8 of "é"
+@example(value={"a": "x"}, encoding="utf-16", ensure_ascii=True, indent=None)
 def test_any_encoding_gives_the_utf8_key_or_an_error(
     value: Any, encoding: str, ensure_ascii: bool, indent: int | None
 ) -> None:
@@ -172,22 +174,26 @@ def test_any_encoding_gives_the_utf8_key_or_an_error(
         body = text.encode(encoding)
     except UnicodeEncodeError:
         return  # not writable in that encoding
+    read = utf8_json(body)
     try:
         got = key_of(body)
     except JsonBodyError:
-        assert not is_utf8_json(body)  # refused only when it is not that UTF-8 text
+        assert read is None  # refused only when it is not UTF-8 JSON
         return
-    assert is_utf8_json(body)  # taken only as UTF-8: UTF-16/32 and BOMs never are
-    assert got == expected
+    assert read is not None  # taken only as UTF-8: UTF-16/32 and BOMs never are
+    # the same key exactly when it is the same text ("Ã©" in latin-1 is "é" in UTF-8)
+    assert (got == expected) == (read == canonical(value))
 
 
-def is_utf8_json(body: bytes) -> bool:
-    """The oracle: UTF-8 without a BOM, and JSON by Python's own (lenient) reading."""
+def utf8_json(body: bytes) -> bytes | None:
+    """The oracle: the canonical text of the body read as UTF-8 without a BOM by Python's own
+    (lenient) JSON reader, or None."""
+    if body.startswith(b"\xef\xbb\xbf"):
+        return None
     try:
-        json.loads(body.decode("utf-8"))
-    except ValueError:  # UnicodeDecodeError is a ValueError
-        return False
-    return not body.startswith(b"\xef\xbb\xbf")
+        return canonical(json.loads(body.decode("utf-8")))
+    except ValueError:  # UnicodeDecodeError and JsonBodyError are ValueErrors
+        return None
 
 
 @settings(max_examples=500, deadline=None)
