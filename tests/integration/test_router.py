@@ -271,6 +271,36 @@ async def test_bad_request_body_400(stages: Stages) -> None:
     assert stages.calls == []
 
 
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ('{"q": "hi"}'.encode("utf-16"), "UTF-16 byte order mark"),
+        ('{"q": "hi"}'.encode("utf-32-le"), "not valid JSON"),
+        (b'\xef\xbb\xbf{"q": 1}', "byte order mark"),
+        (b'{"q": NaN}', "NaN"),
+        (b'{"q": [Infinity]}', "Infinity"),
+        (b'{"q": 1e999}', "out of the range"),
+        (b'{"q": "\\ud800"}', "lone surrogate"),
+        (b'{"q": 1, "q": 2}', "more than once"),
+        (b"[" * 5000 + b"]" * 5000, "nested deeper"),
+        (b'["\x80abc"]', "not UTF-8"),
+    ],
+)
+async def test_only_strict_utf8_json_is_taken(stages: Stages, body: bytes, message: str) -> None:
+    topo = topology("a", [StageRoute("a", await stages.add("a"))])
+    async with (
+        running(topo) as router,
+        aiohttp.ClientSession() as session,
+        session.post(f"http://127.0.0.1:{router.port}/", data=body) as response,
+    ):
+        assert response.status == 400
+        assert response.content_type == "application/json"
+        answer = await response.json()
+        assert message in answer["error"] and answer["error"].startswith("request body ")
+        assert answer["pipeline"] == "rag"
+    assert stages.calls == []
+
+
 async def test_streaming_output_passes_chunks_through(stages: Stages) -> None:
     chunks = [b"data: one\n\n", b"data: two\n\n", b"data: three\n\n"]
     topo = topology(

@@ -140,3 +140,88 @@ async def test_a_full_batch_waits_for_a_free_slot_then_goes_at_once() -> None:
     await asyncio.wait_for(asyncio.gather(*(batcher.submit(i) for i in range(6))), timeout=2)
     assert stage.batches == [[0, 1], [2, 3], [4, 5]]
     assert loop.time() - started >= 0.14  # one at a time
+
+
+async def test_a_full_queue_sheds_at_once_with_503_and_retry_after() -> None:
+    stage = FakeStage(delay=0.3)
+    batcher = Batcher(
+        stage.send, stage="embed", max_size=2, max_latency=0.001, max_inflight=1, max_queue=3
+    )
+    loop = asyncio.get_running_loop()
+    first = [asyncio.ensure_future(batcher.submit(i)) for i in range(2)]
+    await asyncio.sleep(0.02)  # [0, 1] is out; three more may wait
+    waiting = [asyncio.ensure_future(batcher.submit(i)) for i in range(2, 5)]
+    await asyncio.sleep(0)
+    started = loop.time()
+    shed = await asyncio.gather(*(batcher.submit(i) for i in range(5, 9)))
+    assert loop.time() - started < 0.05  # not queued at all
+    for outcome in shed:
+        assert isinstance(outcome, Failure)
+        assert (outcome.status, outcome.outcome, outcome.retry_after) == (503, "overloaded", 1)
+        assert "'embed'" in outcome.message and "queue is full" in outcome.message
+    outcomes = await asyncio.wait_for(asyncio.gather(*first, *waiting), timeout=3)
+    assert all(isinstance(o, Answer) for o in outcomes)
+    assert sorted(i for batch in stage.batches for i in batch) == [0, 1, 2, 3, 4]
+
+
+async def test_a_queued_item_fails_at_its_deadline_and_is_never_sent() -> None:
+    stage = FakeStage(delay=0.5)
+    batcher = Batcher(
+        stage.send, stage="embed", max_size=1, max_latency=0.001, max_inflight=1, timeout=0.1
+    )
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    first = asyncio.ensure_future(batcher.submit("first", started + 5))
+    await asyncio.sleep(0.01)
+    late = await batcher.submit("late", loop.time() + 0.1)
+    assert 0.08 <= loop.time() - started < 0.3  # at its deadline, not after the slow batch
+    assert isinstance(late, Failure) and late.status == 504 and late.outcome == "timeout"
+    assert late.message == "stage 'embed' did not answer within 0.1s (it waited in the batch queue)"
+    assert isinstance(await first, Answer)
+    await asyncio.sleep(0.05)
+    assert stage.batches == [["first"]]  # the expired item was not sent
+
+
+async def test_an_item_in_a_slow_batch_fails_at_its_deadline_alone() -> None:
+    stage = FakeStage(delay=0.4)
+    batcher = Batcher(stage.send, stage="embed", max_size=2, max_latency=10.0, timeout=0.1)
+    loop = asyncio.get_running_loop()
+    short = asyncio.ensure_future(batcher.submit("short", loop.time() + 0.1))
+    long = asyncio.ensure_future(batcher.submit("long", loop.time() + 5))
+    outcome = await short
+    assert isinstance(outcome, Failure) and outcome.status == 504
+    assert "its batch is still at the stage" in outcome.message
+    assert isinstance(await long, Answer)  # the batch went on for the other caller
+
+
+async def test_a_caller_that_went_away_is_not_sent() -> None:
+    stage = FakeStage()
+    batcher = Batcher(stage.send, stage="embed", max_size=8, max_latency=0.05)
+    gone = asyncio.ensure_future(batcher.submit("gone"))
+    await asyncio.sleep(0.01)
+    gone.cancel()
+    assert isinstance(await batcher.submit("stays"), Answer)
+    assert stage.batches == [["stays"]]
+    assert batcher.queued() == 0
+
+
+async def test_an_answer_item_that_cannot_be_json_fails_alone() -> None:
+    stage = FakeStage(answer=lambda items: BatchResponse(200, b'["ok", "\\ud800", NaN, 4]'))
+    batcher = Batcher(stage.send, stage="embed", max_size=4, max_latency=10.0)
+    outcomes = await asyncio.wait_for(
+        asyncio.gather(*(batcher.submit(i) for i in range(4))), timeout=2
+    )
+    assert isinstance(outcomes[0], Answer) and json.loads(outcomes[0].body) == "ok"
+    assert isinstance(outcomes[1], Failure) and outcomes[1].status == 502
+    assert "not JSON text" in outcomes[1].message
+    assert isinstance(outcomes[2], Failure) and outcomes[2].status == 502
+    assert isinstance(outcomes[3], Answer) and outcomes[3].body == b"4"
+
+
+async def test_a_send_that_raises_fails_its_batch_without_hanging() -> None:
+    async def broken(items: list[Any]) -> BatchResponse:
+        raise RuntimeError("bug")
+
+    batcher = Batcher(broken, stage="embed", max_size=2, max_latency=10.0)
+    outcomes = await asyncio.wait_for(asyncio.gather(batcher.submit(1), batcher.submit(2)), 2)
+    assert [o.status for o in outcomes] == [502, 502]

@@ -5,15 +5,21 @@ from __future__ import annotations
 import struct
 
 import pytest
+from multidict import CIMultiDict
 
 from penstock.dataplane.cache import (
+    KEY_PREFIX,
     CorruptEntry,
     Entry,
+    Variants,
     cache_key,
     canonical_json,
     decode_entry,
     encode_entry,
+    encode_variants,
+    variant_key,
 )
+from penstock.dataplane.jsonbody import canonical
 
 
 def key(**overrides: object) -> str:
@@ -40,7 +46,7 @@ def test_canonical_json_ignores_key_order_and_whitespace() -> None:
 def test_key_is_the_same_for_equivalent_bodies() -> None:
     same = key(body={"opts": {"b": [1, 2], "a": 1}, "text": "hello"})
     assert key() == same
-    assert key().startswith("penstock:cache:v1:")
+    assert key().startswith("penstock:cache:v2:")
     assert len(key().rsplit(":", 1)[1]) == 64
 
 
@@ -118,3 +124,49 @@ def test_length_mismatch_is_named() -> None:
     struct.pack_into(">I", data, 8, 2)  # body length field
     with pytest.raises(CorruptEntry, match="header says"):
         decode_entry(bytes(data))
+
+
+def test_every_value_of_a_key_header_counts_in_order() -> None:
+    one = CIMultiDict([("Authorization", "a")])
+    two = CIMultiDict([("Authorization", "b"), ("Authorization", "a")])
+    swapped = CIMultiDict([("Authorization", "a"), ("Authorization", "b")])
+    keys = {key(headers=h, key_headers=("authorization",)) for h in (one, two, swapped)}
+    assert len(keys) == 3
+
+
+def test_raw_header_bytes_are_key_material_without_errors() -> None:
+    # aiohttp holds undecodable header bytes as surrogates: they must key, not crash
+    raw = CIMultiDict({"Accept": "caf\udce9"})
+    assert key(headers=raw) != key(headers=CIMultiDict({"Accept": "café"}))
+    assert key(headers=CIMultiDict({"Accept": "€"})) != key()
+
+
+def test_canonical_bytes_and_values_give_the_same_key() -> None:
+    body = {"text": "hello", "opts": {"a": 1, "b": [1, 2]}}
+    assert key(body=canonical(body)) == key(body=body)
+
+
+def test_variant_keys_cover_the_vary_headers() -> None:
+    base = key()
+    a = variant_key(base, ("cookie",), CIMultiDict({"Cookie": "a"}))
+    assert a == variant_key(base, ("cookie",), CIMultiDict({"cookie": "a"}))
+    assert a != variant_key(base, ("cookie",), CIMultiDict({"Cookie": "b"}))
+    assert a != variant_key(base, ("cookie",), CIMultiDict())
+    assert a != variant_key(key(stage="other"), ("cookie",), CIMultiDict({"Cookie": "a"}))
+    assert a.startswith(KEY_PREFIX + "vary:")
+
+
+def test_variants_marker_round_trip_and_damage() -> None:
+    marker = Variants(("accept-language", "cookie"))
+    data = encode_variants(marker)
+    assert decode_entry(data) == marker
+    for index in range(len(data)):
+        damaged = bytearray(data)
+        damaged[index] ^= 0x01
+        try:
+            decoded = decode_entry(bytes(damaged))
+        except CorruptEntry:
+            continue
+        raise AssertionError(f"flipped byte {index} decoded as {decoded}")
+    with pytest.raises(CorruptEntry):
+        decode_entry(data[:20])

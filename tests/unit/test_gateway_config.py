@@ -10,7 +10,8 @@ import pytest
 from penstock.dataplane.coalesce import Coalescer
 from penstock.dataplane.config import ConfigError, HostPort, env_name, parse_config
 from penstock.dataplane.gateway import main
-from penstock.dataplane.proxy import cache_directives, strip_headers
+from penstock.dataplane.proxy import strip_headers
+from penstock.dataplane.sharing import cache_directives
 from penstock.dataplane.telemetry import request_cost_usd, traces_url
 
 BASE = ["--listen", "127.0.0.1:8000", "--upstream", "http://127.0.0.1:8080"]
@@ -105,6 +106,9 @@ def test_empty_key_headers_means_none() -> None:
         ([*BASE, "--hourly-cost", "nan"], {}, "--hourly-cost"),
         ([*BASE, "--batch-path", "batch"], {}, "must start with '/'"),
         ([*BASE, "--batch-max-size", "4"], {}, "need --batch-path"),
+        ([*BASE, "--batch-max-queue", "4"], {}, "need --batch-path"),
+        ([*BASE, "--batch-path", "/b", "--batch-max-queue", "0"], {}, "--batch-max-queue: 0"),
+        ([*BASE, "--cache-key-headers", "x tenant"], {}, "not a header name"),
         ([*BASE, "--warmup-body", "/nonexistent/x"], {}, "--warmup-body: cannot read"),
         ([*BASE], {"PENSTOCK_GATEWAY_BATCH_MAX_SIZE": "x"}, "PENSTOCK_GATEWAY_BATCH_MAX_SIZE"),
         (["--listen", "h:1", "--upstream", "http://x", "--admin-listen", "h:1"], {}, "differ"),
@@ -113,6 +117,14 @@ def test_empty_key_headers_means_none() -> None:
 def test_bad_values_are_named(argv: list[str], env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("?", r"\?")):
         parse_config(argv, environ=env)
+
+
+def test_batch_queue_bound() -> None:
+    batching = [*BASE, "--batch-path", "/batch"]
+    assert parse_config(batching, environ={}).batch_queue_limit == 64
+    big = parse_config([*batching, "--batch-max-size", "32"], environ={})
+    assert big.batch_queue_limit == 4 * 32 * 2
+    assert parse_config([*batching, "--batch-max-queue", "5"], environ={}).batch_queue_limit == 5
 
 
 def test_main_exits_2_without_traceback(capsys: pytest.CaptureFixture[str]) -> None:

@@ -15,7 +15,11 @@ from penstock.api.types import GROUP, KIND, PLURAL, VERSION
 _DROP = {"title", "default", "propertyNames", "$defs"}
 # Lists the apiserver treats as maps keyed by name: uniqueness and per-item server-side apply.
 _LIST_MAP_KEYS = {("spec", "stages"): "name", ("spec", "stages", "*", "env"): "name"}
-_LIST_SETS = {("spec", "stages", "*", "dependsOn"), ("spec", "imagePullSecrets")}
+_LIST_SETS = {
+    ("spec", "stages", "*", "dependsOn"),
+    ("spec", "stages", "*", "cache", "keyHeaders"),
+    ("spec", "imagePullSecrets"),
+}
 
 
 def _structural(node: Any, defs: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any]:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
-from pydantic import ConfigDict, Field, JsonValue, model_validator
+from pydantic import AfterValidator, ConfigDict, Field, JsonValue, model_validator
 
 from penstock.api.types import (
     DECIMAL,
@@ -148,6 +149,49 @@ EvictionPolicy = Literal[
 ]
 
 
+# An HTTP field name (RFC 9110 token), in lower case.
+HEADER_NAME = r"^[!#$%&'*+.^_`|~0-9a-z-]+$"
+_HEADER_NAME_RE = re.compile(HEADER_NAME)
+# Hop-by-hop or not passed to the stage by the gateway: they cannot change its answer.
+_NOT_KEYABLE = frozenset(
+    {
+        "connection",
+        "content-length",
+        "expect",
+        "host",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+MAX_KEY_HEADERS = 16
+
+
+def _check_header_name(value: str) -> str:
+    if not _HEADER_NAME_RE.match(value):
+        hint = f" (use {value.lower()!r})" if _HEADER_NAME_RE.match(value.lower()) else ""
+        raise ValueError(
+            f"{value!r} is not a lower-case HTTP header name (letters, digits and"
+            f" !#$%&'*+.^_`|~-){hint}"
+        )
+    if value in _NOT_KEYABLE:
+        raise ValueError(f"{value!r} is not passed to the stage, so it cannot change the answer")
+    return value
+
+
+# The pattern goes into the CRD only; pydantic runs _check_header_name, whose message is friendlier.
+HeaderName = Annotated[
+    str,
+    Field(min_length=1, max_length=64, json_schema_extra={"pattern": HEADER_NAME}),
+    AfterValidator(_check_header_name),
+]
+
+
 class Cache(ApiModel):
     """Exact-match response cache in a Redis sidecar inside each stage pod."""
 
@@ -161,6 +205,20 @@ class Cache(ApiModel):
     """Redis maxmemory-policy applied when the cache is full. Default allkeys-lru."""
     max_entry_size: Quantity = "1Mi"
     """Responses larger than this are not cached. Default 1Mi."""
+    key_headers: list[HeaderName] | None = Field(default=None, max_length=MAX_KEY_HEADERS)
+    """Request headers whose values are part of the cache key (lower-case names, at most 16),
+    in addition to those the stage's answer names in Vary. Default [accept, authorization];
+    [] keys on none. A request carrying Authorization or Cookie that neither this list nor the
+    answer's Vary covers gets an answer stored or shared with other callers only when the
+    stage marks it Cache-Control: public (or s-maxage)."""
+
+    @model_validator(mode="after")
+    def _unique_key_headers(self) -> Cache:
+        names = self.key_headers or []
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"keyHeaders lists {', '.join(map(repr, repeated))} more than once")
+        return self
 
 
 class Batching(ApiModel):

@@ -30,7 +30,10 @@ class Answer:
 
 @dataclass(frozen=True)
 class Failure:
-    """The gateway could not get an answer: a clear JSON error with an HTTP status."""
+    """The gateway could not get an answer: a clear JSON error with an HTTP status.
+
+    ``retry_after`` (seconds) becomes a ``Retry-After`` header, for load shedding.
+    """
 
     status: int
     message: str
@@ -38,6 +41,7 @@ class Failure:
     outcome: str
     held_seconds: float = 0.0
     batch_size: int | None = None
+    retry_after: int | None = None
 
     def body(self) -> bytes:
         return json.dumps({"error": self.message, "stage": self.stage}).encode()

@@ -6,18 +6,26 @@ that many are out, requests keep collecting and go in the next batch as soon as 
 (a busy stage gets full batches instead of a queue of small ones, as Triton's dynamic batcher
 does). The stage answers a JSON array of the same length, in order; anything else fails
 exactly that batch's callers.
+
+The queue of items not yet sent is bounded (``max_queue``): a request arriving at a full queue
+gets a 503 with ``Retry-After`` at once. Every item has a deadline (the request's arrival plus
+the stage's ``timeoutSeconds``): an item still queued, or in a batch still out, at its deadline
+gets a 504 then, and an expired item is never sent.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from penstock.dataplane.answers import Answer, Failure, Outcome
+
+log = logging.getLogger("penstock.gateway.batching")
 
 
 @dataclass(frozen=True)
@@ -52,17 +60,36 @@ _JSON = (("Content-Type", "application/json"),)
 
 
 def item_answer(item: Any, held_seconds: float, batch_size: int) -> Answer:
-    body = json.dumps(item, separators=(",", ":"), ensure_ascii=False).encode()
-    return Answer(200, _JSON, body, held_seconds=held_seconds, batch_size=batch_size)
+    text = json.dumps(item, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return Answer(200, _JSON, text.encode(), held_seconds=held_seconds, batch_size=batch_size)
+
+
+def _item_outcome(item: Any, stage: str, held: float, size: int) -> Outcome:
+    """One item's answer; an item that cannot be JSON (a lone surrogate, NaN) fails alone."""
+    try:
+        return item_answer(item, held, size)
+    except (ValueError, TypeError) as error:  # UnicodeEncodeError is a ValueError
+        message = f"stage {stage!r} answered a batch item that is not JSON text: {error}"
+        return Failure(502, message, stage, "upstream_error", held, size)
 
 
 Send = Callable[[list[Any]], Awaitable[BatchResponse | Failure]]
 
 
+@dataclass(slots=True)
+class _Item:
+    payload: Any
+    future: asyncio.Future[Outcome]
+    deadline: float | None = None
+    sent: bool = False
+    timer: asyncio.TimerHandle | None = field(default=None, repr=False)
+
+
 class Batcher:
     """Collects items and sends them with ``send``; ``submit`` returns that item's outcome.
 
-    ``max_inflight`` bounds the batches out at once (``None``: no bound).
+    ``max_inflight`` bounds the batches out at once and ``max_queue`` the items waiting to be
+    sent (``None``: no bound); ``timeout`` is the stage's timeoutSeconds, for messages.
     """
 
     def __init__(
@@ -73,13 +100,17 @@ class Batcher:
         max_size: int,
         max_latency: float,
         max_inflight: int | None = None,
+        max_queue: int | None = None,
+        timeout: float | None = None,
     ) -> None:
         self._send = send
         self._stage = stage
         self.max_size = max_size
         self.max_latency = max_latency
         self.max_inflight = max_inflight
-        self._pending: list[tuple[Any, asyncio.Future[Outcome]]] = []
+        self.max_queue = max_queue
+        self._timeout = timeout
+        self._pending: list[_Item] = []
         self._first_at = 0.0  # loop time the oldest pending item arrived
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -89,26 +120,65 @@ class Batcher:
     def _has_slot(self) -> bool:
         return self.max_inflight is None or len(self._tasks) < self.max_inflight
 
-    async def submit(self, item: Any) -> Outcome:
+    def queued(self) -> int:
+        """Items waiting to be sent (expired and cancelled ones not counted)."""
+        return sum(1 for item in self._pending if not item.future.done())
+
+    async def submit(self, item: Any, deadline: float | None = None) -> Outcome:
+        """``item``'s outcome; ``deadline`` is the loop time at which it gets a 504 instead."""
         loop = asyncio.get_running_loop()
+        if self._closed:
+            return Failure(503, "gateway is shutting down", self._stage, "not_ready")
+        if self.max_queue is not None and len(self._pending) >= self.max_queue:
+            self._pending = [entry for entry in self._pending if not entry.future.done()]
+            if len(self._pending) >= self.max_queue:
+                return self._shed()
         future: asyncio.Future[Outcome] = loop.create_future()
+        entry = _Item(item, future, deadline)
+        if deadline is not None:
+            entry.timer = loop.call_at(deadline, self._expire, entry)
         if not self._pending:
             self._first_at = loop.time()
-        self._pending.append((item, future))
+        self._pending.append(entry)
         if len(self._pending) >= self.max_size:
             self._flush()
         elif self._timer is None and self._has_slot():
             self._timer = loop.call_later(self.max_latency, self._flush)
-        return await future
+        try:
+            return await future
+        finally:
+            if entry.timer is not None:
+                entry.timer.cancel()
+            if not future.done():
+                future.cancel()  # the caller went away: never sent if still queued
+
+    def _shed(self) -> Failure:
+        message = (
+            f"stage {self._stage!r} is overloaded: the batch queue is full"
+            f" ({self.max_queue} requests waiting); retry later"
+        )
+        return Failure(503, message, self._stage, "overloaded", retry_after=1)
+
+    def _expire(self, entry: _Item) -> None:
+        if entry.future.done():
+            return
+        within = f" within {self._timeout:g}s" if self._timeout is not None else " in time"
+        where = "its batch is still at the stage" if entry.sent else "it waited in the batch queue"
+        message = f"stage {self._stage!r} did not answer{within} ({where})"
+        entry.future.set_result(Failure(504, message, self._stage, "timeout"))
 
     def _flush(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         loop = asyncio.get_running_loop()
+        if self._has_slot() and any(entry.future.done() for entry in self._pending):
+            self._pending = [entry for entry in self._pending if not entry.future.done()]
         while self._pending and self._has_slot():
             batch = self._pending[: self.max_size]
             self._pending = self._pending[self.max_size :]
+            for entry in batch:
+                entry.sent = True
             task = loop.create_task(self._run(batch))
             self._tasks.add(task)
             task.add_done_callback(self._batch_done)
@@ -126,15 +196,16 @@ class Batcher:
         else:
             self._timer = loop.call_later(wait, self._flush)
 
-    async def _run(self, batch: list[tuple[Any, asyncio.Future[Outcome]]]) -> None:
+    async def _run(self, batch: list[_Item]) -> None:
         size = len(batch)
         if self.on_batch is not None:
             self.on_batch(size)
         started = time.perf_counter()
         outcomes: list[Outcome]
         try:
-            response = await self._send([item for item, _ in batch])
+            response = await self._send([entry.payload for entry in batch])
         except Exception as error:  # a bug or an unexpected client error: fail this batch only
+            log.exception("stage %s: batch call failed", self._stage)
             response = Failure(502, f"batch call failed: {error}", self._stage, "upstream_error")
         held = (time.perf_counter() - started) / size
         if isinstance(response, Failure):
@@ -155,19 +226,19 @@ class Batcher:
                 bad = Failure(502, message, self._stage, "upstream_error", held, size)
                 outcomes = [bad] * size
             else:
-                outcomes = [item_answer(item, held, size) for item in items]
-        for (_, future), outcome in zip(batch, outcomes, strict=True):
-            if not future.done():
-                future.set_result(outcome)
+                outcomes = [_item_outcome(item, self._stage, held, size) for item in items]
+        for entry, outcome in zip(batch, outcomes, strict=True):
+            if not entry.future.done():
+                entry.future.set_result(outcome)
 
     async def close(self) -> None:
         self._closed = True
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        for _, future in self._pending:
-            if not future.done():
-                future.set_result(
+        for entry in self._pending:
+            if not entry.future.done():
+                entry.future.set_result(
                     Failure(503, "gateway is shutting down", self._stage, "not_ready")
                 )
         self._pending = []

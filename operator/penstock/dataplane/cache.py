@@ -23,10 +23,15 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from penstock.dataplane.sharing import header_values
+
 log = logging.getLogger("penstock.gateway.cache")
 
-KEY_PREFIX = "penstock:cache:v1:"
+# v2: keys on the raw path and every value of a key header, and honours Vary; entries stored
+# under v1 rules are never read.
+KEY_PREFIX = "penstock:cache:v2:"
 _MAGIC = b"PSC1"
+_VARY_MAGIC = b"PSV1"
 # magic, status, content-type length, body length, sha256 digest
 _HEADER = struct.Struct(">4sHHI32s")
 
@@ -34,6 +39,11 @@ _HEADER = struct.Struct(">4sHHI32s")
 def canonical_json(value: Any) -> str:
     """One text per JSON value: sorted keys, no insignificant whitespace, UTF-8 kept."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _material(value: Any) -> bytes:
+    # surrogatepass: header values hold the raw bytes aiohttp could not decode as surrogates.
+    return canonical_json(value).encode("utf-8", "surrogatepass")
 
 
 def cache_key(
@@ -48,16 +58,29 @@ def cache_key(
     headers: Mapping[str, str],
     key_headers: Iterable[str],
 ) -> str:
-    """sha256 over everything that can change the answer; ``body`` is the parsed JSON body.
+    """sha256 over everything that can change the answer.
 
-    ``headers`` is looked up case-insensitively by the lower-case names in ``key_headers``;
-    an absent header and an empty one are different.
+    ``body`` is the canonical UTF-8 text of the JSON body (bytes, from
+    :func:`penstock.dataplane.jsonbody.canonical`) or a JSON value; ``path`` is the raw path
+    and query as sent. ``headers`` is looked up case-insensitively by the lower-case names in
+    ``key_headers``, every value in order; an absent header and an empty one are different.
     """
-    lowered = {name.lower(): value for name, value in headers.items()}
-    chosen = [[name, lowered.get(name)] for name in sorted({h.lower() for h in key_headers})]
-    material = [pipeline, stage, stage_image, model_version, method.upper(), path, body, chosen]
-    digest = hashlib.sha256(canonical_json(material).encode()).hexdigest()
-    return KEY_PREFIX + digest
+    chosen = [
+        [name, header_values(headers, name)] for name in sorted({h.lower() for h in key_headers})
+    ]
+    material = [pipeline, stage, stage_image, model_version, method.upper(), path, chosen]
+    canonical = body if isinstance(body, bytes) else _material(body)
+    hasher = hashlib.sha256(_material(material))
+    hasher.update(b"\n")  # the material is one JSON array: nothing after it can blur it
+    hasher.update(canonical)
+    return KEY_PREFIX + hasher.hexdigest()
+
+
+def variant_key(key: str, vary: Iterable[str], headers: Mapping[str, str]) -> str:
+    """Where the variant of ``key`` for these values of the ``vary`` request headers lives."""
+    chosen = [[name, header_values(headers, name)] for name in vary]
+    digest = hashlib.sha256(_material([key, chosen])).hexdigest()
+    return KEY_PREFIX + "vary:" + digest
 
 
 @dataclass(frozen=True)
@@ -65,6 +88,14 @@ class Entry:
     status: int
     content_type: str
     body: bytes
+
+
+@dataclass(frozen=True)
+class Variants:
+    """Stored at a key whose answer varies on request headers: the variants are at
+    :func:`variant_key` of those headers' values."""
+
+    vary: tuple[str, ...]
 
 
 class CorruptEntry(ValueError):
@@ -92,8 +123,23 @@ def encode_entry(entry: Entry) -> bytes:
     return header + content_type + entry.body
 
 
-def decode_entry(data: bytes) -> Entry:
-    """The entry, or :class:`CorruptEntry` when anything does not match exactly."""
+def encode_variants(variants: Variants) -> bytes:
+    """Envelope: magic + sha256 of the names + the names, comma-separated."""
+    names = ",".join(variants.vary).encode("ascii")
+    return _VARY_MAGIC + hashlib.sha256(names).digest() + names
+
+
+def decode_entry(data: bytes) -> Entry | Variants:
+    """The entry or the Variants marker, or :class:`CorruptEntry` when anything does not
+    match exactly."""
+    if data[:4] == _VARY_MAGIC:
+        names, digest = data[36:], data[4:36]
+        if len(digest) != 32 or hashlib.sha256(names).digest() != digest:
+            raise CorruptEntry("vary marker checksum does not match its content")
+        vary = tuple(names.decode("ascii", "replace").split(",")) if names else ()
+        if not vary or any(not name for name in vary):
+            raise CorruptEntry("vary marker names no header")
+        return Variants(vary)
     if len(data) < _HEADER.size:
         raise CorruptEntry(f"entry of {len(data)} bytes is shorter than its header")
     magic, status, type_length, body_length, digest = _HEADER.unpack_from(data)
@@ -167,9 +213,7 @@ class RedisCache:
     def _available(self) -> bool:
         return time.monotonic() >= self._skip_until
 
-    async def get(self, key: str) -> tuple[Lookup, Entry | None]:
-        if not self._available():
-            return Lookup.ERROR, None
+    async def _get(self, key: str) -> tuple[Lookup, Entry | Variants | None]:
         try:
             async with asyncio.timeout(self._timeout * 2):
                 raw = await self._client.get(key)
@@ -186,6 +230,22 @@ class RedisCache:
             await self._delete(key)
             return Lookup.ERROR, None
 
+    async def get(
+        self, key: str, headers: Mapping[str, str] | None = None
+    ) -> tuple[Lookup, Entry | None]:
+        """The entry for ``key``; when the answer varies on request headers, the variant for
+        ``headers`` (a second GET, only for such answers)."""
+        if not self._available():
+            return Lookup.ERROR, None
+        lookup, found = await self._get(key)
+        if isinstance(found, Variants):
+            if headers is None:
+                return Lookup.MISS, None
+            lookup, found = await self._get(variant_key(key, found.vary, headers))
+            if isinstance(found, Variants):  # a marker never sits at a variant key
+                return Lookup.ERROR, None
+        return lookup, found
+
     async def _delete(self, key: str) -> None:
         try:
             async with asyncio.timeout(self._timeout * 2):
@@ -193,14 +253,34 @@ class RedisCache:
         except (RedisError, OSError, TimeoutError) as error:
             self._failed("DEL", error)
 
-    async def put(self, key: str, entry: Entry) -> Store:
+    async def put(
+        self,
+        key: str,
+        entry: Entry,
+        *,
+        vary: tuple[str, ...] = (),
+        headers: Mapping[str, str] | None = None,
+        ttl_seconds: int | None = None,
+    ) -> Store:
+        """Store ``entry`` for ``key``; with ``vary``, as the variant for those of ``headers``
+        (the marker and the variant in one round trip). ``ttl_seconds`` caps the TTL."""
         if len(entry.body) > self.max_entry_bytes:
             return Store.TOO_LARGE
         if not self._available():
             return Store.ERROR
+        ttl = (
+            self.ttl_seconds if ttl_seconds is None else max(1, min(ttl_seconds, self.ttl_seconds))
+        )
         try:
             async with asyncio.timeout(self._timeout * 2):
-                await self._client.set(key, encode_entry(entry), ex=self.ttl_seconds)
+                if not vary:
+                    await self._client.set(key, encode_entry(entry), ex=ttl)
+                else:
+                    assert headers is not None
+                    pipe = self._client.pipeline(transaction=False)
+                    pipe.set(key, encode_variants(Variants(vary)), ex=self.ttl_seconds)
+                    pipe.set(variant_key(key, vary, headers), encode_entry(entry), ex=ttl)
+                    await pipe.execute()
         except (RedisError, OSError, TimeoutError) as error:
             self._failed("SET", error)
             return Store.ERROR

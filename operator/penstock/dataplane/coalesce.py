@@ -1,13 +1,23 @@
-"""In-flight coalescing: identical concurrent requests share one upstream call."""
+"""In-flight coalescing: identical concurrent requests share one upstream call.
+
+Whether a follower may take the leader's result is the caller's decision (see
+``dataplane/sharing.py``); when a key's answer could not be shared, :meth:`Coalescer.unshareable`
+remembers it for a few seconds so that its next callers go to the stage at once instead of
+queueing behind a call whose answer they cannot have (Varnish's "hit-for-pass").
+"""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+
+PASS_SECONDS = 10.0
+MAX_PASS_KEYS = 4096
 
 
 @dataclass
@@ -33,9 +43,30 @@ class Coalescer(Generic[T]):
     start a new call (this is not a cache).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, pass_seconds: float = PASS_SECONDS) -> None:
         self._calls: dict[str, _Call[T]] = {}
+        self._pass: dict[str, float] = {}  # key -> monotonic time until which not to coalesce
+        self._pass_seconds = pass_seconds
         self.coalesced = 0
+
+    def unshareable(self, key: str) -> None:
+        """The answer for ``key`` could not be shared: do not coalesce it for a while."""
+        self._pass.pop(key, None)
+        self._pass[key] = time.monotonic() + self._pass_seconds
+        if len(self._pass) > MAX_PASS_KEYS:
+            del self._pass[next(iter(self._pass))]  # the oldest
+
+    def passes(self, key: str) -> bool:
+        """Should callers of ``key`` go to the stage without coalescing?"""
+        if not self._pass:
+            return False
+        until = self._pass.get(key)
+        if until is None:
+            return False
+        if until < time.monotonic():
+            del self._pass[key]
+            return False
+        return True
 
     def __len__(self) -> int:
         return len(self._calls)

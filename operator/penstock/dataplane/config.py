@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -50,6 +51,7 @@ class GatewayConfig:
     batch_max_latency_ms: float = 5.0
     batch_path: str | None = None
     batch_max_inflight: int = 2
+    batch_max_queue: int | None = None
     warmup_requests: int = 0
     warmup_body: bytes = b"{}"
     warmup_path: str = "/"
@@ -84,6 +86,14 @@ class GatewayConfig:
             self.idle_timeout_seconds,
             self.max_connections,
         )
+
+    @property
+    def batch_queue_limit(self) -> int:
+        """Most requests waiting for a batch: --batch-max-queue, else four rounds of full
+        batches (at least 64)."""
+        if self.batch_max_queue is not None:
+            return self.batch_max_queue
+        return max(64, 4 * self.batch_max_size * self.batch_max_inflight)
 
 
 def env_name(flag: str) -> str:
@@ -170,10 +180,13 @@ def _path(text: str) -> str:
     return text
 
 
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9a-z-]+$")
+
+
 def _headers(text: str) -> tuple[str, ...]:
     names = [name.strip().lower() for name in text.split(",") if name.strip()]
     for name in names:
-        if not name.replace("-", "").replace("_", "").isalnum():
+        if not _TOKEN.match(name):
             raise ValueError(f"{name!r} is not a header name")
     return tuple(sorted(set(names)))
 
@@ -227,6 +240,13 @@ _FLAGS: tuple[_Flag, ...] = (
         _positive_int,
         "N",
         "most batches at the stage at once; meanwhile requests collect (default 2)",
+    ),
+    _Flag(
+        "--batch-max-queue",
+        _positive_int,
+        "N",
+        "most requests waiting for a batch; more get 503 with Retry-After"
+        " (default 4 x max size x max inflight, at least 64)",
     ),
     _Flag("--warmup-requests", _non_negative_int, "N", "warmup POSTs before ready (default 0)"),
     _Flag("--warmup-body", _text, "FILE", "file with the warmup request body (default '{}')"),
@@ -324,10 +344,11 @@ def parse_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) 
             values["warmup_body"] = Path(body_file).read_bytes()
         except OSError as error:
             raise ConfigError(f"--warmup-body: cannot read {body_file}: {error}") from None
-    batch_only = ("batch_max_size", "batch_max_latency_ms", "batch_max_inflight")
+    batch_only = ("batch_max_size", "batch_max_latency_ms", "batch_max_inflight", "batch_max_queue")
     if "batch_path" not in values and any(name in values for name in batch_only):
         raise ConfigError(
-            "--batch-max-size/--batch-max-latency-ms/--batch-max-inflight need --batch-path"
+            "--batch-max-size/--batch-max-latency-ms/--batch-max-inflight/--batch-max-queue"
+            " need --batch-path"
         )
     password = env.get(ENV_REDIS_PASSWORD, "")
     if password:

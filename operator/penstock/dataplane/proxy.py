@@ -9,17 +9,15 @@ listener serves ``/metrics``, ``/live`` and ``/ready`` on a port of its own.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict
 from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.trace import SpanKind, Status, StatusCode
@@ -31,8 +29,19 @@ from penstock.dataplane.batching import Batcher, BatchResponse
 from penstock.dataplane.cache import Entry, Lookup, RedisCache, Store, cache_key
 from penstock.dataplane.coalesce import Coalescer
 from penstock.dataplane.config import GatewayConfig
+from penstock.dataplane.errors import error_middleware
+from penstock.dataplane.jsonbody import JsonBodyError, parse
 from penstock.dataplane.limits import Identity
 from penstock.dataplane.serving import listen
+from penstock.dataplane.sharing import (
+    NOTHING_SAID,
+    Sharing,
+    answer_sharing,
+    header_values,
+    may_reuse,
+    request_rules,
+    same_variant,
+)
 from penstock.dataplane.telemetry import (
     ATTR_BATCH_SIZE,
     ATTR_CACHE_HIT,
@@ -76,9 +85,13 @@ _NOT_FORWARDED_RESPONSE = frozenset({"content-length"})
 
 
 def strip_headers(headers: Mapping[str, str], drop: frozenset[str]) -> CIMultiDict[str]:
-    """Headers without hop-by-hop ones (also those named in ``Connection``) and ``drop``."""
+    """Headers without hop-by-hop ones (also those named in ``Connection``) and ``drop``.
+
+    Request header values stay as aiohttp decoded them (UTF-8, undecodable bytes as
+    surrogates): the upstream client writes them back as the exact bytes the caller sent.
+    """
     skip = HOP_BY_HOP | drop
-    connection = _all(headers, "connection")
+    connection = header_values(headers, "connection")
     if connection:
         skip = skip | {token.strip().lower() for value in connection for token in value.split(",")}
     return CIMultiDict(
@@ -86,31 +99,25 @@ def strip_headers(headers: Mapping[str, str], drop: frozenset[str]) -> CIMultiDi
     )
 
 
-def _all(headers: Mapping[str, str], name: str) -> list[str]:
-    getall = getattr(headers, "getall", None)
-    if getall is not None:
-        values: list[str] = getall(name, [])
-        return values
-    return [value for key, value in headers.items() if key.lower() == name]
+def _declares_json(content_type: str | None) -> bool:
+    """Is the body declared JSON (or not declared at all)?"""
+    if content_type is None:
+        return True
+    media = content_type.partition(";")[0].strip().lower()
+    return media in ("", "application/json") or media.endswith("+json")
 
 
-def cache_directives(headers: Mapping[str, str]) -> set[str]:
-    """Lower-case ``Cache-Control`` directive names (``Pragma: no-cache`` counts as no-cache)."""
-    if (
-        "cache-control" not in headers
-        and "pragma" not in headers
-        and isinstance(headers, CIMultiDict | CIMultiDictProxy)
-    ):
-        return set()  # the common case, without parsing
-    directives = {
-        part.split("=", 1)[0].strip().lower()
-        for value in _all(headers, "cache-control")
-        for part in value.split(",")
-        if part.strip()
-    }
-    if any("no-cache" in value.lower() for value in _all(headers, "pragma")):
-        directives.add("no-cache")
-    return directives
+def _charset_problem(content_type: str | None) -> str | None:
+    """A ``charset`` other than UTF-8 (the stage could read the bytes differently)."""
+    if content_type is None or ";" not in content_type:
+        return None
+    for parameter in content_type.split(";")[1:]:
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() == "charset":
+            charset = value.strip().strip('"').lower()
+            if charset not in ("utf-8", "utf8"):
+                return f"declares charset={charset}; JSON must be UTF-8 (RFC 8259)"
+    return None
 
 
 def _is_streaming(response: UpstreamResponse) -> bool:
@@ -136,7 +143,22 @@ class _Record:
     cost: float = 0.0
 
 
-_NOT_JSON = object()
+@dataclass
+class _Produced:
+    """What a (possibly shared) call produced, and the request headers it was made for."""
+
+    outcome: Outcome | _OpenStream
+    made_for: Mapping[str, str]
+    _sharing: Sharing | None = field(default=None, repr=False)
+
+    @property
+    def sharing(self) -> Sharing:
+        if self._sharing is None:
+            outcome = self.outcome
+            self._sharing = (
+                answer_sharing(outcome.headers) if isinstance(outcome, Answer) else NOTHING_SAID
+            )
+        return self._sharing
 
 
 class Gateway:
@@ -150,7 +172,8 @@ class Gateway:
         self._propagator: TextMapPropagator = TraceContextTextMapPropagator()
         self.ready = False
         self.not_ready_reason = "waiting for the stage's /healthz"
-        self._coalescer: Coalescer[Outcome | _OpenStream] = Coalescer()
+        self._coalescer: Coalescer[_Produced] = Coalescer()
+        self._key_headers = frozenset(config.cache_key_headers)
         upstream = urlsplit(config.upstream)
         self._pool = UpstreamPool(upstream.hostname or "127.0.0.1", upstream.port or 80)
         self._prefix = upstream.path.rstrip("/")
@@ -181,15 +204,25 @@ class Gateway:
                 max_size=config.batch_max_size,
                 max_latency=config.batch_max_latency_ms / 1000,
                 max_inflight=config.batch_max_inflight,
+                max_queue=config.batch_queue_limit,
+                timeout=config.timeout_seconds,
             )
             self._batcher.on_batch = self.metrics.batch_size.observe
-        proxy = web.Application(client_max_size=config.max_body_bytes)
+        identity = Identity(f"the gateway of stage {config.stage!r}", {"stage": config.stage})
+        who = identity.describe
+        proxy = web.Application(
+            client_max_size=config.max_body_bytes,
+            middlewares=[error_middleware(who, "every path of the stage", identity.fields)],
+        )
         proxy.router.add_route("*", "/{tail:.*}", self._handle)
-        admin = web.Application()
+        admin = web.Application(
+            middlewares=[
+                error_middleware(f"{who} (admin)", "GET /metrics, /live, /ready", identity.fields)
+            ]
+        )
         admin.router.add_get("/metrics", self._metrics)
         admin.router.add_get("/live", self._live)
         admin.router.add_get("/ready", self._ready)
-        identity = Identity(f"the gateway of stage {config.stage!r}", {"stage": config.stage})
         public, private = config.listen, config.admin_listen
         limits = config.limits  # the admin port (probes, scrapes) gets a small bound of its own
         admin_limits = replace(limits, max_connections=min(limits.max_connections, 64))
@@ -243,6 +276,9 @@ class Gateway:
                 self.not_ready_reason = f"stage /healthz answered HTTP {status}"
         except (OSError, TimeoutError) as error:
             self.not_ready_reason = f"stage /healthz failed: {_describe(error)}"
+        except Exception as error:  # a bug must not end the readiness loop
+            log.exception("stage %s: /healthz check failed", self.config.stage)
+            self.not_ready_reason = f"stage /healthz check failed: {_describe(error)}"
         return False
 
     async def _warmup(self) -> bool:
@@ -259,6 +295,10 @@ class Gateway:
                         self.not_ready_reason = f"warmup request {number} answered HTTP {status}"
                         return False
             except (OSError, TimeoutError) as error:
+                self.not_ready_reason = f"warmup request {number} failed: {_describe(error)}"
+                return False
+            except Exception as error:  # a bug must not end the readiness loop
+                log.exception("stage %s: warmup request failed", self.config.stage)
                 self.not_ready_reason = f"warmup request {number} failed: {_describe(error)}"
                 return False
         return True
@@ -336,6 +376,16 @@ class Gateway:
                     if response.status >= 500:
                         span.set_status(Status(StatusCode.ERROR, record.outcome))
                 return response
+        except web.HTTPException as error:  # raised by aiohttp while reading the request
+            message = f"request refused: {error.reason}"
+            outcome = "client_error" if error.status < 500 else "gateway_error"
+            failure = Failure(error.status, message, self.config.stage, outcome)
+            return self._failure(failure, record, "bypass")
+        except Exception as error:  # never aiohttp's text/plain 500 page
+            log.exception("stage %s: unexpected error serving %s", self.config.stage, request.path)
+            message = f"gateway error in front of stage {self.config.stage!r}: {_describe(error)}"
+            failure = Failure(500, message, self.config.stage, "gateway_error")
+            return self._failure(failure, record, "bypass")
         finally:
             metrics.inflight.dec()
             metrics.duration.observe(time.perf_counter() - started)
@@ -345,12 +395,18 @@ class Gateway:
 
     def _failure(self, failure: Failure, record: _Record, cache: str) -> web.Response:
         record.outcome = failure.outcome
-        return web.Response(
+        response = web.Response(
             status=failure.status,
             body=failure.body(),
             content_type="application/json",
             headers={CACHE_HEADER: cache},
         )
+        if failure.retry_after is not None:
+            response.headers["Retry-After"] = str(failure.retry_after)
+        return response
+
+    def _client_error(self, message: str) -> Failure:
+        return Failure(400, message, self.config.stage, "client_error")
 
     async def _serve(self, request: web.Request, record: _Record) -> web.StreamResponse:
         config = self.config
@@ -365,19 +421,10 @@ class Gateway:
         body = await self._read_body(request)
         if isinstance(body, Failure):
             return self._failure(body, record, "bypass")
-        parsed: Any = _NOT_JSON
-        if body:
-            try:
-                parsed = json.loads(body)
-            except (ValueError, UnicodeDecodeError) as error:
-                if self._batcher is not None:
-                    message = f"request body is not valid JSON: {error}"
-                    failure = Failure(400, message, config.stage, "client_error")
-                    return self._failure(failure, record, "bypass")
-        elif self._batcher is not None:
-            failure = Failure(400, "request body is empty, not JSON", config.stage, "client_error")
-            return self._failure(failure, record, "bypass")
-        if parsed is _NOT_JSON:  # not JSON: no key, so no cache and no coalescing
+        canonical = self._canonical(request, body)
+        if isinstance(canonical, Failure):
+            return self._failure(canonical, record, "bypass")
+        if canonical is None:  # not JSON: no key, so no cache and no coalescing
             result = await self._call_stage(request, body)
             return await self._respond(request, result, record, "bypass", sharers=1)
 
@@ -387,15 +434,15 @@ class Gateway:
             stage_image=config.stage_image,
             model_version=config.model_version,
             method=request.method,
-            path=request.path_qs,
-            body=parsed,
+            path=request.rel_url.raw_path_qs,
+            body=canonical,
             headers=request.headers,
             key_headers=config.cache_key_headers,
         )
-        directives = cache_directives(request.headers) if self.cache is not None else set()
+        rules = request_rules(request.headers)
         cache_state = "bypass"
-        if self.cache is not None and "no-cache" not in directives:
-            lookup, entry = await self.cache.get(key)
+        if self.cache is not None and rules.lookup:
+            lookup, entry = await self.cache.get(key, request.headers)
             self.metrics.lookup(lookup.value)
             if lookup is Lookup.HIT and entry is not None:
                 record.cache_hit = True
@@ -406,36 +453,87 @@ class Gateway:
                 )
             record.cache_hit = False
             cache_state = "miss" if lookup is Lookup.MISS else "bypass"
-        store = self.cache is not None and "no-store" not in directives
+        deadline = asyncio.get_running_loop().time() + config.timeout_seconds
 
-        async def work() -> Outcome | _OpenStream:
+        async def work() -> _Produced:
             if self._batcher is not None:
-                return await self._batcher.submit(parsed)
-            return await self._call_stage(request, body)
+                return _Produced(await self._batcher.submit(body, deadline), request.headers)
+            outcome = await self._call_stage(request, body, deadline=deadline)
+            return _Produced(outcome, request.headers)
 
-        shared = await self._coalescer.run(key, work)
-        result = shared.value
-        if not shared.leader:
-            self.metrics.coalesced.inc()
-            if isinstance(result, _OpenStream):  # the leader streamed its answer: call again
-                result = await self._call_stage(request, body)
+        if rules.join and not self._coalescer.passes(key):
+            shared = await self._coalescer.run(key, work)
+            produced, leader, sharers = shared.value, shared.leader, shared.sharers
+        else:  # wants a fresh answer, or its answers are not shared: call on its own
+            produced, leader, sharers = await work(), True, 1
+        if not leader:
+            if not self._may_take(key, produced, request):  # its own call, in its own time
+                result = (await work()).outcome
                 return await self._respond(request, result, record, cache_state, sharers=1)
-        elif store and isinstance(result, Answer):
+            self.metrics.coalesced.inc()
+        elif self.cache is not None and rules.store and isinstance(produced.outcome, Answer):
             # Stored after the answer is on its way: a miss costs one Redis round trip, not two.
-            task = asyncio.get_running_loop().create_task(self._store(key, result))
+            task = asyncio.get_running_loop().create_task(self._store(key, produced))
             self._stores.add(task)
             task.add_done_callback(self._stores.discard)
-        return await self._respond(request, result, record, cache_state, shared.sharers)
+        return await self._respond(request, produced.outcome, record, cache_state, sharers)
 
-    async def _store(self, key: str, answer: Answer) -> None:
+    def _canonical(self, request: web.Request, body: bytes) -> bytes | Failure | None:
+        """The body's canonical JSON text (the key material), a 400, or None: not JSON, so
+        passed through without a key (only when it is not declared JSON and not batched)."""
+        content_type = request.headers.get("Content-Type")
+        declared = _declares_json(content_type)
+        if not body:
+            if self._batcher is not None:
+                return self._client_error("request body is empty, not JSON")
+            return None
+        problem = _charset_problem(content_type)
+        if problem is None:
+            try:
+                return parse(body)[1]
+            except JsonBodyError as error:
+                problem = str(error)
+        if self._batcher is not None or declared:
+            return self._client_error(f"request body {problem}")
+        return None
+
+    def _may_take(self, key: str, produced: _Produced, request: web.Request) -> bool:
+        """May a follower have the answer the leader's call produced?"""
+        outcome = produced.outcome
+        if isinstance(outcome, _OpenStream):  # streamed to the leader's client: call again
+            return False
+        if isinstance(outcome, Failure):  # made by the gateway: nothing of the leader's in it
+            return True
+        sharing = produced.sharing
+        if not sharing.shareable:
+            self._coalescer.unshareable(key)
+        seen = outcome.batch_size is None
+        if not may_reuse(sharing, self._key_headers, produced.made_for, headers_seen=seen):
+            return False
+        return same_variant(sharing, produced.made_for, request.headers)
+
+    async def _store(self, key: str, produced: _Produced) -> None:
         assert self.cache is not None
+        answer = produced.outcome
+        assert isinstance(answer, Answer)
         if not 200 <= answer.status <= 299:
             return
         if any(name.lower() == "content-encoding" for name, _ in answer.headers):
             return  # the envelope keeps the content type only
-        if {"no-store", "private"} & cache_directives(dict(answer.headers)):
-            return  # the stage said this answer must not be shared
-        stored = await self.cache.put(key, Entry(answer.status, answer.content_type, answer.body))
+        sharing = produced.sharing
+        if not sharing.shareable:
+            self._coalescer.unshareable(key)
+        seen = answer.batch_size is None
+        if not may_reuse(sharing, self._key_headers, produced.made_for, headers_seen=seen):
+            return  # the stage said this answer must not be shared, or it is a caller's own
+        entry = Entry(answer.status, answer.content_type, answer.body)
+        stored = await self.cache.put(
+            key,
+            entry,
+            vary=sharing.vary,
+            headers=produced.made_for,
+            ttl_seconds=sharing.ttl_seconds,
+        )
         self.metrics.store(stored.value)
         if stored is Store.ERROR:
             log.debug("cache store skipped: %s", self.cache.last_error)
@@ -462,7 +560,7 @@ class Gateway:
         headers = strip_headers(request.headers, drop)
         forwarded = request.remote
         if forwarded:
-            previous = request.headers.get("X-Forwarded-For")
+            previous = headers.get("X-Forwarded-For")
             headers["X-Forwarded-For"] = f"{previous}, {forwarded}" if previous else forwarded
         if self._tracing:
             self._propagator.inject(headers)
@@ -474,15 +572,20 @@ class Gateway:
         body: bytes | AsyncIterator[bytes] | None,
         *,
         always_stream: bool = False,
+        deadline: float | None = None,
     ) -> Outcome | _OpenStream:
-        """One call to the stage: a buffered answer, an open stream, or a clear failure."""
+        """One call to the stage: a buffered answer, an open stream, or a clear failure.
+
+        It may take timeoutSeconds, or until ``deadline`` (loop time) when that is given."""
         config = self.config
         headers = self._upstream_headers(request, streamed=not isinstance(body, bytes))
         target = self._prefix + request.rel_url.raw_path_qs  # as sent
         started = time.perf_counter()
         response: UpstreamResponse | None = None
+        if deadline is None:
+            deadline = asyncio.get_running_loop().time() + config.timeout_seconds
         try:
-            async with asyncio.timeout(config.timeout_seconds):
+            async with asyncio.timeout_at(deadline):
                 response = await self._pool.request(
                     request.method, target, list(headers.items()), body
                 )
@@ -517,13 +620,14 @@ class Gateway:
             held_seconds=time.perf_counter() - started,
         )
 
-    async def _send_batch(self, items: list[Any]) -> BatchResponse | Failure:
+    async def _send_batch(self, items: list[bytes]) -> BatchResponse | Failure:
+        """One POST of the items' own JSON texts (each checked strict JSON) as an array."""
         config = self.config
         assert config.batch_path is not None
         headers: dict[str, str] = {"Content-Type": "application/json"}
         if self._tracing:
             self._propagator.inject(headers)
-        payload = json.dumps(items, separators=(",", ":"), ensure_ascii=False).encode()
+        payload = b"[" + b",".join(items) + b"]"
         started = time.perf_counter()
         try:
             async with asyncio.timeout(config.timeout_seconds):
@@ -590,6 +694,12 @@ class Gateway:
         except ConnectionError:
             record.outcome = "client_closed"
             upstream.close()
+        except Exception:  # the response has started: it can only be cut, not replaced
+            record.outcome = "gateway_error"
+            log.exception("stage %s: unexpected error while streaming", self.config.stage)
+            upstream.close()
+            if request.transport is not None:
+                request.transport.close()
         finally:
             upstream.release()
             held = time.perf_counter() - opened.started

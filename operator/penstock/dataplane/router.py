@@ -50,6 +50,8 @@ from prometheus_client import (
 
 from penstock.dataplane.config import HostPort, parse_host_port
 from penstock.dataplane.errors import StageError, error_middleware, json_error
+from penstock.dataplane.jsonbody import MAX_DEPTH, JsonBodyError
+from penstock.dataplane.jsonbody import parse as parse_json_body
 from penstock.dataplane.limits import (
     LIMIT_FLAGS,
     BodyTimeout,
@@ -447,11 +449,10 @@ class Router:
         raw = await self._read_body(request)
         if isinstance(raw, tuple):
             return raw
-        try:
-            json.loads(raw)
-        except ValueError as error:
-            message = f"request body is not valid JSON: {error}"
-            return _json_error(400, message, pipeline), "bad_request"
+        try:  # strict JSON, as the gateways take it; the envelope adds one level of nesting
+            parse_json_body(raw, max_depth=MAX_DEPTH - 1)
+        except JsonBodyError as error:
+            return _json_error(400, f"request body {error}", pipeline), "bad_request"
         profile = request.headers.get(PROFILE_HEADER, "").strip().lower() in ("1", "true")
         parent = self._propagator.extract(request.headers)
         with self._tracer.start_as_current_span(

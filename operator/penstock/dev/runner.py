@@ -199,6 +199,8 @@ def gateway_argv(
         argv += ["--redis-url", redis_url, "--cache-ttl-seconds", str(stage.cache.ttl_seconds)]
         max_entry = int(parse_quantity(stage.cache.max_entry_size))
         argv += ["--cache-max-entry-bytes", str(max_entry)]
+        if stage.cache.key_headers is not None:
+            argv += ["--cache-key-headers", ",".join(stage.cache.key_headers)]
     if stage.batching is not None:
         argv += ["--batch-path", stage.batching.path]
         argv += ["--batch-max-size", str(stage.batching.max_batch_size)]

@@ -60,6 +60,8 @@ def _env(
         values["REDIS_URL"] = f"redis://127.0.0.1:{REDIS_PORT}/0"
         values["CACHE_TTL_SECONDS"] = str(stage.cache.ttl_seconds)
         values["CACHE_MAX_ENTRY_BYTES"] = str(int(parse_quantity(stage.cache.max_entry_size)))
+        if stage.cache.key_headers is not None:  # unset: the gateway's default
+            values["CACHE_KEY_HEADERS"] = ",".join(stage.cache.key_headers)
     if stage.batching:
         values["BATCH_MAX_SIZE"] = str(stage.batching.max_batch_size)
         values["BATCH_MAX_LATENCY_MS"] = str(stage.batching.max_latency_ms)
