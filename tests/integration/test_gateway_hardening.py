@@ -868,3 +868,19 @@ def test_property_random_bytes_are_answered_or_a_json_400_never_a_500(
     assert content_type.startswith("application/json")
     if status == 400:
         assert answer["stage"] == "embed" and answer["error"].startswith("request body")
+
+
+async def test_the_admin_ports_errors_are_json_naming_the_stage(
+    stage: StageProcess, client: aiohttp.ClientSession
+) -> None:
+    async with gateway(stage) as gw:
+        base = f"http://127.0.0.1:{gw.admin_port}"
+        async with client.get(f"{base}/nope") as resp:
+            assert resp.status == 404
+            assert resp.content_type == "application/json"
+            body = await resp.json()
+        assert body["stage"] == "embed"
+        assert "GET /metrics" in body["error"]
+        async with client.post(f"{base}/metrics") as resp:
+            assert resp.status == 405
+            assert (await resp.json())["stage"] == "embed"
