@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from decimal import ROUND_HALF_UP, Decimal
-from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import Field
 
 from penstock.api.pipeline import Stage
 from penstock.api.types import ApiModel, parse_quantity
+from penstock.safeyaml import DocumentError, load_yaml_file
 
 _GIB = Decimal(2**30)
 GPU_RESOURCES = ("nvidia.com/gpu", "amd.com/gpu")
@@ -31,10 +30,13 @@ class PriceTable(ApiModel):
     @classmethod
     def from_file(cls, path: str) -> PriceTable:
         try:
-            raw: Any = yaml.safe_load(Path(path).read_text())
-        except (OSError, yaml.YAMLError) as error:
-            raise ValueError(f"price table {path}: {error}") from error
-        return cls.model_validate(raw or {})
+            documents = load_yaml_file(path)
+        except DocumentError as error:
+            raise ValueError(f"price table {error}") from None
+        if len(documents) > 1:
+            raise ValueError(f"price table {path}: expected one document (got {len(documents)})")
+        raw: Any = documents[0][1] if documents else {}
+        return cls.model_validate(raw)
 
     def gpu_price(self, gpu_type: str | None) -> Decimal:
         if gpu_type and gpu_type in self.gpu_hour:

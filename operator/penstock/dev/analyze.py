@@ -43,10 +43,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from penstock.api import PipelineSpec
 from penstock.api.validation import needed_stages, validate_document
+from penstock.safeyaml import DocumentError, load_yaml_file
 
 PROFILE_HEADER = "X-Penstock-Profile"
 
@@ -450,11 +449,9 @@ def as_json(report: Report) -> dict[str, Any]:
 
 def load_spec(path: str) -> PipelineSpec:
     try:
-        documents = [doc for doc in yaml.safe_load_all(Path(path).read_text()) if doc]
-    except OSError as error:
-        raise AnalyzeError(f"cannot read {path}: {error.strerror or error}") from None
-    except yaml.YAMLError as error:
-        raise AnalyzeError(f"{path}: not valid YAML: {error}") from None
+        documents = [body for _, body in load_yaml_file(path)]
+    except DocumentError as error:
+        raise AnalyzeError(str(error)) from None
     if len(documents) != 1:
         raise AnalyzeError(f"{path}: expected one Pipeline document (got {len(documents)})")
     result = validate_document(documents[0])

@@ -51,6 +51,7 @@ from penstock.api import PipelineSpec, Stage
 from penstock.api.types import parse_quantity
 from penstock.api.validation import needed_stages, output_stage, validate_document
 from penstock.render.gateway import needs_gateway
+from penstock.safeyaml import DocumentError, load_yaml_file
 
 DEV_COMMAND = "penstock.dev/dev-command."
 EXAMPLE_INPUT = "penstock.dev/dev-example-input"
@@ -146,13 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_pipeline(path: str) -> tuple[dict[str, Any], PipelineSpec]:
     try:
-        text = Path(path).read_text()
-    except OSError as error:
-        raise DevError(f"cannot read {path}: {error.strerror or error}") from None
-    try:
-        documents = [doc for doc in yaml.safe_load_all(text) if doc is not None]
-    except yaml.YAMLError as error:
-        raise DevError(f"{path}: not valid YAML: {error}") from None
+        documents = [body for _, body in load_yaml_file(path)]
+    except DocumentError as error:
+        raise DevError(str(error)) from None
     if len(documents) != 1:
         raise DevError(f"{path}: expected one Pipeline document (got {len(documents)})")
     document = documents[0]
