@@ -10,7 +10,7 @@ from penstock.api.pipeline import PipelineSpec
 
 def _type(node: dict[str, Any]) -> str:
     if node.get("x-kubernetes-int-or-string"):
-        return "quantity"
+        return "quantity (>= 0)"
     if "enum" in node:
         return " \\| ".join(str(value) for value in node["enum"])
     kind = node.get("type", "any JSON")

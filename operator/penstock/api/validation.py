@@ -215,6 +215,10 @@ def _value_problems(spec: PipelineSpec) -> list[Problem]:
                     f"{stage.cache.max_memory!r} is below Redis' practical minimum of 1Mi",
                 )
             )
+        if stage.cache and parse_quantity(stage.cache.max_entry_size) < 1:
+            errors.append(
+                Problem(f"spec.stages[{index}].cache.maxEntrySize", "must be at least 1 (byte)")
+            )
         if stage.batching and stage.stream:
             errors.append(
                 Problem(f"spec.stages[{index}].batching", "a streaming stage cannot be batched")
