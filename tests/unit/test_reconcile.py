@@ -215,6 +215,44 @@ def test_invalid_new_pipeline_gets_no_children(world: Any) -> None:
     assert events.posted[0][:2] == ("Warning", "InvalidSpec")
 
 
+@pytest.mark.parametrize(
+    ("path", "value", "needle"),
+    [
+        (("resources", "requests", "cpu"), "1e9999999", "too large"),
+        (("resources", "requests", "memory"), "-1Gi", "negative"),
+        (("port",), True, "valid integer"),
+        (("name",), "input", "reserved"),
+    ],
+)
+def test_a_hostile_spec_is_invalid_not_a_crash(
+    world: Any, path: tuple[str, ...], value: Any, needle: str
+) -> None:
+    kube, reconciler, events = world
+    body = _pipeline(kube)
+    node = body["spec"]["stages"][0]
+    for part in path[:-1]:
+        node = node.setdefault(part, {})
+    node[path[-1]] = value
+    reconciler.reconcile(body)
+    assert not any(kind != "Pipeline" for kind, _, _ in kube.objects)
+    valid = next(c for c in _current(kube)["status"]["conditions"] if c["type"] == "Valid")
+    assert (valid["status"], valid["reason"]) == ("False", "InvalidSpec")
+    assert "spec.stages[0]." in valid["message"] and needle in valid["message"]
+    assert events.posted[0][:2] == ("Warning", "InvalidSpec")
+
+
+def test_a_pipeline_name_no_service_can_start_with_is_invalid(world: Any) -> None:
+    kube, reconciler, _ = world
+    body = _pipeline(kube)
+    body["metadata"]["name"] = "1rag"
+    kube.objects[("Pipeline", "demo", "1rag")] = kube.objects.pop(("Pipeline", "demo", "rag"))
+    reconciler.reconcile(body)
+    status = kube.objects[("Pipeline", "demo", "1rag")]["status"]
+    valid = next(c for c in status["conditions"] if c["type"] == "Valid")
+    assert valid["status"] == "False" and valid["message"].startswith("metadata.name: ")
+    assert not any(kind != "Pipeline" for kind, _, _ in kube.objects)
+
+
 def test_secret_is_created_once_and_never_rotated(world: Any) -> None:
     kube, reconciler, _ = world
     reconciler.reconcile(_pipeline(kube))

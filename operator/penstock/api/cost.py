@@ -5,7 +5,7 @@ from __future__ import annotations
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from penstock.api.pipeline import Stage
 from penstock.api.types import ApiModel, parse_quantity
@@ -17,6 +17,9 @@ GPU_RESOURCES = ("nvidia.com/gpu", "amd.com/gpu")
 
 class PriceTable(ApiModel):
     """USD prices per hour. Defaults approximate on-demand general-purpose cloud VMs."""
+
+    # An operator setting, not an API object: numbers may be written as YAML floats.
+    model_config = ConfigDict(strict=False)
 
     cpu_core_hour: Decimal = Field(default=Decimal("0.0316"), ge=0)
     """Price of one requested CPU core for an hour."""

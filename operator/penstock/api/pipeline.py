@@ -17,6 +17,12 @@ from penstock.api.types import (
 )
 
 MAX_STAGES = 32
+# Stage names the data plane uses itself (dataplane/router_topology.py, render/router.py).
+RESERVED_STAGE_NAMES = {
+    "router": "'router' is reserved: the pipeline's router is named <pipeline>-router",
+    "input": "'input' is reserved: a stage's request body has the key \"input\" for the"
+    " pipeline input, next to its dependencies' outputs",
+}
 
 
 def _cel(*rules: tuple[str, str]) -> dict[str, JsonValue]:
@@ -238,8 +244,8 @@ class Stage(ApiModel):
                 "a streaming stage cannot be batched",
             ),
             (
-                "self.name != 'router'",
-                "the stage name router is reserved for the pipeline's router",
+                "!(self.name in ['router', 'input'])",
+                "the stage names router and input are reserved (the router, the request envelope)",
             ),
         )
     )

@@ -14,6 +14,7 @@ from penstock.api.quantity import (
     parse_non_negative_quantity,
     parse_quantity,
 )
+from penstock.errors import short_repr
 
 __all__ = ["parse_quantity"]  # re-exported: callers import it from here
 
@@ -32,7 +33,7 @@ DECIMAL = r"^\d{1,9}(\.\d{1,6})?$"
 
 
 def is_dns1123_label(value: str) -> bool:
-    return len(value) <= 63 and bool(_DNS1123_LABEL_RE.match(value))
+    return len(value) <= 63 and bool(_DNS1123_LABEL_RE.fullmatch(value))
 
 
 def _check_quantity(value: str | int) -> str | int:
@@ -50,7 +51,7 @@ def _quantity_type(value: object) -> object:
 def _check_label(value: str) -> str:
     if not is_dns1123_label(value):
         raise ValueError(
-            f"{value!r} is not a DNS-1123 label (lowercase letters, digits and '-', "
+            f"{short_repr(value)} is not a DNS-1123 label (lowercase letters, digits and '-', "
             "starting and ending with a letter or digit, at most 63 characters)"
         )
     return value
@@ -84,11 +85,18 @@ StageName = Annotated[
 
 
 class ApiModel(BaseModel):
-    """camelCase on the wire, unknown fields rejected, snake_case in Python."""
+    """camelCase on the wire, snake_case in Python; as strict as the apiserver.
+
+    Input is read by its wire (camelCase) names only: the apiserver drops a snake_case field,
+    so accepting one would let a user believe it is set. Unknown fields are errors. Types are
+    strict: no bool -> int, no "8080" -> 8080, no 1.5 -> "1.5" (an int is still a float).
+    """
 
     model_config = ConfigDict(
         alias_generator=to_camel,
-        populate_by_name=True,
+        validate_by_alias=True,
+        validate_by_name=False,
+        strict=True,
         extra="forbid",
         use_attribute_docstrings=True,
         validate_default=False,
