@@ -12,14 +12,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from penstock.api.quantity import (
+from penstock.api.validation import validate_spec
+from penstock.quantity import (
     MAX_QUANTITY_LENGTH,
     NON_NEGATIVE_QUANTITY_PATTERN,
     QUANTITY_PATTERN,
     parse_non_negative_quantity,
     parse_quantity,
 )
-from penstock.api.validation import validate_spec
 
 DECIMAL_SI = {"n": -9, "u": -6, "m": -3, "": 0, "k": 3, "M": 6, "G": 9, "T": 12, "P": 15, "E": 18}
 BINARY_SI = {"Ki": 10, "Mi": 20, "Gi": 30, "Ti": 40, "Pi": 50, "Ei": 60}

@@ -8,13 +8,13 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from penstock.api.quantity import (
+from penstock.errors import short_repr
+from penstock.quantity import (
     MAX_QUANTITY_LENGTH,
     NON_NEGATIVE_QUANTITY_PATTERN,
     parse_non_negative_quantity,
     parse_quantity,
 )
-from penstock.errors import short_repr
 
 __all__ = ["parse_quantity"]  # re-exported: callers import it from here
 

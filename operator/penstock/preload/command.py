@@ -16,7 +16,6 @@ from pathlib import Path
 from types import FrameType
 from typing import NoReturn
 
-from penstock.api.quantity import parse_non_negative_quantity
 from penstock.preload.archive import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_EXPANSION_RATIO,
@@ -27,6 +26,7 @@ from penstock.preload.archive import (
 from penstock.preload.digest import normalize_sha256
 from penstock.preload.errors import PreloadError
 from penstock.preload.install import preload
+from penstock.quantity import parse_non_negative_quantity
 
 ENV_URI = "PENSTOCK_PRELOAD_URI"
 ENV_DEST = "PENSTOCK_PRELOAD_DEST"

@@ -1,5 +1,8 @@
 """Kubernetes quantities ("500m", "1Gi", "2E", "1e3"), parsed the way the apiserver does.
 
+A leaf module (it imports nothing of Penstock): the API validates with it, and the preload
+init container, which stands alone, reads its --max-bytes with it.
+
 The grammar is the one documented in k8s.io/apimachinery/pkg/api/resource/quantity.go::
 
     <quantity>        ::= <signedNumber><suffix>
