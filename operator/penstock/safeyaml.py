@@ -78,7 +78,9 @@ class BoundedLoader(yaml.SafeLoader):
     def _grow(self, count: int, mark: Any) -> None:
         self._expanded += count
         if self._expanded > MAX_NODES:
-            _refuse(f"the document expands to more than {MAX_NODES} values", mark)
+            _refuse(
+                f"more than {MAX_NODES} values in one document (an alias counts as a copy)", mark
+            )
 
     def compose_document(self) -> Node | None:
         self._start_document(self._peek().start_mark.index)
