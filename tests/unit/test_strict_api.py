@@ -316,3 +316,15 @@ def test_the_crd_reserves_them_too() -> None:
     text = yaml.safe_dump(pipeline_crd())
     for name in RESERVED_STAGE_NAMES:
         assert f"'{name}'" in text
+
+
+@pytest.mark.parametrize("rate", ["-1", "-0.5", "1e3", "2,50", " 2.50", "1234567890"])
+def test_a_negative_or_odd_cost_is_refused_naming_the_field(rate: str) -> None:
+    problems = errors_of(replaced(("stages", 0, "cost", "hourlyRate"), rate))
+    assert problems == [
+        (
+            "spec.stages[0].cost.hourlyRate",
+            'must be a decimal number of 0 or more, e.g. "2.50" (up to 9 digits and 6 decimals)'
+            f" (got {rate!r})",
+        )
+    ]

@@ -14,12 +14,19 @@ from pydantic.alias_generators import to_camel
 
 from penstock.api.metadata import metadata_problems, name_problem
 from penstock.api.pipeline import RESERVED_STAGE_NAMES, PipelineSpec
-from penstock.api.types import API_VERSION, KIND, parse_quantity
+from penstock.api.types import API_VERSION, DECIMAL, KIND, LABEL_VALUE, SHA256, parse_quantity
 from penstock.errors import bounded, short_repr
 
 MAX_PIPELINE_NAME = 63
 MAX_PROBLEMS = 20  # per document; the rest are counted, not listed
 _UNION_BRANCHES = {"int", "str", "float", "bool", "list", "dict", "none"}
+# What a pattern means, for the messages (the pattern itself tells a user little).
+_PATTERNS = {
+    DECIMAL: 'a decimal number of 0 or more, e.g. "2.50" (up to 9 digits and 6 decimals)',
+    SHA256: "64 lowercase hexadecimal digits",
+    LABEL_VALUE: "a label value: letters, digits, '-', '_' or '.', starting and ending with a"
+    " letter or digit",
+}
 
 
 @dataclass(frozen=True)
@@ -109,6 +116,9 @@ def _pydantic_problems(error: ValidationError, prefix: str) -> list[Problem]:
         loc = tuple(item["loc"])
         path = _path(loc, prefix)
         message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "string_pattern_mismatch":
+            meaning = _PATTERNS.get(str((item.get("ctx") or {}).get("pattern")))
+            message = f"must be {meaning}" if meaning else message
         if item["type"] == "extra_forbidden":
             message = _unknown_field(loc)
         elif item["type"] != "missing" and "(got " not in message:
