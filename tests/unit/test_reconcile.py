@@ -7,15 +7,18 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from penstock.api.cost import PriceTable
 from penstock.controller.kube import KubeError
 from penstock.controller.reconcile import Reconciler
 from penstock.controller.settings import OperatorSettings
+from penstock.render import RenderSettings
 from penstock.render.collector import COLLECTOR_NAME
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -239,6 +242,22 @@ def test_a_hostile_spec_is_invalid_not_a_crash(
     assert (valid["status"], valid["reason"]) == ("False", "InvalidSpec")
     assert "spec.stages[0]." in valid["message"] and needle in valid["message"]
     assert events.posted[0][:2] == ("Warning", "InvalidSpec")
+
+
+def test_the_largest_requests_at_a_high_price_still_get_a_status(world: Any) -> None:
+    kube, _, events = world
+    prices = PriceTable.model_validate({"gpuHour": {"default": 1e6}})
+    settings = OperatorSettings(render=RenderSettings(prices=prices))
+    reconciler = Reconciler(kube, settings, events)  # type: ignore[arg-type]
+    body = _pipeline(kube)
+    for stage in body["spec"]["stages"]:
+        stage["resources"] = {"requests": {"cpu": "9223372036854775807", "nvidia.com/gpu": "7Ei"}}
+        stage["scaling"] = {"minReplicas": 1000, "maxReplicas": 1000}
+        stage.pop("cost", None)
+    reconciler.reconcile(body)
+    status = _current(kube)["status"]
+    costs = [status["hourlyCost"], *(stage["hourlyCost"] for stage in status["stages"])]
+    assert all(len(cost) <= 32 and Decimal(cost) > 10**20 for cost in costs), costs
 
 
 def test_a_pipeline_name_no_service_can_start_with_is_invalid(world: Any) -> None:

@@ -69,6 +69,16 @@ def replica_hourly_cost(stage: Stage, prices: PriceTable) -> Decimal:
     )
 
 
+_PLAIN_BELOW = Decimal(10) ** 15
+
+
 def usd(amount: Decimal) -> str:
-    """Format USD to 4 decimals, the precision of the Cost/h column."""
+    """Format USD to 4 decimals, the precision of the Cost/h column.
+
+    Amounts from a quadrillion up (only absurd requests reach them, which the API allows up to
+    2^63-1) are written in scientific notation: the status field holds at most 32 characters
+    and a plain quantize would exceed the decimal context's precision.
+    """
+    if abs(amount) >= _PLAIN_BELOW:
+        return f"{amount:.6E}"
     return str(amount.quantize(Decimal("0.0001"), rounding=ROUND_HALF_UP))
