@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import ConfigDict, Field
 
 from penstock.api.pipeline import Stage
+from penstock.api.resources import effective_request
 from penstock.api.types import ApiModel, parse_quantity
 from penstock.safeyaml import DocumentError, load_yaml_file
 
@@ -55,11 +56,15 @@ def replica_hourly_cost(stage: Stage, prices: PriceTable) -> Decimal:
     """Cost of one replica per hour: the stage's override, else its requests at table prices."""
     if stage.cost and stage.cost.hourly_rate is not None:
         return Decimal(stage.cost.hourly_rate)
-    requests = dict(stage.resources.requests or {}) if stage.resources else {}
-    cpu = parse_quantity(requests.get("cpu", DEFAULT_CPU))
-    memory = parse_quantity(requests.get("memory", DEFAULT_MEMORY)) / _GIB
+    # What Kubernetes requests once rendered (a resource given as a limit only is requested at
+    # its limit); CPU and memory neither requested nor limited count at the defaults.
+    cpu = effective_request(stage.resources, "cpu")
+    memory = effective_request(stage.resources, "memory")
+    cpu = parse_quantity(DEFAULT_CPU) if cpu is None else cpu
+    memory = (parse_quantity(DEFAULT_MEMORY) if memory is None else memory) / _GIB
     gpus = sum(
-        (parse_quantity(requests[name]) for name in GPU_RESOURCES if name in requests), Decimal(0)
+        (effective_request(stage.resources, name) or Decimal(0) for name in GPU_RESOURCES),
+        Decimal(0),
     )
     gpu_type = (stage.node_selector or {}).get("nvidia.com/gpu.product")
     return (

@@ -30,7 +30,12 @@ def _cel(*rules: tuple[str, str]) -> dict[str, JsonValue]:
     return {"x-kubernetes-validations": [{"rule": rule, "message": msg} for rule, msg in rules]}
 
 
-ResourceName = Annotated[str, Field(max_length=63, pattern=r"^([a-z0-9.-]+/)?[a-z0-9-]+$")]
+# A qualified name, as Kubernetes resource names are: cpu, hugepages-2Mi, nvidia.com/gpu.
+RESOURCE_NAME = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$"
+)
+ResourceName = Annotated[str, Field(max_length=317, pattern=RESOURCE_NAME)]
 
 
 class SecretKeySelector(ApiModel):

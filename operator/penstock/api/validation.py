@@ -13,7 +13,8 @@ from pydantic import ValidationError
 from pydantic.alias_generators import to_camel
 
 from penstock.api.metadata import metadata_problems, name_problem
-from penstock.api.pipeline import RESERVED_STAGE_NAMES, PipelineSpec
+from penstock.api.pipeline import RESERVED_STAGE_NAMES, RESOURCE_NAME, PipelineSpec
+from penstock.api.resources import resource_problems
 from penstock.api.types import API_VERSION, DECIMAL, KIND, LABEL_VALUE, SHA256, parse_quantity
 from penstock.errors import bounded, short_repr
 
@@ -26,6 +27,8 @@ _PATTERNS = {
     SHA256: "64 lowercase hexadecimal digits",
     LABEL_VALUE: "a label value: letters, digits, '-', '_' or '.', starting and ending with a"
     " letter or digit",
+    RESOURCE_NAME: "a resource name: cpu, memory, ephemeral-storage, hugepages-<size> or"
+    " <domain>/<name>",
 }
 
 
@@ -245,8 +248,15 @@ def _graph_problems(spec: PipelineSpec) -> tuple[list[Problem], list[Problem]]:
 
 
 def _value_problems(spec: PipelineSpec) -> list[Problem]:
-    errors = []
+    errors = [
+        Problem(path, message)
+        for path, message in resource_problems(
+            spec.router.resources if spec.router else None, "spec.router.resources"
+        )
+    ]
     for index, stage in enumerate(spec.stages):
+        where = f"spec.stages[{index}].resources"
+        errors += [Problem(p, m) for p, m in resource_problems(stage.resources, where)]
         scaling = stage.scaling
         if (
             scaling
