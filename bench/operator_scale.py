@@ -302,6 +302,9 @@ def render(
     pipelines_file: Path, namespace: str, out: Path, timeout: float
 ) -> tuple[float, Counter[str]]:
     """`penstock render` into out; (seconds, expected objects per kind)."""
+    # The operator creates each cache Secret; the direct apply needs them rendered too.
+    password = out.with_name("cache-password")
+    password.write_text("penstock-bench\n")
     started = time.monotonic()
     with out.open("w") as sink:
         result = subprocess.run(
@@ -313,6 +316,8 @@ def render(
                 str(pipelines_file),
                 "--namespace",
                 namespace,
+                "--cache-password-file",
+                str(password),
             ],
             stdout=sink,
             stderr=subprocess.PIPE,

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import secrets
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from penstock.api.crd import pipeline_crd
+from penstock.api.types import is_dns1123_label
 from penstock.api.validation import validate_document
 from penstock.documents import DocumentError, dump_documents, load_documents
+from penstock.errors import PenstockError, short_repr
 from penstock.render import PipelineRef, RenderSettings, render_children, render_secret
+from penstock.render.cache import cache_secret_name
+from penstock.safeyaml import read_limited
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -39,9 +42,47 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+MAX_PASSWORD = 512
+
+
+def read_cache_password(path: str) -> str:
+    """The cache password from ``path`` (one line; a final newline is dropped)."""
+    try:
+        data = read_limited(path, MAX_PASSWORD + 2)
+    except DocumentError as error:
+        raise PenstockError(f"--cache-password-file {error}") from None
+    try:
+        password = data.decode("utf-8").removesuffix("\n").removesuffix("\r")
+    except UnicodeDecodeError:
+        raise PenstockError(f"--cache-password-file {path}: not UTF-8 text") from None
+    if not password or len(password) > MAX_PASSWORD or not password.isprintable():
+        raise PenstockError(
+            f"--cache-password-file {path}: one line of 1 to {MAX_PASSWORD} printable characters"
+        )
+    return password
+
+
 def cmd_render(args: argparse.Namespace) -> int:
+    """Deterministic: the same files give the same output, so it can be diffed (GitOps).
+
+    A random cache password would defeat that, so the cache Secret is left out (the operator
+    creates it once, with a random password, and never rotates it) unless
+    ``--cache-password-file`` gives the password to put in it.
+    """
     settings = RenderSettings(operator_image=args.operator_image, redis_image=args.redis_image)
+    if not is_dns1123_label(args.namespace):
+        namespace = short_repr(args.namespace)
+        print(f"error: --namespace {namespace} is not a DNS-1123 label", file=sys.stderr)
+        return 2
+    try:
+        password = (
+            read_cache_password(args.cache_password_file) if args.cache_password_file else None
+        )
+    except PenstockError as error:  # fmt: skip
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     manifests: list[Any] = []
+    left_out: list[str] = []
     failed = False
     for path in args.files:
         try:
@@ -62,7 +103,9 @@ def cmd_render(args: argparse.Namespace) -> int:
                 namespace=metadata.get("namespace") or args.namespace,
                 uid=metadata.get("uid"),
             )
-            secret = render_secret(ref, result.spec, secrets.token_urlsafe(24))
+            secret = render_secret(ref, result.spec, password) if password else None
+            if result.spec.cache_used and secret is None:
+                left_out.append(f"{ref.namespace}/{cache_secret_name(ref.name)}")
             manifests += [
                 *([secret] if secret else []),
                 *render_children(ref, result.spec, settings),
@@ -70,6 +113,15 @@ def cmd_render(args: argparse.Namespace) -> int:
     if failed:
         return 1
     sys.stdout.write(dump_documents(manifests))
+    if left_out:
+        more = f" and {len(left_out) - 3} more" if len(left_out) > 3 else ""
+        shown = ", ".join(left_out[:3]) + more
+        print(
+            f"note: Secret {shown} (the Redis password) is not rendered: the operator creates it"
+            " once with a random password; to apply this output without the operator, pass"
+            " --cache-password-file FILE",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -125,7 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
         "render",
         help="print the objects the operator would apply",
         description="Print, as multi-document YAML, exactly what the operator applies for every "
-        "Pipeline in the files (the cache Secret gets a fresh random password).",
+        "Pipeline in the files. The output depends on the files and options only, so it can be "
+        "committed and diffed (GitOps): the cache Secret, whose password the operator generates "
+        "once at random, is left out unless --cache-password-file gives its password.",
     )
     render.add_argument("files", nargs="+", metavar="FILE", help="YAML file ('-' for stdin)")
     render.add_argument("--namespace", default="default", help="namespace when a Pipeline has none")
@@ -133,6 +187,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--operator-image", default=DEFAULT_OPERATOR_IMAGE, help="image of the preload container"
     )
     render.add_argument("--redis-image", default=DEFAULT_REDIS_IMAGE, help="Redis sidecar image")
+    render.add_argument(
+        "--cache-password-file",
+        metavar="FILE",
+        help="render the cache Secret of each caching Pipeline with the password in FILE (one"
+        " line), to apply the output without the operator; default: no Secret",
+    )
     render.set_defaults(func=cmd_render)
 
     crd = sub.add_parser(

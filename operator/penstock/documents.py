@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import yaml
 
+from penstock.errors import short_repr
+from penstock.safeyaml import DocumentError, load_yaml_file
 
-class DocumentError(Exception):
-    """A file that cannot be read or parsed; the message names it."""
+__all__ = ["Document", "DocumentError", "dump_documents", "load_documents"]
 
 
 @dataclass(frozen=True)
@@ -21,25 +22,16 @@ class Document:
 
     @property
     def label(self) -> str:
-        name = self.body.get("metadata", {}).get("name") if isinstance(self.body, dict) else None
-        suffix = f" ({name})" if isinstance(name, str) else ""
+        metadata = self.body.get("metadata") if isinstance(self.body, Mapping) else None
+        name = metadata.get("name") if isinstance(metadata, Mapping) else None
+        suffix = f" ({short_repr(name, 40)[1:-1]})" if isinstance(name, str) and name else ""
         return f"{self.source}#{self.index}{suffix}"
 
 
 def load_documents(path: str) -> list[Document]:
-    """All non-empty YAML documents of a file ('-' is standard input)."""
-    try:
-        text = Path("/dev/stdin").read_text() if path == "-" else Path(path).read_text()
-    except OSError as error:
-        raise DocumentError(f"{path}: cannot read: {error.strerror or error}") from error
-    try:
-        bodies = list(yaml.safe_load_all(text))
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(error, "problem", None) or str(error)
-        raise DocumentError(f"{path}:{where}: invalid YAML: {problem}") from error
-    return [Document(path, index, body) for index, body in enumerate(bodies) if body is not None]
+    """All non-empty YAML documents of a file ('-' is standard input), read with the bounded
+    loader (:mod:`penstock.safeyaml`); :class:`DocumentError` names the file, document and line."""
+    return [Document(path, index, body) for index, body in load_yaml_file(path)]
 
 
 class _NoAliasDumper(yaml.SafeDumper):

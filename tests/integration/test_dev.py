@@ -218,3 +218,38 @@ def test_streamed_answer_then_clean_stop() -> None:
     finally:
         if streaming.process.poll() is None:
             os.killpg(streaming.process.pid, signal.SIGKILL)
+
+
+def readme_profile_block() -> str:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("Profile it, then ask what to optimize", 1)[1]
+    return section.split("```sh\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_readme_profile_block_works_when_pasted(tmp_path: Path) -> None:
+    """The README's lines, run as they are (on a free port instead of 8000, and `penstock`
+    being this checkout's), from a fresh shell: nothing waits for penstock dev but the block."""
+    port = free_port()
+    block = readme_profile_block()
+    assert "--wait" in block and "kill %1" in block
+    block = block.replace("--no-stream &", f"--no-stream --port {port} &")
+    block = block.replace("http://127.0.0.1:8000/", f"http://127.0.0.1:{port}/")
+    block = block.replace("examples/", f"{ROOT}/examples/")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    shim = bin_dir / "penstock"
+    shim.write_text(f'#!/bin/sh\nexec {sys.executable} -m penstock.cli "$@"\n')
+    shim.chmod(0o755)
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
+    result = subprocess.run(
+        ["bash", "-e", "-c", block],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=READY_TIMEOUT + 120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert "50 requests: end to end mean" in result.stdout
+    assert "recommendations:" in result.stdout

@@ -82,7 +82,7 @@ def test_success_prints_one_line_per_step(site: tuple[str, Path], tmp_path: Path
     again = run("--uri", f"{url}/model.bin", "--dest", str(dest), "--sha256", digest)
     assert again.returncode == 0
     assert again.stderr == (
-        f"{dest} already holds {url}/model.bin (sha256 re-verified): skipping the download\n"
+        f"{dest} already holds {url}/model.bin (1 file re-verified by sha256): skipping the download\n"
     )
 
 

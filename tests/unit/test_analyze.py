@@ -202,5 +202,5 @@ def test_bad_input_names_the_line(tmp_path: Path, capsys: pytest.CaptureFixture[
     path.write_text("not json\n")
     assert main([str(path)]) == 1
     assert f"{path}:1: not JSON" in capsys.readouterr().err
-    assert main([]) == 1
+    assert main([]) == 2  # a usage error
     assert "give either FILE or --url" in capsys.readouterr().err

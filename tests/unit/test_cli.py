@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -91,9 +92,49 @@ def test_render_prints_every_child(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     kinds = [doc["kind"] for doc in yaml.safe_load_all(result.stdout)]
     assert kinds.count("Deployment") == 4  # 3 stages + router
-    assert "Secret" in kinds
+    assert "Secret" not in kinds  # the operator creates it, with a random password
+    assert "note: Secret demo/rag-cache (the Redis password) is not rendered" in result.stderr
     assert "ConfigMap" in kinds
     assert all(doc["metadata"]["namespace"] == "demo" for doc in yaml.safe_load_all(result.stdout))
+
+
+def test_render_is_reproducible_for_gitops() -> None:
+    files = [str(path) for path in sorted((ROOT / "examples").rglob("*.yaml"))]
+    first, second = run("render", *files), run("render", *files)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == second.stdout
+
+
+def test_render_with_a_cache_password_file(tmp_path: Path) -> None:
+    password = tmp_path / "password"
+    password.write_text("s3cret-from-my-vault\n")
+    args = ("render", str(ROOT / "examples" / "rag.yaml"), "--cache-password-file", str(password))
+    first, second = run(*args), run(*args)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == second.stdout
+    assert "note:" not in first.stderr
+    (secret,) = [doc for doc in yaml.safe_load_all(first.stdout) if doc["kind"] == "Secret"]
+    assert secret["metadata"]["name"] == "rag-cache"
+    assert secret["stringData"] == {"redis-password": "s3cret-from-my-vault"}
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [(b"", "one line of 1 to 512"), (b"a\nb\n", "one line"), (b"x" * 600, "larger than"),
+     (b"\xff\xfe", "not UTF-8")],
+)  # fmt: skip
+def test_render_refuses_a_bad_password_file(tmp_path: Path, content: bytes, needle: str) -> None:
+    password = tmp_path / "password"
+    password.write_bytes(content)
+    result = run("render", str(ROOT / "examples" / "rag.yaml"), "--cache-password-file", str(password))  # fmt: skip
+    assert result.returncode == 1
+    assert needle in result.stderr and result.stdout == ""
+
+
+def test_render_refuses_a_bad_namespace() -> None:
+    result = run("render", str(ROOT / "examples" / "rag.yaml"), "--namespace", "Team_A")
+    assert result.returncode == 2
+    assert "--namespace 'Team_A' is not a DNS-1123 label" in result.stderr
 
 
 def test_render_refuses_invalid_input(tmp_path: Path) -> None:

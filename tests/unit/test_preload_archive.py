@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from penstock.preload import PreloadError
-from penstock.preload.archive import extract_tar, is_tar_archive
+from penstock.preload.archive import Limits, _check_size, extract_tar, is_tar_archive
 
 
 def _tar(
@@ -152,3 +152,15 @@ def test_damaged_archives_are_reported(tmp_path: Path) -> None:
         into.mkdir()
         with pytest.raises(PreloadError, match=f"archive {bad.name} .*(damaged|not a tar)"):
             extract_tar(bad, into, display=bad.name)
+
+
+def test_the_reported_bomb_is_refused_by_the_default_limits() -> None:
+    """A 1 MB archive expanding to 1.1 GB, with the defaults (10Gi, 10000 entries, 100x)."""
+    with pytest.raises(PreloadError, match="more than 100 times its size"):
+        _check_size("bomb.tgz", Limits(), 1, 1_100_000_000, 1_000_000)
+    _check_size("model.tgz", Limits(), 1, 1_100_000_000, 900_000_000)  # real weights: fine
+    _check_size("vocab.tgz", Limits(), 1, 200 * 2**20, 2**20)  # under the ratio floor: fine
+    with pytest.raises(PreloadError, match="more than 10737418240 bytes"):
+        _check_size("huge.tar", Limits(), 1, 11 * 2**30, 11 * 2**30)
+    with pytest.raises(PreloadError, match="more than 10000 entries"):
+        _check_size("many.tar", Limits(), 10_001, 0, 10**7)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from penstock.preload import PreloadError, main
+from penstock.preload.archive import Limits
 from penstock.preload.command import _UsageError, parse_settings
 
 DIGEST = hashlib.sha256(b"x").hexdigest()
@@ -15,7 +16,9 @@ DIGEST = hashlib.sha256(b"x").hexdigest()
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("URI", "DEST", "SHA256", "TIMEOUT_SECONDS"):
+    for name in (
+        "URI", "DEST", "SHA256", "TIMEOUT_SECONDS", "MAX_BYTES", "MAX_FILES", "MAX_EXPANSION_RATIO"
+    ):  # fmt: skip
         monkeypatch.delenv(f"PENSTOCK_PRELOAD_{name}", raising=False)
 
 
@@ -88,7 +91,9 @@ def test_help_mentions_every_variable_and_exits_zero(capsys: pytest.CaptureFixtu
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("usage: penstock preload")
-    for name in ("URI", "DEST", "SHA256", "TIMEOUT_SECONDS"):
+    for name in (
+        "URI", "DEST", "SHA256", "TIMEOUT_SECONDS", "MAX_BYTES", "MAX_FILES", "MAX_EXPANSION_RATIO"
+    ):  # fmt: skip
         assert f"PENSTOCK_PRELOAD_{name}" in out
 
 
@@ -115,3 +120,33 @@ def test_main_reports_errors_on_one_line(
     assert message in err
     assert "Traceback" not in err
     assert err.count("error:") == 1
+
+
+def test_limits_default_flags_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    base = ["--uri", "/m.tgz", "--dest", "d"]
+    assert parse_settings(base).limits == Limits(10 * 2**30, 10_000, 100.0)
+    flags = ["--max-bytes", "1.5Gi", "--max-files", "7", "--max-expansion-ratio", "0"]
+    assert parse_settings([*base, *flags]).limits == Limits(3 * 2**29, 7, 0.0)
+    monkeypatch.setenv("PENSTOCK_PRELOAD_MAX_BYTES", "2048")
+    monkeypatch.setenv("PENSTOCK_PRELOAD_MAX_FILES", "3")
+    monkeypatch.setenv("PENSTOCK_PRELOAD_MAX_EXPANSION_RATIO", "2.5")
+    assert parse_settings(base).limits == Limits(2048, 3, 2.5)
+    assert parse_settings([*base, "--max-bytes", "1k"]).limits.max_bytes == 1000
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "needle"),
+    [
+        ("--max-bytes", "lots", "not a Kubernetes quantity"),
+        ("--max-bytes", "-1Gi", "negative"),
+        ("--max-bytes", "0", "at least 1 byte"),
+        ("--max-bytes", "1e9999", "too large"),
+        ("--max-files", "0", "not a positive integer"),
+        ("--max-files", "1.5", "not a positive integer"),
+        ("--max-expansion-ratio", "-1", "not a number of 0 or more"),
+        ("--max-expansion-ratio", "inf", "not a number of 0 or more"),
+    ],
+)
+def test_bad_limits_name_their_flag(flag: str, value: str, needle: str) -> None:
+    with pytest.raises(PreloadError, match=f"{flag} '{value}'.*{needle}"):
+        parse_settings(["--uri", "/m.bin", "--dest", "d", f"{flag}={value}"])

@@ -5,27 +5,28 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from penstock.preload.marker import (
     InstalledFile,
+    InstalledLink,
     Marker,
-    installed_files,
     marker_path,
     read_marker,
     satisfied_by,
     write_marker,
 )
+from penstock.preload.tree import scan
 
 URI = "https://example.com/model.bin"
 
 
 def _single_file(dest: Path, data: bytes = b"weights") -> Marker:
     (dest / "model.bin").write_bytes(data)
-    marker = Marker(
-        URI, hashlib.sha256(data).hexdigest(), "file", (InstalledFile("model.bin", len(data)),)
-    )
+    digest = hashlib.sha256(data).hexdigest()
+    marker = Marker(URI, digest, "file", (InstalledFile("model.bin", len(data), digest),))
     write_marker(dest, marker)
     return marker
 
@@ -34,7 +35,11 @@ def _archive(dest: Path) -> Marker:
     (dest / "m" / "sub").mkdir(parents=True)
     (dest / "m" / "config.json").write_bytes(b"{}")
     (dest / "m" / "sub" / "w.bin").write_bytes(b"123")
-    marker = Marker("s3://b/m.tgz", "ab" * 32, "archive", installed_files(dest, ["m"]))
+    (dest / "m" / "current").symlink_to("sub")
+    installed = scan(dest, ["m"])
+    marker = Marker(
+        "s3://b/m.tgz", "ab" * 32, "archive", installed.files, installed.links, installed.dirs
+    )
     write_marker(dest, marker)
     return marker
 
@@ -45,14 +50,17 @@ def test_round_trip_and_no_temp_files(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == [".penstock-preload.json", "model.bin"]
 
 
-def test_installed_files_lists_regular_files_only(tmp_path: Path) -> None:
+def test_scan_lists_files_with_digests_and_links_never_followed(tmp_path: Path) -> None:
     marker = _archive(tmp_path)
-    (tmp_path / "m" / "link").symlink_to("config.json")
-    assert [f.path for f in installed_files(tmp_path, ["m"])] == [
-        "m/config.json",
-        "m/sub/w.bin",
-    ]
-    assert marker.files == (InstalledFile("m/config.json", 2), InstalledFile("m/sub/w.bin", 3))
+    (tmp_path / "top-link").symlink_to("m")
+    assert marker.files == (
+        InstalledFile("m/config.json", 2, hashlib.sha256(b"{}").hexdigest()),
+        InstalledFile("m/sub/w.bin", 3, hashlib.sha256(b"123").hexdigest()),
+    )
+    assert marker.links == (InstalledLink("m/current", "sub"),)
+    assert marker.dirs == ("m", "m/sub")
+    assert scan(tmp_path, ["top-link"]).links == (InstalledLink("top-link", "m"),)
+    assert scan(tmp_path, ["top-link"]).files == ()
 
 
 @pytest.mark.parametrize(
@@ -80,8 +88,8 @@ def test_missing_marker(tmp_path: Path) -> None:
 
 def test_single_file_is_satisfied_with_and_without_digest(tmp_path: Path) -> None:
     marker = _single_file(tmp_path)
-    assert satisfied_by(marker, tmp_path, URI, marker.sha256) == "sha256 re-verified"
-    assert satisfied_by(marker, tmp_path, URI, None) == "sha256 re-verified"
+    assert satisfied_by(marker, tmp_path, URI, marker.sha256) == "1 file re-verified by sha256"
+    assert satisfied_by(marker, tmp_path, URI, None) == "1 file re-verified by sha256"
 
 
 def test_other_uri_or_digest_is_not_satisfied(tmp_path: Path) -> None:
@@ -102,9 +110,11 @@ def test_single_file_missing_is_not_satisfied(tmp_path: Path) -> None:
     assert satisfied_by(marker, tmp_path, URI, marker.sha256) is None
 
 
-def test_archive_is_satisfied_while_its_files_exist(tmp_path: Path) -> None:
+def test_archive_is_satisfied_while_its_files_are_intact(tmp_path: Path) -> None:
     marker = _archive(tmp_path)
-    assert satisfied_by(marker, tmp_path, "s3://b/m.tgz", "ab" * 32) == "2 files present"
+    assert (
+        satisfied_by(marker, tmp_path, "s3://b/m.tgz", "ab" * 32) == "2 files re-verified by sha256"
+    )
     (tmp_path / "m" / "sub" / "w.bin").write_bytes(b"12")  # truncated
     assert satisfied_by(marker, tmp_path, "s3://b/m.tgz", None) is None
     (tmp_path / "m" / "sub" / "w.bin").unlink()
@@ -115,4 +125,67 @@ def test_marker_json_is_readable_by_people(tmp_path: Path) -> None:
     _single_file(tmp_path)
     data = json.loads(marker_path(tmp_path).read_text())
     assert data["uri"] == URI
-    assert data["files"] == [{"path": "model.bin", "size": 7}]
+    assert data["version"] == 2
+    assert data["files"] == [
+        {"path": "model.bin", "size": 7, "sha256": hashlib.sha256(b"weights").hexdigest()}
+    ]
+    assert data["links"] == []
+    assert data["dirs"] == []
+
+
+def _tamper_same_size(dest: Path) -> None:
+    (dest / "m" / "sub" / "w.bin").write_bytes(b"124")
+
+
+def _file_becomes_a_link_to_a_copy(dest: Path) -> None:
+    (dest / "copy.bin").write_bytes(b"123")
+    (dest / "m" / "sub" / "w.bin").unlink()
+    (dest / "m" / "sub" / "w.bin").symlink_to("../../copy.bin")
+
+
+def _parent_becomes_a_link_to_a_copy(dest: Path) -> None:
+    (dest / "elsewhere").mkdir()
+    (dest / "elsewhere" / "w.bin").write_bytes(b"123")
+    for child in (dest / "m" / "sub").iterdir():
+        child.unlink()
+    (dest / "m" / "sub").rmdir()
+    (dest / "m" / "sub").symlink_to("../elsewhere")
+
+
+def _link_retargeted(dest: Path) -> None:
+    (dest / "m" / "current").unlink()
+    (dest / "m" / "current").symlink_to("/etc")
+
+
+def _link_becomes_a_directory(dest: Path) -> None:
+    (dest / "m" / "current").unlink()
+    (dest / "m" / "current").mkdir()
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        _tamper_same_size,
+        _file_becomes_a_link_to_a_copy,
+        _parent_becomes_a_link_to_a_copy,
+        _link_retargeted,
+        _link_becomes_a_directory,
+    ],
+)
+def test_a_skip_re_verifies_every_installed_file_and_link(tmp_path: Path, tamper: Any) -> None:
+    marker = _archive(tmp_path)
+    assert satisfied_by(marker, tmp_path, "s3://b/m.tgz", None) is not None
+    tamper(tmp_path)
+    assert satisfied_by(marker, tmp_path, "s3://b/m.tgz", None) is None
+
+
+def test_a_marker_of_version_1_is_read_but_never_trusted(tmp_path: Path) -> None:
+    (tmp_path / "model.bin").write_bytes(b"weights")
+    digest = hashlib.sha256(b"weights").hexdigest()
+    marker_path(tmp_path).write_text(
+        json.dumps({"version": 1, "uri": URI, "sha256": digest, "kind": "file",
+                    "files": [{"path": "model.bin", "size": 7}]})
+    )  # fmt: skip
+    old = read_marker(tmp_path)
+    assert old is not None and old.files == (InstalledFile("model.bin", 7),)
+    assert satisfied_by(old, tmp_path, URI, digest) is None

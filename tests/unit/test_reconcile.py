@@ -7,15 +7,18 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from penstock.api.cost import PriceTable
 from penstock.controller.kube import KubeError
 from penstock.controller.reconcile import Reconciler
 from penstock.controller.settings import OperatorSettings
+from penstock.render import RenderSettings
 from penstock.render.collector import COLLECTOR_NAME
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -213,6 +216,60 @@ def test_invalid_new_pipeline_gets_no_children(world: Any) -> None:
     reconciler.reconcile(body)
     assert [key for key in kube.objects if key[0] != "Pipeline"] == []
     assert events.posted[0][:2] == ("Warning", "InvalidSpec")
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "needle"),
+    [
+        (("resources", "requests", "cpu"), "1e9999999", "too large"),
+        (("resources", "requests", "memory"), "-1Gi", "negative"),
+        (("port",), True, "valid integer"),
+        (("name",), "input", "reserved"),
+    ],
+)
+def test_a_hostile_spec_is_invalid_not_a_crash(
+    world: Any, path: tuple[str, ...], value: Any, needle: str
+) -> None:
+    kube, reconciler, events = world
+    body = _pipeline(kube)
+    node = body["spec"]["stages"][0]
+    for part in path[:-1]:
+        node = node.setdefault(part, {})
+    node[path[-1]] = value
+    reconciler.reconcile(body)
+    assert not any(kind != "Pipeline" for kind, _, _ in kube.objects)
+    valid = next(c for c in _current(kube)["status"]["conditions"] if c["type"] == "Valid")
+    assert (valid["status"], valid["reason"]) == ("False", "InvalidSpec")
+    assert "spec.stages[0]." in valid["message"] and needle in valid["message"]
+    assert events.posted[0][:2] == ("Warning", "InvalidSpec")
+
+
+def test_the_largest_requests_at_a_high_price_still_get_a_status(world: Any) -> None:
+    kube, _, events = world
+    prices = PriceTable.model_validate({"gpuHour": {"default": 1e6}})
+    settings = OperatorSettings(render=RenderSettings(prices=prices))
+    reconciler = Reconciler(kube, settings, events)  # type: ignore[arg-type]
+    body = _pipeline(kube)
+    for stage in body["spec"]["stages"]:
+        stage["resources"] = {"requests": {"cpu": "9223372036854775807", "nvidia.com/gpu": "7Ei"}}
+        stage["scaling"] = {"minReplicas": 1000, "maxReplicas": 1000}
+        stage.pop("cost", None)
+    reconciler.reconcile(body)
+    status = _current(kube)["status"]
+    costs = [status["hourlyCost"], *(stage["hourlyCost"] for stage in status["stages"])]
+    assert all(len(cost) <= 32 and Decimal(cost) > 10**20 for cost in costs), costs
+
+
+def test_a_pipeline_name_no_service_can_start_with_is_invalid(world: Any) -> None:
+    kube, reconciler, _ = world
+    body = _pipeline(kube)
+    body["metadata"]["name"] = "1rag"
+    kube.objects[("Pipeline", "demo", "1rag")] = kube.objects.pop(("Pipeline", "demo", "rag"))
+    reconciler.reconcile(body)
+    status = kube.objects[("Pipeline", "demo", "1rag")]["status"]
+    valid = next(c for c in status["conditions"] if c["type"] == "Valid")
+    assert valid["status"] == "False" and valid["message"].startswith("metadata.name: ")
+    assert not any(kind != "Pipeline" for kind, _, _ in kube.objects)
 
 
 def test_secret_is_created_once_and_never_rotated(world: Any) -> None:

@@ -239,3 +239,22 @@ def test_router_runs_the_topology_and_rolls_when_it_changes() -> None:
         changed["spec"]["template"]["metadata"]["annotations"]["penstock.dev/topology-hash"]
         != before
     )
+
+
+@pytest.mark.parametrize(("size_limit", "expected"), [(None, "10Gi"), ("50Gi", "50Gi"), (2**30, "1073741824")])  # fmt: skip
+def test_preload_may_fill_the_model_volume_and_no_more(size_limit: Any, expected: str) -> None:
+    doc = yaml.safe_load((ROOT / "examples" / "rag.yaml").read_text())
+    model = doc["spec"]["stages"][1]["model"]
+    if size_limit is not None:
+        model["sizeLimit"] = size_limit
+    result = validate_document(doc)
+    assert result.spec is not None
+    embed = next(
+        o for o in render_children(PipelineRef("rag", "demo", UID), result.spec, RenderSettings())
+        if o["kind"] == "Deployment" and o["metadata"]["name"] == "rag-embed"
+    )  # fmt: skip
+    pod = embed["spec"]["template"]["spec"]
+    args = pod["initContainers"][0]["args"]
+    assert args[args.index("--max-bytes") + 1] == expected
+    volume = next(v for v in pod["volumes"] if v["name"] == "model")
+    assert volume["emptyDir"]["sizeLimit"] == expected

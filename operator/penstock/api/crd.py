@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from penstock.api.metadata import DNS1035_LABEL
 from penstock.api.pipeline import PipelineSpec
 from penstock.api.status import PipelineStatus
 from penstock.api.types import GROUP, KIND, PLURAL, VERSION
@@ -156,7 +157,17 @@ def pipeline_crd() -> dict[str, Any]:
                                     "penstock.dev/v1alpha1.",
                                 },
                                 "kind": {"type": "string", "description": "Kind: Pipeline."},
-                                "metadata": {"type": "object"},
+                                "metadata": {
+                                    "type": "object",
+                                    # The only metadata a CRD may constrain; see api/metadata.py.
+                                    "properties": {
+                                        "name": {
+                                            "type": "string",
+                                            "maxLength": 63,
+                                            "pattern": DNS1035_LABEL,
+                                        }
+                                    },
+                                },
                                 "spec": spec,
                                 "status": status,
                             },

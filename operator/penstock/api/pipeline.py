@@ -18,6 +18,12 @@ from penstock.api.types import (
 )
 
 MAX_STAGES = 32
+# Stage names the data plane uses itself (dataplane/router_topology.py, render/router.py).
+RESERVED_STAGE_NAMES = {
+    "router": "'router' is reserved: the pipeline's router is named <pipeline>-router",
+    "input": "'input' is reserved: a stage's request body has the key \"input\" for the"
+    " pipeline input, next to its dependencies' outputs",
+}
 
 
 def _cel(*rules: tuple[str, str]) -> dict[str, JsonValue]:
@@ -25,7 +31,12 @@ def _cel(*rules: tuple[str, str]) -> dict[str, JsonValue]:
     return {"x-kubernetes-validations": [{"rule": rule, "message": msg} for rule, msg in rules]}
 
 
-ResourceName = Annotated[str, Field(max_length=63, pattern=r"^([a-z0-9.-]+/)?[a-z0-9-]+$")]
+# A qualified name, as Kubernetes resource names are: cpu, hugepages-2Mi, nvidia.com/gpu.
+RESOURCE_NAME = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$"
+)
+ResourceName = Annotated[str, Field(max_length=317, pattern=RESOURCE_NAME)]
 
 
 class SecretKeySelector(ApiModel):
@@ -296,8 +307,8 @@ class Stage(ApiModel):
                 "a streaming stage cannot be batched",
             ),
             (
-                "self.name != 'router'",
-                "the stage name router is reserved for the pipeline's router",
+                "!(self.name in ['router', 'input'])",
+                "the stage names router and input are reserved (the router, the request envelope)",
             ),
         )
     )

@@ -10,7 +10,7 @@ from penstock.api.pipeline import PipelineSpec
 
 def _type(node: dict[str, Any]) -> str:
     if node.get("x-kubernetes-int-or-string"):
-        return "quantity"
+        return "quantity (>= 0)"
     if "enum" in node:
         return " \\| ".join(str(value) for value in node["enum"])
     kind = node.get("type", "any JSON")
@@ -66,6 +66,20 @@ def reference_markdown() -> str:
         "",
         "Checked by the apiserver (CEL) where it can, and by `penstock validate` and the operator:",
         "",
+        "- field names are camelCase exactly as listed (a snake_case name is an unknown field, which",
+        "  the apiserver would drop); unknown fields are errors; types are strict (`true` is not a",
+        '  number, `"8080"` is not a port);',
+        "- quantities follow the Kubernetes grammar (`500m`, `2`, `1.5Gi`, `2E`, `1e3`), are never",
+        "  negative and at most 2^63-1; `model.sizeLimit` and `cache.maxEntrySize` are positive,",
+        "  `cache.maxMemory` at least 1Mi;",
+        "- `metadata.name` is a DNS-1035 label (it begins Service names) and `metadata.namespace`",
+        "  a DNS-1123 label, at most 63 characters each;",
+        "- `resources` as a pod template takes them: names `cpu`, `memory`, `ephemeral-storage`,",
+        "  `hugepages-<size>` or `<domain>/<name>`; a request at most its limit; an extended",
+        "  resource such as `nvidia.com/gpu` in whole units with a limit equal to its request (set",
+        "  to it when only the request is given); huge pages in whole pages, with cpu or memory;",
+        "- the stage names `router` and `input` are reserved (the router's objects, the request",
+        "  envelope's `input` key);",
         "- stage names are unique; `dependsOn` names existing stages, never the stage itself;",
         "- the stages form a DAG (a cycle is reported with its path, e.g. `a -> b -> a`);",
         "- `output` names a stage; without it the pipeline must have exactly one stage that",

@@ -10,13 +10,26 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
+from pydantic.alias_generators import to_camel
 
-from penstock.api.pipeline import PipelineSpec
-from penstock.api.types import API_VERSION, KIND, is_dns1123_label, parse_quantity
+from penstock.api.metadata import metadata_problems, name_problem
+from penstock.api.pipeline import RESERVED_STAGE_NAMES, RESOURCE_NAME, PipelineSpec
+from penstock.api.resources import resource_problems
+from penstock.api.types import API_VERSION, DECIMAL, KIND, LABEL_VALUE, SHA256, parse_quantity
+from penstock.errors import bounded, short_repr
 
 MAX_PIPELINE_NAME = 63
-RESERVED_STAGE_NAME = "router"
+MAX_PROBLEMS = 20  # per document; the rest are counted, not listed
 _UNION_BRANCHES = {"int", "str", "float", "bool", "list", "dict", "none"}
+# What a pattern means, for the messages (the pattern itself tells a user little).
+_PATTERNS = {
+    DECIMAL: 'a decimal number of 0 or more, e.g. "2.50" (up to 9 digits and 6 decimals)',
+    SHA256: "64 lowercase hexadecimal digits",
+    LABEL_VALUE: "a label value: letters, digits, '-', '_' or '.', starting and ending with a"
+    " letter or digit",
+    RESOURCE_NAME: "a resource name: cpu, memory, ephemeral-storage, hugepages-<size> or"
+    " <domain>/<name>",
+}
 
 
 @dataclass(frozen=True)
@@ -25,7 +38,7 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
-        return f"{self.path}: {self.message}"
+        return bounded(f"{self.path}: {self.message}")
 
 
 @dataclass
@@ -44,26 +57,77 @@ class Result:
         return "; ".join(str(problem) for problem in self.errors)
 
 
+def _capped(problems: list[Problem]) -> list[Problem]:
+    if len(problems) <= MAX_PROBLEMS:
+        return problems
+    more = len(problems) - MAX_PROBLEMS + 1
+    return [*problems[: MAX_PROBLEMS - 1], Problem("(document)", f"and {more} more errors")]
+
+
 def _path(loc: tuple[int | str, ...], prefix: str) -> str:
     text = prefix
     for part in loc:
         if isinstance(part, int):
             text += f"[{part}]"
-        elif part not in _UNION_BRANCHES and "[" not in part:
-            text += f".{part}"
-        # other parts name the branch of a union (int, str, function-after[...]): not a field
+        elif part in _UNION_BRANCHES or part.startswith(("function-", "union[", "json-or-")):
+            continue  # the branch of a union (int, str, function-after[...]): not a field
+        elif part == "[key]":
+            text += " (key)"
+        else:
+            text += f".{part if len(part) <= 64 else short_repr(part, 64)}"
     return text
+
+
+def _known_fields() -> set[str]:
+    """Every wire (camelCase) field name of the spec's models."""
+    names: set[str] = set()
+    pending: list[Any] = [PipelineSpec]
+    seen: set[Any] = set()
+    while pending:
+        model = pending.pop()
+        if model in seen:
+            continue
+        seen.add(model)
+        for name, info in model.model_fields.items():
+            names.add(info.alias or name)
+            for arg in _model_args(info.annotation):
+                pending.append(arg)
+    return names
+
+
+def _model_args(annotation: Any) -> list[Any]:
+    from pydantic import BaseModel
+
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in getattr(annotation, "__args__", ()) for m in _model_args(arg)]
+
+
+_KNOWN_FIELDS = _known_fields()
+
+
+def _unknown_field(loc: tuple[int | str, ...]) -> str:
+    field = loc[-1] if loc else ""
+    if isinstance(field, str) and (camel := to_camel(field)) != field and camel in _KNOWN_FIELDS:
+        return f"unknown field: fields are camelCase, did you mean {camel!r}?"
+    return "unknown field"
 
 
 def _pydantic_problems(error: ValidationError, prefix: str) -> list[Problem]:
     problems: dict[str, Problem] = {}
     for item in error.errors(include_url=False):
-        path = _path(tuple(item["loc"]), prefix)
+        loc = tuple(item["loc"])
+        path = _path(loc, prefix)
         message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "string_pattern_mismatch":
+            meaning = _PATTERNS.get(str((item.get("ctx") or {}).get("pattern")))
+            message = f"must be {meaning}" if meaning else message
         if item["type"] == "extra_forbidden":
-            message = "unknown field"
-        elif item["type"] != "missing" and repr(item.get("input")) not in message:
-            message += f" (got {item.get('input')!r})"
+            message = _unknown_field(loc)
+        elif item["type"] != "missing" and "(got " not in message:
+            shown = short_repr(item.get("input"))
+            if shown not in message:
+                message += f" (got {shown})"
         # A union (int or quantity string) fails once per branch: keep the most specific message.
         if path not in problems or "quantity" in message:
             problems[path] = Problem(path, message)
@@ -122,12 +186,8 @@ def _graph_problems(spec: PipelineSpec) -> tuple[list[Problem], list[Problem]]:
     names = [stage.name for stage in spec.stages]
     seen: set[str] = set()
     for index, name in enumerate(names):
-        if name == RESERVED_STAGE_NAME:
-            errors.append(
-                Problem(
-                    f"spec.stages[{index}].name", "'router' is reserved for the pipeline's router"
-                )
-            )
+        if name in RESERVED_STAGE_NAMES:
+            errors.append(Problem(f"spec.stages[{index}].name", RESERVED_STAGE_NAMES[name]))
         if name in seen:
             errors.append(Problem(f"spec.stages[{index}].name", f"duplicate stage name {name!r}"))
         seen.add(name)
@@ -188,8 +248,15 @@ def _graph_problems(spec: PipelineSpec) -> tuple[list[Problem], list[Problem]]:
 
 
 def _value_problems(spec: PipelineSpec) -> list[Problem]:
-    errors = []
+    errors = [
+        Problem(path, message)
+        for path, message in resource_problems(
+            spec.router.resources if spec.router else None, "spec.router.resources"
+        )
+    ]
     for index, stage in enumerate(spec.stages):
+        where = f"spec.stages[{index}].resources"
+        errors += [Problem(p, m) for p, m in resource_problems(stage.resources, where)]
         scaling = stage.scaling
         if (
             scaling
@@ -215,6 +282,10 @@ def _value_problems(spec: PipelineSpec) -> list[Problem]:
                     f"{stage.cache.max_memory!r} is below Redis' practical minimum of 1Mi",
                 )
             )
+        if stage.cache and parse_quantity(stage.cache.max_entry_size) < 1:
+            errors.append(
+                Problem(f"spec.stages[{index}].cache.maxEntrySize", "must be at least 1 (byte)")
+            )
         if stage.batching and stage.stream:
             errors.append(
                 Problem(f"spec.stages[{index}].batching", "a streaming stage cannot be batched")
@@ -233,38 +304,50 @@ def _value_problems(spec: PipelineSpec) -> list[Problem]:
 def validate_spec(raw: Any, prefix: str = "spec") -> Result:
     """Validate a spec mapping: schema (pydantic) then graph and cross-field rules."""
     if not isinstance(raw, Mapping):
-        return Result(errors=[Problem(prefix, f"must be a mapping (got {type(raw).__name__})")])
+        return Result(errors=[Problem(prefix, f"must be a mapping (got {short_repr(raw)})")])
     try:
         spec = PipelineSpec.model_validate(dict(raw))
     except ValidationError as error:
-        return Result(errors=_pydantic_problems(error, prefix))
+        return Result(errors=_capped(_pydantic_problems(error, prefix)))
     errors = _value_problems(spec)
     graph_errors, warnings = _graph_problems(spec)
     errors += graph_errors
-    return Result(spec=None if errors else spec, errors=errors, warnings=warnings)
+    return Result(spec=None if errors else spec, errors=_capped(errors), warnings=_capped(warnings))
 
 
 def validate_document(doc: Any) -> Result:
     """Validate a whole Pipeline object (apiVersion, kind, metadata, spec)."""
     if not isinstance(doc, Mapping):
-        return Result(errors=[Problem("(document)", "must be a mapping")])
+        return Result(errors=[Problem("(document)", f"must be a mapping (got {short_repr(doc)})")])
     errors = []
     if doc.get("apiVersion") != API_VERSION:
         errors.append(
-            Problem("apiVersion", f"must be {API_VERSION} (got {doc.get('apiVersion')!r})")
-        )
-    if doc.get("kind") != KIND:
-        errors.append(Problem("kind", f"must be {KIND} (got {doc.get('kind')!r})"))
-    metadata = doc.get("metadata")
-    name = metadata.get("name") if isinstance(metadata, Mapping) else None
-    if not isinstance(name, str) or not is_dns1123_label(name):
-        errors.append(
             Problem(
-                "metadata.name", f"must be a DNS-1123 label of at most 63 characters (got {name!r})"
+                "apiVersion", f"must be {API_VERSION} (got {short_repr(doc.get('apiVersion'))})"
             )
         )
+    if doc.get("kind") != KIND:
+        errors.append(Problem("kind", f"must be {KIND} (got {short_repr(doc.get('kind'))})"))
+    errors += [Problem(path, message) for path, message in metadata_problems(doc.get("metadata"))]
+    unknown = sorted(str(key) for key in doc if key not in _TOP_LEVEL)
+    if unknown:
+        errors.append(Problem(short_repr(unknown[0], 64)[1:-1], "unknown field"))
     result = validate_spec(doc.get("spec"))
-    result.errors[:0] = errors
+    result.errors = _capped([*errors, *result.errors])
     if errors:
+        result.spec = None
+    return result
+
+
+_TOP_LEVEL = {"apiVersion", "kind", "metadata", "spec", "status"}
+
+
+def validate_object(body: Mapping[str, Any]) -> Result:
+    """What the operator checks of a Pipeline from the apiserver: its name and its spec."""
+    metadata = body.get("metadata")
+    name = metadata.get("name") if isinstance(metadata, Mapping) else None
+    result = validate_spec(body.get("spec"))
+    if (why := name_problem(name)) is not None:
+        result.errors.insert(0, Problem("metadata.name", why))
         result.spec = None
     return result

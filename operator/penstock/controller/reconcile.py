@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from penstock.api.validation import validate_spec
+from penstock.api.validation import validate_object, validate_spec
 from penstock.controller import metrics
 from penstock.controller.collector import Collectors
 from penstock.controller.conditions import find, merge_conditions, now_rfc3339
@@ -111,7 +111,7 @@ class Reconciler:
         generation = int(meta.get("generation", 0))
         previous_status: dict[str, Any] = dict(body.get("status") or {})
         outcome = Outcome()
-        result = validate_spec(body.get("spec"))
+        result = validate_object(body)
         if result.spec is None:
             # Never touch the children of the last valid spec: what runs keeps running.
             status = invalid_status(generation, result, previous_status)

@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import yaml
-
 from penstock.api.validation import find_cycle, needed_stages, output_stage, validate_document
+from penstock.safeyaml import DocumentError, load_yaml_file
 
 ENVELOPE_INPUT = "input"
 
@@ -262,13 +261,9 @@ def pipeline_topology(document: Any, stage_urls: Mapping[str, str], source: str)
 
 def load_pipeline(path: str | Path, stage_urls: Mapping[str, str]) -> Topology:
     try:
-        text = Path(path).read_text()
-    except OSError as error:
-        raise TopologyError(f"cannot read pipeline {path}: {error.strerror or error}") from None
-    try:
-        documents = [doc for doc in yaml.safe_load_all(text) if doc is not None]
-    except yaml.YAMLError as error:
-        raise TopologyError(f"{path}: not valid YAML: {error}") from None
+        documents = [body for _, body in load_yaml_file(str(path))]
+    except DocumentError as error:  # the bounded loader every CLI YAML read uses
+        raise TopologyError(str(error)) from None
     if len(documents) != 1:
         raise TopologyError(f"{path}: expected one Pipeline document (got {len(documents)})")
     return pipeline_topology(documents[0], stage_urls, str(path))

@@ -35,87 +35,44 @@ import json
 import math
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
-
-import yaml
+from urllib.parse import urlsplit
 
 from penstock.api import PipelineSpec
-from penstock.api.validation import needed_stages, validate_document
+from penstock.api.validation import needed_stages
+from penstock.dev.profiles import (
+    AnalyzeError,
+    Profile,
+    StageTiming,
+    UsageError,
+    collect,
+    fetch_text,
+    load_profiles,
+    load_spec,
+    parse_batch_metrics,
+    parse_profile,
+    read_bodies,
+)
+from penstock.dev.report import Report, StageFigures, as_json, render
+from penstock.errors import short_repr
 
-PROFILE_HEADER = "X-Penstock-Profile"
-
-
-class AnalyzeError(Exception):
-    """Bad input; the message names the file and line."""
-
-
-@dataclass(frozen=True)
-class StageTiming:
-    name: str
-    start_ms: float
-    end_ms: float
-    cache: str | None
-
-    @property
-    def duration_ms(self) -> float:
-        return self.end_ms - self.start_ms
-
-
-@dataclass(frozen=True)
-class Profile:
-    stages: dict[str, StageTiming]
-    critical_path: tuple[str, ...]
-    total_ms: float
-    request: str | None = None  # the request body, canonical JSON, when known
-
-
-@dataclass
-class StageFigures:
-    name: str
-    calls: int
-    mean_ms: float
-    p50_ms: float
-    p95_ms: float
-    critical_share: float
-    wait_mean_ms: float
-    wait_p95_ms: float
-    cache_hits: int
-    cache_misses: int
-    hit_p50_ms: float | None = None
-    miss_p50_ms: float | None = None
-    batch_mean_size: float | None = None
-    batch_fill: float | None = None
-
-    @property
-    def hit_ratio(self) -> float | None:
-        looked = self.cache_hits + self.cache_misses
-        return self.cache_hits / looked if looked else None
-
-
-@dataclass
-class Report:
-    requests: int
-    total_mean_ms: float
-    total_p50_ms: float
-    total_p95_ms: float
-    stages: dict[str, StageFigures]
-    critical_path: tuple[str, ...]
-    critical_path_share: float
-    repeated_requests: int | None
-    unused_stages: list[str] = field(default_factory=list)
-    recommendations: list[str] = field(default_factory=list)
-
-    @property
-    def repeat_ratio(self) -> float | None:
-        if self.repeated_requests is None or not self.requests:
-            return None
-        return self.repeated_requests / self.requests
+__all__ = [
+    "AnalyzeError",
+    "Profile",
+    "StageTiming",
+    "analyze",
+    "as_json",
+    "load_spec",
+    "main",
+    "parse_batch_metrics",
+    "parse_profile",
+    "percentile",
+    "render",
+    "waits",
+]
+MAX_REQUESTS = 100_000
 
 
 # --------------------------------------------------------------------------- figures
@@ -134,57 +91,6 @@ def mean(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else 0.0
 
 
-def parse_profile(record: Any, where: str) -> Profile:
-    if not isinstance(record, Mapping):
-        raise AnalyzeError(f"{where}: expected a JSON object")
-    profile = record.get("profile", record)
-    if not isinstance(profile, Mapping) or not isinstance(profile.get("stages"), list):
-        raise AnalyzeError(
-            f"{where}: no profile (send the request with {PROFILE_HEADER}: 1; a streamed"
-            " output has none)"
-        )
-    stages: dict[str, StageTiming] = {}
-    for index, item in enumerate(profile["stages"]):
-        try:
-            timing = StageTiming(
-                name=str(item["name"]),
-                start_ms=float(item["start_ms"]),
-                end_ms=float(item["end_ms"]),
-                cache=item.get("cache"),
-            )
-        except (KeyError, TypeError, ValueError):
-            raise AnalyzeError(
-                f"{where}: profile.stages[{index}] needs name, start_ms and end_ms"
-            ) from None
-        stages[timing.name] = timing
-    path = profile.get("critical_path") or []
-    total = profile.get("total_ms")
-    if not isinstance(total, int | float):
-        total = max((timing.end_ms for timing in stages.values()), default=0.0)
-    request = record.get("request") if "profile" in record else None
-    canonical = None if request is None else json.dumps(request, sort_keys=True)
-    return Profile(stages, tuple(str(name) for name in path), float(total), canonical)
-
-
-def load_profiles(path: str) -> list[Profile]:
-    try:
-        text = sys.stdin.read() if path == "-" else Path(path).read_text()
-    except OSError as error:
-        raise AnalyzeError(f"cannot read {path}: {error.strerror or error}") from None
-    profiles = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError as error:
-            raise AnalyzeError(f"{path}:{number}: not JSON: {error}") from None
-        profiles.append(parse_profile(record, f"{path}:{number}"))
-    if not profiles:
-        raise AnalyzeError(f"{path}: no profiles")
-    return profiles
-
-
 def waits(profile: Profile, graph: Mapping[str, Sequence[str]] | None) -> dict[str, float]:
     """Per stage: start minus its dependencies' latest end (both relative to the request)."""
     result = {}
@@ -200,24 +106,6 @@ def waits(profile: Profile, graph: Mapping[str, Sequence[str]] | None) -> dict[s
         ready = max(ends, default=0.0)
         result[name] = max(0.0, timing.start_ms - ready)
     return result
-
-
-def parse_batch_metrics(text: str) -> dict[str, float]:
-    """Mean ``penstock_stage_batch_size`` per stage from a Prometheus text exposition."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    sums: dict[str, float] = defaultdict(float)
-    counts: dict[str, float] = defaultdict(float)
-    for family in text_string_to_metric_families(text):
-        if family.name != "penstock_stage_batch_size":
-            continue
-        for sample in family.samples:
-            stage = sample.labels.get("stage", "")
-            if sample.name.endswith("_sum"):
-                sums[stage] += sample.value
-            elif sample.name.endswith("_count"):
-                counts[stage] += sample.value
-    return {stage: sums[stage] / counts[stage] for stage in counts if counts[stage] > 0}
 
 
 def analyze(
@@ -372,153 +260,17 @@ def recommend(report: Report, spec: PipelineSpec | None) -> list[str]:
     return [text for _, text in kept]
 
 
-# --------------------------------------------------------------------------- output
+_EPILOG = """\
+Waiting time = stage start - request start - the latest finish of its dependencies.
+Percentiles are nearest-rank.
 
+--wait SECONDS retries the first request while the router cannot be reached or answers
+502/503/504 (e.g. right after starting penstock dev), so a script need not poll first.
 
-def render(report: Report) -> str:
-    lines = [
-        f"{report.requests} requests: end to end mean {report.total_mean_ms:.1f} ms,"
-        f" p50 {report.total_p50_ms:.1f} ms, p95 {report.total_p95_ms:.1f} ms",
-        "",
-        f"{'stage':<16}{'calls':>6}{'mean':>9}{'p50':>9}{'p95':>9}{'critical':>10}"
-        f"{'wait':>8}{'cache hit':>11}{'batch fill':>12}",
-    ]
-    for figures in report.stages.values():
-        hit = "-" if figures.hit_ratio is None else f"{figures.hit_ratio:.0%}"
-        fill = "-"
-        if figures.batch_fill is not None:
-            fill = f"{figures.batch_fill:.0%}"
-        elif figures.batch_mean_size is not None:
-            fill = f"{figures.batch_mean_size:.1f}/batch"
-        lines.append(
-            f"{figures.name:<16}{figures.calls:>6}{figures.mean_ms:>9.1f}{figures.p50_ms:>9.1f}"
-            f"{figures.p95_ms:>9.1f}{figures.critical_share:>10.0%}{figures.wait_mean_ms:>8.1f}"
-            f"{hit:>11}{fill:>12}"
-        )
-    lines += [
-        "(milliseconds; critical: share of requests whose critical path has the stage;"
-        " wait: mean time after its inputs were ready)",
-        "",
-        f"critical path: {' -> '.join(report.critical_path) or '-'}"
-        f" ({report.critical_path_share:.0%} of requests)",
-    ]
-    if report.repeated_requests is None:
-        lines.append("redundant calls: unknown (the records carry no request bodies)")
-    else:
-        lines.append(
-            f"redundant calls: {report.repeated_requests} of {report.requests} requests repeat an"
-            " earlier request body"
-        )
-    lines += ["", "recommendations:"]
-    lines += [f"  - {text}" for text in report.recommendations] or ["  (none)"]
-    return "\n".join(lines)
-
-
-def as_json(report: Report) -> dict[str, Any]:
-    return {
-        "requests": report.requests,
-        "total_ms": {
-            "mean": report.total_mean_ms,
-            "p50": report.total_p50_ms,
-            "p95": report.total_p95_ms,
-        },
-        "stages": {
-            name: {
-                "calls": f.calls,
-                "mean_ms": f.mean_ms,
-                "p50_ms": f.p50_ms,
-                "p95_ms": f.p95_ms,
-                "critical_share": f.critical_share,
-                "wait_mean_ms": f.wait_mean_ms,
-                "wait_p95_ms": f.wait_p95_ms,
-                "cache_hit_ratio": f.hit_ratio,
-                "batch_mean_size": f.batch_mean_size,
-                "batch_fill": f.batch_fill,
-            }
-            for name, f in report.stages.items()
-        },
-        "critical_path": list(report.critical_path),
-        "critical_path_share": report.critical_path_share,
-        "repeated_requests": report.repeated_requests,
-        "unused_stages": report.unused_stages,
-        "recommendations": report.recommendations,
-    }
-
-
-# --------------------------------------------------------------------------- input
-
-
-def load_spec(path: str) -> PipelineSpec:
-    try:
-        documents = [doc for doc in yaml.safe_load_all(Path(path).read_text()) if doc]
-    except OSError as error:
-        raise AnalyzeError(f"cannot read {path}: {error.strerror or error}") from None
-    except yaml.YAMLError as error:
-        raise AnalyzeError(f"{path}: not valid YAML: {error}") from None
-    if len(documents) != 1:
-        raise AnalyzeError(f"{path}: expected one Pipeline document (got {len(documents)})")
-    result = validate_document(documents[0])
-    if result.spec is None:
-        raise AnalyzeError(f"{path}: invalid Pipeline: {result.summary()}")
-    return result.spec
-
-
-def _post(url: str, body: bytes, timeout: float) -> Any:
-    request = urllib.request.Request(
-        url,
-        data=body,
-        headers={"Content-Type": "application/json", PROFILE_HEADER: "1"},
-        method="POST",
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        detail = error.read()[:300].decode("utf-8", "replace")
-        raise AnalyzeError(f"{url} answered HTTP {error.code}: {detail}") from None
-    except (urllib.error.URLError, OSError) as error:
-        raise AnalyzeError(f"cannot reach {url}: {error}") from None
-    except ValueError:
-        raise AnalyzeError(
-            f"{url} answered something that is not JSON (a streamed output has no profile;"
-            " run penstock dev with --no-stream)"
-        ) from None
-
-
-def collect(url: str, bodies: Iterable[Any], timeout: float) -> list[dict[str, Any]]:
-    records = []
-    for body in bodies:
-        answer = _post(url, json.dumps(body).encode(), timeout)
-        if not isinstance(answer, dict) or "profile" not in answer:
-            raise AnalyzeError(f"{url} answered without a profile (is it a penstock router?)")
-        records.append({"request": body, **answer})
-    return records
-
-
-def read_bodies(path: str, requests: int) -> list[Any]:
-    """The request bodies: one JSON document, or JSON lines used in turn, ``requests`` in all."""
-    try:
-        text = Path(path).read_text()
-    except OSError as error:
-        raise AnalyzeError(f"cannot read {path}: {error.strerror or error}") from None
-    try:
-        bodies = [json.loads(text)]
-    except ValueError:
-        try:
-            bodies = [json.loads(line) for line in text.splitlines() if line.strip()]
-        except ValueError as error:
-            raise AnalyzeError(f"{path}: neither JSON nor JSON lines: {error}") from None
-    if not bodies:
-        raise AnalyzeError(f"{path}: no request bodies")
-    return [bodies[i % len(bodies)] for i in range(requests)]
-
-
-def fetch_text(url: str, timeout: float) -> str:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return bytes(response.read()).decode("utf-8", "replace")
-    except (urllib.error.URLError, OSError) as error:
-        raise AnalyzeError(f"cannot read metrics from {url}: {error}") from None
+exit status: 0 with a report; 1 when an input cannot be used (a file that is missing, not
+UTF-8, not JSON lines of profiles; a Pipeline that is invalid; a router or --metrics-url that
+cannot be reached or does not answer what it should), with one line 'penstock analyze:
+error: ...' on stderr; 2 for options that do not go together or are out of range."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -526,8 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="penstock analyze",
         description="Per-stage time, critical path, waiting, redundant calls, cache hit ratio,"
         " batch fill and recommendations from router profiles (X-Penstock-Profile: 1).",
-        epilog="Waiting time = stage start - request start - the latest finish of its"
-        " dependencies. Percentiles are nearest-rank.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("file", nargs="?", metavar="FILE", help="JSON lines of profile responses")
     parser.add_argument("--url", help="collect live from this router URL instead")
@@ -542,33 +294,58 @@ def build_parser() -> argparse.ArgumentParser:
         help="a gateway admin /metrics URL for batch fill (repeatable)",
     )
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per request (60)")
+    parser.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="with --url: wait up to SECONDS for the router to answer (default 0: no wait)",
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     return parser
 
 
-def run(args: argparse.Namespace) -> int:
+def _check_options(args: argparse.Namespace) -> None:
     if bool(args.file) == bool(args.url):
-        raise AnalyzeError("give either FILE or --url URL (with --body FILE)")
+        raise UsageError("give either FILE or --url URL (with --body FILE)")
+    if args.url and not args.body:
+        raise UsageError("--url needs --body FILE (the request body)")
+    if not 1 <= args.requests <= MAX_REQUESTS:
+        raise UsageError(f"--requests must be 1 to {MAX_REQUESTS} (got {args.requests})")
+    if not (args.timeout > 0 and math.isfinite(args.timeout)):
+        raise UsageError(f"--timeout must be a positive number of seconds (got {args.timeout})")
+    if not (args.wait >= 0 and math.isfinite(args.wait)):
+        raise UsageError(f"--wait must be 0 or more seconds (got {args.wait})")
+    if args.wait and not args.url:
+        raise UsageError("--wait needs --url (it waits for the router)")
+    for flag, url in [("--url", args.url), *[("--metrics-url", u) for u in args.metrics_url]]:
+        parts = urlsplit(url) if url else None
+        if parts is not None and (parts.scheme not in ("http", "https") or not parts.hostname):
+            raise UsageError(f"{flag} must be an http(s) URL (got {short_repr(url)})")
+
+
+def run(args: argparse.Namespace) -> int:
+    _check_options(args)
     spec = load_spec(args.pipeline) if args.pipeline else None
     if args.url:
-        if not args.body:
-            raise AnalyzeError("--url needs --body FILE (the request body)")
-        if args.requests < 1:
-            raise AnalyzeError(f"--requests must be at least 1 (got {args.requests})")
+        bodies = read_bodies(args.body, args.requests)
         started = time.monotonic()
-        records = collect(args.url, read_bodies(args.body, args.requests), args.timeout)
+        records = collect(args.url, bodies, args.timeout, args.wait)
         print(
             f"collected {len(records)} profiles in {time.monotonic() - started:.1f} s",
             file=sys.stderr,
         )
         if args.save:
-            Path(args.save).write_text("".join(json.dumps(r) + "\n" for r in records))
+            try:
+                Path(args.save).write_text("".join(json.dumps(r) + "\n" for r in records))
+            except OSError as error:
+                raise AnalyzeError(f"cannot write {args.save}: {error.strerror or error}") from None
         profiles = [parse_profile(r, f"{args.url} #{i}") for i, r in enumerate(records, 1)]
     else:
         profiles = load_profiles(args.file)
     batch_sizes: dict[str, float] = {}
     for url in args.metrics_url:
-        batch_sizes.update(parse_batch_metrics(fetch_text(url, args.timeout)))
+        batch_sizes.update(parse_batch_metrics(fetch_text(url, args.timeout), url))
     report = analyze(profiles, spec, batch_sizes)
     if args.json:
         print(json.dumps(as_json(report), indent=2))
@@ -578,9 +355,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Exit status 0 (a report), 1 (an input cannot be used) or 2 (bad options)."""
     args = build_parser().parse_args(argv)
     try:
         return run(args)
+    except UsageError as error:
+        print(f"penstock analyze: error: {error}", file=sys.stderr)
+        return 2
     except AnalyzeError as error:
         print(f"penstock analyze: error: {error}", file=sys.stderr)
         return 1

@@ -26,20 +26,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import json
 import os
 import shlex
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -50,39 +46,17 @@ import yaml
 from penstock.api import PipelineSpec, Stage
 from penstock.api.types import parse_quantity
 from penstock.api.validation import needed_stages, output_stage, validate_document
+from penstock.dev.processes import DevError, Proc, exited, failure, start, stop_all, wait_ready
 from penstock.render.gateway import needs_gateway
+from penstock.safeyaml import DocumentError, load_yaml_file
 
 DEV_COMMAND = "penstock.dev/dev-command."
 EXAMPLE_INPUT = "penstock.dev/dev-example-input"
 HOST = "127.0.0.1"
-LOG_TAIL_LINES = 30
-
-
-class DevError(Exception):
-    """Something that stops ``penstock dev``; the message says what and where."""
 
 
 class _Stop(Exception):
     """SIGTERM arrived."""
-
-
-@dataclass
-class Proc:
-    name: str
-    argv: list[str]
-    log: Path
-    ready_url: str | None
-    cwd: Path | None = None
-    popen: subprocess.Popen[bytes] | None = None
-    ready: bool = False
-
-    def tail(self, lines: int = LOG_TAIL_LINES) -> str:
-        try:
-            text = self.log.read_text(errors="replace")
-        except OSError:
-            return "(no log)"
-        kept = text.splitlines()[-lines:]
-        return "\n".join(f"    {line}" for line in kept) or "    (log is empty)"
 
 
 def stage_cwd(argv: Sequence[str], pipeline_file: str) -> Path:
@@ -146,13 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_pipeline(path: str) -> tuple[dict[str, Any], PipelineSpec]:
     try:
-        text = Path(path).read_text()
-    except OSError as error:
-        raise DevError(f"cannot read {path}: {error.strerror or error}") from None
-    try:
-        documents = [doc for doc in yaml.safe_load_all(text) if doc is not None]
-    except yaml.YAMLError as error:
-        raise DevError(f"{path}: not valid YAML: {error}") from None
+        documents = [body for _, body in load_yaml_file(path)]
+    except DocumentError as error:
+        raise DevError(str(error)) from None
     if len(documents) != 1:
         raise DevError(f"{path}: expected one Pipeline document (got {len(documents)})")
     document = documents[0]
@@ -293,95 +263,6 @@ def plan(
     return result
 
 
-def _die_with_parent() -> None:
-    """In the child: get SIGTERM if ``penstock dev`` itself dies (Linux), so nothing is orphaned."""
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-def start(proc: Proc, env: dict[str, str]) -> None:
-    log = proc.log.open("wb")
-    try:
-        proc.popen = subprocess.Popen(
-            proc.argv,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=proc.cwd,
-            start_new_session=True,  # its own process group: stopped as a whole
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
-        )
-    except OSError as error:
-        raise DevError(f"{proc.name}: cannot start {proc.argv[0]}: {error}") from None
-    finally:
-        log.close()
-
-
-def stop_all(procs: Sequence[Proc], grace: float = 5.0) -> None:
-    """SIGTERM every process group, wait, SIGKILL what is left (reverse start order)."""
-    running = [proc for proc in reversed(procs) if proc.popen is not None]
-    for proc in running:
-        assert proc.popen is not None
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.popen.pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    for proc in running:
-        assert proc.popen is not None
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.popen.wait(timeout=max(0.0, deadline - time.monotonic()))
-    for proc in running:
-        assert proc.popen is not None
-        # The group may outlive its leader: kill whatever of it is left.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.popen.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.popen.wait(timeout=2)
-
-
-def _ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return 200 <= int(response.status) < 300
-    except (urllib.error.URLError, OSError, ValueError):
-        return False
-
-
-def exited(procs: Sequence[Proc]) -> Proc | None:
-    for proc in procs:
-        if proc.popen is not None and proc.popen.poll() is not None:
-            return proc
-    return None
-
-
-def failure(proc: Proc, what: str) -> DevError:
-    return DevError(f"{proc.name} {what}; log {proc.log} ends with:\n{proc.tail()}")
-
-
-def wait_ready(procs: Sequence[Proc], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        dead = exited(procs)
-        if dead is not None:
-            assert dead.popen is not None
-            raise failure(dead, f"exited with status {dead.popen.returncode} while starting")
-        for proc in procs:
-            if not proc.ready:
-                proc.ready = proc.ready_url is None or _ok(proc.ready_url)
-        waiting = [proc for proc in procs if not proc.ready]
-        if not waiting:
-            return
-        if time.monotonic() > deadline:
-            first = waiting[0]
-            others = ", ".join(proc.name for proc in waiting)
-            raise failure(
-                first,
-                f"was not ready after {timeout:g} s ({first.ready_url}; waiting for {others})",
-            )
-        time.sleep(0.2)
-
-
 def banner(result: Plan) -> str:
     url = f"http://{HOST}:{result.port}/"
     body = shlex.quote(result.example)
@@ -412,15 +293,36 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise _Stop
 
 
+@contextlib.contextmanager
+def _workdir(log_dir: str | None) -> Iterator[Path]:
+    """Where logs and generated files go: ``--log-dir`` (kept), else a temporary directory that
+    is removed on every way out (success, Ctrl-C, SIGTERM, any error, early or late)."""
+    if log_dir:
+        workdir = Path(log_dir)
+        try:
+            workdir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise DevError(f"--log-dir {log_dir}: {error.strerror or error}") from None
+        yield workdir
+        return
+    workdir = Path(tempfile.mkdtemp(prefix="penstock-dev-"))
+    try:
+        yield workdir
+    except DevError as error:
+        raise DevError(
+            f"{error}\n(the logs were in {workdir}, now removed: --log-dir DIR keeps them)"
+        ) from None
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 def run(args: argparse.Namespace) -> int:
     document, spec = load_pipeline(args.file)
-    if args.log_dir:
-        workdir = Path(args.log_dir)
-        workdir.mkdir(parents=True, exist_ok=True)
-        cleanup: Path | None = None
-    else:
-        workdir = Path(tempfile.mkdtemp(prefix="penstock-dev-"))
-        cleanup = workdir
+    with _workdir(args.log_dir) as workdir:
+        return _run(args, document, spec, workdir)
+
+
+def _run(args: argparse.Namespace, document: dict[str, Any], spec: PipelineSpec, workdir: Path) -> int:  # fmt: skip
     result = plan(document, spec, args, workdir)
     env = dict(os.environ, HOST=HOST)
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
@@ -446,9 +348,6 @@ def run(args: argparse.Namespace) -> int:
     except (_Stop, KeyboardInterrupt):
         print("penstock dev: stopping", file=sys.stderr, flush=True)
         return 0
-    except DevError:
-        cleanup = None  # keep the logs the error points at
-        raise
     finally:
         # No more signals while stopping: a second Ctrl-C must not leave orphans.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -458,8 +357,6 @@ def run(args: argparse.Namespace) -> int:
         finally:
             signal.signal(signal.SIGTERM, previous)
             signal.signal(signal.SIGINT, original_int)
-            if cleanup is not None:
-                shutil.rmtree(cleanup, ignore_errors=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -7,12 +7,35 @@ import os
 import tarfile
 import zlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from penstock.preload.errors import PreloadError
 from penstock.preload.source import MARKER_NAME, TEMP_PREFIX
 
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
+
+GIB = 1024**3
+DEFAULT_MAX_BYTES = 10 * GIB  # the model volume's default size limit
+DEFAULT_MAX_FILES = 10_000
+DEFAULT_MAX_EXPANSION_RATIO = 100.0
+RATIO_FLOOR_BYTES = 256 * 1024**2  # below this much, any compression ratio is fine
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How much an artifact may become on disk (flags of ``penstock preload``).
+
+    ``max_bytes`` bounds the download and the unpacked total (the sum of the regular files'
+    sizes), ``max_files`` the number of archive entries (directories and links included),
+    ``max_expansion_ratio`` the unpacked total over the archive's size once past
+    :data:`RATIO_FLOOR_BYTES` (0 disables that check).
+    """
+
+    max_bytes: int = DEFAULT_MAX_BYTES
+    max_files: int = DEFAULT_MAX_FILES
+    max_expansion_ratio: float = DEFAULT_MAX_EXPANSION_RATIO
+
 
 # Everything a damaged or truncated (compressed) tar stream can raise while being read.
 _READ_ERRORS = (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, OSError, ValueError)
@@ -52,20 +75,49 @@ def _check_member(display: str, member: tarfile.TarInfo) -> None:
         )
 
 
-def extract_tar(archive: Path, into: Path, *, display: str) -> list[str]:
+def _check_size(display: str, limits: Limits, entries: int, total: int, packed: int) -> None:
+    if entries > limits.max_files:
+        raise PreloadError(
+            f"archive {display} has more than {limits.max_files} entries (limit: --max-files)"
+        )
+    if total > limits.max_bytes:
+        raise PreloadError(
+            f"archive {display} unpacks to more than {limits.max_bytes} bytes"
+            " (limit: --max-bytes, the model volume's sizeLimit in a cluster)"
+        )
+    ratio = limits.max_expansion_ratio
+    if ratio > 0 and total > RATIO_FLOOR_BYTES and total > ratio * max(packed, 1):
+        raise PreloadError(
+            f"archive {display} ({packed} bytes) unpacks to more than {ratio:g} times its size"
+            " (limit: --max-expansion-ratio)"
+        )
+
+
+def extract_tar(
+    archive: Path, into: Path, *, display: str, limits: Limits | None = None
+) -> list[str]:
     """Unpack ``archive`` into the (empty) directory ``into``; return its top-level names.
 
     Absolute paths, ``..`` components, device files and reserved names are rejected with a
     message naming the entry; extraction itself uses tarfile's ``"data"`` filter, which
-    also refuses links pointing outside ``into``. The archive is read in a single pass.
-    On error, ``into`` may hold part of the archive: the caller removes it.
+    also refuses links pointing outside ``into``. Each entry is checked against ``limits``
+    (entry count, unpacked bytes, expansion ratio) *before* it is written. The archive is
+    read in a single pass. On error, ``into`` may hold part of the archive: the caller
+    removes it.
     """
+    limits = limits or Limits()
+    packed = archive.stat().st_size
     files = 0
+    entries = 0
+    total = 0
 
     def checked(tf: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
-        nonlocal files
+        nonlocal files, entries, total
         for member in tf:
             _check_member(display, member)
+            entries += 1
+            total += member.size if member.isreg() else 0
+            _check_size(display, limits, entries, total, packed)
             files += member.isfile()
             yield member
 

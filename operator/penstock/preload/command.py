@@ -11,19 +11,30 @@ import sys
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import NoReturn
 
+from penstock.preload.archive import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_EXPANSION_RATIO,
+    DEFAULT_MAX_FILES,
+    RATIO_FLOOR_BYTES,
+    Limits,
+)
 from penstock.preload.digest import normalize_sha256
 from penstock.preload.errors import PreloadError
 from penstock.preload.install import preload
+from penstock.quantity import parse_non_negative_quantity
 
 ENV_URI = "PENSTOCK_PRELOAD_URI"
 ENV_DEST = "PENSTOCK_PRELOAD_DEST"
 ENV_SHA256 = "PENSTOCK_PRELOAD_SHA256"
 ENV_TIMEOUT = "PENSTOCK_PRELOAD_TIMEOUT_SECONDS"
+ENV_MAX_BYTES = "PENSTOCK_PRELOAD_MAX_BYTES"
+ENV_MAX_FILES = "PENSTOCK_PRELOAD_MAX_FILES"
+ENV_MAX_RATIO = "PENSTOCK_PRELOAD_MAX_EXPANSION_RATIO"
 
 DEFAULT_TIMEOUT_SECONDS = 600.0
 
@@ -33,15 +44,19 @@ Run as the init container of a stage pod, with DIR on a volume the model server 
 
 A single file lands at DIR/<last segment of the URI path>. A tar archive (.tar, .tar.gz,
 .tgz, .tar.bz2, .tar.xz, or any file that is a tar archive) is unpacked into DIR, refusing
-absolute paths, '..', links leaving DIR and device files. Nothing is renamed into place
-before the download is complete and verified; on failure no partial files remain. When
-DIR/.penstock-preload.json shows the same URI (and digest) is already installed, nothing
-is downloaded."""
+absolute paths, '..', links leaving DIR and device files, and stopping at the size, entry
+count and expansion limits. Nothing is renamed into place before the download is complete
+and verified; on failure no partial files remain. When DIR/.penstock-preload.json shows the
+same URI (and digest) is installed and every file it lists still has its SHA-256 (each is
+re-hashed), nothing is downloaded. Files of a previous model that the new one does not have
+are removed; symlinks are never followed."""
 
 _EPILOG = f"""\
 every option can also be set through the environment:
   --uri {ENV_URI}, --dest {ENV_DEST},
-  --sha256 {ENV_SHA256}, --timeout-seconds {ENV_TIMEOUT}
+  --sha256 {ENV_SHA256}, --timeout-seconds {ENV_TIMEOUT},
+  --max-bytes {ENV_MAX_BYTES}, --max-files {ENV_MAX_FILES},
+  --max-expansion-ratio {ENV_MAX_RATIO}
   (an option on the command line wins over its variable; an empty value means unset)
 
 s3:// uses the standard AWS variables: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
@@ -97,6 +112,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="give up when the download has not finished after N seconds"
         f" [env: {ENV_TIMEOUT}; default: {DEFAULT_TIMEOUT_SECONDS:g}]",
     )
+    parser.add_argument(
+        "--max-bytes",
+        metavar="QUANTITY",
+        help="most bytes the download and an archive's unpacked files may take (e.g. 10Gi;"
+        " the operator passes the model volume's sizeLimit)"
+        f" [env: {ENV_MAX_BYTES}; default: 10Gi]",
+    )
+    parser.add_argument(
+        "--max-files",
+        metavar="N",
+        help="most entries (files, directories, links) an archive may hold"
+        f" [env: {ENV_MAX_FILES}; default: {DEFAULT_MAX_FILES}]",
+    )
+    parser.add_argument(
+        "--max-expansion-ratio",
+        metavar="R",
+        help="most times its own size an archive may unpack to, checked once past"
+        f" {RATIO_FLOOR_BYTES // 2**20} MiB; 0 disables"
+        f" [env: {ENV_MAX_RATIO}; default: {DEFAULT_MAX_EXPANSION_RATIO:g}]",
+    )
     return parser
 
 
@@ -106,6 +141,36 @@ class Settings:
     dest: Path
     sha256: str | None
     timeout_seconds: float
+    limits: Limits = field(default_factory=Limits)
+
+
+def _limits(args: argparse.Namespace) -> Limits:
+    raw, where = _pick(args.max_bytes, "--max-bytes", ENV_MAX_BYTES)
+    max_bytes = DEFAULT_MAX_BYTES
+    if raw is not None:
+        try:
+            amount = parse_non_negative_quantity(raw)
+        except ValueError as error:
+            raise PreloadError(f"{where} {raw!r}: {error}") from None
+        if amount < 1:
+            raise PreloadError(f"{where} {raw!r} must be at least 1 byte")
+        max_bytes = int(amount)
+    raw, where = _pick(args.max_files, "--max-files", ENV_MAX_FILES)
+    max_files = DEFAULT_MAX_FILES
+    if raw is not None:
+        if not raw.isdigit() or int(raw) < 1:
+            raise PreloadError(f"{where} {raw!r} is not a positive integer")
+        max_files = int(raw)
+    raw, where = _pick(args.max_expansion_ratio, "--max-expansion-ratio", ENV_MAX_RATIO)
+    ratio = DEFAULT_MAX_EXPANSION_RATIO
+    if raw is not None:
+        try:
+            ratio = float(raw)
+        except ValueError:
+            ratio = math.nan
+        if not (ratio >= 0 and math.isfinite(ratio)):
+            raise PreloadError(f"{where} {raw!r} is not a number of 0 or more")
+    return Limits(max_bytes, max_files, ratio)
 
 
 def _pick(flag_value: str | None, flag: str, env: str) -> tuple[str | None, str]:
@@ -140,7 +205,7 @@ def parse_settings(argv: Sequence[str]) -> Settings:
             raise PreloadError(
                 f"{timeout_from} {raw_timeout!r} is not a positive number of seconds"
             )
-    return Settings(uri, Path(dest), digest, timeout)
+    return Settings(uri, Path(dest), digest, timeout, _limits(args))
 
 
 class _StderrHandler(logging.Handler):
@@ -217,6 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 settings.dest,
                 settings.sha256,
                 timeout_seconds=settings.timeout_seconds,
+                limits=settings.limits,
             )
             return 0
     except PreloadError as exc:

@@ -57,9 +57,10 @@ def human_size(n: float) -> str:
 class _Sink:
     """Writes chunks to the output file, hashing and counting them."""
 
-    def __init__(self, out: BinaryIO, source: Source) -> None:
+    def __init__(self, out: BinaryIO, source: Source, max_bytes: int | None = None) -> None:
         self._out = out
         self._source = source
+        self._max_bytes = max_bytes
         self._hash = hashlib.sha256()
         self.size = 0
         self.declared: int | None = None
@@ -75,6 +76,11 @@ class _Sink:
             ) from None
         self._hash.update(chunk)
         self.size += len(chunk)
+        if self._max_bytes is not None and self.size > self._max_bytes:
+            raise PreloadError(
+                f"{self._source.display} is larger than {self._max_bytes} bytes"
+                " (limit: --max-bytes, the model volume's sizeLimit in a cluster)"
+            )
         now = time.monotonic()
         if now - self._last_progress >= PROGRESS_EVERY_SECONDS:
             self._last_progress = now
@@ -103,7 +109,12 @@ class _Sink:
 
 
 def fetch(
-    source: Source, out: BinaryIO, *, timeout_seconds: float, deadline: float | None = None
+    source: Source,
+    out: BinaryIO,
+    *,
+    timeout_seconds: float,
+    deadline: float | None = None,
+    max_bytes: int | None = None,
 ) -> Fetched:
     """Copy the artifact named by ``source`` into ``out``; raise :class:`PreloadError`.
 
@@ -115,7 +126,7 @@ def fetch(
         raise PreloadError(f"timeout must be a positive number of seconds, got {timeout_seconds}")
     if deadline is None:
         deadline = time.monotonic() + timeout_seconds
-    sink = _Sink(out, source)
+    sink = _Sink(out, source, max_bytes)
     try:
         budget = deadline - time.monotonic()
         if budget <= 0:

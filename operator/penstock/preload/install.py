@@ -12,27 +12,33 @@ import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
-from penstock.preload.archive import extract_tar, is_tar_archive
+from penstock.preload.archive import Limits, extract_tar, is_tar_archive
 from penstock.preload.digest import normalize_sha256
 from penstock.preload.errors import PreloadError
 from penstock.preload.fetch import fetch, human_size
 from penstock.preload.lock import dest_lock
 from penstock.preload.marker import (
-    InstalledFile,
     Kind,
     Marker,
-    installed_files,
     read_marker,
     remove_marker,
     satisfied_by,
     write_marker,
 )
 from penstock.preload.source import TEMP_PREFIX, Source, parse_uri, redact
+from penstock.preload.tree import Installed, InstalledFile, mismatch, prune, scan
 
 log = logging.getLogger("penstock.preload")
 
 
-def preload(uri: str, dest: Path, sha256: str | None, *, timeout_seconds: float = 600.0) -> Path:
+def preload(
+    uri: str,
+    dest: Path,
+    sha256: str | None,
+    *,
+    timeout_seconds: float = 600.0,
+    limits: Limits | None = None,
+) -> Path:
     """Make the model at ``uri`` available in the directory ``dest``; return its path.
 
     A single file lands at ``dest/<last segment of the URI path>`` and that path is
@@ -43,13 +49,17 @@ def preload(uri: str, dest: Path, sha256: str | None, *, timeout_seconds: float 
     The artifact is downloaded into a temporary file inside ``dest``, its SHA-256 checked
     against ``sha256`` (64 hex digits; ``None`` skips the check), unpacked into a temporary
     directory inside ``dest`` if it is an archive, and only then renamed into place. A
-    marker (``dest/.penstock-preload.json``) is written last; when it shows that the same
-    ``uri`` (and ``sha256``, if given) is already in place, nothing is fetched. On any
-    failure a :class:`PreloadError` is raised and no temporary files remain.
+    marker (``dest/.penstock-preload.json``) is written last, with every installed file's
+    size and SHA-256 and every symlink's target; when it shows that the same ``uri`` (and
+    ``sha256``, if given) is in place and every file still has its digest (each one is
+    re-hashed), nothing is fetched. Files of a previous preload that the new one does not
+    have are removed, never through a symlink. On any failure a :class:`PreloadError` is
+    raised and no temporary files remain.
 
     ``timeout_seconds`` bounds waiting for a concurrent preload into ``dest`` plus the
-    transfer itself.
+    transfer itself; ``limits`` the download size and what an archive may unpack to.
     """
+    limits = limits or Limits()
     source = parse_uri(uri)
     expected = normalize_sha256(sha256)
     if not (timeout_seconds > 0 and math.isfinite(timeout_seconds)):
@@ -66,14 +76,19 @@ def preload(uri: str, dest: Path, sha256: str | None, *, timeout_seconds: float 
                 "%s already holds %s (%s): skipping the download", dest, source.display, reason
             )
             return dest / previous.files[0].path if previous.kind == "file" else dest
-        if previous is not None:
+        if previous is not None and previous.uri == source.uri:
+            why = mismatch(dest, previous.installed) or "another digest expected"
+            log.info("%s holds %s but it must be fetched again: %s", dest, source.display, why)
+        elif previous is not None:
             log.info(
                 "%s holds another preload (%s): it is replaced once the new model is verified",
                 dest,
                 redact(previous.uri),
             )
         log.info("fetching %s into %s", source.display, dest)
-        return _fetch_and_install(source, dest, expected, previous, timeout_seconds, deadline)
+        return _fetch_and_install(
+            source, dest, expected, previous, timeout_seconds, deadline, limits
+        )
 
 
 def _prepare_dest(dest: Path) -> Path:
@@ -123,6 +138,7 @@ def _fetch_and_install(
     previous: Marker | None,
     timeout_seconds: float,
     deadline: float,
+    limits: Limits,
 ) -> Path:
     temps: list[Path] = []
     try:
@@ -131,7 +147,13 @@ def _fetch_and_install(
         temps.append(part)
         started = time.monotonic()
         with os.fdopen(fd, "wb") as out:
-            fetched = fetch(source, out, timeout_seconds=timeout_seconds, deadline=deadline)
+            fetched = fetch(
+                source,
+                out,
+                timeout_seconds=timeout_seconds,
+                deadline=deadline,
+                max_bytes=limits.max_bytes,
+            )
         log.info("downloaded %s in %.1fs", human_size(fetched.size), time.monotonic() - started)
         if expected is None:
             log.info("sha256 is %s (not checked: no expected digest given)", fetched.sha256)
@@ -146,14 +168,14 @@ def _fetch_and_install(
         if is_tar_archive(source.basename, part):
             unpacked = Path(tempfile.mkdtemp(dir=dest, prefix=TEMP_PREFIX, suffix=".d"))
             temps.append(unpacked)
-            names = extract_tar(part, unpacked, display=source.display)
+            names = extract_tar(part, unpacked, display=source.display, limits=limits)
             part.unlink()  # free its space before the unpacked files are moved
-            files = installed_files(unpacked, names)
-            _fsync_files(unpacked, files)
+            installed = scan(unpacked, names)
+            _fsync_files(unpacked, installed.files)
             log.info(
                 "unpacked tar archive: %d files, %s",
-                len(files),
-                human_size(sum(f.size for f in files)),
+                len(installed.files),
+                human_size(sum(f.size for f in installed.files)),
             )
             remove_marker(dest)
             _move_into_place(unpacked, dest, names, temps)
@@ -161,7 +183,8 @@ def _fetch_and_install(
             result = dest
         else:
             os.chmod(part, 0o644)  # mkstemp makes it 0600; the model server may be another uid
-            files = (InstalledFile(source.basename, fetched.size),)
+            installed = Installed((InstalledFile(source.basename, fetched.size, fetched.sha256),))
+            names = [source.basename]
             remove_marker(dest)
             target = dest / source.basename
             if target.is_dir() and not target.is_symlink():
@@ -173,12 +196,13 @@ def _fetch_and_install(
             result = target
 
         if previous is not None:
-            _prune(dest, previous.files, {f.path for f in files})
-        write_marker(dest, Marker(source.uri, fetched.sha256, kind, files))
+            prune(dest, previous.installed, set(names))
+        files, links, dirs = installed.files, installed.links, installed.dirs
+        write_marker(dest, Marker(source.uri, fetched.sha256, kind, files, links, dirs))
         if kind == "file":
             log.info("installed %s", result)
         else:
-            log.info("installed %d files into %s", len(files), result)
+            log.info("installed %d files into %s", len(installed.files), result)
         return result
     except OSError as exc:
         raise PreloadError(
@@ -212,26 +236,3 @@ def _move_into_place(src_root: Path, dest: Path, names: Iterable[str], temps: li
             os.rename(dst, aside)
             temps.append(aside)
         os.replace(src, dst)
-
-
-def _prune(dest: Path, old: Iterable[InstalledFile], keep: set[str]) -> None:
-    """Remove files of the previous preload that the new one does not have."""
-    root = dest.resolve()
-    for item in old:
-        if item.path in keep:
-            continue
-        path = dest / item.path
-        try:
-            resolved = path.resolve()
-        except OSError:
-            continue
-        if not resolved.is_relative_to(root) or path.is_symlink() or not path.is_file():
-            continue
-        path.unlink()
-        parent = path.parent
-        while parent != dest and parent.is_relative_to(dest):
-            try:
-                parent.rmdir()  # only succeeds when empty
-            except OSError:
-                break
-            parent = parent.parent

@@ -1,6 +1,10 @@
 """The completion marker: a small JSON file written last, after the model is in place.
 
-Its presence (with matching contents) is what lets a later run skip the download.
+It records the artifact (URI and SHA-256) and everything installed: each regular file with
+its size and SHA-256, each symlink with its target. A later run skips the download only when
+the marker is for the same artifact *and* every recorded file still has its digest (reached
+without symlinks) and every link its target: the archive's digest alone says nothing about
+what is on the volume now.
 """
 
 from __future__ import annotations
@@ -8,25 +12,19 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from penstock.preload.digest import sha256_file
 from penstock.preload.source import MARKER_NAME, TEMP_PREFIX
+from penstock.preload.tree import Installed, InstalledFile, InstalledLink, mismatch
+
+__all__ = ["InstalledFile", "InstalledLink", "Kind", "Marker", "read_marker", "satisfied_by"]
 
 Kind = Literal["file", "archive"]
 
-_VERSION = 1
-
-
-@dataclass(frozen=True)
-class InstalledFile:
-    """A regular file the preloader put into the destination (path relative to it)."""
-
-    path: str
-    size: int
+_VERSION = 2
+_READABLE = (1, 2)  # version 1 had no digests and no links: read to prune, never to skip
 
 
 @dataclass(frozen=True)
@@ -41,6 +39,12 @@ class Marker:
     sha256: str
     kind: Kind
     files: tuple[InstalledFile, ...]
+    links: tuple[InstalledLink, ...] = ()
+    dirs: tuple[str, ...] = ()
+
+    @property
+    def installed(self) -> Installed:
+        return Installed(self.files, self.links, self.dirs)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -48,30 +52,52 @@ class Marker:
             "uri": self.uri,
             "sha256": self.sha256,
             "kind": self.kind,
-            "files": [{"path": f.path, "size": f.size} for f in self.files],
+            "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in self.files],
+            "links": [{"path": link.path, "target": link.target} for link in self.links],
+            "dirs": list(self.dirs),
         }
 
     @classmethod
     def from_json(cls, data: object) -> Marker | None:
         """Parse a marker, or return ``None`` if ``data`` is not one we wrote."""
-        if not isinstance(data, dict) or data.get("version") != _VERSION:
+        if not isinstance(data, dict) or data.get("version") not in _READABLE:
             return None
         uri, sha, kind, files = (data.get(k) for k in ("uri", "sha256", "kind", "files"))
+        links, dirs = data.get("links", []), data.get("dirs", [])
         if not (isinstance(uri, str) and isinstance(sha, str) and isinstance(files, list)):
             return None
-        if kind not in ("file", "archive"):
+        if kind not in ("file", "archive") or not isinstance(links, list):
+            return None
+        if not isinstance(dirs, list) or not all(
+            isinstance(d, str) and _is_safe_relative(d) for d in dirs
+        ):
             return None
         parsed: list[InstalledFile] = []
         for item in files:
             if not isinstance(item, dict):
                 return None
-            path, size = item.get("path"), item.get("size")
+            path, size, digest = item.get("path"), item.get("size"), item.get("sha256")
             if not isinstance(path, str) or not isinstance(size, int) or isinstance(size, bool):
                 return None
-            if not _is_safe_relative(path):
+            if not _is_safe_relative(path) or not (digest is None or isinstance(digest, str)):
                 return None
-            parsed.append(InstalledFile(path, size))
-        return cls(uri, sha, "file" if kind == "file" else "archive", tuple(parsed))
+            parsed.append(InstalledFile(path, size, digest))
+        parsed_links: list[InstalledLink] = []
+        for item in links:
+            if not isinstance(item, dict):
+                return None
+            path, target = item.get("path"), item.get("target")
+            if not (isinstance(path, str) and _is_safe_relative(path) and isinstance(target, str)):
+                return None
+            parsed_links.append(InstalledLink(path, target))
+        return cls(
+            uri,
+            sha,
+            "file" if kind == "file" else "archive",
+            tuple(parsed),
+            tuple(parsed_links),
+            tuple(dirs),
+        )
 
 
 def _is_safe_relative(path: str) -> bool:
@@ -88,7 +114,7 @@ def read_marker(dest: Path) -> Marker | None:
     try:
         text = marker_path(dest).read_text(encoding="utf-8")
         return Marker.from_json(json.loads(text))
-    except (OSError, UnicodeDecodeError, ValueError):
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
         return None
 
 
@@ -131,43 +157,16 @@ def satisfied_by(marker: Marker | None, dest: Path, uri: str, sha256: str | None
     """Why the model in ``dest`` can be used as is, or ``None`` if it must be fetched.
 
     It can when the marker is for the same ``uri`` and, if ``sha256`` is given, the same
-    digest; every recorded file still exists with its recorded size; and, for a single
-    file, its content still has the recorded digest.
+    artifact digest; and every recorded file, reached through real directories, is a regular
+    file with its recorded size and SHA-256, and every recorded link points where it did.
     """
-    if marker is None or marker.uri != uri:
+    if marker is None or marker.uri != uri or not marker.files:
         return None
     if sha256 is not None and marker.sha256 != sha256:
         return None
-    if not marker.files:
+    if marker.kind == "file" and marker.files[0].sha256 != marker.sha256:
         return None
-    for item in marker.files:
-        target = dest / item.path
-        try:
-            if not target.is_file() or target.stat().st_size != item.size:
-                return None
-        except OSError:
-            return None
-    if marker.kind == "file":
-        try:
-            if sha256_file(dest / marker.files[0].path) != marker.sha256:
-                return None
-        except OSError:
-            return None
-        return "sha256 re-verified"
-    return f"{len(marker.files)} files present"
-
-
-def installed_files(root: Path, names: Sequence[str] | None = None) -> tuple[InstalledFile, ...]:
-    """Regular files under ``root`` (or under the given top-level ``names`` in it)."""
-    out: list[InstalledFile] = []
-    tops = [root / n for n in names] if names is not None else [root]
-    for top in tops:
-        if top.is_file() and not top.is_symlink():
-            out.append(InstalledFile(top.relative_to(root).as_posix(), top.stat().st_size))
-            continue
-        for dirpath, _dirnames, filenames in os.walk(top):
-            for name in filenames:
-                p = Path(dirpath, name)
-                if p.is_file() and not p.is_symlink():
-                    out.append(InstalledFile(p.relative_to(root).as_posix(), p.stat().st_size))
-    return tuple(sorted(out, key=lambda f: f.path))
+    if mismatch(dest, marker.installed) is not None:
+        return None
+    count = len(marker.files)
+    return f"{count} file{'s' if count != 1 else ''} re-verified by sha256"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from penstock.api import PipelineSpec, Stage
+from penstock.api.resources import filled_limits, rendered_requests
 from penstock.render.cache import redis_container
 from penstock.render.gateway import (
     ADMIN_PORT,
@@ -26,8 +27,6 @@ from penstock.render.security import container_security_context, pod_security_co
 from penstock.render.settings import RenderSettings
 from penstock.render.topology import topology_name
 
-DEFAULT_REQUESTS = {"cpu": "100m", "memory": "128Mi"}
-
 
 def _env(ref: PipelineRef, stage: Stage) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
@@ -42,11 +41,11 @@ def _env(ref: PipelineRef, stage: Stage) -> list[dict[str, Any]]:
 
 
 def _resources(stage: Stage) -> dict[str, Any]:
-    resources: dict[str, Any] = {"requests": dict(DEFAULT_REQUESTS)}
-    if stage.resources and stage.resources.requests:
-        resources["requests"] = {k: str(v) for k, v in sorted(stage.resources.requests.items())}
-    if stage.resources and stage.resources.limits:
-        resources["limits"] = {k: str(v) for k, v in sorted(stage.resources.limits.items())}
+    requests = rendered_requests(stage.resources)
+    resources: dict[str, Any] = {"requests": {k: str(v) for k, v in sorted(requests.items())}}
+    limits = filled_limits(stage.resources)  # a GPU's limit is its request
+    if limits:
+        resources["limits"] = {k: str(v) for k, v in sorted(limits.items())}
     return resources
 
 

@@ -18,7 +18,9 @@ def model_volume(model: Model) -> dict[str, Any]:
 
 
 def preload_container(model: Model, operator_image: str) -> dict[str, Any]:
-    args = ["preload", "--uri", model.uri, "--dest", PRELOAD_DIR]
+    size = model.size_limit if model.size_limit is not None else DEFAULT_SIZE_LIMIT
+    # The model may take what its volume holds, no more (and no less than the preload default).
+    args = ["preload", "--uri", model.uri, "--dest", PRELOAD_DIR, "--max-bytes", str(size)]
     if model.sha256:
         args += ["--sha256", model.sha256]
     container: dict[str, Any] = {

@@ -7,6 +7,7 @@ from typing import Any
 
 from penstock.api import PipelineSpec
 from penstock.api.pipeline import Scaling
+from penstock.api.resources import filled_limits
 from penstock.render.collector import collector_endpoint, resource_attributes
 from penstock.render.meta import (
     SERVING_PORT_NAME,
@@ -55,9 +56,14 @@ def router_deployment(
             {"name": "PENSTOCK_ROUTER_SAMPLING_RATIO", "value": str(spec.tracing.sampling_ratio)}
         )
         env.append(resource_attributes(ref.namespace, spec))
-    resources = {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}}
+    resources: dict[str, Any] = {
+        "requests": {"cpu": "100m", "memory": "128Mi"},
+        "limits": {"memory": "512Mi"},
+    }
     if spec.router and spec.router.resources:
         resources = spec.router.resources.to_wire()
+        if limits := filled_limits(spec.router.resources):  # a GPU's limit is its request
+            resources["limits"] = limits
     container = {
         "name": COMPONENT,
         "image": settings.operator_image,

@@ -1,0 +1,122 @@
+"""The figures ``penstock analyze`` computes, and how they are printed (a table or JSON)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class StageFigures:
+    name: str
+    calls: int
+    mean_ms: float
+    p50_ms: float
+    p95_ms: float
+    critical_share: float
+    wait_mean_ms: float
+    wait_p95_ms: float
+    cache_hits: int
+    cache_misses: int
+    hit_p50_ms: float | None = None
+    miss_p50_ms: float | None = None
+    batch_mean_size: float | None = None
+    batch_fill: float | None = None
+
+    @property
+    def hit_ratio(self) -> float | None:
+        looked = self.cache_hits + self.cache_misses
+        return self.cache_hits / looked if looked else None
+
+
+@dataclass
+class Report:
+    requests: int
+    total_mean_ms: float
+    total_p50_ms: float
+    total_p95_ms: float
+    stages: dict[str, StageFigures]
+    critical_path: tuple[str, ...]
+    critical_path_share: float
+    repeated_requests: int | None
+    unused_stages: list[str] = field(default_factory=list)
+    recommendations: list[str] = field(default_factory=list)
+
+    @property
+    def repeat_ratio(self) -> float | None:
+        if self.repeated_requests is None or not self.requests:
+            return None
+        return self.repeated_requests / self.requests
+
+
+# --------------------------------------------------------------------------- output
+
+
+def render(report: Report) -> str:
+    lines = [
+        f"{report.requests} requests: end to end mean {report.total_mean_ms:.1f} ms,"
+        f" p50 {report.total_p50_ms:.1f} ms, p95 {report.total_p95_ms:.1f} ms",
+        "",
+        f"{'stage':<16}{'calls':>6}{'mean':>9}{'p50':>9}{'p95':>9}{'critical':>10}"
+        f"{'wait':>8}{'cache hit':>11}{'batch fill':>12}",
+    ]
+    for figures in report.stages.values():
+        hit = "-" if figures.hit_ratio is None else f"{figures.hit_ratio:.0%}"
+        fill = "-"
+        if figures.batch_fill is not None:
+            fill = f"{figures.batch_fill:.0%}"
+        elif figures.batch_mean_size is not None:
+            fill = f"{figures.batch_mean_size:.1f}/batch"
+        lines.append(
+            f"{figures.name:<16}{figures.calls:>6}{figures.mean_ms:>9.1f}{figures.p50_ms:>9.1f}"
+            f"{figures.p95_ms:>9.1f}{figures.critical_share:>10.0%}{figures.wait_mean_ms:>8.1f}"
+            f"{hit:>11}{fill:>12}"
+        )
+    lines += [
+        "(milliseconds; critical: share of requests whose critical path has the stage;"
+        " wait: mean time after its inputs were ready)",
+        "",
+        f"critical path: {' -> '.join(report.critical_path) or '-'}"
+        f" ({report.critical_path_share:.0%} of requests)",
+    ]
+    if report.repeated_requests is None:
+        lines.append("redundant calls: unknown (the records carry no request bodies)")
+    else:
+        lines.append(
+            f"redundant calls: {report.repeated_requests} of {report.requests} requests repeat an"
+            " earlier request body"
+        )
+    lines += ["", "recommendations:"]
+    lines += [f"  - {text}" for text in report.recommendations] or ["  (none)"]
+    return "\n".join(lines)
+
+
+def as_json(report: Report) -> dict[str, Any]:
+    return {
+        "requests": report.requests,
+        "total_ms": {
+            "mean": report.total_mean_ms,
+            "p50": report.total_p50_ms,
+            "p95": report.total_p95_ms,
+        },
+        "stages": {
+            name: {
+                "calls": f.calls,
+                "mean_ms": f.mean_ms,
+                "p50_ms": f.p50_ms,
+                "p95_ms": f.p95_ms,
+                "critical_share": f.critical_share,
+                "wait_mean_ms": f.wait_mean_ms,
+                "wait_p95_ms": f.wait_p95_ms,
+                "cache_hit_ratio": f.hit_ratio,
+                "batch_mean_size": f.batch_mean_size,
+                "batch_fill": f.batch_fill,
+            }
+            for name, f in report.stages.items()
+        },
+        "critical_path": list(report.critical_path),
+        "critical_path_share": report.critical_path_share,
+        "repeated_requests": report.repeated_requests,
+        "unused_stages": report.unused_stages,
+        "recommendations": report.recommendations,
+    }
