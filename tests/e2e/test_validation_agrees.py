@@ -3,19 +3,29 @@ the apiserver refuses too (server-side dry runs: nothing is created)."""
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from penstock.api.validation import validate_document
 from penstock.render import PipelineRef, RenderSettings, render_children
+from tests.unit.test_strict_api import FULL, nodes
 
 from .conftest import Cluster
 
 pytestmark = pytest.mark.e2e
+
+FULL_DOC: dict[str, Any] = {
+    "apiVersion": "penstock.dev/v1alpha1",
+    "kind": "Pipeline",
+    "metadata": {"name": "full"},
+    "spec": FULL,
+}
+FULL_PATHS = [path for path, _ in nodes(FULL) if path]
 
 RESOURCES: list[dict[str, Any]] = [
     {"requests": {"nvidia.com/gpu": 1}},
@@ -98,3 +108,35 @@ def test_random_resources_get_the_same_verdict(
     cluster: Cluster, crd: str, namespace: str, resources: dict[str, Any]
 ) -> None:
     test_validation_and_the_apiserver_agree(cluster, crd, namespace, resources)
+
+
+# Values that are valid somewhere, odd elsewhere: the edges of names, numbers and strings.
+ODD = st.sampled_from(
+    [0, 1, 65535, 65536, -1, 1.5, True, "", "a", "A", "a-b", "a.b", "a_b", "-a", "a" * 63,
+     "a" * 64, "x/y", "nvidia.com/gpu", "Exists", "Equal", "NoSchedule", "/", "/x", "::", "1Gi",
+     "500m", "2.50", "s3://b/k", "https://h/m", "{port}", "é", "a b", [], ["a"], {}, {"a": "b"},
+     {"a b": "c"}, {"k": "a b"}, {"nvidia.com/gpu.present": "true"}, {"-k": "v"}, {"k": ""},
+     [{"name": "X", "value": "1"}], [{"key": "k", "operator": "Exists"}], "latest", "a:1 b"]
+)  # fmt: skip
+
+
+@given(st.lists(st.tuples(st.sampled_from(FULL_PATHS), ODD), min_size=1, max_size=3))
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+def test_a_spec_that_validates_is_accepted_by_the_apiserver(
+    cluster: Cluster, crd: str, namespace: str, edits: list[tuple[tuple[Any, ...], Any]]
+) -> None:
+    body = copy.deepcopy(FULL_DOC)
+    for path, value in edits:
+        node: Any = body["spec"]
+        try:
+            for part in path[:-1]:
+                node = node[part]
+            node[path[-1]] = value
+        except (KeyError, IndexError, TypeError):
+            continue
+    result = validate_document(body)
+    assume(result.spec is not None)
+    assert result.spec is not None
+    children = render_children(PipelineRef("full", namespace), result.spec, RenderSettings())
+    answer = dry_run(cluster, namespace, [body, *children])
+    assert answer.returncode == 0, (edits, answer.stderr[-2000:])

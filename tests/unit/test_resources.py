@@ -34,7 +34,7 @@ def spec(resources: dict[str, Any], router: bool = False) -> dict[str, Any]:
         ({"requests": {"hugepages-2Mi": "2Mi"}}, "", "huge pages need a cpu or memory"),
         ({"requests": {"hugepages-2Mi": 1, "memory": "1Gi"}}, "requests.hugepages-2Mi", "not a whole number of 2Mi pages"),
         ({"requests": {"hugepages-x": "2Mi", "memory": "1Gi"}}, "requests.hugepages-x", "page size"),
-        ({"requests": {"Bad Name": 1}}, "requests.Bad Name (key)", "a resource name"),
+        ({"requests": {"Bad Name": 1}}, "requests.Bad Name (key)", "a qualified name"),
     ],
 )  # fmt: skip
 def test_what_the_apiserver_refuses_is_refused(

@@ -329,3 +329,45 @@ def test_a_negative_or_odd_cost_is_refused_naming_the_field(rate: str) -> None:
             f" (got {rate!r})",
         )
     ]
+
+
+# ----------------------------------------------------------------- what the apiserver refuses
+# (found by tests/e2e/test_validation_agrees.py against a real apiserver)
+
+TOLERATION = ("stages", 0, "tolerations", 0)
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "where", "needle"),
+    [
+        ((*TOLERATION, "key"), "", fmt(TOLERATION), "an empty key needs operator Exists"),
+        (TOLERATION, {"operator": "Exists", "value": "v"}, fmt(TOLERATION), "operator Exists takes no value"),
+        (TOLERATION, {"key": "k", "tolerationSeconds": 5}, fmt(TOLERATION), "tolerationSeconds needs effect NoExecute"),
+        ((*TOLERATION, "key"), "a b", fmt((*TOLERATION, "key")), "String should match pattern"),
+        ((*TOLERATION, "value"), "a b", fmt((*TOLERATION, "value")), "must be a label value"),
+        (("stages", 0, "env", 1, "valueFrom", "secretKeyRef", "key"), "s3://b/k", "spec.stages[0].env[1].valueFrom.secretKeyRef.key", "must be a Secret or ConfigMap key"),
+        (("stages", 0, "env", 2, "valueFrom", "configMapKeyRef", "key"), "a b", "spec.stages[0].env[2].valueFrom.configMapKeyRef.key", "must be a Secret or ConfigMap key"),
+        (("stages", 0, "env", 1, "name"), "A", "spec.stages[0].env[1].name", "variable 'A' is listed twice"),
+        (("imagePullSecrets",), ["pull", "pull"], "spec.imagePullSecrets[1]", "Secret 'pull' is listed twice"),
+        (("stages", 0, "nodeSelector"), {"a b": "c"}, "spec.stages[0].nodeSelector.a b (key)", "a qualified name"),
+        (("stages", 0, "nodeSelector"), {"disk": "a b"}, "spec.stages[0].nodeSelector.disk", "must be a label value"),
+    ],
+)  # fmt: skip
+def test_what_the_apiserver_refuses_in_the_rest_of_a_stage(
+    path: tuple[Any, ...], value: Any, where: str, needle: str
+) -> None:
+    problems = errors_of(replaced(path, value))
+    assert any(p == where and needle in m for p, m in problems), problems
+
+
+@pytest.mark.parametrize(
+    "toleration",
+    [
+        {"operator": "Exists"},
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+        {"key": "k", "value": "v", "effect": "NoExecute", "tolerationSeconds": 60},
+        {"key": "k"},
+    ],
+)
+def test_tolerations_the_apiserver_takes(toleration: dict[str, Any]) -> None:
+    assert validate_spec(replaced(TOLERATION, toleration)).valid

@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, ConfigDict, Field, JsonValue, model_validator
 
+from penstock.api.metadata import qualified_name_problem
 from penstock.api.types import (
     DECIMAL,
     LABEL_VALUE,
@@ -31,7 +32,10 @@ def _cel(*rules: tuple[str, str]) -> dict[str, JsonValue]:
     return {"x-kubernetes-validations": [{"rule": rule, "message": msg} for rule, msg in rules]}
 
 
-# A qualified name, as Kubernetes resource names are: cpu, hugepages-2Mi, nvidia.com/gpu.
+# A key of a Secret or ConfigMap (the apiserver checks references against it).
+CONFIG_KEY = r"^[-._a-zA-Z0-9]+$"
+# A qualified name, as Kubernetes resource names and label keys are: cpu, hugepages-2Mi,
+# nvidia.com/gpu, kubernetes.io/arch.
 RESOURCE_NAME = (
     r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
     r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$"
@@ -44,7 +48,7 @@ class SecretKeySelector(ApiModel):
 
     name: Dns1123Label
     """Name of the Secret."""
-    key: str = Field(min_length=1, max_length=253)
+    key: str = Field(min_length=1, max_length=253, pattern=CONFIG_KEY)
     """Key within the Secret."""
     optional: bool | None = None
     """When true the variable is left unset if the Secret or key is missing."""
@@ -55,7 +59,7 @@ class ConfigMapKeySelector(ApiModel):
 
     name: Dns1123Label
     """Name of the ConfigMap."""
-    key: str = Field(min_length=1, max_length=253)
+    key: str = Field(min_length=1, max_length=253, pattern=CONFIG_KEY)
     """Key within the ConfigMap."""
     optional: bool | None = None
     """When true the variable is left unset if the ConfigMap or key is missing."""
@@ -281,16 +285,48 @@ class Cost(ApiModel):
 class Toleration(ApiModel):
     """Lets stage pods schedule onto nodes with matching taints (e.g. GPU nodes)."""
 
-    key: str | None = Field(default=None, max_length=253)
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            (
+                "has(self.key) && self.key != '' || has(self.operator) && self.operator == 'Exists'",
+                "an empty key needs operator Exists (it matches every taint)",
+            ),
+            (
+                "!(has(self.operator) && self.operator == 'Exists' && has(self.value) && self.value != '')",
+                "operator Exists takes no value",
+            ),
+            (
+                "!has(self.tolerationSeconds) || has(self.effect) && self.effect == 'NoExecute'",
+                "tolerationSeconds needs effect NoExecute",
+            ),
+        )
+    )
+
+    key: str | None = Field(
+        default=None, max_length=317, pattern=r"^([-a-z0-9.]+/)?[-A-Za-z0-9_.]*$"
+    )
     """Taint key; empty with operator Exists matches all taints."""
     operator: Literal["Exists", "Equal"] | None = None
     """Exists or Equal. Default Equal."""
-    value: str | None = Field(default=None, max_length=63)
+    value: str | None = Field(default=None, max_length=63, pattern=LABEL_VALUE)
     """Taint value for operator Equal."""
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
     """Taint effect to match; empty matches all."""
     toleration_seconds: int | None = Field(default=None, ge=0, le=86400 * 365)
     """For NoExecute: how long the pod stays bound after the taint appears."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Toleration:
+        # The apiserver's rules for a pod's tolerations.
+        if self.key and (why := qualified_name_problem(self.key)):
+            raise ValueError(f"key {self.key!r}: {why}")
+        if not self.key and self.operator != "Exists":
+            raise ValueError("an empty key needs operator Exists (it matches every taint)")
+        if self.operator == "Exists" and self.value:
+            raise ValueError("operator Exists takes no value")
+        if self.toleration_seconds is not None and self.effect != "NoExecute":
+            raise ValueError("tolerationSeconds needs effect NoExecute")
+        return self
 
 
 class Stage(ApiModel):
@@ -348,7 +384,7 @@ class Stage(ApiModel):
     """Cost attribution overrides."""
     timeout_seconds: int = Field(default=30, ge=1, le=3600)
     """Longest time one request to this stage may take. Default 30."""
-    node_selector: dict[Annotated[str, Field(max_length=317)], Annotated[str, Field(max_length=63)]] | None = Field(default=None, max_length=16)  # fmt: skip
+    node_selector: dict[Annotated[str, Field(max_length=317, pattern=RESOURCE_NAME)], Annotated[str, Field(max_length=63, pattern=LABEL_VALUE)]] | None = Field(default=None, max_length=16)  # fmt: skip
     """Node labels the stage's pods must match, e.g. {nvidia.com/gpu.present: "true"}."""
     tolerations: list[Toleration] | None = Field(default=None, max_length=16)
     """Taints the stage's pods tolerate."""

@@ -13,7 +13,12 @@ from pydantic import ValidationError
 from pydantic.alias_generators import to_camel
 
 from penstock.api.metadata import metadata_problems, name_problem
-from penstock.api.pipeline import RESERVED_STAGE_NAMES, RESOURCE_NAME, PipelineSpec
+from penstock.api.pipeline import (
+    CONFIG_KEY,
+    RESERVED_STAGE_NAMES,
+    RESOURCE_NAME,
+    PipelineSpec,
+)
 from penstock.api.resources import resource_problems
 from penstock.api.types import API_VERSION, DECIMAL, KIND, LABEL_VALUE, SHA256, parse_quantity
 from penstock.errors import bounded, short_repr
@@ -27,8 +32,9 @@ _PATTERNS = {
     SHA256: "64 lowercase hexadecimal digits",
     LABEL_VALUE: "a label value: letters, digits, '-', '_' or '.', starting and ending with a"
     " letter or digit",
-    RESOURCE_NAME: "a resource name: cpu, memory, ephemeral-storage, hugepages-<size> or"
-    " <domain>/<name>",
+    CONFIG_KEY: "a Secret or ConfigMap key: letters, digits, '-', '_' or '.'",
+    RESOURCE_NAME: "a qualified name: [<domain>/]<name> with letters, digits, '-', '_' or '.'"
+    " (e.g. cpu, hugepages-2Mi, nvidia.com/gpu)",
 }
 
 
@@ -298,7 +304,23 @@ def _value_problems(spec: PipelineSpec) -> list[Problem]:
                     f"{stage.port} is reserved for Penstock's sidecars (6379, 9090, 9091)",
                 )
             )
+        names = [var.name for var in stage.env or []]
+        errors += _duplicates(names, f"spec.stages[{index}].env", ".name", "variable")
+    errors += _duplicates(spec.image_pull_secrets or [], "spec.imagePullSecrets", "", "Secret")
     return errors
+
+
+def _duplicates(values: list[str], where: str, field: str, what: str) -> list[Problem]:
+    """The apiserver refuses a repeated entry of a list it keys (env by name, sets)."""
+    seen: set[str] = set()
+    problems = []
+    for index, value in enumerate(values):
+        if value in seen:
+            problems.append(
+                Problem(f"{where}[{index}]{field}", f"{what} {value!r} is listed twice")
+            )
+        seen.add(value)
+    return problems
 
 
 def validate_spec(raw: Any, prefix: str = "spec") -> Result:
