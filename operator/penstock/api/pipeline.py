@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Annotated, Literal
 
@@ -131,6 +132,10 @@ class Warmup(ApiModel):
     """JSON body of each warmup request. Default: the JSON value null."""
     path: str = Field(default="/", max_length=256, pattern=r"^/")
     """HTTP path of the warmup requests. Default "/"."""
+
+    def body_document(self) -> str:
+        """The body file the gateway sends, the same in a cluster and under ``penstock dev``."""
+        return json.dumps(self.body, sort_keys=True)
 
 
 class Model(ApiModel):

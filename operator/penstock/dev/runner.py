@@ -180,7 +180,7 @@ def gateway_argv(
         warmup = stage.model.warmup
         if warmup is not None and warmup.requests > 0:
             body = warmup_dir / f"warmup-{stage.name}.json"
-            body.write_text(json.dumps(warmup.body if warmup.body is not None else {}))
+            body.write_text(warmup.body_document())
             argv += ["--warmup-requests", str(warmup.requests), "--warmup-path", warmup.path]
             argv += ["--warmup-body", str(body)]
     return argv

@@ -37,7 +37,7 @@ def topology(ref: PipelineRef, spec: PipelineSpec) -> dict[str, Any]:
         warmup = stage.model.warmup if stage.model else None
         if warmup and warmup.requests:
             # Mounted into the gateway as its warmup request body.
-            data[f"warmup-{stage.name}.json"] = json.dumps(warmup.body, sort_keys=True)
+            data[f"warmup-{stage.name}.json"] = warmup.body_document()
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
