@@ -44,6 +44,7 @@ from typing import Any
 import yaml
 
 from penstock.api import PipelineSpec, Stage
+from penstock.api.cost import PriceTable, replica_hourly_cost
 from penstock.api.types import parse_quantity
 from penstock.api.validation import needed_stages, output_stage, validate_document
 from penstock.dev.processes import DevError, Proc, exited, failure, start, stop_all, wait_ready
@@ -165,6 +166,9 @@ def gateway_argv(
     argv += ["--upstream", upstream, "--pipeline", name, "--stage", stage.name]
     argv += ["--namespace", "dev", "--cost-center", spec.cost_center]
     argv += ["--timeout-seconds", str(stage.timeout_seconds), "--stage-image", stage.image]
+    # The default price table, as the operator's: per-request cost metrics read the same locally.
+    hourly = replica_hourly_cost(stage, PriceTable()).normalize()
+    argv += ["--hourly-cost", format(hourly, "f")]
     if stage.cache is not None and stage.cache.enabled and redis_url:
         argv += ["--redis-url", redis_url, "--cache-ttl-seconds", str(stage.cache.ttl_seconds)]
         max_entry = int(parse_quantity(stage.cache.max_entry_size))
