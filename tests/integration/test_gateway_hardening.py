@@ -39,6 +39,7 @@ from penstock.dataplane.jsonbody import canonical
 from penstock.dataplane.proxy import Gateway
 from tests.integration.test_gateway import RedisServer, free_port
 from tests.integration.test_gateway import redis_server as redis_server
+from tests.json_strategies import json_values
 
 pytestmark = [pytest.mark.integration]
 
@@ -787,17 +788,7 @@ def post_sync(port: int, body: bytes) -> tuple[int, str, str, Any]:
     return response.status, response.getheader("X-Penstock-Cache", ""), content_type, answer
 
 
-JSON_VALUES = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(10**20), max_value=10**20)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=8),
-    lambda children: (
-        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5), children, max_size=3)
-    ),
-    max_leaves=10,
-)
+JSON_VALUES = json_values(magnitude=20, text=10, width=3, leaves=10)
 ENCODINGS = ["utf-8", "utf-8-sig", "utf-16", "utf-16-le", "utf-32-be", "latin-1", "cp1252"]
 PROPERTY = settings(
     max_examples=60,

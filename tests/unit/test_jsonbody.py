@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from penstock.dataplane.cache import cache_key
 from penstock.dataplane.jsonbody import MAX_DEPTH, JsonBodyError, canonical, loads, parse
+from tests.json_strategies import json_values
 
 
 def test_utf8_json_is_taken_and_canonical() -> None:
@@ -116,17 +117,7 @@ def test_canonical_refuses_what_json_cannot_hold() -> None:
 
 # --------------------------------------------------------------------------- properties
 
-JSON = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(10**30), max_value=10**30)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=12),
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=6), children, max_size=4)
-    ),
-    max_leaves=16,
-)
+JSON = json_values(magnitude=30, text=12, width=4, leaves=16)
 ENCODINGS = [
     "utf-8",
     "utf-8-sig",
