@@ -6,7 +6,8 @@
 # Usage: hack/cluster.sh up | down | status | env | restart-apiserver | restart <component>
 #
 #   up                 start everything and wait until healthy (idempotent: a healthy
-#                      cluster is left alone; a broken or stale one is torn down first)
+#                      cluster is left alone; a broken or stale one is torn down first;
+#                      a failed start is tried once more, on fresh ports)
 #   down               stop every component and delete the cluster state (idempotent)
 #   status             show components, pids and ports; exit 0 only if all are healthy
 #   env                print `export KUBECONFIG=...` (use: eval "$(hack/cluster.sh env)")
@@ -642,7 +643,16 @@ with_lock() {
 }
 
 case "${1:-}" in
-  up) with_lock do_up ;;
+  # Ports are picked free before the components bind them, so a process starting at the same
+  # moment can take one (seen with other test runs on the machine): a failed start is cleaned
+  # up by its own run, then tried once more on fresh ports.
+  up)
+    if ! bash "$0" up-once; then
+      log "the start failed; trying once more on fresh ports"
+      bash "$0" up-once
+    fi
+    ;;
+  up-once) with_lock do_up ;;
   down) with_lock do_down ;;
   status) do_status ;;
   env) do_env ;;
