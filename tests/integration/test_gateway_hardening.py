@@ -39,7 +39,7 @@ from penstock.dataplane.jsonbody import canonical
 from penstock.dataplane.proxy import Gateway
 from tests.integration.test_gateway import RedisServer, free_port
 from tests.integration.test_gateway import redis_server as redis_server
-from tests.json_strategies import json_values
+from tests.json_bodies import json_values, utf8_json
 
 pytestmark = [pytest.mark.integration]
 
@@ -836,17 +836,6 @@ def test_property_any_encoding_shares_the_utf8_key_or_is_a_400(
     else:  # UTF-16, UTF-32, a BOM, latin-1 beyond ASCII: refused, never sharing a key
         assert status == 400, answer
         assert content_type.startswith("application/json") and answer["stage"] == "embed"
-
-
-def utf8_json(body: bytes) -> bytes | None:
-    """The oracle: the canonical text of the body read as UTF-8 without a BOM by Python's own
-    (lenient) JSON reader, or None."""
-    if body.startswith(b"\xef\xbb\xbf"):
-        return None
-    try:
-        return canonical(json.loads(body.decode("utf-8")))
-    except ValueError:  # UnicodeDecodeError and JsonBodyError are ValueErrors
-        return None
 
 
 @PROPERTY

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from penstock.dataplane.cache import cache_key
 from penstock.dataplane.jsonbody import MAX_DEPTH, JsonBodyError, canonical, loads, parse
-from tests.json_strategies import json_values
+from tests.json_bodies import json_values, utf8_json
 
 
 def test_utf8_json_is_taken_and_canonical() -> None:
@@ -174,17 +174,6 @@ def test_any_encoding_gives_the_utf8_key_or_an_error(
     assert read is not None  # taken only as UTF-8: UTF-16/32 and BOMs never are
     # the same key exactly when it is the same text ("Ã©" in latin-1 is "é" in UTF-8)
     assert (got == expected) == (read == canonical(value))
-
-
-def utf8_json(body: bytes) -> bytes | None:
-    """The oracle: the canonical text of the body read as UTF-8 without a BOM by Python's own
-    (lenient) JSON reader, or None."""
-    if body.startswith(b"\xef\xbb\xbf"):
-        return None
-    try:
-        return canonical(json.loads(body.decode("utf-8")))
-    except ValueError:  # UnicodeDecodeError and JsonBodyError are ValueErrors
-        return None
 
 
 @settings(max_examples=500, deadline=None)

@@ -1,10 +1,14 @@
-"""Hypothesis strategies shared by the unit and integration tests of strict JSON bodies."""
+"""What the unit and integration tests of strict JSON bodies share: a hypothesis strategy of
+JSON values and the oracle of what a body means."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from hypothesis import strategies as st
+
+from penstock.dataplane.jsonbody import canonical
 
 
 def json_values(*, magnitude: int, text: int, width: int, leaves: int) -> st.SearchStrategy[Any]:
@@ -22,3 +26,14 @@ def json_values(*, magnitude: int, text: int, width: int, leaves: int) -> st.Sea
         ),
         max_leaves=leaves,
     )
+
+
+def utf8_json(body: bytes) -> bytes | None:
+    """The oracle: the canonical text of the body read as UTF-8 without a BOM by Python's own
+    (lenient) JSON reader, or None."""
+    if body.startswith(b"\xef\xbb\xbf"):
+        return None
+    try:
+        return canonical(json.loads(body.decode("utf-8")))
+    except ValueError:  # UnicodeDecodeError and JsonBodyError are ValueErrors
+        return None
