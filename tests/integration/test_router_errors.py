@@ -21,6 +21,7 @@ from penstock.dataplane import router as router_module
 from penstock.dataplane.config import HostPort
 from penstock.dataplane.router import PROFILE_HEADER, Router, RouterConfig
 from penstock.dataplane.router_topology import StageRoute, Topology
+from tests.integration.test_router_stream import outcomes
 
 pytestmark = pytest.mark.integration
 
@@ -113,15 +114,6 @@ async def running(url: str, *, stream: bool = False) -> AsyncIterator[Router]:
         yield router
     finally:
         await router.stop()
-
-
-def outcomes(router: Router) -> dict[str, float]:
-    return {
-        sample.labels["outcome"]: sample.value
-        for family in router.metrics.registry.collect()
-        for sample in family.samples
-        if sample.name == "penstock_pipeline_requests_total"
-    }
 
 
 CHUNKED = b"Transfer-Encoding: chunked"

@@ -91,12 +91,13 @@ async def router_for(
 
 
 def outcomes(router: Router) -> dict[str, float]:
-    found: dict[str, float] = {}
-    for family in router.metrics.registry.collect():
-        for sample in family.samples:
-            if sample.name == "penstock_pipeline_requests_total":
-                found[sample.labels["outcome"]] = sample.value
-    return found
+    """The router's request counts by outcome."""
+    return {
+        sample.labels["outcome"]: sample.value
+        for family in router.metrics.registry.collect()
+        for sample in family.samples
+        if sample.name == "penstock_pipeline_requests_total"
+    }
 
 
 async def raw_post(port: int) -> bytes:
