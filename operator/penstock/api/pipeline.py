@@ -172,23 +172,24 @@ EvictionPolicy = Literal[
 # An HTTP field name (RFC 9110 token), in lower case.
 HEADER_NAME = r"^[!#$%&'*+.^_`|~0-9a-z-]+$"
 _HEADER_NAME_RE = re.compile(HEADER_NAME)
-# Hop-by-hop or not passed to the stage by the gateway: they cannot change its answer.
-_NOT_KEYABLE = frozenset(
+# Hop-by-hop fields (RFC 9110 7.6.1, and the legacy ones proxies still meet): the gateway
+# never passes them to the stage. Here because the API's keyHeaders check needs them too.
+HOP_BY_HOP_HEADERS = frozenset(
     {
         "connection",
-        "content-length",
-        "expect",
-        "host",
         "keep-alive",
         "proxy-authenticate",
         "proxy-authorization",
         "proxy-connection",
         "te",
         "trailer",
+        "trailers",
         "transfer-encoding",
         "upgrade",
     }
 )
+# Not passed to the stage as sent, so they cannot change its answer.
+_NOT_KEYABLE = HOP_BY_HOP_HEADERS | {"content-length", "expect", "host"}
 MAX_KEY_HEADERS = 16
 
 

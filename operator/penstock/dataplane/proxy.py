@@ -24,6 +24,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from penstock.api.pipeline import HOP_BY_HOP_HEADERS
 from penstock.dataplane.answers import Answer, Failure, Outcome
 from penstock.dataplane.batching import Batcher, BatchResponse
 from penstock.dataplane.cache import Entry, Lookup, RedisCache, Store, cache_key
@@ -65,20 +66,6 @@ log = logging.getLogger("penstock.gateway")
 CACHE_HEADER = "X-Penstock-Cache"
 STAGE_ENDPOINT = "/"
 
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "trailers",
-        "transfer-encoding",
-        "upgrade",
-    }
-)
 _NOT_FORWARDED_REQUEST = frozenset({"host", "content-length", "expect"})
 _NOT_FORWARDED_STREAMED = frozenset({"host", "expect"})  # a streamed body keeps its length
 _NOT_FORWARDED_RESPONSE = frozenset({"content-length"})
@@ -90,7 +77,7 @@ def strip_headers(headers: Mapping[str, str], drop: frozenset[str]) -> CIMultiDi
     Request header values stay as aiohttp decoded them (UTF-8, undecodable bytes as
     surrogates): the upstream client writes them back as the exact bytes the caller sent.
     """
-    skip = HOP_BY_HOP | drop
+    skip = HOP_BY_HOP_HEADERS | drop
     connection = header_values(headers, "connection")
     if connection:
         skip = skip | {token.strip().lower() for value in connection for token in value.split(",")}
