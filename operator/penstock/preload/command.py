@@ -164,13 +164,18 @@ def _limits(args: argparse.Namespace) -> Limits:
     raw, where = _pick(args.max_expansion_ratio, "--max-expansion-ratio", ENV_MAX_RATIO)
     ratio = DEFAULT_MAX_EXPANSION_RATIO
     if raw is not None:
-        try:
-            ratio = float(raw)
-        except ValueError:
-            ratio = math.nan
+        ratio = _number(raw)
         if not (ratio >= 0 and math.isfinite(ratio)):
             raise PreloadError(f"{where} {raw!r} is not a number of 0 or more")
     return Limits(max_bytes, max_files, ratio)
+
+
+def _number(text: str) -> float:
+    """``text`` as a float; NaN (which every range check refuses) when it is not a number."""
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan
 
 
 def _pick(flag_value: str | None, flag: str, env: str) -> tuple[str | None, str]:
@@ -197,10 +202,7 @@ def parse_settings(argv: Sequence[str]) -> Settings:
     raw_timeout, timeout_from = _pick(args.timeout_seconds, "--timeout-seconds", ENV_TIMEOUT)
     timeout = DEFAULT_TIMEOUT_SECONDS
     if raw_timeout is not None:
-        try:
-            timeout = float(raw_timeout)
-        except ValueError:
-            timeout = math.nan
+        timeout = _number(raw_timeout)
         if not (timeout > 0 and math.isfinite(timeout)):
             raise PreloadError(
                 f"{timeout_from} {raw_timeout!r} is not a positive number of seconds"
