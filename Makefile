@@ -11,7 +11,7 @@ PYTEST ?= $(PYTHON) -m pytest
 
 -include hack/tools.mk
 
-.PHONY: help install install-pip lock lint fmt crd unit integration e2e e2e-kind test demo demo-down
+.PHONY: help install install-pip lock lint fmt crd unit integration e2e e2e-kind kind-up kind-down images test demo demo-down
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | sort | \
@@ -57,8 +57,18 @@ demo: tools ## The main job: local control plane + operator + the RAG example, w
 demo-down: ## Stop what `make demo` started
 	@bash hack/demo.sh down
 
-e2e-kind: ## The e2e suite on a kind cluster (needs Docker and kind; not possible on our CI machines)
+images: tools ## Build every image with no registry: the kind node, Penstock, Redis, Jaeger, Prometheus, the RAG stages
+	@bash hack/kind.sh engine
+	@bash hack/images.sh all
+
+kind-up: tools ## A kind cluster with real kubelets and those images (Docker from Debian; egress-fenced); KUBECONFIG=.kind/kubeconfig
+	@bash hack/kind.sh up
+
+kind-down: ## Delete the kind cluster, its egress guard, and the dockerd kind-up started
+	@bash hack/kind.sh down
+
+e2e-kind: tools ## tests/e2e + tests/kind on a fresh kind cluster with the operator installed by the chart
 	@bash hack/e2e-kind.sh
 
-test: lint ## Everything CI runs: lint, unit, integration and e2e tests
-	$(PYTEST) tests -q
+test: lint ## Lint, unit, integration and e2e tests (kwok control plane); CI runs e2e-kind after it
+	$(PYTEST) tests -q --ignore=tests/kind

@@ -1,35 +1,47 @@
 #!/usr/bin/env bash
-# `make e2e-kind`: the e2e suite on a kind cluster, for machines with Docker.
-# Creates a kind cluster, builds and loads the operator image, installs the chart, runs
-# tests/e2e with KUBECONFIG pointing at kind and the operator under test being the
-# in-cluster one, then deletes the cluster.
+# `make e2e-kind`: the e2e suite on a kind cluster whose containers really run.
+#
+# hack/kind.sh up (Docker engine, egress guard, images built here, cluster), then the chart
+# installs the operator from the image `make images` built, then tests/e2e (the same suite as on
+# the kwok control plane, with the operator under test being the in-cluster one) and tests/kind
+# (what only a real kubelet can show), then the cluster goes down again, unless
+# PENSTOCK_KIND_KEEP=1 (then `make kind-down` removes it).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-CLUSTER="${PENSTOCK_KIND_CLUSTER:-penstock-e2e}"
-IMAGE="penstock:e2e"
-# A small public image serving GET /healthz on 8080 as a non-root user, for the stages.
-STAGE_IMAGE="${PENSTOCK_E2E_STAGE_IMAGE:-registry.k8s.io/e2e-test-images/agnhost:2.53}"
-STAGE_IMAGE_UPDATE="${PENSTOCK_E2E_STAGE_IMAGE_UPDATE:-registry.k8s.io/e2e-test-images/agnhost:2.52}"
-export PATH="$ROOT/bin:$PATH"
+export PATH="$ROOT/bin:$ROOT/.venv/bin:$PATH"
+export KUBECONFIG="$ROOT/.kind/kubeconfig"
+started=$(date +%s)
+step() { printf '\n==> [e2e-kind %4ss] %s\n' "$(( $(date +%s) - started ))" "$*"; }
 
-for tool in docker kind kubectl helm; do
-  command -v "$tool" >/dev/null || { echo "error: $tool is required for make e2e-kind" >&2; exit 1; }
-done
-docker info >/dev/null 2>&1 || { echo "error: no Docker engine is running" >&2; exit 1; }
+step "kind cluster (hack/kind.sh up)"
+[[ "${PENSTOCK_KIND_KEEP:-0}" == 1 ]] || trap 'step "kind cluster down"; bash "$ROOT/hack/kind.sh" down' EXIT
+bash "$ROOT/hack/kind.sh" up
 
-kind create cluster --name "$CLUSTER" --wait 180s
-trap 'kind delete cluster --name "$CLUSTER"' EXIT
-KUBECONFIG="$(mktemp)"
-export KUBECONFIG
-kind get kubeconfig --name "$CLUSTER" >"$KUBECONFIG"
+step "the operator, installed by the chart"
+# Two cores hold a few Pipelines' pods: the operator must still find room when it is killed and
+# rescheduled while Pipelines wait for CPU, so it outranks them (the scheduler preempts).
+kubectl apply --server-side --field-manager=penstock-e2e -f - <<'YAML' >/dev/null
+apiVersion: scheduling.k8s.io/v1
+kind: PriorityClass
+metadata: {name: penstock-operator}
+value: 1000000
+description: The Penstock operator outranks the Pipelines it runs (e2e on one small node).
+YAML
+helm upgrade --install penstock "$ROOT/charts/penstock" -n penstock-system --create-namespace \
+  -f "$ROOT/hack/kind/values.yaml" --set resyncSeconds=5 --set priorityClassName=penstock-operator \
+  --wait --timeout 5m
 
-docker build -f "$ROOT/operator/Dockerfile" -t "$IMAGE" "$ROOT"
-kind load docker-image "$IMAGE" --name "$CLUSTER"
-helm install penstock "$ROOT/charts/penstock" -n penstock-system --create-namespace \
-  --set image.repository=penstock --set image.tag=e2e --set image.pullPolicy=Never \
-  --set resyncSeconds=5 --wait --timeout 5m
-
+step "tests/e2e and tests/kind against the kind cluster"
 export PENSTOCK_E2E_OPERATOR=in-cluster PENSTOCK_E2E_OPERATOR_NAMESPACE=penstock-system
-export PENSTOCK_E2E_STAGE_IMAGE="$STAGE_IMAGE" PENSTOCK_E2E_STAGE_IMAGE_UPDATE="$STAGE_IMAGE_UPDATE"
-export PENSTOCK_E2E_STAGE_ARGS="${PENSTOCK_E2E_STAGE_ARGS:-netexec --http-port=8080}"
-cd "$ROOT" && python3 -m pytest tests/e2e -q
+# The examples' stages become the RAG example's retrieve app (GET /healthz, POST /), built here.
+export PENSTOCK_E2E_STAGE_IMAGE=penstock/examples-rag-retrieve:dev
+export PENSTOCK_E2E_STAGE_IMAGE_UPDATE=penstock/examples-rag-generate:dev
+export PENSTOCK_E2E_STAGE_ARGS="--port 8080"
+export PENSTOCK_E2E_ARTIFACTS="$ROOT/.kind/e2e" PENSTOCK_KIND=1
+set +e
+(cd "$ROOT" && python -m pytest tests/e2e tests/kind -q "$@")
+code=$?
+set -e
+[[ $code -eq 5 ]] && { echo "error: pytest collected no tests" >&2; code=1; }
+step "done (exit $code)"
+exit $code

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Build pinned upstream tools (kube-apiserver, kube-controller-manager, kube-scheduler,
-# kubectl, etcd, kwok, helm, prometheus, jaeger) from source with the local Go toolchain.
+# Build pinned upstream tools (the Kubernetes binaries, etcd, kwok, helm, prometheus,
+# jaeger, and for kind clusters kind and coredns) from source with the local Go toolchain.
+# Independent builds run in parallel: on 2 cores the link steps and downloads of one
+# overlap the compiles of another.
 #
 # Builds happen in a version-keyed cache OUTSIDE the checkout:
 #   ${PENSTOCK_TOOLS_CACHE:-$HOME/.cache/penstock-tools}/<tool>-<version>/bin/<binary>
@@ -14,6 +16,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck source=tools-versions.env
 source "$ROOT/hack/tools-versions.env"
+# shellcheck source=kind-versions.env
+source "$ROOT/hack/kind-versions.env"
 
 CACHE="${PENSTOCK_TOOLS_CACHE:-${HOME:-/root}/.cache/penstock-tools}"
 BIN="$ROOT/bin"
@@ -94,7 +98,9 @@ origin_hash() {
 
 # ---------------------------------------------------------------- kubernetes
 K8S_DIR="$CACHE/kubernetes-$KUBERNETES_VERSION"
-K8S_BINS=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
+# The first four serve the kwok control plane; kubelet, kubeadm and kube-proxy go into the
+# kind node image (hack/kind.sh). One build: they share most packages.
+K8S_BINS=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kubeadm kube-proxy)
 
 build_kubernetes() {
   is_built "$K8S_DIR" "${K8S_BINS[@]}" && return 0
@@ -284,21 +290,48 @@ build_jaeger() {
   log "built jaeger $JAEGER_VERSION in $(elapsed "$t0")"
 }
 
+# ---------------------------------------------------------------- kind
+build_kind() {
+  go_install kind "$KIND_VERSION" sigs.k8s.io/kind "-s -w"
+}
+
+# CoreDNS for the kind cluster's DNS addon (kubeadm names it registry.k8s.io/coredns/coredns).
+build_coredns() {
+  go_install coredns "$COREDNS_VERSION" github.com/coredns/coredns \
+    "-s -w -X github.com/coredns/coredns/coremain.GitCommit=$COREDNS_VERSION"
+}
+
+# The quick ones, one after another (together about as long as one of the big builds).
+build_small_tools() {
+  with_cache_lock "$ETCD_DIR" build_etcd
+  with_cache_lock "$CACHE/kwok-$KWOK_VERSION" build_kwok
+  with_cache_lock "$CACHE/kwok-$KWOK_VERSION" kwok_stages
+  with_cache_lock "$CACHE/helm-$HELM_VERSION" build_helm
+  with_cache_lock "$CACHE/prometheus-$PROMETHEUS_VERSION" build_prometheus
+  with_cache_lock "$CACHE/kind-$KIND_VERSION" build_kind
+}
+
 # ---------------------------------------------------------------- main
-with_cache_lock "$ETCD_DIR" build_etcd
+# Kubernetes first: the longest build, so it starts while the others queue behind it.
+pids=()
+in_background() { "$@" & pids+=($!); }
+in_background with_cache_lock "$K8S_DIR" build_kubernetes
+in_background with_cache_lock "$JAEGER_DIR" build_jaeger
+in_background with_cache_lock "$CACHE/coredns-$COREDNS_VERSION" build_coredns
+in_background build_small_tools
+failed=0
+for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
+[[ $failed -eq 0 ]] || die "a tool build failed (its log tail is above)"
+
 link "$ETCD_DIR" etcd
-with_cache_lock "$CACHE/kwok-$KWOK_VERSION" build_kwok
-with_cache_lock "$CACHE/kwok-$KWOK_VERSION" kwok_stages
 link "$CACHE/kwok-$KWOK_VERSION" kwok
 ln -sfn "$CACHE/kwok-$KWOK_VERSION/stages.yaml" "$BIN/kwok-stages.yaml"
-with_cache_lock "$CACHE/helm-$HELM_VERSION" build_helm
 link "$CACHE/helm-$HELM_VERSION" helm
-with_cache_lock "$CACHE/prometheus-$PROMETHEUS_VERSION" build_prometheus
 link "$CACHE/prometheus-$PROMETHEUS_VERSION" prometheus
-with_cache_lock "$JAEGER_DIR" build_jaeger
 link "$JAEGER_DIR" jaeger
-with_cache_lock "$K8S_DIR" build_kubernetes
 link "$K8S_DIR" "${K8S_BINS[@]}"
+link "$CACHE/kind-$KIND_VERSION" kind
+link "$CACHE/coredns-$COREDNS_VERSION" coredns
 
 log "tools ready in $BIN: $(cd "$BIN" && ls | tr '\n' ' ')"
 log "total wall time: $(elapsed "$START_ALL") ($(( $(date +%s) - START_ALL ))s)"

@@ -3,7 +3,8 @@
 #
 #   hack/venv.sh            uv sync --frozen: core + dev + examples extras (what CI tests)
 #   hack/venv.sh --pip      the same set with plain pip, from the exported requirements-dev.txt
-#   hack/venv.sh --lock     re-resolve uv.lock, then rewrite requirements.txt / requirements-dev.txt
+#   hack/venv.sh --lock     re-resolve uv.lock, then rewrite requirements.txt (runtime: the Penstock
+#                           image), requirements-dev.txt and requirements-examples.txt (the example images)
 #   hack/venv.sh --check    fail when uv.lock or the exported files are stale for pyproject.toml
 #
 # uv comes from PyPI (pinned by UV_VERSION in tools-versions.env) into its own small venv
@@ -54,6 +55,7 @@ case "${1:-}" in
     "$uv" lock --quiet
     export_requirements "$uv" requirements.txt
     export_requirements "$uv" requirements-dev.txt "${EXTRAS[@]}"
+    export_requirements "$uv" requirements-examples.txt --extra examples
     ;;
   --check)
     uv=$(uv_bin)
@@ -61,7 +63,8 @@ case "${1:-}" in
     tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
     export_requirements "$uv" "$tmp/requirements.txt"
     export_requirements "$uv" "$tmp/requirements-dev.txt" "${EXTRAS[@]}"
-    for f in requirements.txt requirements-dev.txt; do
+    export_requirements "$uv" "$tmp/requirements-examples.txt" --extra examples
+    for f in requirements.txt requirements-dev.txt requirements-examples.txt; do
       diff -q "$tmp/$f" "$f" >/dev/null || { log "$f is stale: run make lock"; exit 1; }
     done
     ;;

@@ -240,6 +240,7 @@ OPERATOR_RULES = (
     | _expand("autoscaling", ["horizontalpodautoscalers"], CRUD)
     | _expand("", ["services", "configmaps"], CRUD)
     | _expand("", ["secrets"], ["get", "create", "delete"])
+    | _expand("", ["pods"], ["list"])
     | _expand("", ["events"], ["create", "patch"])
 )
 CRD_RULES = _expand("apiextensions.k8s.io", ["customresourcedefinitions"], ["list", "watch"])

@@ -40,6 +40,8 @@ KINDS: dict[str, Kind] = {
     "HorizontalPodAutoscaler": Kind("apis/autoscaling/v2", "horizontalpodautoscalers"),
     "Pipeline": Kind(f"apis/{GROUP}/{VERSION}", PLURAL),
     "Event": Kind("api/v1", "events"),
+    # Read only (list), to report why a stage's pods do not start.
+    "Pod": Kind("api/v1", "pods"),
 }
 # Children the operator applies and prunes, in apply order (config before workloads).
 CHILD_KINDS = ("ConfigMap", "Deployment", "Service", "HorizontalPodAutoscaler")

@@ -21,11 +21,12 @@ from penstock.controller.drift import drifted
 from penstock.controller.kube import CHILD_KINDS, Kube
 from penstock.controller.prometheus import PrometheusClient
 from penstock.controller.settings import OperatorSettings
-from penstock.controller.status import invalid_status, valid_status
+from penstock.controller.status import invalid_status, rolled_out, valid_status
 from penstock.controller.tracing import reconcile_span
 from penstock.controller.tuning import ThroughputTuning, apply_to_status
 from penstock.render import PipelineRef, render_children, render_secret
 from penstock.render.cache import cache_secret_name
+from penstock.render.meta import stage_object_name
 
 log = logging.getLogger("penstock.reconcile")
 
@@ -188,8 +189,27 @@ class Reconciler:
         outcome.deleted += collector_deleted
 
         deployments = {name: obj for (kind, name), obj in live.items() if kind == "Deployment"}
+        # Pods are read only for stages still rolling out, to say why they do not start, and
+        # not in a Pipeline's first reconcile, whose Deployments have just been created.
+        pods = {
+            stage.name: self.kube.list(
+                "Pod",
+                ref.namespace,
+                f"penstock.dev/pipeline={ref.name},penstock.dev/stage={stage.name}",
+            )
+            for stage in spec.stages
+            if "observedGeneration" in previous_status
+            and stage_object_name(ref.name, stage.name) in deployments
+            and not rolled_out(deployments[stage_object_name(ref.name, stage.name)])
+        }
         status = valid_status(
-            ref.name, ref.namespace, generation, result, deployments, self.settings.render.prices
+            ref.name,
+            ref.namespace,
+            generation,
+            result,
+            deployments,
+            self.settings.render.prices,
+            pods,
         )
         apply_to_status(status, tuning)
         metrics.export_status(ref.namespace, ref.name, spec.cost_center, status)

@@ -13,6 +13,10 @@ from penstock.render.meta import PipelineRef, stage_object_name
 from penstock.render.router import router_name, router_url
 
 
+def rolled_out(deployment: dict[str, Any] | None) -> bool:
+    return _deployment_state(deployment)[2]
+
+
 def _deployment_state(deployment: dict[str, Any] | None) -> tuple[int, int, bool, str | None]:
     """(desired, ready, rolled out, stuck reason) of a Deployment."""
     if deployment is None:
@@ -30,13 +34,73 @@ def _deployment_state(deployment: dict[str, Any] | None) -> tuple[int, int, bool
     return desired, ready, rolled_out, stuck
 
 
+# Waiting reasons that do not clear by themselves: the pod needs a change to start.
+_BLOCKED_REASONS = frozenset(
+    {
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "ErrImageNeverPull",
+        "InvalidImageName",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+    }
+)
+
+
+def _terminated_failure(status: dict[str, Any]) -> dict[str, Any] | None:
+    """The failed termination of a container status: current, or the last before a restart."""
+    for key in ("state", "lastState"):
+        terminated = (status.get(key) or {}).get("terminated")
+        if terminated and int(terminated.get("exitCode", 0)) != 0:
+            return dict(terminated)
+    return None
+
+
+def _short(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def pod_problem(pods: list[dict[str, Any]]) -> str | None:
+    """Why a stage's pods cannot start, read from the kubelet's container statuses, or None.
+
+    A failed init container (the model preload) is named with its exit code and the
+    termination message (its last log lines: terminationMessagePolicy FallbackToLogsOnError).
+    """
+    for pod in sorted(pods, key=lambda p: str(p.get("metadata", {}).get("name", ""))):
+        if pod.get("metadata", {}).get("deletionTimestamp"):
+            continue
+        status = pod.get("status") or {}
+        for kind, key in (
+            ("init container", "initContainerStatuses"),
+            ("container", "containerStatuses"),
+        ):
+            for item in status.get(key) or []:
+                name = item.get("name", "?")
+                waiting = (item.get("state") or {}).get("waiting") or {}
+                reason = str(waiting.get("reason", ""))
+                if reason in _BLOCKED_REASONS:
+                    return _short(
+                        f"{kind} {name}: {reason}: {waiting.get('message', '')}".rstrip(": ")
+                    )
+                failed = _terminated_failure(item)
+                if failed and (kind == "init container" or reason == "CrashLoopBackOff"):
+                    detail = failed.get("message") or failed.get("reason") or "no message"
+                    return _short(f"{kind} {name} failed (exit {failed.get('exitCode')}): {detail}")
+    return None
+
+
 def stage_statuses(
     pipeline: str,
     spec: PipelineSpec,
     deployments: dict[str, dict[str, Any]],
     prices: PriceTable,
+    pods: dict[str, list[dict[str, Any]]] | None = None,
 ) -> tuple[list[dict[str, Any]], list[str], list[str], Decimal]:
-    """Per-stage status, names of stages not ready, stuck messages, total hourly cost."""
+    """Per-stage status, names of stages not ready, stuck messages, total hourly cost.
+
+    pods: the pods of the stages that are not rolled out, by stage name (see pod_problem).
+    """
     stages, not_ready, stuck = [], [], []
     total = Decimal(0)
     for stage in spec.stages:
@@ -59,6 +123,9 @@ def stage_statuses(
         )
         if not rolled_out:
             not_ready.append(stage.name)
+            problem = pod_problem((pods or {}).get(stage.name, []))
+            if problem and not stuck_reason:
+                stuck_reason = problem
         if stuck_reason:
             stuck.append(f"{stage.name}: {stuck_reason}")
     router = deployments.get(router_name(pipeline))
@@ -77,10 +144,11 @@ def valid_status(
     result: Result,
     deployments: dict[str, dict[str, Any]],
     prices: PriceTable,
+    pods: dict[str, list[dict[str, Any]]] | None = None,
 ) -> dict[str, Any]:
     assert result.spec is not None
     spec = result.spec
-    stages, not_ready, stuck, total = stage_statuses(name, spec, deployments, prices)
+    stages, not_ready, stuck, total = stage_statuses(name, spec, deployments, prices, pods)
     ready = not not_ready
     waiting = ", ".join(not_ready)
     conditions = [

@@ -33,6 +33,9 @@ def preload_container(model: Model, operator_image: str) -> dict[str, Any]:
             "limits": {"memory": "512Mi"},
         },
         "securityContext": container_security_context(),
+        # A failed preload's last log lines become its termination message, which the
+        # operator puts in the Pipeline's status (which stage, and why).
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": [
             {"name": MODEL_VOLUME, "mountPath": PRELOAD_DIR},
             {"name": "preload-tmp", "mountPath": "/tmp"},

@@ -1,0 +1,105 @@
+"""tests/kind: what only a real kubelet can show, on the kind cluster of `make e2e-kind`.
+
+hack/e2e-kind.sh brings the cluster up (every image built on this machine), installs the
+operator with the chart, and runs these after tests/e2e with the same fixtures: the cluster is
+$KUBECONFIG, the operator the in-cluster one.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import (  # noqa: F401 (fixtures used by the tests here)
+    Cluster,
+    _tool,
+    cluster,
+    crd,
+    namespace,
+    operator,
+    wait_for,
+)
+
+IMAGE_TAG = "dev"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _on_kind() -> None:
+    if os.environ.get("PENSTOCK_KIND") != "1":
+        pytest.fail("tests/kind run on the kind cluster of `make e2e-kind` (hack/e2e-kind.sh)")
+
+
+@pytest.fixture
+def restricted_namespace(cluster: Cluster, namespace: str) -> str:
+    """A namespace where the Pod Security admission rejects any pod short of `restricted`."""
+    cluster.kubectl(
+        "label",
+        "namespace",
+        namespace,
+        "pod-security.kubernetes.io/enforce=restricted",
+        "pod-security.kubernetes.io/enforce-version=latest",
+    )
+    return namespace
+
+
+@contextmanager
+def port_forward(cluster: Cluster, namespace: str, target: str, port: int) -> Iterator[int]:
+    """`kubectl port-forward` to target (svc/NAME or pod/NAME); yields the local port."""
+    process = subprocess.Popen(
+        [_tool("kubectl"), "port-forward", "-n", namespace, target, f":{port}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=cluster.env(),
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        found = re.search(r"127\.0\.0\.1:(\d+)", line)
+        if not found:
+            pytest.fail(f"kubectl port-forward {target}: {line}{process.stdout.read(2000)}")
+        yield int(found.group(1))
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def condition(pipeline: dict[str, Any] | None, kind: str) -> dict[str, Any]:
+    for item in ((pipeline or {}).get("status") or {}).get("conditions", []):
+        if item.get("type") == kind:
+            return dict(item)
+    return {}
+
+
+def wait_ready(cluster: Cluster, namespace: str, name: str, timeout: float = 300) -> dict[str, Any]:
+    def ready() -> dict[str, Any] | None:
+        pipeline = cluster.get("pipeline", name, namespace)
+        return pipeline if condition(pipeline, "Ready").get("status") == "True" else None
+
+    result: dict[str, Any] = wait_for(
+        ready, timeout=timeout, interval=2, what=f"Pipeline {name} Ready"
+    )
+    return result
+
+
+def stage_pods(cluster: Cluster, namespace: str, pipeline: str, stage: str) -> list[dict[str, Any]]:
+    return [
+        pod
+        for pod in cluster.items(
+            "pods", namespace, f"penstock.dev/pipeline={pipeline},penstock.dev/stage={stage}"
+        )
+        if not pod["metadata"].get("deletionTimestamp")
+    ]
+
+
+def pod_ready(pod: dict[str, Any]) -> bool:
+    return any(
+        c["type"] == "Ready" and c["status"] == "True"
+        for c in pod.get("status", {}).get("conditions", [])
+    )
