@@ -16,7 +16,6 @@ from tests.kind.conftest import (
     pod_ready,
     port_forward,
     stage_pods,
-    wait_for,
     wait_ready,
 )
 
@@ -74,9 +73,11 @@ def metric(text: str, name: str, **labels: str) -> float:
 
 
 def gateway_metrics(cluster: Cluster, namespace: str, pod: str) -> str:
-    with port_forward(cluster, namespace, f"pod/{pod}", 9090) as port:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-            return str(response.read().decode())
+    with (
+        port_forward(cluster, namespace, f"pod/{pod}", 9090) as port,
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response,
+    ):
+        return str(response.read().decode())
 
 
 def test_rag_example_runs_as_non_root_on_read_only_roots_and_answers_from_the_cache(
