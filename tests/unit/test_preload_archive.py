@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from penstock.preload import PreloadError
+from penstock.preload import PreloadError, archive
 from penstock.preload.archive import Limits, _check_size, extract_tar, is_tar_archive
 
 
@@ -45,6 +45,15 @@ def _dir(name: str) -> tarfile.TarInfo:
     info.type = tarfile.DIRTYPE
     info.mode = 0o755
     return info
+
+
+@pytest.fixture(autouse=True, params=["data-filter", "own-rules"])
+def extraction_rules(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every case twice: with tarfile's "data" filter (Python >= 3.11.4) and with the rules
+    archive.py applies itself on an older 3.11 (Debian bookworm's 3.11.2, in the image)."""
+    if request.param == "data-filter" and not archive.HAS_DATA_FILTER:
+        pytest.skip("this Python's tarfile has no extraction filters")
+    monkeypatch.setattr(archive, "HAS_DATA_FILTER", request.param == "data-filter")
 
 
 def test_good_archive_is_unpacked_with_its_layout(tmp_path: Path) -> None:

@@ -75,6 +75,34 @@ def _check_member(display: str, member: tarfile.TarInfo) -> None:
         )
 
 
+# tarfile's extraction filters (PEP 706) arrived in 3.11.4; Debian bookworm's Python, which the
+# Penstock image runs, is 3.11.2. Without them the same rules are applied here.
+HAS_DATA_FILTER = hasattr(tarfile, "data_filter")
+
+
+def _without_filter(display: str, member: tarfile.TarInfo) -> tarfile.TarInfo:
+    """What the "data" filter does, for a Python without it: no link may point outside the
+    destination, no setuid/setgid/sticky or group/other write bits, no owner from the archive."""
+    if member.issym() or member.islnk():
+        target = PurePosixPath(member.linkname)
+        base = PurePosixPath(member.name).parent if member.issym() else PurePosixPath()
+        parts: list[str] = []
+        for part in (base / target).parts if not target.is_absolute() else ("/",):
+            if part in ("/", "..") and not parts:
+                raise PreloadError(
+                    f"archive {display} has an unsafe entry: link {member.name!r} points"
+                    f" outside the model directory ({member.linkname!r})"
+                )
+            if part == "..":
+                parts.pop()
+            elif part != ".":
+                parts.append(part)
+    member.mode &= 0o755
+    member.uid = member.gid = os.getuid()
+    member.uname = member.gname = ""
+    return member
+
+
 def _check_size(display: str, limits: Limits, entries: int, total: int, packed: int) -> None:
     if entries > limits.max_files:
         raise PreloadError(
@@ -119,14 +147,17 @@ def extract_tar(
             total += member.size if member.isreg() else 0
             _check_size(display, limits, entries, total, packed)
             files += member.isfile()
-            yield member
+            yield member if HAS_DATA_FILTER else _without_filter(display, member)
 
     try:
         with tarfile.open(archive, mode="r:*") as tf:
-            tf.extractall(into, members=checked(tf), filter="data")
+            if HAS_DATA_FILTER:
+                tf.extractall(into, members=checked(tf), filter="data")
+            else:
+                tf.extractall(into, members=checked(tf))
     except PreloadError:
         raise
-    except tarfile.FilterError as exc:
+    except getattr(tarfile, "FilterError", PreloadError) as exc:
         raise PreloadError(f"archive {display} has an unsafe entry: {exc}") from None
     except OSError as exc:
         if exc.errno is None:  # e.g. gzip.BadGzipFile
