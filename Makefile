@@ -51,7 +51,7 @@ integration: ## Integration tests (real local processes: HTTP servers, Redis)
 e2e: ## End-to-end tests against $$KUBECONFIG or a local control plane (make tools first)
 	$(PYTEST) tests/e2e -q
 
-demo: tools ## The main job: local control plane + operator + the RAG example, waited until Ready
+demo: tools ## The main job: kind (real containers) where Docker can run, else the kwok control plane; operator + the RAG example
 	@bash hack/demo.sh up
 
 demo-down: ## Stop what `make demo` started

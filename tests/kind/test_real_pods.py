@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -11,7 +13,6 @@ from typing import Any
 import yaml
 
 from tests.kind.conftest import (
-    IMAGE_TAG,
     Cluster,
     pod_ready,
     port_forward,
@@ -24,14 +25,14 @@ QUESTION = {"text": "How do I scale pods automatically based on CPU?"}
 
 
 def rag_pipeline() -> dict[str, Any]:
-    """examples/rag/pipeline.yaml with the images `make images` built, sized for one 2-core node."""
-    doc: dict[str, Any] = yaml.safe_load((ROOT / "examples" / "rag" / "pipeline.yaml").read_text())
-    doc["metadata"] = {"name": "rag"}
-    for stage in doc["spec"]["stages"]:
-        stage["image"] = f"penstock/examples-rag-{stage['name']}:{IMAGE_TAG}"
-        stage["imagePullPolicy"] = "IfNotPresent"
-        memory = "512Mi" if stage["name"] in ("embed", "rerank") else "64Mi"
-        stage["resources"] = {"requests": {"cpu": "50m", "memory": memory}}
+    """The RAG example as `make demo` applies it on kind (hack/kind/rag-pipeline.py)."""
+    printed = subprocess.run(
+        [sys.executable, str(ROOT / "hack" / "kind" / "rag-pipeline.py")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    doc: dict[str, Any] = yaml.safe_load(printed)
     return doc
 
 
