@@ -29,6 +29,7 @@ description: The Penstock operator outranks the Pipelines it runs (e2e on one sm
 YAML
 helm upgrade --install penstock "$ROOT/charts/penstock" -n penstock-system --create-namespace \
   -f "$ROOT/hack/kind/values.yaml" --set resyncSeconds=5 --set priorityClassName=penstock-operator \
+  --set jaeger.enabled=true \
   --wait --timeout 5m
 
 step "tests/e2e and tests/kind against the kind cluster"
