@@ -35,6 +35,8 @@ ARTIFACTS = Path(os.environ.get("PENSTOCK_E2E_ARTIFACTS", ROOT / ".cluster" / "e
 STAGE_IMAGE = os.environ.get("PENSTOCK_E2E_STAGE_IMAGE", "")
 STAGE_IMAGE_UPDATE = os.environ.get("PENSTOCK_E2E_STAGE_IMAGE_UPDATE", "")
 STAGE_ARGS = os.environ.get("PENSTOCK_E2E_STAGE_ARGS", "")
+# Nodes that run containers (kind): the pods' CPU requests must fit the node.
+REAL_NODES = bool(STAGE_IMAGE)
 
 
 def example(name: str) -> dict[str, Any]:
