@@ -58,10 +58,12 @@ stop_engine() {
 
 # ---------------------------------------------------------------- the egress guard
 GUARD=(-i "$KIND_NETWORK_BRIDGE" ! -o "$KIND_NETWORK_BRIDGE" -j REJECT)
-# The same rejection, counted apart for Service IPs (10.96.0.0/16, hack/kind/cluster.yaml): a pod
-# that opens a Service before kube-proxy programmed it sends that packet to the node's default
-# route. Its counter says how much of what the guard stopped was that, and not real egress.
+# The same rejection, counted apart for the cluster's own addresses (hack/kind/cluster.yaml): a
+# Service IP (10.96.0.0/16) opened before kube-proxy programmed it, or the IP of a pod that is gone
+# (10.244.0.0/16, e.g. the kubelet's last probe of a deleted pod), leaves the node by its default
+# route. Their counters say how much of what the guard stopped was that, and not egress.
 GUARD_SERVICES=(-i "$KIND_NETWORK_BRIDGE" ! -o "$KIND_NETWORK_BRIDGE" -d 10.96.0.0/16 -j REJECT)
+GUARD_PODS=(-i "$KIND_NETWORK_BRIDGE" ! -o "$KIND_NETWORK_BRIDGE" -d 10.244.0.0/16 -j REJECT)
 
 guard_up() {
   if docker network inspect kind >/dev/null 2>&1; then
@@ -74,6 +76,7 @@ guard_up() {
       -o "com.docker.network.bridge.name=$KIND_NETWORK_BRIDGE" kind >/dev/null
   fi
   iptables -C DOCKER-USER "${GUARD[@]}" 2>/dev/null || iptables -I DOCKER-USER 1 "${GUARD[@]}"
+  iptables -C DOCKER-USER "${GUARD_PODS[@]}" 2>/dev/null || iptables -I DOCKER-USER 1 "${GUARD_PODS[@]}"
   iptables -C DOCKER-USER "${GUARD_SERVICES[@]}" 2>/dev/null || iptables -I DOCKER-USER 1 "${GUARD_SERVICES[@]}"
   # IPv6: the network has none, but a node's link-local address must not route out either.
   if command -v ip6tables >/dev/null && ip6tables -L FORWARD >/dev/null 2>&1; then
@@ -85,8 +88,9 @@ guard_up() {
 # The guard is checked by its presence (first in DOCKER-USER, which FORWARD jumps to first) and
 # by its counters, never by sending traffic out.
 guard_check() {
-  local rules; rules=$(iptables -S DOCKER-USER | sed -n 2,3p)
+  local rules; rules=$(iptables -S DOCKER-USER | sed -n 2,4p)
   local want="-A DOCKER-USER -d 10.96.0.0/16 -i $KIND_NETWORK_BRIDGE ! -o $KIND_NETWORK_BRIDGE -j REJECT --reject-with icmp-port-unreachable
+-A DOCKER-USER -d 10.244.0.0/16 -i $KIND_NETWORK_BRIDGE ! -o $KIND_NETWORK_BRIDGE -j REJECT --reject-with icmp-port-unreachable
 -A DOCKER-USER -i $KIND_NETWORK_BRIDGE ! -o $KIND_NETWORK_BRIDGE -j REJECT --reject-with icmp-port-unreachable"
   [[ "$rules" == "$want" ]] || die "the egress guard is not the first rules of DOCKER-USER: $rules"
   iptables -S FORWARD | sed -n 2p | grep -q -- '-j DOCKER-USER' || die "FORWARD does not jump to DOCKER-USER first"
@@ -95,13 +99,15 @@ guard_check() {
 guard_counters() {
   iptables -L DOCKER-USER -v -n -x | awk -v b="$KIND_NETWORK_BRIDGE" '
     $0 ~ b && /REJECT/ && /10\.96\.0\.0\/16/ {services = $1; next}
+    $0 ~ b && /REJECT/ && /10\.244\.0\.0\/16/ {pods = $1; next}
     $0 ~ b && /REJECT/ {other = $1}
-    END {printf "egress guard: %d packets to Service IPs before kube-proxy, %d to elsewhere, rejected\n", services, other}'
+    END {printf "egress guard: rejected %d packets to Service IPs before kube-proxy, %d to pods that are gone, %d to anywhere else\n", services, pods, other}'
 }
 
 guard_down() {
   while iptables -C DOCKER-USER "${GUARD[@]}" 2>/dev/null; do iptables -D DOCKER-USER "${GUARD[@]}"; done
   while iptables -C DOCKER-USER "${GUARD_SERVICES[@]}" 2>/dev/null; do iptables -D DOCKER-USER "${GUARD_SERVICES[@]}"; done
+  while iptables -C DOCKER-USER "${GUARD_PODS[@]}" 2>/dev/null; do iptables -D DOCKER-USER "${GUARD_PODS[@]}"; done
   if command -v ip6tables >/dev/null; then
     while ip6tables -C FORWARD "${GUARD[@]}" 2>/dev/null; do ip6tables -D FORWARD "${GUARD[@]}"; done
   fi
