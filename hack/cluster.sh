@@ -72,7 +72,7 @@ start_component() { # <component> <argv...>: start in its own session, detached 
   echo "$pid" >"$PIDS/$name.pid"
   # Until the forked shell has exec'd the binary its command line is ours, not the
   # component's: wait for the exec so pid_of recognises it.
-  for ((i = 0; i < 50; i++)); do
+  for ((i = 0; i < 200; i++)); do
     tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -qF -- "$STATE/" && break
     kill -0 "$pid" 2>/dev/null || break
     sleep 0.05
@@ -191,7 +191,9 @@ wait_for() { # <description> <component-to-blame> <command...>
   local what="$1" blame="$2"; shift 2
   local deadline=$((SECONDS + TIMEOUT))
   until "$@"; do
-    if [[ -n "$blame" ]] && ! pid_of "$blame" >/dev/null; then
+    # The pid file's process itself, not pid_of: on a loaded machine the forked shell may not
+    # have exec'd the binary yet, and its command line is then not the component's.
+    if [[ -n "$blame" ]] && ! alive "$(cat "$PIDS/$blame.pid" 2>/dev/null || echo 0)"; then
       log "$blame exited while waiting for $what"
       FAILED_COMPONENT="$blame"
       return 1
