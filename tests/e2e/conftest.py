@@ -339,3 +339,16 @@ def namespace(cluster: Cluster) -> Iterator[str]:
     )
     yield name
     cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture
+def restricted_namespace(cluster: Cluster, namespace: str) -> str:
+    """A namespace where the Pod Security admission rejects any pod short of `restricted`."""
+    cluster.kubectl(
+        "label",
+        "namespace",
+        namespace,
+        "pod-security.kubernetes.io/enforce=restricted",
+        "pod-security.kubernetes.io/enforce-version=latest",
+    )
+    return namespace

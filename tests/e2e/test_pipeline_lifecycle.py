@@ -241,15 +241,9 @@ def test_deleting_the_pipeline_garbage_collects_every_child(
 
 
 def test_restricted_namespace_admits_every_generated_pod(
-    cluster: Cluster, operator: OperatorProcess, namespace: str
+    cluster: Cluster, operator: OperatorProcess, restricted_namespace: str
 ) -> None:
-    cluster.kubectl(
-        "label",
-        "namespace",
-        namespace,
-        "pod-security.kubernetes.io/enforce=restricted",
-        "pod-security.kubernetes.io/enforce-version=latest",
-    )
+    namespace = restricted_namespace
     # A privileged pod is refused here, so the namespace really enforces.
     refused = cluster.kubectl(
         "run",

@@ -23,6 +23,7 @@ from tests.e2e.conftest import (  # noqa: F401 (fixtures used by the tests here)
     crd,
     namespace,
     operator,
+    restricted_namespace,
     wait_for,
 )
 
@@ -33,19 +34,6 @@ IMAGE_TAG = "dev"
 def _on_kind() -> None:
     if os.environ.get("PENSTOCK_KIND") != "1":
         pytest.fail("tests/kind run on the kind cluster of `make e2e-kind` (hack/e2e-kind.sh)")
-
-
-@pytest.fixture
-def restricted_namespace(cluster: Cluster, namespace: str) -> str:
-    """A namespace where the Pod Security admission rejects any pod short of `restricted`."""
-    cluster.kubectl(
-        "label",
-        "namespace",
-        namespace,
-        "pod-security.kubernetes.io/enforce=restricted",
-        "pod-security.kubernetes.io/enforce-version=latest",
-    )
-    return namespace
 
 
 @contextmanager

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.kind.conftest import (
     Cluster,
@@ -63,14 +64,12 @@ def final_event(stream: bytes) -> dict[str, Any]:
 
 def metric(text: str, name: str, **labels: str) -> float:
     """The sum of a Prometheus text-format metric's samples that carry these labels."""
-    total = 0.0
-    for line in text.splitlines():
-        if not line.startswith(name + "{"):
-            continue
-        head, value = line.rsplit(" ", 1)
-        if all(f'{key}="{wanted}"' in head for key, wanted in labels.items()):
-            total += float(value)
-    return total
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    )
 
 
 def gateway_metrics(cluster: Cluster, namespace: str, pod: str) -> str:

@@ -542,3 +542,42 @@ def test_a_new_pipeline_lists_nothing_and_posts_one_event_per_kind_of_change(
     assert "ConfigMap rag-topology" in children
     assert secret == "created Secret rag-cache"
     assert collector.startswith(f"created ConfigMap, Deployment, Service {COLLECTOR_NAME}")
+
+
+def test_a_failed_preload_is_in_the_status_from_one_pod_list(
+    world: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kube, reconciler, _ = world
+    reconciler.reconcile(_pipeline(kube))  # first reconcile: children created, status written
+    failed = {
+        "name": "preload",
+        "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+        "lastState": {"terminated": {"exitCode": 1, "message": "error: sha256 mismatch"}},
+    }
+    kube.objects[("Pod", "demo", "rag-embed-x")] = {
+        "metadata": {
+            "name": "rag-embed-x",
+            "labels": {"penstock.dev/pipeline": "rag", "penstock.dev/stage": "embed"},
+        },
+        "status": {"initContainerStatuses": [failed]},
+    }
+    lists: list[str] = []
+    original = kube.list
+
+    def counted(kind: str, namespace: str, selector: str) -> list[dict[str, Any]]:
+        lists.append(kind)
+        return original(kind, namespace, selector)
+
+    monkeypatch.setattr(kube, "list", counted)
+    reconciler.reconcile(_current(kube))
+    assert lists.count("Pod") == 1  # every stage rolls out; one list serves them all
+    degraded = next(c for c in _current(kube)["status"]["conditions"] if c["type"] == "Degraded")
+    assert degraded["status"] == "True"
+    assert degraded["message"] == (
+        "embed: init container preload failed (exit 1): error: sha256 mismatch"
+    )
+
+    _set_ready(kube)
+    lists.clear()
+    reconciler.reconcile(_current(kube))
+    assert "Pod" not in lists  # nothing rolling out: no pod is read

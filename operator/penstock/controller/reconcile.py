@@ -189,19 +189,20 @@ class Reconciler:
         outcome.deleted += collector_deleted
 
         deployments = {name: obj for (kind, name), obj in live.items() if kind == "Deployment"}
-        # Pods are read only for stages still rolling out, to say why they do not start, and
-        # not in a Pipeline's first reconcile, whose Deployments have just been created.
-        pods = {
-            stage.name: self.kube.list(
-                "Pod",
-                ref.namespace,
-                f"penstock.dev/pipeline={ref.name},penstock.dev/stage={stage.name}",
-            )
+        # Pods are read only while a stage is rolling out, to say why they do not start (one
+        # list for the Pipeline), and not in its first reconcile: its Deployments are new.
+        pods: dict[str, list[dict[str, Any]]] = {}
+        rolling = [
+            stage.name
             for stage in spec.stages
-            if "observedGeneration" in previous_status
-            and stage_object_name(ref.name, stage.name) in deployments
-            and not rolled_out(deployments[stage_object_name(ref.name, stage.name)])
-        }
+            if (deployment := deployments.get(stage_object_name(ref.name, stage.name)))
+            and not rolled_out(deployment)
+        ]
+        if rolling and "observedGeneration" in previous_status:
+            for pod in self.kube.list("Pod", ref.namespace, f"penstock.dev/pipeline={ref.name}"):
+                stage_label = pod["metadata"].get("labels", {}).get("penstock.dev/stage")
+                if stage_label in rolling:
+                    pods.setdefault(stage_label, []).append(pod)
         status = valid_status(
             ref.name,
             ref.namespace,
