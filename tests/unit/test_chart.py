@@ -584,7 +584,7 @@ def test_values_reach_the_operator_environment(helm: str) -> None:
             "health": {"port": 9091},
             "redisImage": "registry.example/redis:7",
             "image": {"repository": "registry.example/penstock", "tag": "1.2.3"},
-            "prometheus": {"url": "http://prometheus:9090"},
+            "prometheus": {"url": "http://prometheus:9090", "tunerIntervalSeconds": 2},
             "otlp": {"endpoint": "http://collector:4318"},
             "collectorImage": "registry.example/otelcol:1",
             "extraEnv": [{"name": "EXTRA", "value": "1"}],
@@ -602,6 +602,8 @@ def test_values_reach_the_operator_environment(helm: str) -> None:
     assert env["PENSTOCK_OPERATOR_IMAGE"] == "registry.example/penstock:1.2.3"
     assert container["image"] == "registry.example/penstock:1.2.3"
     assert env["PENSTOCK_PROMETHEUS_URL"] == "http://prometheus:9090"
+    assert env["PENSTOCK_TUNER_INTERVAL_SECONDS"] == "2"
+    assert env["PENSTOCK_TUNER_WINDOW_SECONDS"] == "300"
     assert env["PENSTOCK_OTLP_ENDPOINT"] == "http://collector:4318"
     assert env["PENSTOCK_COLLECTOR_IMAGE"] == "registry.example/otelcol:1"
     assert env["EXTRA"] == "1"

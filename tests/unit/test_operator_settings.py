@@ -27,6 +27,12 @@ def test_environment_sets_defaults_and_flags_win(monkeypatch: pytest.MonkeyPatch
     assert settings.peering is None
 
 
+def test_a_prometheus_url_puts_every_stage_behind_a_measuring_gateway() -> None:
+    assert not settings_from_args(parse()).render.measure_every_stage
+    tuned = settings_from_args(parse("--prometheus-url", "http://prometheus:9090"))
+    assert tuned.render.measure_every_stage
+
+
 def test_price_table_file_is_read(tmp_path: Path) -> None:
     path = tmp_path / "prices.yaml"
     path.write_text("cpuCoreHour: 0.05\nmemoryGiBHour: 0.01\ngpuHour: {a100: 3.0}\n")

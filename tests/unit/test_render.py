@@ -212,6 +212,29 @@ def test_plain_stage_has_no_gateway() -> None:
     assert [p["name"] for p in service["spec"]["ports"]] == ["http"]
 
 
+def test_with_the_tuner_on_every_stage_gets_a_gateway_to_measure_it() -> None:
+    """The tuner reads the gateways' metrics: a plain stage is measured only behind one."""
+    doc = yaml.safe_load((ROOT / "examples" / "batch-embedding.yaml").read_text())
+    result = validate_document(doc)
+    assert result.spec is not None
+    settings = RenderSettings(operator_image="penstock:test", measure_every_stage=True)
+    manifests = render_children(PipelineRef("batch-embed", "demo", UID), result.spec, settings)
+    chunk = next(
+        m
+        for m in manifests
+        if m["metadata"]["name"] == "batch-embed-chunk" and m["kind"] == "Deployment"
+    )
+    assert list(_containers(chunk)) == ["stage", "gateway"]
+    annotations = chunk["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    service = next(
+        m
+        for m in manifests
+        if m["metadata"]["name"] == "batch-embed-chunk" and m["kind"] == "Service"
+    )
+    assert [p["name"] for p in service["spec"]["ports"]] == ["http", "admin"]
+
+
 def test_router_runs_the_topology_and_rolls_when_it_changes() -> None:
     manifests = {
         (m["kind"], m["metadata"]["name"]): m for m in _render(ROOT / "examples" / "rag.yaml")

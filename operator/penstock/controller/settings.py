@@ -128,6 +128,7 @@ def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
             collector_image=args.collector_image,
             prices=prices,
             otlp_endpoint=args.otlp_endpoint or None,
+            measure_every_stage=bool(args.prometheus_url),
         ),
         resync_seconds=args.resync_seconds,
         metrics_port=args.metrics_port,

@@ -49,6 +49,7 @@ from penstock.api.types import parse_quantity
 from penstock.api.validation import needed_stages, output_stage, validate_document
 from penstock.dev.processes import DevError, Proc, exited, failure, start, stop_all, wait_ready
 from penstock.render.gateway import needs_gateway
+from penstock.render.settings import RenderSettings
 from penstock.safeyaml import DocumentError, load_yaml_file
 
 DEV_COMMAND = "penstock.dev/dev-command."
@@ -230,7 +231,7 @@ def plan(
             )
         )
         effective = stage.model_copy(update={"cache": None}) if args.no_cache else stage
-        if needs_gateway(spec, effective):
+        if needs_gateway(spec, effective, RenderSettings()):
             listen, admin = free_port(), free_port()
             argv = gateway_argv(name, spec, effective, listen, admin, stage_url, redis_url, workdir)
             result.procs.append(

@@ -33,7 +33,7 @@ def render_children(
     manifests: list[dict[str, Any]] = [config]
     for stage in spec.stages:
         manifests.append(stage_deployment(ref, spec, stage, settings))
-        manifests.append(stage_service(ref, spec, stage))
+        manifests.append(stage_service(ref, spec, stage, settings))
         manifests.append(stage_hpa(ref, spec, stage, floors.get(stage.name)))
     manifests.append(router_deployment(ref, spec, settings, config["data"]["topology.json"]))
     manifests.append(router_service(ref, spec))

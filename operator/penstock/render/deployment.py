@@ -83,16 +83,18 @@ def sidecars(
 ) -> list[dict[str, Any]]:
     """Containers that run beside the stage in every pod."""
     result = []
-    if needs_gateway(spec, stage):
+    if needs_gateway(spec, stage, settings):
         result.append(gateway_container(ref.name, ref.namespace, spec, stage, settings))
     if stage.cache and stage.cache.enabled:
         result.append(redis_container(ref.name, stage.cache, settings.redis_image))
     return result
 
 
-def _volumes(ref: PipelineRef, spec: PipelineSpec, stage: Stage) -> list[dict[str, Any]]:
+def _volumes(
+    ref: PipelineRef, spec: PipelineSpec, stage: Stage, settings: RenderSettings
+) -> list[dict[str, Any]]:
     volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}]
-    if needs_gateway(spec, stage):
+    if needs_gateway(spec, stage, settings):
         volumes.append({"name": "gateway-tmp", "emptyDir": {"sizeLimit": "64Mi"}})
         if stage.model and stage.model.warmup and stage.model.warmup.requests:
             volumes.append(
@@ -130,13 +132,13 @@ def stage_deployment(
     ref: PipelineRef, spec: PipelineSpec, stage: Stage, settings: RenderSettings
 ) -> dict[str, Any]:
     object_labels = labels(ref.name, spec, stage.name, stage.name)
-    gateway = needs_gateway(spec, stage)
+    gateway = needs_gateway(spec, stage, settings)
     pod_spec: dict[str, Any] = {
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "securityContext": pod_security_context(),
         "containers": [stage_container(ref, stage, gateway), *sidecars(ref, spec, stage, settings)],
-        "volumes": _volumes(ref, spec, stage),
+        "volumes": _volumes(ref, spec, stage, settings),
         "terminationGracePeriodSeconds": 30,
     }
     if stage.model:

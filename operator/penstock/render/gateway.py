@@ -25,7 +25,9 @@ def warmup_key(stage: str) -> str:
     return f"warmup-{stage}.json"
 
 
-def needs_gateway(spec: PipelineSpec, stage: Stage) -> bool:
+def needs_gateway(spec: PipelineSpec, stage: Stage, settings: RenderSettings) -> bool:
+    if settings.measure_every_stage:
+        return True
     warmup = (
         stage.model is not None
         and stage.model.warmup is not None

@@ -14,11 +14,14 @@ from penstock.render.meta import (
     selector_labels,
     stage_object_name,
 )
+from penstock.render.settings import RenderSettings
 
 SERVICE_PORT = 80
 
 
-def stage_service(ref: PipelineRef, spec: PipelineSpec, stage: Stage) -> dict[str, Any]:
+def stage_service(
+    ref: PipelineRef, spec: PipelineSpec, stage: Stage, settings: RenderSettings
+) -> dict[str, Any]:
     ports: list[dict[str, Any]] = [
         {
             "name": SERVING_PORT_NAME,
@@ -28,7 +31,7 @@ def stage_service(ref: PipelineRef, spec: PipelineSpec, stage: Stage) -> dict[st
             "appProtocol": "http",
         }
     ]
-    if needs_gateway(spec, stage):
+    if needs_gateway(spec, stage, settings):
         ports.append(
             {"name": "admin", "port": ADMIN_PORT, "targetPort": "admin", "protocol": "TCP"}
         )

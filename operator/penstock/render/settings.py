@@ -24,3 +24,6 @@ class RenderSettings:
     """Image of the per-namespace OpenTelemetry collector of Pipelines with tracing enabled."""
     otlp_endpoint: str | None = None
     """The trace backend (OTLP/HTTP base URL) the per-namespace collectors export to."""
+    measure_every_stage: bool = False
+    """Give every stage the gateway sidecar: its metrics are what the throughput tuner reads, so
+    with the tuner on (the operator has a Prometheus URL) a stage without one is never tuned."""
