@@ -26,7 +26,8 @@ import pytest
 from aiohttp import web
 
 from penstock.dataplane.config import HostPort
-from penstock.dataplane.router import PROFILE_HEADER, Router, RouterConfig
+from penstock.contract.wire import PROFILE_HEADER
+from penstock.dataplane.router import Router, RouterConfig
 from penstock.dataplane.router_topology import StageRoute, Topology
 
 pytestmark = pytest.mark.integration

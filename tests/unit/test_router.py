@@ -1,4 +1,4 @@
-"""Unit tests: the router's pure DAG functions, envelopes, topology loading and flags."""
+"""Unit tests: the router's envelopes, topology loading and flags."""
 
 from __future__ import annotations
 
@@ -11,31 +11,12 @@ import pytest
 from penstock.dataplane.router import ConfigError, env_name, parse_config
 from penstock.dataplane.router_topology import (
     TopologyError,
-    critical_path,
     envelope_body,
     load_pipeline,
     load_topology,
-    needed_from,
     parse_stage_urls,
     parse_topology,
-    ready_stages,
 )
-
-GRAPH = {"a": (), "b": ("a",), "c": ("a",), "d": ("b", "c"), "unused": ("a",)}
-
-
-def test_needed_skips_what_the_output_does_not_use() -> None:
-    assert needed_from("d", GRAPH) == {"a", "b", "c", "d"}
-    assert needed_from("b", GRAPH) == {"a", "b"}
-
-
-def test_ready_stages_start_as_soon_as_all_inputs_exist() -> None:
-    needed = ["a", "b", "c", "d"]
-    assert ready_stages(needed, GRAPH, finished=[]) == ["a"]
-    assert ready_stages(needed, GRAPH, finished=[], started=["a"]) == []
-    assert ready_stages(needed, GRAPH, finished=["a"]) == ["b", "c"]
-    assert ready_stages(needed, GRAPH, finished=["a", "b"], started=["c"]) == []
-    assert ready_stages(needed, GRAPH, finished=["a", "b", "c"]) == ["d"]
 
 
 def test_envelope_root_gets_the_input_unchanged() -> None:
@@ -45,12 +26,6 @@ def test_envelope_root_gets_the_input_unchanged() -> None:
 def test_envelope_with_dependencies() -> None:
     body = envelope_body(("b", "c"), b'{"q":1}', {"b": b"[1,2]", "c": b'"x"', "a": b"0"})
     assert json.loads(body) == {"input": {"q": 1}, "b": [1, 2], "c": "x"}
-
-
-def test_critical_path_follows_the_dependency_that_finished_last() -> None:
-    ends = {"a": 1.0, "b": 3.0, "c": 2.0, "d": 4.0}
-    assert critical_path("d", GRAPH, ends) == ["a", "b", "d"]
-    assert critical_path("d", GRAPH, {**ends, "c": 3.5}) == ["a", "c", "d"]
 
 
 def topo(**changes: Any) -> dict[str, Any]:

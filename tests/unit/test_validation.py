@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from penstock.api.validation import find_cycle, output_stage, validate_document, validate_spec
+from penstock.api.graph import find_cycle
+from penstock.api.validation import validate_document, validate_spec
 
 GOOD: dict[str, Any] = {
     "output": "generate",
@@ -119,7 +120,7 @@ def test_single_sink_is_the_default_output() -> None:
     del spec["output"]
     result = validate_spec(spec)
     assert result.spec is not None
-    assert output_stage(result.spec) == "generate"
+    assert result.spec.output_stage == "generate"
 
 
 def test_unconsumed_stage_is_a_warning_not_an_error() -> None:

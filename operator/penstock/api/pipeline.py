@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, ConfigDict, Field, JsonValue, model_validator
 
+from penstock.api import graph as stage_graph
 from penstock.api.metadata import qualified_name_problem
 from penstock.api.types import (
     DECIMAL,
@@ -465,6 +466,20 @@ class PipelineSpec(ApiModel):
 
     def stage(self, name: str) -> Stage:
         return next(stage for stage in self.stages if stage.name == name)
+
+    @property
+    def graph(self) -> dict[str, list[str]]:
+        """{stage: the stages it depends on}, for the queries of penstock.api.graph."""
+        return {stage.name: stage.dependencies for stage in self.stages}
+
+    @property
+    def output_stage(self) -> str:
+        """The stage whose result is the answer: spec.output, else the first sink."""
+        return stage_graph.output_stage(self.graph, self.output)
+
+    def needed_stages(self) -> frozenset[str]:
+        """The stages the output transitively depends on, the output included."""
+        return stage_graph.needed(self.graph, self.output_stage)
 
     @property
     def cache_used(self) -> bool:

@@ -6,6 +6,7 @@ from typing import Any
 
 from penstock.api.crd import openapi_schema
 from penstock.api.pipeline import PipelineSpec
+from penstock.contract.wire import RESERVED_STAGE_PORTS
 
 
 def _type(node: dict[str, Any]) -> str:
@@ -85,8 +86,13 @@ def reference_markdown() -> str:
         "- `output` names a stage; without it the pipeline must have exactly one stage that",
         "  nothing depends on;",
         "- `scaling.minReplicas <= scaling.maxReplicas`; a streaming stage cannot be batched;",
-        "- ports 6379, 9090 and 9091 are reserved for Penstock's sidecars;",
+        f"- ports {_ports()} are reserved for Penstock's sidecars;",
         "- stages the output does not depend on are reported as warnings (the router skips them).",
         "",
     ]
     return "\n".join(lines)
+
+
+def _ports() -> str:
+    *first, last = sorted(RESERVED_STAGE_PORTS)
+    return f"{', '.join(map(str, first))} and {last}"

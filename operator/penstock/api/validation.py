@@ -12,6 +12,7 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic.alias_generators import to_camel
 
+from penstock.api import graph as stage_graph
 from penstock.api.metadata import metadata_problems, name_problem
 from penstock.api.pipeline import (
     CONFIG_KEY,
@@ -21,6 +22,7 @@ from penstock.api.pipeline import (
 )
 from penstock.api.resources import resource_problems
 from penstock.api.types import API_VERSION, DECIMAL, KIND, LABEL_VALUE, SHA256, parse_quantity
+from penstock.contract.wire import RESERVED_STAGE_PORTS
 from penstock.errors import bounded, short_repr
 
 MAX_PIPELINE_NAME = 63
@@ -140,52 +142,6 @@ def _pydantic_problems(error: ValidationError, prefix: str) -> list[Problem]:
     return list(problems.values())
 
 
-def find_cycle(graph: Mapping[str, list[str]]) -> list[str] | None:
-    """Return one cycle as [a, b, ..., a] in the dependsOn graph, or None."""
-    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
-    path: list[str] = []
-
-    def visit(node: str) -> list[str] | None:
-        state[node] = 1
-        path.append(node)
-        for dependency in graph.get(node, []):
-            if dependency not in graph:
-                continue
-            if state.get(dependency) == 1:
-                return [*path[path.index(dependency) :], dependency]
-            if dependency not in state and (cycle := visit(dependency)):
-                return cycle
-        path.pop()
-        state[node] = 2
-        return None
-
-    for node in graph:
-        if node not in state and (cycle := visit(node)):
-            return cycle
-    return None
-
-
-def output_stage(spec: PipelineSpec) -> str:
-    """The stage whose result is the answer: spec.output, else the single sink."""
-    if spec.output:
-        return spec.output
-    consumed = {dep for stage in spec.stages for dep in stage.dependencies}
-    sinks = [stage.name for stage in spec.stages if stage.name not in consumed]
-    return sinks[0]
-
-
-def needed_stages(spec: PipelineSpec) -> set[str]:
-    """Stages the output transitively depends on, the output included."""
-    needed: set[str] = set()
-    pending = [output_stage(spec)]
-    while pending:
-        name = pending.pop()
-        if name not in needed:
-            needed.add(name)
-            pending.extend(spec.stage(name).dependencies)
-    return needed
-
-
 def _graph_problems(spec: PipelineSpec) -> tuple[list[Problem], list[Problem]]:
     errors: list[Problem] = []
     warnings: list[Problem] = []
@@ -213,7 +169,7 @@ def _graph_problems(spec: PipelineSpec) -> tuple[list[Problem], list[Problem]]:
             )
     if errors:
         return errors, warnings
-    cycle = find_cycle({stage.name: stage.dependencies for stage in spec.stages})
+    cycle = stage_graph.find_cycle(spec.graph)
     if cycle:
         index = names.index(cycle[0])
         errors.append(
@@ -239,14 +195,14 @@ def _graph_problems(spec: PipelineSpec) -> tuple[list[Problem], list[Problem]]:
             )
         )
         return errors, warnings
-    needed = needed_stages(spec)
+    needed = spec.needed_stages()
     for index, name in enumerate(names):
         if name not in needed:
             warnings.append(
                 Problem(
                     f"spec.stages[{index}]",
                     f"the result of stage {name!r} is never used by the output "
-                    f"{output_stage(spec)!r}; the router will not call it (remove it: "
+                    f"{spec.output_stage!r}; the router will not call it (remove it: "
                     "the fastest operation is the one you skip)",
                 )
             )
@@ -296,12 +252,12 @@ def _value_problems(spec: PipelineSpec) -> list[Problem]:
             errors.append(
                 Problem(f"spec.stages[{index}].batching", "a streaming stage cannot be batched")
             )
-        reserved = {stage.port} & {9090, 9091, 6379}
-        if reserved:
+        if stage.port in RESERVED_STAGE_PORTS:
+            ports = ", ".join(map(str, sorted(RESERVED_STAGE_PORTS)))
             errors.append(
                 Problem(
                     f"spec.stages[{index}].port",
-                    f"{stage.port} is reserved for Penstock's sidecars (6379, 9090, 9091)",
+                    f"{stage.port} is reserved for Penstock's sidecars ({ports})",
                 )
             )
         names = [var.name for var in stage.env or []]

@@ -15,11 +15,11 @@ from typing import Any
 
 from penstock.api import PipelineSpec
 from penstock.api.validation import validate_spec
+from penstock.contract.wire import MANAGED_BY
 from penstock.controller.drift import drifted
 from penstock.controller.kube import Kube
 from penstock.render import PipelineRef, RenderSettings
 from penstock.render.collector import COLLECTOR_NAME, TracedPipeline, render_collector
-from penstock.render.meta import MANAGED_BY
 
 # (event type, reason, message) on the Pipeline whose reconcile made the change
 Note = Callable[[str, str, str], None]

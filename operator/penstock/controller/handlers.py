@@ -15,6 +15,7 @@ from typing import Any
 import kopf
 
 from penstock.api import GROUP, PLURAL, VERSION
+from penstock.contract.wire import MANAGED_BY
 from penstock.controller import metrics
 from penstock.controller.kube import KubeError
 from penstock.controller.reconcile import Reconciler
@@ -22,7 +23,7 @@ from penstock.render import FIELD_MANAGER
 
 log = logging.getLogger("penstock.handlers")
 
-MANAGED = {"app.kubernetes.io/managed-by": "penstock-operator"}
+MANAGED = {"app.kubernetes.io/managed-by": MANAGED_BY}
 DEBOUNCE_SECONDS = 0.5
 
 

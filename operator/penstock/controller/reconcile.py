@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from penstock.api.validation import validate_object, validate_spec
+from penstock.contract.wire import MANAGED_BY
 from penstock.controller import metrics
 from penstock.controller.collector import Collectors
 from penstock.controller.conditions import find, merge_conditions, now_rfc3339
@@ -123,9 +124,7 @@ class Reconciler:
             return outcome
 
         spec = result.spec
-        selector = (
-            f"penstock.dev/pipeline={ref.name},app.kubernetes.io/managed-by=penstock-operator"
-        )
+        selector = f"penstock.dev/pipeline={ref.name},app.kubernetes.io/managed-by={MANAGED_BY}"
         live: dict[tuple[str, str], dict[str, Any]] = {}
         # A Pipeline never reconciled to the end has no status yet: its children are created
         # with server-side apply, which is also right for any that a killed reconcile left.

@@ -36,10 +36,11 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from penstock.api import PipelineSpec
+from penstock.api import graph as stage_graph
 
 DEFAULT_STABLE_WINDOW_SECONDS = 300.0
 _EPSILON = 1e-9
@@ -78,6 +79,10 @@ class PipelineGraph:
                 )
             )
         return cls(stages=tuple(stages), output=spec.output)
+
+    @property
+    def dependencies(self) -> dict[str, tuple[str, ...]]:
+        return {stage.name: stage.depends_on for stage in self.stages}
 
 
 @dataclass(frozen=True)
@@ -144,35 +149,6 @@ def _clamp(value: int, stage: StageInput) -> int:
     return min(high, max(low, value))
 
 
-def topological_order(stages: Iterable[StageInput]) -> list[StageInput]:
-    """Stages with every known dependency first; stages in a cycle are left out."""
-    by_name = {stage.name: stage for stage in stages}
-    done: set[str] = set()
-    placed: set[str] = set()
-    order: list[StageInput] = []
-
-    for name in by_name:
-        stack: list[tuple[str, int]] = [(name, 0)]
-        while stack:
-            current, index = stack.pop()
-            if index == 0:
-                if current in done:
-                    continue
-                done.add(current)
-            deps = [d for d in by_name[current].depends_on if d in by_name]
-            if index < len(deps):
-                stack.append((current, index + 1))
-                dep = deps[index]
-                if dep not in done:
-                    stack.append((dep, 0))
-                continue
-            # A stage in (or behind) a cycle never has every dependency placed: left out.
-            if all(dep in placed for dep in deps):
-                placed.add(current)
-                order.append(by_name[current])
-    return order
-
-
 def capacity_per_replica(stage: StageInput, seen: Observation) -> float | None:
     """Requests per second one busy replica serves (see the module docstring)."""
     declared = _num(stage.target_throughput_per_replica)
@@ -208,22 +184,9 @@ def _replicas_for(arrival: float, capacity: float, stage: StageInput) -> int:
 
 
 def critical_path(graph: PipelineGraph, latencies: Mapping[str, float | None]) -> tuple[str, ...]:
-    """The chain ending at the output (or the slowest sink) with the largest latency sum."""
-    order = topological_order(graph.stages)
+    """The status' criticalPath: the slowest chain by mean latency (penstock.api.graph)."""
     known = {name: _num(value) for name, value in latencies.items()}
-    if not any(known.get(stage.name) is not None for stage in order):
-        return ()
-    best: dict[str, tuple[float, tuple[str, ...]]] = {}
-    for stage in order:
-        own = known.get(stage.name) or 0.0
-        parents = [best[d] for d in stage.depends_on if d in best]
-        total, path = max(parents, key=lambda item: item[0]) if parents else (0.0, ())
-        best[stage.name] = (total + own, (*path, stage.name))
-    if graph.output in best:
-        return best[graph.output][1]
-    depended = {dep for stage in order for dep in stage.depends_on}
-    sinks = [best[s.name] for s in order if s.name not in depended]
-    return max(sinks, key=lambda item: item[0])[1] if sinks else ()
+    return stage_graph.slowest_chain(graph.dependencies, known, graph.output)
 
 
 def compute(graph: PipelineGraph, observed: Mapping[str, Observation]) -> PipelineResult:
@@ -231,7 +194,8 @@ def compute(graph: PipelineGraph, observed: Mapping[str, Observation]) -> Pipeli
     results: list[StageResult] = []
     seen_rps: dict[str, float | None] = {}
     arrival: dict[str, float | None] = {}
-    for stage in topological_order(graph.stages):
+    by_name = {stage.name: stage for stage in graph.stages}
+    for stage in (by_name[name] for name in stage_graph.topological_order(graph.dependencies)):
         seen = observed.get(stage.name) or Observation()
         rps = _num(seen.rps)
         seen_rps[stage.name] = rps

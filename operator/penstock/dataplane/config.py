@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
+from penstock.contract import wire
+from penstock.contract.wire import ADMIN_PORT, GATEWAY_ENV_PREFIX
 from penstock.dataplane.limits import LIMIT_FLAGS, ServerLimits, parse_limit
 
-ENV_PREFIX = "PENSTOCK_GATEWAY_"
+ENV_PREFIX = GATEWAY_ENV_PREFIX
 ENV_REDIS_PASSWORD = "REDIS_PASSWORD"
 
 
@@ -98,7 +100,7 @@ class GatewayConfig:
 
 def env_name(flag: str) -> str:
     """``--cache-ttl-seconds`` -> ``PENSTOCK_GATEWAY_CACHE_TTL_SECONDS``."""
-    return ENV_PREFIX + flag.lstrip("-").replace("-", "_").upper()
+    return wire.env_name(ENV_PREFIX, flag)
 
 
 def parse_host_port(text: str) -> HostPort:
@@ -335,7 +337,7 @@ def parse_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) 
             name = "--" + required
             raise ConfigError(f"{name} is required (or set {env_name(name)})")
     listen: HostPort = values["listen"]
-    values.setdefault("admin_listen", HostPort(listen.host, 9090))
+    values.setdefault("admin_listen", HostPort(listen.host, ADMIN_PORT))
     if values["admin_listen"] == listen and listen.port != 0:
         raise ConfigError("--admin-listen must differ from --listen")
     body_file = values.pop("warmup_body", None)

@@ -25,6 +25,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from penstock.api.pipeline import HOP_BY_HOP_HEADERS
+from penstock.contract.wire import CACHE_HEADER
 from penstock.dataplane.answers import Answer, Failure, Outcome
 from penstock.dataplane.batching import Batcher, BatchResponse
 from penstock.dataplane.cache import Entry, Lookup, RedisCache, Store, cache_key
@@ -63,7 +64,6 @@ from penstock.dataplane.upstream import (
 
 log = logging.getLogger("penstock.gateway")
 
-CACHE_HEADER = "X-Penstock-Cache"
 STAGE_ENDPOINT = "/"
 
 _NOT_FORWARDED_REQUEST = frozenset({"host", "content-length", "expect"})

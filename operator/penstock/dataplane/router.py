@@ -48,6 +48,9 @@ from prometheus_client import (
     generate_latest,
 )
 
+from penstock.api import graph as stage_graph
+from penstock.contract import wire
+from penstock.contract.wire import ADMIN_PORT, CACHE_HEADER, PROFILE_HEADER, ROUTER_ENV_PREFIX
 from penstock.dataplane.config import HostPort, parse_host_port
 from penstock.dataplane.errors import StageError, error_middleware, json_error
 from penstock.dataplane.jsonbody import MAX_DEPTH, JsonBodyError
@@ -59,17 +62,15 @@ from penstock.dataplane.limits import (
     ServerLimits,
     parse_limit,
 )
-from penstock.dataplane.router_stream import CACHE_HEADER, relay, visible
+from penstock.dataplane.router_stream import relay, visible
 from penstock.dataplane.router_topology import (
     StageRoute,
     Topology,
     TopologyError,
-    critical_path,
     envelope_body,
     load_pipeline,
     load_topology,
     parse_stage_urls,
-    ready_stages,
 )
 from penstock.dataplane.serving import listen, run_command, stop_on_signals
 from penstock.dataplane.telemetry import (
@@ -82,8 +83,7 @@ from penstock.dataplane.upstream import UpstreamResponse, pool_for, tls_context
 
 log = logging.getLogger("penstock.router")
 
-ENV_PREFIX = "PENSTOCK_ROUTER_"
-PROFILE_HEADER = "X-Penstock-Profile"
+ENV_PREFIX = ROUTER_ENV_PREFIX
 JSON_TYPE = "application/json"
 MAX_BODY_BYTES = 16 << 20
 
@@ -108,7 +108,7 @@ class RouterConfig:
 
 def env_name(flag: str) -> str:
     """``--stage-url`` -> ``PENSTOCK_ROUTER_STAGE_URL``."""
-    return ENV_PREFIX + flag.lstrip("-").replace("-", "_").upper()
+    return wire.env_name(ENV_PREFIX, flag)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -182,7 +182,7 @@ def parse_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) 
     try:
         listen = parse_host_port(listen_text)
         admin_text, source = pick("--admin-listen")
-        admin = parse_host_port(admin_text) if admin_text else HostPort(listen.host, 9090)
+        admin = parse_host_port(admin_text) if admin_text else HostPort(listen.host, ADMIN_PORT)
     except ValueError as error:
         raise ConfigError(f"{source}: {error}") from None
     if admin == listen and listen.port != 0:
@@ -347,7 +347,7 @@ class Router:
         self._tracer, self._provider = build_tracer(config, span_exporter)
         self._tracing = self._provider is not None
         self._propagator = TraceContextTextMapPropagator()
-        self._graph = {name: stage.depends_on for name, stage in self.topology.stages.items()}
+        self._graph = self.topology.graph
         needed = self.topology.needed()
         # Stages in file order: a stable launch order, and the profile lists them so.
         self._needed = [name for name in self.topology.stages if name in needed]
@@ -518,7 +518,7 @@ class Router:
         ends = {name: run.ended[name] for name in run.ended}
         return {
             "stages": stages,
-            "critical_path": critical_path(self.topology.output, self._graph, ends),
+            "critical_path": stage_graph.waited_chain(self._graph, self.topology.output, ends),
             "total_ms": run.ms(time.perf_counter()),
         }
 
@@ -532,7 +532,7 @@ class Router:
         running: dict[asyncio.Task[_Answer], str] = {}
         try:
             while True:
-                for name in ready_stages(self._needed, self._graph, outputs, running.values()):
+                for name in stage_graph.ready(self._graph, self._needed, outputs, running.values()):
                     stage = self.topology.stages[name]
                     body = envelope_body(stage.depends_on, raw_input, outputs)
                     stream = name == output and stage.stream

@@ -18,12 +18,11 @@ import time
 
 from aiohttp import web
 
+from penstock.contract.wire import CACHE_HEADER
 from penstock.dataplane.errors import StageError
 from penstock.dataplane.upstream import UpstreamClosed, UpstreamProtocolError, UpstreamResponse
 
 log = logging.getLogger("penstock.router")
-
-CACHE_HEADER = "X-Penstock-Cache"
 
 
 def visible(value: str | None) -> str | None:

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from penstock.api.validation import find_cycle, needed_stages, output_stage, validate_document
+from penstock.api import graph as stage_graph
+from penstock.api.validation import validate_document
 from penstock.safeyaml import DocumentError, load_yaml_file
 
 ENVELOPE_INPUT = "input"
@@ -41,34 +42,13 @@ class Topology:
     stages: Mapping[str, StageRoute]
     latency_budget_ms: int | None = None
 
+    @property
+    def graph(self) -> dict[str, tuple[str, ...]]:
+        return {name: stage.depends_on for name, stage in self.stages.items()}
+
     def needed(self) -> frozenset[str]:
         """The stages the output transitively depends on, the output included."""
-        return needed_from(self.output, {n: s.depends_on for n, s in self.stages.items()})
-
-
-def needed_from(output: str, graph: Mapping[str, Iterable[str]]) -> frozenset[str]:
-    needed: set[str] = set()
-    pending = [output]
-    while pending:
-        name = pending.pop()
-        if name not in needed:
-            needed.add(name)
-            pending.extend(graph[name])
-    return frozenset(needed)
-
-
-def ready_stages(
-    needed: Iterable[str],
-    graph: Mapping[str, Iterable[str]],
-    finished: Iterable[str],
-    started: Iterable[str] = (),
-) -> list[str]:
-    """Stages not started yet whose every dependency has finished (in ``needed`` order)."""
-    done = set(finished)
-    begun = done | set(started)
-    return [
-        name for name in needed if name not in begun and all(dep in done for dep in graph[name])
-    ]
+        return stage_graph.needed(self.graph, self.output)
 
 
 def envelope_body(
@@ -87,25 +67,6 @@ def envelope_body(
         parts += [b",", json.dumps(dep).encode(), b":", outputs[dep]]
     parts.append(b"}")
     return b"".join(parts)
-
-
-def critical_path(
-    output: str, graph: Mapping[str, Iterable[str]], end_ms: Mapping[str, float]
-) -> list[str]:
-    """The chain of stages that determined the answer's time, first stage to output.
-
-    From the output, repeatedly step to the dependency that finished last (the one the stage
-    waited for).
-    """
-    path = [output]
-    current = output
-    while True:
-        deps = [dep for dep in graph[current] if dep in end_ms]
-        if not deps:
-            break
-        current = max(deps, key=lambda dep: end_ms[dep])
-        path.append(current)
-    return path[::-1]
 
 
 # --------------------------------------------------------------------------- loading
@@ -134,7 +95,7 @@ def _check_graph(source: str, topology: Topology) -> Topology:
                     f"{source}: stage {dep!r} cannot be a dependency: its output would collide"
                     ' with the "input" key of the request envelope'
                 )
-    cycle = find_cycle({name: list(s.depends_on) for name, s in stages.items()})
+    cycle = stage_graph.find_cycle(topology.graph)
     if cycle:
         raise TopologyError(f"{source}: dependency cycle: {' -> '.join(cycle)}")
     if topology.output not in stages:
@@ -229,7 +190,7 @@ def pipeline_topology(document: Any, stage_urls: Mapping[str, str], source: str)
             f"--stage-url names no stage of {source}: {', '.join(unknown)}"
             f" (stages: {', '.join(names)})"
         )
-    needed = needed_stages(spec)
+    needed = spec.needed_stages()
     missing = [name for name in names if name in needed and name not in stage_urls]
     if missing:
         raise TopologyError(
@@ -252,7 +213,7 @@ def pipeline_topology(document: Any, stage_urls: Mapping[str, str], source: str)
     topology = Topology(
         pipeline=str(metadata.get("name", "")),
         namespace=str(metadata.get("namespace") or "default"),
-        output=output_stage(spec),
+        output=spec.output_stage,
         stages=stages,
         latency_budget_ms=spec.latency_budget_ms,
     )

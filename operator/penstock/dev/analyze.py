@@ -41,7 +41,6 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from penstock.api import PipelineSpec
-from penstock.api.validation import needed_stages
 from penstock.dev.profiles import (
     AnalyzeError,
     Profile,
@@ -178,7 +177,7 @@ def analyze(
         repeated_requests=repeated,
     )
     if spec is not None:
-        needed = needed_stages(spec)
+        needed = spec.needed_stages()
         report.unused_stages = [stage.name for stage in spec.stages if stage.name not in needed]
     report.recommendations = recommend(report, spec)
     return report

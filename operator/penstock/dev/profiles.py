@@ -17,10 +17,10 @@ from typing import Any
 
 from penstock.api import PipelineSpec
 from penstock.api.validation import validate_document
+from penstock.contract.wire import PROFILE_HEADER
 from penstock.errors import PenstockError, bounded, short_repr
 from penstock.safeyaml import DocumentError, load_yaml_file, read_limited
 
-PROFILE_HEADER = "X-Penstock-Profile"
 MAX_INPUT_BYTES = 256 * 1024 * 1024
 MAX_ANSWER_BYTES = 64 * 1024 * 1024
 MAX_STAGES = 1000

@@ -44,9 +44,9 @@ from typing import Any
 import yaml
 
 from penstock.api import PipelineSpec, Stage
-from penstock.api.cost import PriceTable, replica_hourly_cost
-from penstock.api.types import parse_quantity
-from penstock.api.validation import needed_stages, output_stage, validate_document
+from penstock.api.cost import PriceTable
+from penstock.api.validation import validate_document
+from penstock.contract.gateway import Placement, gateway_args
 from penstock.dev.processes import DevError, Proc, exited, failure, start, stop_all, wait_ready
 from penstock.render.gateway import needs_gateway
 from penstock.render.settings import RenderSettings
@@ -117,6 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds to wait for every process to be ready (default 180)",
     )
     parser.add_argument("--log-dir", help="where process logs go (default: a temporary directory)")
+    parser.add_argument(
+        "--otlp-endpoint",
+        metavar="URL",
+        help="OTLP/HTTP endpoint (e.g. a local Jaeger, http://127.0.0.1:4318) for the traces of a"
+        " Pipeline with tracing enabled; the router and gateways export there as in a cluster",
+    )
     return parser
 
 
@@ -161,34 +167,27 @@ def gateway_argv(
     upstream: str,
     redis_url: str | None,
     warmup_dir: Path,
+    otlp_endpoint: str | None = None,
 ) -> list[str]:
-    argv = [sys.executable, "-m", "penstock.cli", "gateway"]
-    argv += ["--listen", f"{HOST}:{listen}", "--admin-listen", f"{HOST}:{admin}"]
-    argv += ["--upstream", upstream, "--pipeline", name, "--stage", stage.name]
-    argv += ["--namespace", "dev", "--cost-center", spec.cost_center]
-    argv += ["--timeout-seconds", str(stage.timeout_seconds), "--stage-image", stage.image]
-    # The default price table, as the operator's: per-request cost metrics read the same locally.
-    hourly = replica_hourly_cost(stage, PriceTable()).normalize()
-    argv += ["--hourly-cost", format(hourly, "f")]
-    if stage.cache is not None and stage.cache.enabled and redis_url:
-        argv += ["--redis-url", redis_url, "--cache-ttl-seconds", str(stage.cache.ttl_seconds)]
-        max_entry = int(parse_quantity(stage.cache.max_entry_size))
-        argv += ["--cache-max-entry-bytes", str(max_entry)]
-        if stage.cache.key_headers is not None:
-            argv += ["--cache-key-headers", ",".join(stage.cache.key_headers)]
-    if stage.batching is not None:
-        argv += ["--batch-path", stage.batching.path]
-        argv += ["--batch-max-size", str(stage.batching.max_batch_size)]
-        argv += ["--batch-max-latency-ms", str(stage.batching.max_latency_ms)]
-    if stage.model is not None:
-        argv += ["--model-version", stage.model.sha256 or stage.model.uri]
-        warmup = stage.model.warmup
-        if warmup is not None and warmup.requests > 0:
-            body = warmup_dir / f"warmup-{stage.name}.json"
-            body.write_text(warmup.body_document())
-            argv += ["--warmup-requests", str(warmup.requests), "--warmup-path", warmup.path]
-            argv += ["--warmup-body", str(body)]
-    return argv
+    """The gateway's command line: the flags the operator passes as environment variables
+    (penstock.contract.gateway), with local addresses and files, priced by the default table."""
+    warmup_file = None
+    warmup = stage.model.warmup if stage.model else None
+    if warmup is not None and warmup.requests > 0:
+        body = warmup_dir / f"warmup-{stage.name}.json"
+        body.write_text(warmup.body_document())
+        warmup_file = str(body)
+    where = Placement(
+        listen=f"{HOST}:{listen}",
+        admin_listen=f"{HOST}:{admin}",
+        upstream=upstream,
+        namespace="dev",
+        redis_url=redis_url,
+        warmup_body_file=warmup_file,
+        otlp_endpoint=otlp_endpoint,
+    )
+    args = gateway_args(name, spec, stage, PriceTable(), where)
+    return [sys.executable, "-m", "penstock.cli", "gateway", *args.to_argv()]
 
 
 def plan(
@@ -199,7 +198,8 @@ def plan(
     annotations = metadata.get("annotations") or {}
     name = str(metadata["name"])
     result = Plan(pipeline=name, port=args.port)
-    needed = needed_stages(spec)
+    otlp = args.otlp_endpoint if spec.tracing_enabled else None
+    needed = spec.needed_stages()
     for stage in spec.stages:
         if stage.name not in needed:
             result.notes.append(f"stage {stage.name} is not started: the output does not need it")
@@ -233,7 +233,9 @@ def plan(
         effective = stage.model_copy(update={"cache": None}) if args.no_cache else stage
         if needs_gateway(spec, effective, RenderSettings()):
             listen, admin = free_port(), free_port()
-            argv = gateway_argv(name, spec, effective, listen, admin, stage_url, redis_url, workdir)
+            argv = gateway_argv(
+                name, spec, effective, listen, admin, stage_url, redis_url, workdir, otlp
+            )
             result.procs.append(
                 Proc(
                     f"gateway {stage.name}",
@@ -246,7 +248,7 @@ def plan(
         else:
             result.urls[stage.name] = stage_url
     pipeline_file = Path(args.file)
-    result.streams = spec.stage(output_stage(spec)).stream
+    result.streams = spec.stage(spec.output_stage).stream
     if args.no_stream and any(stage.stream for stage in spec.stages):
         copy = json.loads(json.dumps(document))
         for stage in copy["spec"]["stages"]:
@@ -259,6 +261,8 @@ def plan(
     argv += ["--listen", f"{HOST}:{args.port}", "--admin-listen", f"{HOST}:{router_admin}"]
     for stage_name, url in result.urls.items():
         argv += ["--stage-url", f"{stage_name}={url}"]
+    if otlp and spec.tracing:
+        argv += ["--otlp-endpoint", otlp, "--sampling-ratio", str(spec.tracing.sampling_ratio)]
     result.procs.append(
         Proc("router", argv, workdir / "router.log", f"http://{HOST}:{router_admin}/ready")
     )

@@ -8,10 +8,10 @@ from typing import Any
 from penstock.api import PipelineSpec
 from penstock.api.pipeline import Cache
 from penstock.api.types import parse_quantity
+from penstock.contract.wire import REDIS_PORT
 from penstock.render.meta import PipelineRef, labels, metadata, object_name
 from penstock.render.security import container_security_context
 
-REDIS_PORT = 6379
 PASSWORD_KEY = "redis-password"
 _MI = 2**20
 

@@ -19,7 +19,8 @@ from typing import Any
 import yaml
 
 from penstock.api import API_VERSION, KIND, PipelineSpec
-from penstock.render.meta import MANAGED_BY, PipelineRef
+from penstock.contract.wire import MANAGED_BY
+from penstock.render.meta import PipelineRef
 from penstock.render.security import container_security_context, pod_security_context
 from penstock.render.settings import RenderSettings
 

@@ -6,9 +6,9 @@ from typing import Any
 
 from penstock.api import PipelineSpec, Stage
 from penstock.api.resources import filled_limits, rendered_requests
+from penstock.contract.wire import ADMIN_PORT
 from penstock.render.cache import redis_container
 from penstock.render.gateway import (
-    ADMIN_PORT,
     WARMUP_VOLUME,
     gateway_container,
     needs_gateway,

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from penstock.api import API_VERSION, KIND, PipelineSpec
+from penstock.contract.wire import MANAGED_BY
 
-FIELD_MANAGER = "penstock-operator"
-MANAGED_BY = "penstock-operator"
+FIELD_MANAGER = MANAGED_BY
 MAX_NAME = 63
 # The port name a stage's Service targets. Whatever container owns it receives the traffic:
 # the gateway sidecar when the stage has one, else the stage container itself.

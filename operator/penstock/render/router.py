@@ -8,6 +8,7 @@ from typing import Any
 from penstock.api import PipelineSpec
 from penstock.api.pipeline import Scaling
 from penstock.api.resources import filled_limits
+from penstock.contract.wire import ADMIN_PORT, ROUTER_PORT
 from penstock.render.collector import collector_endpoint, resource_attributes
 from penstock.render.meta import (
     SERVING_PORT_NAME,
@@ -21,8 +22,6 @@ from penstock.render.security import container_security_context, pod_security_co
 from penstock.render.settings import RenderSettings
 
 COMPONENT = "router"
-ROUTER_PORT = 8080
-ADMIN_PORT = 9090
 SERVICE_PORT = 80
 TOPOLOGY_DIR = "/etc/penstock/topology"
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from penstock.api import PipelineSpec, Stage
-from penstock.render.gateway import ADMIN_PORT, needs_gateway
+from penstock.contract.wire import ADMIN_PORT
+from penstock.render.gateway import needs_gateway
 from penstock.render.meta import (
     SERVING_PORT_NAME,
     PipelineRef,

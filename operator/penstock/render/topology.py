@@ -6,7 +6,6 @@ import json
 from typing import Any
 
 from penstock.api import PipelineSpec
-from penstock.api.validation import output_stage
 from penstock.render.meta import PipelineRef, labels, metadata, object_name
 from penstock.render.service import stage_url
 
@@ -19,7 +18,7 @@ def topology(ref: PipelineRef, spec: PipelineSpec) -> dict[str, Any]:
     document = {
         "pipeline": ref.name,
         "namespace": ref.namespace,
-        "output": output_stage(spec),
+        "output": spec.output_stage,
         "latencyBudgetMs": spec.latency_budget_ms,
         "stages": [
             {

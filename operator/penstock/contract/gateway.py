@@ -1,0 +1,105 @@
+"""What a stage's gateway is told, built once from the Pipeline: the operator passes it as
+environment variables (``to_env``), ``penstock dev`` as command-line flags (``to_argv``), and
+``penstock gateway`` reads either back into one ``GatewayConfig`` (dataplane/config.py).
+
+Where the two places differ is only *where* things are (addresses, the warmup body's file, the
+Redis URL and namespace): those are the builder's arguments. Everything the Pipeline decides
+(names, cost, cache, batching, timeouts, model version, warmup) comes from the same code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from penstock.api import PipelineSpec, Stage
+from penstock.api.cost import PriceTable, replica_hourly_cost
+from penstock.api.types import parse_quantity
+from penstock.contract.wire import GATEWAY_ENV_PREFIX, env_name
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where one gateway runs and what it talks to: the part that differs by environment."""
+
+    listen: str
+    """HOST:PORT clients reach the stage at."""
+    admin_listen: str
+    """HOST:PORT of /metrics, /live and /ready."""
+    upstream: str
+    """The stage container, http://HOST:PORT."""
+    namespace: str
+    redis_url: str | None = None
+    """The cache tier, when the stage caches and one runs."""
+    warmup_body_file: str | None = None
+    """Where the warmup body (``Warmup.body_document()``) is, when the stage warms up."""
+    otlp_endpoint: str | None = None
+    """The OTLP/HTTP collector, when the Pipeline traces and one runs."""
+
+
+@dataclass(frozen=True)
+class GatewayArgs:
+    """The gateway's flags with their values, in a stable order."""
+
+    flags: tuple[tuple[str, str], ...]
+
+    def to_env(self) -> list[dict[str, str]]:
+        """Container ``env`` entries: ``--foo-bar`` -> ``PENSTOCK_GATEWAY_FOO_BAR``."""
+        return [
+            {"name": env_name(GATEWAY_ENV_PREFIX, flag), "value": value}
+            for flag, value in self.flags
+        ]
+
+    def to_argv(self) -> list[str]:
+        """``penstock gateway`` arguments."""
+        return [part for flag, value in self.flags for part in (flag, value)]
+
+
+def hourly_cost(stage: Stage, prices: PriceTable) -> str:
+    """One replica's USD per hour as the gateway's per-request cost reads it (same as status)."""
+    return format(replica_hourly_cost(stage, prices).normalize(), "f")
+
+
+def gateway_args(
+    pipeline: str, spec: PipelineSpec, stage: Stage, prices: PriceTable, where: Placement
+) -> GatewayArgs:
+    flags: list[tuple[str, str]] = [
+        ("--listen", where.listen),
+        ("--admin-listen", where.admin_listen),
+        ("--upstream", where.upstream),
+        ("--pipeline", pipeline),
+        ("--stage", stage.name),
+        ("--namespace", where.namespace),
+        ("--cost-center", spec.cost_center),
+        ("--hourly-cost", hourly_cost(stage, prices)),
+        ("--timeout-seconds", str(stage.timeout_seconds)),
+        ("--stage-image", stage.image),
+    ]
+    if stage.model:
+        flags.append(("--model-version", stage.model.sha256 or stage.model.uri))
+        warmup = stage.model.warmup
+        if warmup and warmup.requests and where.warmup_body_file:
+            flags += [
+                ("--warmup-requests", str(warmup.requests)),
+                ("--warmup-path", warmup.path),
+                ("--warmup-body", where.warmup_body_file),
+            ]
+    if stage.cache and stage.cache.enabled and where.redis_url:
+        flags += [
+            ("--redis-url", where.redis_url),
+            ("--cache-ttl-seconds", str(stage.cache.ttl_seconds)),
+            ("--cache-max-entry-bytes", str(int(parse_quantity(stage.cache.max_entry_size)))),
+        ]
+        if stage.cache.key_headers is not None:  # unset: the gateway's default
+            flags.append(("--cache-key-headers", ",".join(stage.cache.key_headers)))
+    if stage.batching:
+        flags += [
+            ("--batch-max-size", str(stage.batching.max_batch_size)),
+            ("--batch-max-latency-ms", str(stage.batching.max_latency_ms)),
+            ("--batch-path", stage.batching.path),
+        ]
+    if spec.tracing_enabled and spec.tracing and where.otlp_endpoint:
+        flags += [
+            ("--otlp-endpoint", where.otlp_endpoint),
+            ("--sampling-ratio", str(spec.tracing.sampling_ratio)),
+        ]
+    return GatewayArgs(tuple(flags))

@@ -1,0 +1,154 @@
+"""One contract between the planes: a stage's gateway is told the same thing in a cluster (the
+environment the operator renders) and under `penstock dev` (its command line), and the gateway
+reads both back into the same GatewayConfig. Only where things are may differ."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from penstock.api import PipelineSpec, Stage
+from penstock.api.validation import validate_document, validate_spec
+from penstock.contract import wire
+from penstock.dataplane.config import GatewayConfig, parse_config
+from penstock.dev.runner import gateway_argv
+from penstock.render import PipelineRef, RenderSettings
+from penstock.render.gateway import gateway_container
+from penstock.render.topology import topology
+
+ROOT = Path(__file__).resolve().parents[2]
+UID = "00000000-0000-4000-8000-000000000001"
+# Where a gateway runs and what it talks to: set by the environment, not by the Pipeline.
+PLACEMENT = ("listen", "admin_listen", "upstream", "namespace", "redis_url", "otlp_endpoint")
+TRACED = {
+    "tracing": {"enabled": True, "samplingRatio": 0.25},
+    "costCenter": "search",
+    "stages": [
+        {
+            "name": "embed",
+            "image": "e:1",
+            "resources": {"requests": {"cpu": "2", "memory": "4Gi"}},
+            "model": {
+                "uri": "file:///m",
+                "sha256": "a" * 64,
+                "warmup": {"requests": 3, "path": "/warm", "body": {"text": "w"}},
+            },
+            "cache": {"enabled": True, "ttlSeconds": 60, "keyHeaders": ["x-tenant"]},
+            "batching": {"maxBatchSize": 4, "maxLatencyMs": 7, "path": "/batch"},
+            "timeoutSeconds": 9,
+        }
+    ],
+}
+
+
+def _examples() -> list[tuple[str, PipelineSpec, Stage]]:
+    cases = []
+    for path in sorted((ROOT / "examples").rglob("*.yaml")):
+        doc = yaml.safe_load(path.read_text())
+        if not isinstance(doc, dict) or doc.get("kind") != "Pipeline":
+            continue
+        spec = validate_document(doc).spec
+        assert spec is not None, path
+        cases += [(f"{path.stem}-{s.name}", spec, s) for s in spec.stages]
+    traced = validate_spec(TRACED).spec
+    assert traced is not None
+    return [*cases, ("traced-embed", traced, traced.stages[0])]
+
+
+CASES = _examples()
+
+
+def cluster_config(spec: PipelineSpec, stage: Stage, tmp_path: Path) -> GatewayConfig:
+    """What the gateway container of the rendered Deployment reads from its environment."""
+    container = gateway_container("rag", "search", spec, stage, RenderSettings())
+    env = {item["name"]: item["value"] for item in container["env"] if "value" in item}
+    body_var = wire.env_name(wire.GATEWAY_ENV_PREFIX, "--warmup-body")
+    if body_var in env:  # mounted from the topology ConfigMap in the pod: put it here
+        data = topology(PipelineRef("rag", "search", UID), spec)["data"]
+        local = tmp_path / "cluster-warmup.json"
+        local.write_text(data[Path(env[body_var]).name])
+        env[body_var] = str(local)
+    return parse_config([], environ=env)
+
+
+def dev_config(spec: PipelineSpec, stage: Stage, tmp_path: Path) -> GatewayConfig:
+    argv = gateway_argv(
+        "rag",
+        spec,
+        stage,
+        1,
+        2,
+        "http://127.0.0.1:3",
+        "redis://127.0.0.1:4/0",
+        tmp_path,
+        "http://127.0.0.1:4318",
+    )
+    return parse_config(argv[argv.index("gateway") + 1 :], environ={})
+
+
+def _stage_decisions(config: GatewayConfig) -> dict[str, Any]:
+    return {
+        key: value
+        for key, value in dataclasses.asdict(config).items()
+        if key not in PLACEMENT and key != "warmup_body"
+    }
+
+
+@pytest.mark.parametrize(("case", "spec", "stage"), CASES, ids=[c[0] for c in CASES])
+def test_the_cluster_and_penstock_dev_configure_a_gateway_alike(
+    case: str, spec: PipelineSpec, stage: Stage, tmp_path: Path
+) -> None:
+    cluster = cluster_config(spec, stage, tmp_path)
+    local = dev_config(spec, stage, tmp_path)
+    assert _stage_decisions(cluster) == _stage_decisions(local)
+    assert cluster.warmup_body == local.warmup_body
+    assert (cluster.redis_url is None) == (local.redis_url is None) == (not stage.cache_enabled)
+    assert (cluster.otlp_endpoint is None) == (local.otlp_endpoint is None)
+    assert (cluster.otlp_endpoint is None) == (not spec.tracing_enabled)
+
+
+def test_the_traced_case_really_carries_every_decision(tmp_path: Path) -> None:
+    """The parity above compares something: the full case sets every field off its default."""
+    spec = validate_spec(TRACED).spec
+    assert spec is not None
+    config = dev_config(spec, spec.stages[0], tmp_path)
+    default = GatewayConfig(
+        listen=config.listen, upstream=config.upstream, admin_listen=config.admin_listen
+    )
+    assert config.hourly_cost > 0 and config.cost_center == "search"
+    assert (config.warmup_requests, config.warmup_path) == (3, "/warm")
+    assert json.loads(config.warmup_body) == {"text": "w"}
+    assert config.model_version == "a" * 64
+    assert config.cache_ttl_seconds == 60 and config.cache_key_headers == ("x-tenant",)
+    assert (config.batch_max_size, config.batch_max_latency_ms) == (4, 7.0)
+    assert config.batch_path == "/batch" and config.sampling_ratio == 0.25
+    assert config.timeout_seconds == 9.0 and config.stage_image == "e:1"
+    changed = [
+        f.name
+        for f in dataclasses.fields(GatewayConfig)
+        if getattr(config, f.name) != getattr(default, f.name)
+    ]
+    assert len(changed) >= 15, changed
+
+
+@pytest.mark.parametrize("body", [None, {}, {"text": "warm"}, [1, 2], "x", 0])
+def test_the_warmup_body_is_the_same_in_a_cluster_and_under_dev(body: Any, tmp_path: Path) -> None:
+    warmup: dict[str, Any] = {"requests": 2}
+    if body is not None:
+        warmup["body"] = body
+    spec = validate_spec(
+        {
+            "stages": [
+                {"name": "embed", "image": "e:1", "model": {"uri": "file:///m", "warmup": warmup}}
+            ]
+        }
+    ).spec
+    assert spec is not None
+    cluster = cluster_config(spec, spec.stages[0], tmp_path)
+    assert cluster.warmup_body == dev_config(spec, spec.stages[0], tmp_path).warmup_body
+    assert json.loads(cluster.warmup_body) == body
