@@ -19,12 +19,12 @@ import pytest
 import uvloop
 from aiohttp import web
 
+from penstock.contract.topology import StageRoute, Topology
 from penstock.dataplane.config import GatewayConfig, HostPort
 from penstock.dataplane.connections import GuardedSite, Listener
 from penstock.dataplane.limits import ServerLimits
 from penstock.dataplane.proxy import Gateway
 from penstock.dataplane.router import Router, RouterConfig
-from penstock.dataplane.router_topology import StageRoute, Topology
 
 pytestmark = pytest.mark.integration
 

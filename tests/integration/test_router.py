@@ -25,10 +25,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from penstock.contract.topology import StageRoute, Topology
 from penstock.contract.wire import PROFILE_HEADER
 from penstock.dataplane.config import HostPort
 from penstock.dataplane.router import Router, RouterConfig
-from penstock.dataplane.router_topology import StageRoute, Topology
 
 pytestmark = pytest.mark.integration
 

@@ -17,11 +17,11 @@ from typing import Any
 
 import pytest
 
+from penstock.contract.topology import StageRoute, Topology
 from penstock.contract.wire import PROFILE_HEADER
 from penstock.dataplane import router as router_module
 from penstock.dataplane.config import HostPort
 from penstock.dataplane.router import Router, RouterConfig
-from penstock.dataplane.router_topology import StageRoute, Topology
 from tests.integration.test_router_stream import outcomes
 
 pytestmark = pytest.mark.integration

@@ -18,9 +18,9 @@ from contextlib import asynccontextmanager
 import aiohttp
 import pytest
 
+from penstock.contract.topology import StageRoute, Topology
 from penstock.dataplane.config import HostPort
 from penstock.dataplane.router import Router, RouterConfig
-from penstock.dataplane.router_topology import StageRoute, Topology
 
 pytestmark = pytest.mark.integration
 

@@ -22,9 +22,9 @@ import pytest
 import uvloop
 from aiohttp import web
 
+from penstock.contract.topology import StageRoute, Topology
 from penstock.dataplane.config import HostPort
 from penstock.dataplane.router import Router, RouterConfig
-from penstock.dataplane.router_topology import StageRoute, Topology
 from penstock.dataplane.upstream import pool_for
 
 pytestmark = [

@@ -1,6 +1,8 @@
 """One contract between the planes: a stage's gateway is told the same thing in a cluster (the
 environment the operator renders) and under `penstock dev` (its command line), and the gateway
-reads both back into the same GatewayConfig. Only where things are may differ."""
+reads both back into the same GatewayConfig (only where things are may differ); the router runs
+the same topology from the ConfigMap the operator writes and from a Pipeline file; analyze
+reads the router's profile as written."""
 
 from __future__ import annotations
 
@@ -15,7 +17,10 @@ import yaml
 from penstock.api import PipelineSpec, Stage
 from penstock.api.validation import validate_document, validate_spec
 from penstock.contract import wire
+from penstock.contract.profile import Profile, StageTiming, parse_profile
+from penstock.contract.topology import parse_topology
 from penstock.dataplane.config import GatewayConfig, parse_config
+from penstock.dataplane.router_topology import pipeline_topology
 from penstock.dev.runner import gateway_argv
 from penstock.render import PipelineRef, RenderSettings
 from penstock.render.gateway import gateway_container
@@ -152,3 +157,36 @@ def test_the_warmup_body_is_the_same_in_a_cluster_and_under_dev(body: Any, tmp_p
     cluster = cluster_config(spec, spec.stages[0], tmp_path)
     assert cluster.warmup_body == dev_config(spec, spec.stages[0], tmp_path).warmup_body
     assert json.loads(cluster.warmup_body) == body
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "examples").rglob("*.yaml")), ids=lambda p: p.stem)
+def test_the_router_runs_the_same_topology_in_a_cluster_and_from_a_pipeline_file(
+    path: Path,
+) -> None:
+    """render writes topology.json, the router parses it; locally the router builds its Topology
+    from the Pipeline file and --stage-url flags: the two are the same."""
+    doc = yaml.safe_load(path.read_text())
+    spec = validate_document(doc).spec
+    assert spec is not None
+    ref = PipelineRef(doc["metadata"]["name"], doc["metadata"].get("namespace") or "default", UID)
+    written = topology(ref, spec)["data"]["topology.json"]
+    in_cluster = parse_topology(json.loads(written), "topology.json")
+    urls = {name: route.url for name, route in in_cluster.stages.items()}
+    assert pipeline_topology(doc, urls, str(path)) == in_cluster
+    assert json.loads(written) == in_cluster.to_document()
+    assert in_cluster.output == spec.output_stage
+    assert set(in_cluster.stages) == {stage.name for stage in spec.stages}
+
+
+def test_a_profile_reads_back_as_the_router_wrote_it() -> None:
+    profile = Profile(
+        {
+            "retrieve": StageTiming("retrieve", 0.0, 1.5, "miss"),
+            "generate": StageTiming("generate", 1.5, 4.25, None),
+        },
+        ("retrieve", "generate"),
+        4.5,
+    )
+    answer = json.loads(json.dumps({"output": {"text": "x"}, "profile": profile.to_document()}))
+    assert parse_profile(answer, "answer") == profile
+    assert answer["profile"]["stages"][1]["duration_ms"] == 2.75

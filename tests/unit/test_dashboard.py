@@ -16,10 +16,10 @@ import pytest
 from prometheus_client import Metric
 from prometheus_client.metrics import MetricWrapperBase
 
+from penstock.contract.topology import StageRoute, Topology
 from penstock.controller import metrics as operator_metrics
 from penstock.dataplane.config import GatewayConfig, HostPort
 from penstock.dataplane.router import RouterMetrics
-from penstock.dataplane.router_topology import StageRoute, Topology
 from penstock.dataplane.telemetry import GatewayMetrics
 
 DASHBOARD = (

@@ -8,14 +8,13 @@ from typing import Any
 
 import pytest
 
+from penstock.contract.topology import TopologyError, parse_topology
 from penstock.dataplane.router import ConfigError, env_name, parse_config
 from penstock.dataplane.router_topology import (
-    TopologyError,
     envelope_body,
     load_pipeline,
     load_topology,
     parse_stage_urls,
-    parse_topology,
 )
 
 

@@ -50,6 +50,8 @@ from prometheus_client import (
 
 from penstock.api import graph as stage_graph
 from penstock.contract import wire
+from penstock.contract.profile import Profile, StageTiming
+from penstock.contract.topology import StageRoute, Topology, TopologyError
 from penstock.contract.wire import ADMIN_PORT, CACHE_HEADER, PROFILE_HEADER, ROUTER_ENV_PREFIX
 from penstock.dataplane.config import HostPort, parse_host_port
 from penstock.dataplane.errors import StageError, error_middleware, json_error
@@ -64,9 +66,6 @@ from penstock.dataplane.limits import (
 )
 from penstock.dataplane.router_stream import relay, visible
 from penstock.dataplane.router_topology import (
-    StageRoute,
-    Topology,
-    TopologyError,
     envelope_body,
     load_pipeline,
     load_topology,
@@ -504,23 +503,16 @@ class Router:
             return _json_error(400, message, pipeline), "bad_request"
 
     def _profile(self, run: _Run) -> dict[str, Any]:
-        stages = [
-            {
-                "name": name,
-                "start_ms": run.ms(run.started[name]),
-                "end_ms": run.ms(run.ended[name]),
-                "duration_ms": round((run.ended[name] - run.started[name]) * 1000, 3),
-                "cache": run.cache.get(name),
-            }
+        stages = {
+            name: StageTiming(
+                name, run.ms(run.started[name]), run.ms(run.ended[name]), run.cache.get(name)
+            )
             for name in self._needed
             if name in run.ended
-        ]
-        ends = {name: run.ended[name] for name in run.ended}
-        return {
-            "stages": stages,
-            "critical_path": stage_graph.waited_chain(self._graph, self.topology.output, ends),
-            "total_ms": run.ms(time.perf_counter()),
         }
+        path = stage_graph.waited_chain(self._graph, self.topology.output, run.ended)
+        total = run.ms(time.perf_counter())
+        return Profile(stages, tuple(path), total).to_document()
 
     async def _execute(
         self, raw_input: bytes, run: _Run, deadline: float | None, context: Context | None

@@ -41,10 +41,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from penstock.api import PipelineSpec
+from penstock.contract.profile import Profile, StageTiming
 from penstock.dev.profiles import (
     AnalyzeError,
-    Profile,
-    StageTiming,
     UsageError,
     collect,
     fetch_text,

@@ -5,25 +5,24 @@ line naming the file and line (or URL), never a traceback."""
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 import urllib.error
 import urllib.request
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable
 from typing import Any
 
 from penstock.api import PipelineSpec
 from penstock.api.validation import validate_document
+from penstock.contract import profile as profile_document
+from penstock.contract.profile import Profile, ProfileError
 from penstock.contract.wire import PROFILE_HEADER
-from penstock.errors import PenstockError, bounded, short_repr
+from penstock.errors import PenstockError, bounded
 from penstock.safeyaml import DocumentError, load_yaml_file, read_limited
 
 MAX_INPUT_BYTES = 256 * 1024 * 1024
 MAX_ANSWER_BYTES = 64 * 1024 * 1024
-MAX_STAGES = 1000
 _RETRY_STATUSES = (502, 503, 504)
 
 
@@ -39,77 +38,12 @@ class NotReady(AnalyzeError):
     """The router is not there yet, or not ready (what ``--wait`` waits out)."""
 
 
-@dataclass(frozen=True)
-class StageTiming:
-    name: str
-    start_ms: float
-    end_ms: float
-    cache: str | None
-
-    @property
-    def duration_ms(self) -> float:
-        return self.end_ms - self.start_ms
-
-
-@dataclass(frozen=True)
-class Profile:
-    stages: dict[str, StageTiming]
-    critical_path: tuple[str, ...]
-    total_ms: float
-    request: str | None = None  # the request body, canonical JSON, when known
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    number = float(value)
-    return number if math.isfinite(number) else None
-
-
-def _name(value: Any) -> str | None:
-    if isinstance(value, str) and 0 < len(value) <= 128 and value.isprintable():
-        return value
-    return None
-
-
-def _timing(item: Any, where: str) -> StageTiming:
-    if not isinstance(item, Mapping):
-        raise AnalyzeError(f"{where} must be an object (got {short_repr(item)})")
-    name, start, end = _name(item.get("name")), _number(item.get("start_ms")), _number(item.get("end_ms"))  # fmt: skip
-    if name is None or start is None or end is None:
-        raise AnalyzeError(f"{where} needs a name and finite numbers start_ms and end_ms")
-    if end < start:
-        raise AnalyzeError(f"{where} ({name}) ends before it starts")
-    cache = item.get("cache")
-    if cache is not None and not isinstance(cache, str):
-        raise AnalyzeError(f"{where}.cache must be a string (got {short_repr(cache)})")
-    return StageTiming(name, start, end, cache)
-
-
 def parse_profile(record: Any, where: str) -> Profile:
-    if not isinstance(record, Mapping):
-        raise AnalyzeError(f"{where}: expected a JSON object (got {short_repr(record)})")
-    profile = record.get("profile", record)
-    if not isinstance(profile, Mapping) or not isinstance(profile.get("stages"), list):
-        raise AnalyzeError(
-            f"{where}: no profile (send the request with {PROFILE_HEADER}: 1; a streamed"
-            " output has none)"
-        )
-    if len(profile["stages"]) > MAX_STAGES:
-        raise AnalyzeError(f"{where}: more than {MAX_STAGES} stages")
-    stages: dict[str, StageTiming] = {}
-    for index, item in enumerate(profile["stages"]):
-        timing = _timing(item, f"{where}: profile.stages[{index}]")
-        stages[timing.name] = timing
-    path = profile.get("critical_path") or []
-    if not isinstance(path, list) or not all(_name(name) for name in path):
-        raise AnalyzeError(f"{where}: profile.critical_path must be a list of stage names")
-    total = _number(profile.get("total_ms"))
-    if total is None:
-        total = max((timing.end_ms for timing in stages.values()), default=0.0)
-    request = record.get("request") if "profile" in record else None
-    canonical = None if request is None else json.dumps(request, sort_keys=True)
-    return Profile(stages, tuple(path), total, canonical)
+    """A router's profile answer (or a record holding one) -> :class:`Profile`."""
+    try:
+        return profile_document.parse_profile(record, where)
+    except ProfileError as error:
+        raise AnalyzeError(str(error)) from None
 
 
 def read_text(path: str, what: str) -> str:

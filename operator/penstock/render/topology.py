@@ -1,4 +1,5 @@
-"""The per-pipeline ConfigMap describing the stage graph, read by the router."""
+"""The per-pipeline ConfigMap: the topology document the router runs (penstock.contract.topology)
+and the stages' warmup bodies."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 from typing import Any
 
 from penstock.api import PipelineSpec
+from penstock.contract.topology import Topology
 from penstock.render.meta import PipelineRef, labels, metadata, object_name
 from penstock.render.service import stage_url
 
@@ -15,22 +17,8 @@ def topology_name(pipeline: str) -> str:
 
 
 def topology(ref: PipelineRef, spec: PipelineSpec) -> dict[str, Any]:
-    document = {
-        "pipeline": ref.name,
-        "namespace": ref.namespace,
-        "output": spec.output_stage,
-        "latencyBudgetMs": spec.latency_budget_ms,
-        "stages": [
-            {
-                "name": stage.name,
-                "dependsOn": stage.dependencies,
-                "url": stage_url(ref, stage.name),
-                "stream": stage.stream,
-                "timeoutSeconds": stage.timeout_seconds,
-            }
-            for stage in spec.stages
-        ],
-    }
+    urls = {stage.name: stage_url(ref, stage.name) for stage in spec.stages}
+    document = Topology.from_spec(ref.name, ref.namespace, spec, urls).to_document()
     data = {"topology.json": json.dumps(document, indent=2, sort_keys=True) + "\n"}
     for stage in spec.stages:
         warmup = stage.model.warmup if stage.model else None
