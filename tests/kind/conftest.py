@@ -91,3 +91,31 @@ def pod_ready(pod: dict[str, Any]) -> bool:
         c["type"] == "Ready" and c["status"] == "True"
         for c in pod.get("status", {}).get("conditions", [])
     )
+
+
+def one_stage(
+    name: str, model: dict[str, Any] | None = None, cache: bool = False, **fields: Any
+) -> dict[str, Any]:
+    """A Pipeline of one stage: the RAG example's retrieve app (POST / answers, GET /healthz);
+    fields: more of the stage's fields (camelCase)."""
+    stage: dict[str, Any] = {
+        "name": "retrieve",
+        "image": f"penstock/examples-rag-retrieve:{IMAGE_TAG}",
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["python", "/app/app.py"],
+        "args": ["--port", "8080"],
+        "port": 8080,
+        "timeoutSeconds": 5,
+        "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}},
+    }
+    stage.update(fields)
+    if model:
+        stage["model"] = model
+    if cache:
+        stage["cache"] = {"enabled": True, "ttlSeconds": 600, "maxMemory": "16Mi"}
+    return {
+        "apiVersion": "penstock.dev/v1alpha1",
+        "kind": "Pipeline",
+        "metadata": {"name": name},
+        "spec": {"costCenter": "e2e", "team": "kind", "output": "retrieve", "stages": [stage]},
+    }

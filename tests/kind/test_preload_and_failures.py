@@ -20,6 +20,7 @@ from tests.kind.conftest import (
     IMAGE_TAG,
     Cluster,
     condition,
+    one_stage,
     pod_ready,
     port_forward,
     stage_pods,
@@ -96,32 +97,6 @@ def serve_artifact(cluster: Cluster, namespace: str) -> str:
         what="the artifact server pod Ready",
     )
     return f"http://artifacts.{namespace}.svc.cluster.local:8000/model.tar.gz"
-
-
-def one_stage(
-    name: str, model: dict[str, Any] | None = None, cache: bool = False
-) -> dict[str, Any]:
-    """A Pipeline of one stage: the RAG example's retrieve app (POST / answers, GET /healthz)."""
-    stage: dict[str, Any] = {
-        "name": "retrieve",
-        "image": f"penstock/examples-rag-retrieve:{IMAGE_TAG}",
-        "imagePullPolicy": "IfNotPresent",
-        "command": ["python", "/app/app.py"],
-        "args": ["--port", "8080"],
-        "port": 8080,
-        "timeoutSeconds": 5,
-        "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}},
-    }
-    if model:
-        stage["model"] = model
-    if cache:
-        stage["cache"] = {"enabled": True, "ttlSeconds": 600, "maxMemory": "16Mi"}
-    return {
-        "apiVersion": "penstock.dev/v1alpha1",
-        "kind": "Pipeline",
-        "metadata": {"name": name},
-        "spec": {"costCenter": "e2e", "team": "kind", "output": "retrieve", "stages": [stage]},
-    }
 
 
 def test_preload_fetches_verifies_and_mounts_the_model_and_a_wrong_digest_is_reported(

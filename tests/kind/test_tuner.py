@@ -19,9 +19,9 @@ from typing import Any
 import yaml
 
 from tests.kind.conftest import (
-    IMAGE_TAG,
     Cluster,
     _tool,
+    one_stage,
     pod_ready,
     port_forward,
     stage_pods,
@@ -157,32 +157,8 @@ def prometheus_manifests(namespace: str) -> list[dict[str, Any]]:
 
 def tuned_pipeline() -> dict[str, Any]:
     """One stage declaring 1 request/s per replica: a few requests/s need a floor of 3."""
-    return {
-        "apiVersion": "penstock.dev/v1alpha1",
-        "kind": "Pipeline",
-        "metadata": {"name": "tuned"},
-        "spec": {
-            "costCenter": "e2e",
-            "output": "retrieve",
-            "stages": [
-                {
-                    "name": "retrieve",
-                    "image": f"penstock/examples-rag-retrieve:{IMAGE_TAG}",
-                    "imagePullPolicy": "IfNotPresent",
-                    "command": ["python", "/app/app.py"],
-                    "args": ["--port", "8080"],
-                    "port": 8080,
-                    "timeoutSeconds": 5,
-                    "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}},
-                    "scaling": {
-                        "minReplicas": 1,
-                        "maxReplicas": 3,
-                        "targetThroughputPerReplica": 1,
-                    },
-                }
-            ],
-        },
-    }
+    scaling = {"minReplicas": 1, "maxReplicas": 3, "targetThroughputPerReplica": 1}
+    return one_stage("tuned", scaling=scaling)
 
 
 def helm_operator(cluster: Cluster, *settings: str) -> None:
