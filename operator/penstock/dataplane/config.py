@@ -15,28 +15,16 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 from urllib.parse import urlsplit
 
 from penstock.contract import wire
 from penstock.contract.wire import ADMIN_PORT, GATEWAY_ENV_PREFIX
+from penstock.dataplane.flags import ConfigError, FlagParser, HostPort, parse_host_port, pick
 from penstock.dataplane.limits import LIMIT_FLAGS, ServerLimits, parse_limit
 
 ENV_PREFIX = GATEWAY_ENV_PREFIX
 ENV_REDIS_PASSWORD = "REDIS_PASSWORD"
-
-
-class ConfigError(Exception):
-    """A bad flag or value; the message names it."""
-
-
-@dataclass(frozen=True)
-class HostPort:
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"{self.host}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -101,20 +89,6 @@ class GatewayConfig:
 def env_name(flag: str) -> str:
     """``--cache-ttl-seconds`` -> ``PENSTOCK_GATEWAY_CACHE_TTL_SECONDS``."""
     return wire.env_name(ENV_PREFIX, flag)
-
-
-def parse_host_port(text: str) -> HostPort:
-    host, sep, port_text = text.strip().rpartition(":")
-    if not sep or not host:
-        raise ValueError(f"{text!r} is not HOST:PORT")
-    host = host.strip("[]")
-    try:
-        port = int(port_text)
-    except ValueError:
-        raise ValueError(f"{text!r} has no numeric port") from None
-    if not 0 <= port <= 65535:
-        raise ValueError(f"port {port} is out of range 0..65535")
-    return HostPort(host, port)
 
 
 def _url(text: str) -> str:
@@ -288,13 +262,8 @@ _FLAGS: tuple[_Flag, ...] = (
 )
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise ConfigError(message)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = FlagParser(
         prog="penstock gateway",
         description="Stage gateway sidecar: reverse proxy with exact cache (Redis), in-flight"
         " coalescing, dynamic batching, Prometheus metrics, OTLP traces and warmup-gated"
@@ -315,17 +284,12 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> GatewayConfig:
     """Flags, else environment variables, else defaults; raise :class:`ConfigError`."""
     env = os.environ if environ is None else environ
-    args = vars(build_parser().parse_args(list(argv)))
+    args = build_parser().parse_args(list(argv))
     values: dict[str, Any] = {}
     for flag in _FLAGS:
         dest = flag.name.lstrip("-").replace("-", "_")
-        raw: str | None = args.get(dest)
-        source = flag.name
-        if raw is None or (not raw.strip() and flag.name != "--cache-key-headers"):
-            raw = env.get(env_name(flag.name))
-            source = env_name(flag.name)
-            if raw is not None and not raw.strip() and flag.name != "--cache-key-headers":
-                raw = None
+        # An empty --cache-key-headers means "no headers", not "unset".
+        raw, source = pick(args, env, ENV_PREFIX, flag.name, flag.name == "--cache-key-headers")
         if raw is None:
             continue
         try:

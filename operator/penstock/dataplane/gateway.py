@@ -7,33 +7,26 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from penstock.dataplane.config import ConfigError, GatewayConfig, build_parser, parse_config
+from penstock.dataplane.config import GatewayConfig, build_parser, parse_config
+from penstock.dataplane.flags import ConfigError
 from penstock.dataplane.proxy import Gateway
-from penstock.dataplane.serving import run_command, stop_on_signals
+from penstock.dataplane.server import serve_until_stopped
+from penstock.dataplane.serving import run_command
 
 log = logging.getLogger("penstock.gateway")
 
 
 async def serve(config: GatewayConfig, stop: asyncio.Event | None = None) -> None:
     """Start a gateway, run until ``stop`` is set (or SIGTERM/SIGINT), then drain and stop."""
-    stop = stop or asyncio.Event()
     gateway = Gateway(config)
-    with stop_on_signals(stop):
-        try:
-            await gateway.start()
-            log.info(
-                "gateway for stage %s listening on %s:%d (admin %s:%d), upstream %s",
-                config.stage,
-                config.listen.host,
-                gateway.port,
-                config.admin_listen.host,
-                gateway.admin_port,
-                config.upstream,
-            )
-            await stop.wait()
-            log.info("stopping")
-        finally:
-            await gateway.stop()
+
+    def started() -> str:
+        return (
+            f"gateway for stage {config.stage} listening on {config.listen.host}:{gateway.port}"
+            f" (admin {config.admin_listen.host}:{gateway.admin_port}), upstream {config.upstream}"
+        )
+
+    await serve_until_stopped(gateway, stop, started, log)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -12,17 +12,15 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
-from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.trace import SpanKind, Status, StatusCode
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from penstock.api.pipeline import HOP_BY_HOP_HEADERS
 from penstock.contract.wire import CACHE_HEADER
@@ -31,10 +29,9 @@ from penstock.dataplane.batching import Batcher, BatchResponse
 from penstock.dataplane.cache import Entry, Lookup, RedisCache, Store, cache_key
 from penstock.dataplane.coalesce import Coalescer
 from penstock.dataplane.config import GatewayConfig
-from penstock.dataplane.errors import error_middleware
 from penstock.dataplane.jsonbody import JsonBodyError, parse
 from penstock.dataplane.limits import Identity
-from penstock.dataplane.serving import listen
+from penstock.dataplane.server import Server, build_tracer
 from penstock.dataplane.sharing import (
     NOTHING_SAID,
     Sharing,
@@ -52,7 +49,6 @@ from penstock.dataplane.telemetry import (
     ATTR_PIPELINE,
     ATTR_STAGE,
     GatewayMetrics,
-    build_tracer,
     request_cost_usd,
 )
 from penstock.dataplane.upstream import (
@@ -148,16 +144,28 @@ class _Produced:
         return self._sharing
 
 
-class Gateway:
+class Gateway(Server):
     """One gateway instance: its own listeners, client pool, metrics registry and tracer."""
 
     def __init__(self, config: GatewayConfig, *, span_exporter: SpanExporter | None = None):
         self.config = config
         self.metrics = GatewayMetrics(config)
-        self._tracer, self._provider = build_tracer(config, span_exporter)
-        self._tracing = self._provider is not None
-        self._propagator: TextMapPropagator = TraceContextTextMapPropagator()
-        self.ready = False
+        identity = Identity(f"the gateway of stage {config.stage!r}", {"stage": config.stage})
+        tracer = build_tracer(
+            "penstock.gateway",
+            {
+                "service.name": f"{config.pipeline}.{config.stage}"
+                if config.pipeline
+                else config.stage,
+                "service.namespace": config.namespace,
+                ATTR_PIPELINE: config.pipeline,
+                ATTR_STAGE: config.stage,
+            },
+            config.otlp_endpoint,
+            config.sampling_ratio,
+            span_exporter,
+        )
+        super().__init__(identity, self.metrics.registry, tracer)
         self.not_ready_reason = "waiting for the stage's /healthz"
         self._coalescer: Coalescer[_Produced] = Coalescer()
         self._key_headers = frozenset(config.cache_key_headers)
@@ -166,11 +174,8 @@ class Gateway:
         self._prefix = upstream.path.rstrip("/")
         self.cache: RedisCache | None = None
         self._batcher: Batcher | None = None
-        self._runners: list[web.AppRunner] = []
         self._readiness: asyncio.Task[None] | None = None
         self._stores: set[asyncio.Task[None]] = set()
-        self.port = 0
-        self.admin_port = 0
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -195,28 +200,9 @@ class Gateway:
                 timeout=config.timeout_seconds,
             )
             self._batcher.on_batch = self.metrics.batch_size.observe
-        identity = Identity(f"the gateway of stage {config.stage!r}", {"stage": config.stage})
-        who = identity.describe
-        proxy = web.Application(
-            client_max_size=config.max_body_bytes,
-            middlewares=[error_middleware(who, "every path of the stage", identity.fields)],
-        )
+        proxy = self.public_app("every path of the stage", config.max_body_bytes)
         proxy.router.add_route("*", "/{tail:.*}", self._handle)
-        admin = web.Application(
-            middlewares=[
-                error_middleware(f"{who} (admin)", "GET /metrics, /live, /ready", identity.fields)
-            ]
-        )
-        admin.router.add_get("/metrics", self._metrics)
-        admin.router.add_get("/live", self._live)
-        admin.router.add_get("/ready", self._ready)
-        public, private = config.listen, config.admin_listen
-        limits = config.limits  # the admin port (probes, scrapes) gets a small bound of its own
-        admin_limits = replace(limits, max_connections=min(limits.max_connections, 64))
-        self.port = await listen(proxy, public.host, public.port, self._runners, limits, identity)
-        self.admin_port = await listen(
-            admin, private.host, private.port, self._runners, admin_limits, identity
-        )
+        await self.open(proxy, config.listen, config.admin_listen, config.limits)
         self._readiness = asyncio.get_running_loop().create_task(self._readiness_loop())
 
     async def stop(self) -> None:
@@ -225,17 +211,14 @@ class Gateway:
         if self._readiness is not None:
             self._readiness.cancel()
             await asyncio.gather(self._readiness, return_exceptions=True)
-        for runner in reversed(self._runners):
-            await runner.cleanup()
-        self._runners = []
+        await self.close()
         await self.stored()
         if self._batcher is not None:
             await self._batcher.close()
         self._pool.close()
         if self.cache is not None:
             await self.cache.close()
-        if self._provider is not None:
-            self._provider.shutdown()
+        self.close_tracer()
 
     async def stored(self) -> None:
         """Wait for the cache stores already started (they run after the answer is sent)."""
@@ -312,23 +295,10 @@ class Gateway:
             log.warning("stage %s no longer ready: %s", self.config.stage, self.not_ready_reason)
             delay = 0.05
 
-    # ----------------------------------------------------------------- admin
-
-    async def _metrics(self, request: web.Request) -> web.Response:
-        response = web.Response(body=generate_latest(self.metrics.registry))
-        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
-        return response
-
-    async def _live(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "live"})
-
-    async def _ready(self, request: web.Request) -> web.Response:
+    def readiness(self) -> dict[str, Any]:
         if self.ready:
-            return web.json_response({"status": "ready", "stage": self.config.stage})
-        return web.json_response(
-            {"status": "not ready", "stage": self.config.stage, "reason": self.not_ready_reason},
-            status=503,
-        )
+            return {"stage": self.config.stage}
+        return {"stage": self.config.stage, "reason": self.not_ready_reason}
 
     # ----------------------------------------------------------------- proxy
 

@@ -28,24 +28,18 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, NoReturn
+from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
 from opentelemetry.context import Context
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
-from opentelemetry.trace import NoOpTracer, SpanKind, Status, StatusCode, Tracer
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.sdk.trace.export import SpanExporter
+from opentelemetry.trace import SpanKind, Status, StatusCode
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Histogram,
-    generate_latest,
 )
 
 from penstock.api import graph as stage_graph
@@ -53,8 +47,9 @@ from penstock.contract import wire
 from penstock.contract.profile import Profile, StageTiming
 from penstock.contract.topology import StageRoute, Topology, TopologyError
 from penstock.contract.wire import ADMIN_PORT, CACHE_HEADER, PROFILE_HEADER, ROUTER_ENV_PREFIX
-from penstock.dataplane.config import HostPort, parse_host_port
-from penstock.dataplane.errors import StageError, error_middleware, json_error
+from penstock.dataplane.errors import StageError, json_error
+from penstock.dataplane.flags import ConfigError, FlagParser, HostPort, parse_host_port
+from penstock.dataplane.flags import pick as pick_flag
 from penstock.dataplane.jsonbody import MAX_DEPTH, JsonBodyError
 from penstock.dataplane.jsonbody import parse as parse_json_body
 from penstock.dataplane.limits import (
@@ -71,12 +66,12 @@ from penstock.dataplane.router_topology import (
     load_topology,
     parse_stage_urls,
 )
-from penstock.dataplane.serving import listen, run_command, stop_on_signals
+from penstock.dataplane.server import Server, build_tracer, serve_until_stopped
+from penstock.dataplane.serving import run_command
 from penstock.dataplane.telemetry import (
     ATTR_PIPELINE,
     ATTR_STAGE,
     DURATION_BUCKETS,
-    traces_url,
 )
 from penstock.dataplane.upstream import UpstreamResponse, pool_for, tls_context
 
@@ -88,10 +83,6 @@ MAX_BODY_BYTES = 16 << 20
 
 
 # =========================================================================== configuration
-
-
-class ConfigError(Exception):
-    """A bad flag or value; the message names it."""
 
 
 @dataclass(frozen=True)
@@ -108,11 +99,6 @@ class RouterConfig:
 def env_name(flag: str) -> str:
     """``--stage-url`` -> ``PENSTOCK_ROUTER_STAGE_URL``."""
     return wire.env_name(ENV_PREFIX, flag)
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise ConfigError(message)
 
 
 _HELP = {
@@ -137,7 +123,7 @@ _HELP = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = FlagParser(
         prog="penstock router",
         description="The pipeline's entrypoint: runs the stage DAG per request with maximum"
         " parallelism, enforces the latency budget, streams the output stage, profiles on"
@@ -169,11 +155,7 @@ def parse_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) 
     args = build_parser().parse_args(list(argv))
 
     def pick(flag: str) -> tuple[str | None, str]:
-        value = getattr(args, flag.lstrip("-").replace("-", "_"))
-        if isinstance(value, str) and value.strip():
-            return value.strip(), flag
-        raw = env.get(env_name(flag), "").strip()
-        return (raw or None), env_name(flag)
+        return pick_flag(args, env, ENV_PREFIX, flag)
 
     listen_text, source = pick("--listen")
     if listen_text is None:
@@ -279,31 +261,6 @@ class RouterMetrics:
         child.inc()
 
 
-def build_tracer(
-    config: RouterConfig, exporter: SpanExporter | None = None
-) -> tuple[Tracer, TracerProvider | None]:
-    """A tracer of its own provider (not the global one), or a no-op one without tracing."""
-    if exporter is None and config.otlp_endpoint is None:
-        return NoOpTracer(), None
-    if exporter is None:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-        exporter = OTLPSpanExporter(endpoint=traces_url(config.otlp_endpoint or ""))
-    topology = config.topology
-    resource = Resource.create(
-        {
-            "service.name": f"{topology.pipeline}.router",
-            "service.namespace": topology.namespace,
-            ATTR_PIPELINE: topology.pipeline,
-        }
-    )
-    provider = TracerProvider(
-        resource=resource, sampler=ParentBased(TraceIdRatioBased(config.sampling_ratio))
-    )
-    provider.add_span_processor(BatchSpanProcessor(exporter))
-    return provider.get_tracer("penstock.router"), provider
-
-
 # =========================================================================== execution
 
 
@@ -336,16 +293,28 @@ def _json_error(status: int, message: str, pipeline: str, stage: str | None = No
     return json_error(status, message, identity)
 
 
-class Router:
+class Router(Server):
     """One router instance: its listeners, keep-alive client pool, metrics and tracer."""
 
     def __init__(self, config: RouterConfig, *, span_exporter: SpanExporter | None = None):
         self.config = config
-        self.topology = config.topology
-        self.metrics = RouterMetrics(config.topology)
-        self._tracer, self._provider = build_tracer(config, span_exporter)
-        self._tracing = self._provider is not None
-        self._propagator = TraceContextTextMapPropagator()
+        self.topology = topology = config.topology
+        self.metrics = RouterMetrics(topology)
+        identity = Identity(
+            f"the router of pipeline {topology.pipeline!r}", {"pipeline": topology.pipeline}
+        )
+        tracer = build_tracer(
+            "penstock.router",
+            {
+                "service.name": f"{topology.pipeline}.router",
+                "service.namespace": topology.namespace,
+                ATTR_PIPELINE: topology.pipeline,
+            },
+            config.otlp_endpoint,
+            config.sampling_ratio,
+            span_exporter,
+        )
+        super().__init__(identity, self.metrics.registry, tracer)
         self._graph = self.topology.graph
         needed = self.topology.needed()
         # Stages in file order: a stable launch order, and the profile lists them so.
@@ -359,68 +328,23 @@ class Router:
         if any(urlsplit(url).scheme == "https" for url in self._endpoints.values()):
             tls = tls_context(config.stage_ca_file)
         self._pools = {name: pool_for(url, tls) for name, url in self._endpoints.items()}
-        self._runners: list[web.AppRunner] = []
-        self.ready = False
-        self.port = 0
-        self.admin_port = 0
 
     # ----------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
-        pipeline = self.topology.pipeline
-        who = f"the router of pipeline {pipeline!r}"
-        identity = {"pipeline": pipeline}
-        app = web.Application(
-            client_max_size=MAX_BODY_BYTES,
-            middlewares=[error_middleware(who, "POST / (the pipeline input as JSON)", identity)],
-        )
+        app = self.public_app("POST / (the pipeline input as JSON)", MAX_BODY_BYTES)
         app.router.add_post("/", self._handle)
-        admin = web.Application(
-            middlewares=[
-                error_middleware(f"{who} (admin)", "GET /metrics, /live, /ready", identity)
-            ]
-        )
-        admin.router.add_get("/metrics", self._metrics)
-        admin.router.add_get("/live", self._live)
-        admin.router.add_get("/ready", self._ready)
-        public, private = self.config.listen, self.config.admin_listen
-        limits = self.config.limits
-        self.port = await listen(
-            app, public.host, public.port, self._runners, limits, Identity(who, identity)
-        )
-        # Probes and scrapes need few connections: a bound of their own, whatever the load.
-        admin_limits = replace(limits, max_connections=min(limits.max_connections, 64))
-        self.admin_port = await listen(
-            admin, private.host, private.port, self._runners, admin_limits, Identity(who, identity)
-        )
+        await self.open(app, self.config.listen, self.config.admin_listen, self.config.limits)
         self.ready = True
 
     async def stop(self) -> None:
-        self.ready = False
-        for runner in reversed(self._runners):
-            await runner.cleanup()
-        self._runners = []
+        await self.close()
         for pool, _ in self._pools.values():
             pool.close()
-        if self._provider is not None:
-            self._provider.shutdown()
+        self.close_tracer()
 
-    # ----------------------------------------------------------------- admin
-
-    async def _metrics(self, request: web.Request) -> web.Response:
-        response = web.Response(body=generate_latest(self.metrics.registry))
-        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
-        return response
-
-    async def _live(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "live"})
-
-    async def _ready(self, request: web.Request) -> web.Response:
-        status = 200 if self.ready else 503
-        text = "ready" if self.ready else "not ready"
-        return web.json_response(
-            {"status": text, "pipeline": self.topology.pipeline}, status=status
-        )
+    def readiness(self) -> dict[str, Any]:
+        return {"pipeline": self.topology.pipeline}
 
     # ----------------------------------------------------------------- requests
 
@@ -642,27 +566,17 @@ class Router:
 
 async def serve(config: RouterConfig, stop: asyncio.Event | None = None) -> None:
     """Start a router, run until ``stop`` is set (or SIGTERM/SIGINT), then stop."""
-    stop = stop or asyncio.Event()
-    router = Router(config)
-    with stop_on_signals(stop):
-        try:
-            await router.start()
-            topology = config.topology
-            log.info(
-                "router for pipeline %s/%s listening on %s:%d (admin %s:%d), output %s, stages %s",
-                topology.namespace,
-                topology.pipeline,
-                config.listen.host,
-                router.port,
-                config.admin_listen.host,
-                router.admin_port,
-                topology.output,
-                ", ".join(sorted(topology.needed())),
-            )
-            await stop.wait()
-            log.info("stopping")
-        finally:
-            await router.stop()
+    router, topology = Router(config), config.topology
+
+    def started() -> str:
+        return (
+            f"router for pipeline {topology.namespace}/{topology.pipeline} listening on"
+            f" {config.listen.host}:{router.port} (admin {config.admin_listen.host}:"
+            f"{router.admin_port}), output {topology.output},"
+            f" stages {', '.join(sorted(topology.needed()))}"
+        )
+
+    await serve_until_stopped(router, stop, started, log)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

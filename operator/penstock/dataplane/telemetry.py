@@ -2,13 +2,6 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
-
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
-from opentelemetry.trace import NoOpTracer, Tracer
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from penstock.dataplane.config import GatewayConfig
@@ -140,36 +133,3 @@ class GatewayMetrics:
 
     def store(self, result: str) -> None:
         self._stores.labels(**self._labels, result=result).inc()
-
-
-def traces_url(endpoint: str) -> str:
-    """A collector base URL gets the OTLP/HTTP traces path; a URL with a path is kept."""
-    if urlsplit(endpoint).path in ("", "/"):
-        return endpoint.rstrip("/") + "/v1/traces"
-    return endpoint
-
-
-def build_tracer(
-    config: GatewayConfig, exporter: SpanExporter | None = None
-) -> tuple[Tracer, TracerProvider | None]:
-    """A tracer of its own provider (not the global one), or a no-op one without tracing."""
-    if exporter is None and config.otlp_endpoint is None:
-        return NoOpTracer(), None
-    if exporter is None:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-        exporter = OTLPSpanExporter(endpoint=traces_url(config.otlp_endpoint or ""))
-    service = f"{config.pipeline}.{config.stage}" if config.pipeline else config.stage
-    resource = Resource.create(
-        {
-            "service.name": service,
-            "service.namespace": config.namespace,
-            "penstock.pipeline": config.pipeline,
-            "penstock.stage": config.stage,
-        }
-    )
-    provider = TracerProvider(
-        resource=resource, sampler=ParentBased(TraceIdRatioBased(config.sampling_ratio))
-    )
-    provider.add_span_processor(BatchSpanProcessor(exporter))
-    return provider.get_tracer("penstock.gateway"), provider
