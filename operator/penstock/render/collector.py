@@ -21,8 +21,9 @@ import yaml
 from penstock.api import API_VERSION, KIND, PipelineSpec
 from penstock.contract.wire import MANAGED_BY
 from penstock.render.meta import PipelineRef
-from penstock.render.security import container_security_context, pod_security_context
+from penstock.render.security import container_security_context
 from penstock.render.settings import RenderSettings
+from penstock.render.workload import deployment, pod_spec, scrape_annotations, service
 
 COLLECTOR_NAME = "penstock-otel-collector"
 COMPONENT = "otel-collector"
@@ -240,44 +241,27 @@ def render_collector(
         "securityContext": container_security_context(),
         "volumeMounts": [{"name": "config", "mountPath": "/etc/otelcol", "readOnly": True}],
     }
-    deployment = {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": _metadata(namespace, pipelines),
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": _selector()},
-            "template": {
-                "metadata": {
-                    "labels": _labels(),
-                    "annotations": {
-                        # A new configuration rolls the collector.
-                        "penstock.dev/config-hash": config_hash,
-                        "prometheus.io/scrape": "true",
-                        "prometheus.io/port": str(SPAN_METRICS_PORT),
-                    },
-                },
-                "spec": {
-                    "automountServiceAccountToken": False,
-                    "securityContext": pod_security_context(),
-                    "containers": [container],
-                    "volumes": [{"name": "config", "configMap": {"name": COLLECTOR_NAME}}],
-                },
-            },
-        },
+    annotations = {
+        # A new configuration rolls the collector.
+        "penstock.dev/config-hash": config_hash,
+        **scrape_annotations(SPAN_METRICS_PORT),
     }
-    service = {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": _metadata(namespace, pipelines),
-        "spec": {
-            "type": "ClusterIP",
-            "selector": _selector(),
-            "ports": [
-                {"name": p["name"], "port": p["containerPort"], "targetPort": p["name"]}
-                for p in ports
-                if p["name"] != "health"
-            ],
-        },
-    }
-    return [config_map, deployment, service]
+    volumes = [{"name": "config", "configMap": {"name": COLLECTOR_NAME}}]
+    collector = deployment(
+        _metadata(namespace, pipelines),
+        _selector(),
+        _labels(),
+        annotations,
+        pod_spec([container], volumes),
+        replicas=1,
+    )
+    service_ports = [
+        {"name": p["name"], "port": p["containerPort"], "targetPort": p["name"]}
+        for p in ports
+        if p["name"] != "health"
+    ]
+    return [
+        config_map,
+        collector,
+        service(_metadata(namespace, pipelines), _selector(), service_ports),
+    ]

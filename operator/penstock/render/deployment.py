@@ -23,9 +23,10 @@ from penstock.render.meta import (
     stage_object_name,
 )
 from penstock.render.model import MODEL_VOLUME, model_volume, preload_container
-from penstock.render.security import container_security_context, pod_security_context
+from penstock.render.security import container_security_context
 from penstock.render.settings import RenderSettings
 from penstock.render.topology import topology_name
+from penstock.render.workload import deployment, pod_spec, scrape_annotations
 
 
 def _env(ref: PipelineRef, stage: Stage) -> list[dict[str, Any]]:
@@ -116,54 +117,25 @@ def _volumes(
     return volumes
 
 
-def _template_metadata(object_labels: dict[str, str], gateway: bool) -> dict[str, Any]:
-    meta: dict[str, Any] = {"labels": object_labels}
-    if gateway:
-        # The widespread scrape convention; a PodMonitor can select the `admin` port instead.
-        meta["annotations"] = {
-            "prometheus.io/scrape": "true",
-            "prometheus.io/port": str(ADMIN_PORT),
-            "prometheus.io/path": "/metrics",
-        }
-    return meta
-
-
 def stage_deployment(
     ref: PipelineRef, spec: PipelineSpec, stage: Stage, settings: RenderSettings
 ) -> dict[str, Any]:
     object_labels = labels(ref.name, spec, stage.name, stage.name)
     gateway = needs_gateway(spec, stage, settings)
-    pod_spec: dict[str, Any] = {
-        "automountServiceAccountToken": False,
-        "enableServiceLinks": False,
-        "securityContext": pod_security_context(),
-        "containers": [stage_container(ref, stage, gateway), *sidecars(ref, spec, stage, settings)],
-        "volumes": _volumes(ref, spec, stage, settings),
-        "terminationGracePeriodSeconds": 30,
-    }
-    if stage.model:
-        pod_spec["initContainers"] = [preload_container(stage.model, settings.operator_image)]
-    if stage.node_selector:
-        pod_spec["nodeSelector"] = dict(sorted(stage.node_selector.items()))
-    if stage.tolerations:
-        pod_spec["tolerations"] = [toleration.to_wire() for toleration in stage.tolerations]
-    if spec.image_pull_secrets:
-        pod_spec["imagePullSecrets"] = [{"name": name} for name in spec.image_pull_secrets]
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": metadata(ref, stage_object_name(ref.name, stage.name), object_labels),
-        "spec": {
-            # No replicas: the HorizontalPodAutoscaler owns that field.
-            "revisionHistoryLimit": 3,
-            "selector": {"matchLabels": selector_labels(ref.name, stage.name)},
-            "strategy": {
-                "type": "RollingUpdate",
-                "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 0},
-            },
-            "template": {
-                "metadata": _template_metadata(object_labels, gateway),
-                "spec": pod_spec,
-            },
-        },
-    }
+    pod = pod_spec(
+        [stage_container(ref, stage, gateway), *sidecars(ref, spec, stage, settings)],
+        _volumes(ref, spec, stage, settings),
+        initContainers=[preload_container(stage.model, settings.operator_image)]
+        if stage.model
+        else None,
+        nodeSelector=dict(sorted(stage.node_selector.items())) if stage.node_selector else None,
+        tolerations=[toleration.to_wire() for toleration in stage.tolerations or []],
+        imagePullSecrets=[{"name": name} for name in spec.image_pull_secrets or []],
+    )
+    return deployment(
+        metadata(ref, stage_object_name(ref.name, stage.name), object_labels),
+        selector_labels(ref.name, stage.name),
+        object_labels,
+        scrape_annotations(ADMIN_PORT) if gateway else None,
+        pod,
+    )

@@ -18,8 +18,16 @@ from penstock.render.meta import (
     object_name,
     selector_labels,
 )
-from penstock.render.security import container_security_context, pod_security_context
+from penstock.render.security import container_security_context
 from penstock.render.settings import RenderSettings
+from penstock.render.workload import (
+    autoscaler,
+    deployment,
+    http_ports,
+    pod_spec,
+    scrape_annotations,
+    service,
+)
 
 COMPONENT = "router"
 SERVICE_PORT = 80
@@ -84,94 +92,35 @@ def router_deployment(
     }
     # A changed topology rolls the router, which reads it at start.
     digest = hashlib.sha256(topology_json.encode()).hexdigest()[:16]
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": metadata(ref, router_name(ref.name), object_labels),
-        "spec": {
-            "revisionHistoryLimit": 3,
-            "selector": {"matchLabels": selector_labels(ref.name, COMPONENT)},
-            "strategy": {
-                "type": "RollingUpdate",
-                "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 0},
-            },
-            "template": {
-                "metadata": {
-                    "labels": object_labels,
-                    "annotations": {
-                        "penstock.dev/topology-hash": digest,
-                        "prometheus.io/scrape": "true",
-                        "prometheus.io/port": str(ADMIN_PORT),
-                        "prometheus.io/path": "/metrics",
-                    },
-                },
-                "spec": {
-                    "automountServiceAccountToken": False,
-                    "enableServiceLinks": False,
-                    "securityContext": pod_security_context(),
-                    "containers": [container],
-                    "volumes": [
-                        {
-                            "name": "topology",
-                            "configMap": {
-                                "name": object_name(ref.name, "topology"),
-                                "items": [{"key": "topology.json", "path": "topology.json"}],
-                            },
-                        },
-                        {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
-                    ],
-                    "terminationGracePeriodSeconds": 30,
-                },
+    volumes = [
+        {
+            "name": "topology",
+            "configMap": {
+                "name": object_name(ref.name, "topology"),
+                "items": [{"key": "topology.json", "path": "topology.json"}],
             },
         },
-    }
+        {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
+    ]
+    return deployment(
+        metadata(ref, router_name(ref.name), object_labels),
+        selector_labels(ref.name, COMPONENT),
+        object_labels,
+        {"penstock.dev/topology-hash": digest, **scrape_annotations(ADMIN_PORT)},
+        pod_spec([container], volumes),
+    )
 
 
 def router_service(ref: PipelineRef, spec: PipelineSpec) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": metadata(ref, router_name(ref.name), labels(ref.name, spec, COMPONENT, None)),
-        "spec": {
-            "type": "ClusterIP",
-            "selector": selector_labels(ref.name, COMPONENT),
-            "ports": [
-                {
-                    "name": SERVING_PORT_NAME,
-                    "port": SERVICE_PORT,
-                    "targetPort": SERVING_PORT_NAME,
-                    "protocol": "TCP",
-                    "appProtocol": "http",
-                },
-                {"name": "admin", "port": ADMIN_PORT, "targetPort": "admin", "protocol": "TCP"},
-            ],
-        },
-    }
+    return service(
+        metadata(ref, router_name(ref.name), labels(ref.name, spec, COMPONENT, None)),
+        selector_labels(ref.name, COMPONENT),
+        http_ports(SERVICE_PORT, ADMIN_PORT),
+    )
 
 
 def router_hpa(ref: PipelineRef, spec: PipelineSpec) -> dict[str, Any]:
     scaling = _scaling(spec)
     name = router_name(ref.name)
-    return {
-        "apiVersion": "autoscaling/v2",
-        "kind": "HorizontalPodAutoscaler",
-        "metadata": metadata(ref, name, labels(ref.name, spec, COMPONENT, None)),
-        "spec": {
-            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
-            "minReplicas": scaling.min_replicas,
-            "maxReplicas": scaling.effective_max_replicas,
-            "metrics": [
-                {
-                    "type": "Resource",
-                    "resource": {
-                        "name": "cpu",
-                        "target": {
-                            "type": "Utilization",
-                            "averageUtilization": max(1, round(scaling.target_utilization * 100)),
-                        },
-                    },
-                }
-            ],
-            "behavior": {"scaleDown": {"stabilizationWindowSeconds": 300}},
-        },
-    }
+    meta = metadata(ref, name, labels(ref.name, spec, COMPONENT, None))
+    return autoscaler(meta, scaling, scaling.min_replicas)

@@ -8,7 +8,6 @@ from penstock.api import PipelineSpec, Stage
 from penstock.contract.wire import ADMIN_PORT
 from penstock.render.gateway import needs_gateway
 from penstock.render.meta import (
-    SERVING_PORT_NAME,
     PipelineRef,
     labels,
     metadata,
@@ -16,6 +15,7 @@ from penstock.render.meta import (
     stage_object_name,
 )
 from penstock.render.settings import RenderSettings
+from penstock.render.workload import http_ports, service
 
 SERVICE_PORT = 80
 
@@ -23,33 +23,16 @@ SERVICE_PORT = 80
 def stage_service(
     ref: PipelineRef, spec: PipelineSpec, stage: Stage, settings: RenderSettings
 ) -> dict[str, Any]:
-    ports: list[dict[str, Any]] = [
-        {
-            "name": SERVING_PORT_NAME,
-            "port": SERVICE_PORT,
-            "targetPort": SERVING_PORT_NAME,
-            "protocol": "TCP",
-            "appProtocol": "http",
-        }
-    ]
-    if needs_gateway(spec, stage, settings):
-        ports.append(
-            {"name": "admin", "port": ADMIN_PORT, "targetPort": "admin", "protocol": "TCP"}
-        )
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": metadata(
+    admin = ADMIN_PORT if needs_gateway(spec, stage, settings) else None
+    return service(
+        metadata(
             ref,
             stage_object_name(ref.name, stage.name),
             labels(ref.name, spec, stage.name, stage.name),
         ),
-        "spec": {
-            "type": "ClusterIP",
-            "selector": selector_labels(ref.name, stage.name),
-            "ports": ports,
-        },
-    }
+        selector_labels(ref.name, stage.name),
+        http_ports(SERVICE_PORT, admin),
+    )
 
 
 def stage_url(ref: PipelineRef, stage: str) -> str:

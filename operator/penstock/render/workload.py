@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from penstock.api.pipeline import Scaling
+from penstock.render.meta import SERVING_PORT_NAME
 from penstock.render.security import pod_security_context
 
 SCALE_DOWN_WINDOW_SECONDS = 300
@@ -69,6 +70,24 @@ def deployment(
         "template": {"metadata": template, "spec": pod},
     }
     return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": metadata, "spec": spec}
+
+
+def http_ports(service_port: int, admin_port: int | None) -> list[dict[str, Any]]:
+    """The ``http`` port (and the ``admin`` one when the pod serves metrics) of a Service."""
+    ports: list[dict[str, Any]] = [
+        {
+            "name": SERVING_PORT_NAME,
+            "port": service_port,
+            "targetPort": SERVING_PORT_NAME,
+            "protocol": "TCP",
+            "appProtocol": "http",
+        }
+    ]
+    if admin_port is not None:
+        ports.append(
+            {"name": "admin", "port": admin_port, "targetPort": "admin", "protocol": "TCP"}
+        )
+    return ports
 
 
 def service(
