@@ -20,10 +20,10 @@ import uvloop
 from aiohttp import web
 
 from penstock.contract.topology import StageRoute, Topology
-from penstock.dataplane.config import GatewayConfig, HostPort
 from penstock.dataplane.connections import GuardedSite, Listener
+from penstock.dataplane.gateway.config import GatewayConfig, HostPort
+from penstock.dataplane.gateway.server import Gateway
 from penstock.dataplane.limits import ServerLimits
-from penstock.dataplane.proxy import Gateway
 from penstock.dataplane.router import Router, RouterConfig
 
 pytestmark = pytest.mark.integration

@@ -29,8 +29,8 @@ import redis
 from aiohttp import web
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from penstock.dataplane.config import GatewayConfig, HostPort
-from penstock.dataplane.proxy import Gateway
+from penstock.dataplane.gateway.config import GatewayConfig, HostPort
+from penstock.dataplane.gateway.server import Gateway
 
 pytestmark = [
     pytest.mark.integration,

@@ -33,10 +33,10 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from multidict import CIMultiDict
 
-from penstock.dataplane.cache import cache_key
-from penstock.dataplane.config import GatewayConfig, HostPort
+from penstock.dataplane.gateway.cache import cache_key
+from penstock.dataplane.gateway.config import GatewayConfig, HostPort
+from penstock.dataplane.gateway.server import Gateway
 from penstock.dataplane.jsonbody import canonical
-from penstock.dataplane.proxy import Gateway
 from tests.integration.test_gateway import RedisServer, free_port
 from tests.integration.test_gateway import redis_server as redis_server
 from tests.json_bodies import json_values, utf8_json

@@ -27,7 +27,7 @@ from aiohttp import web
 
 from penstock.contract.topology import StageRoute, Topology
 from penstock.contract.wire import PROFILE_HEADER
-from penstock.dataplane.config import HostPort
+from penstock.dataplane.gateway.config import HostPort
 from penstock.dataplane.router import Router, RouterConfig
 
 pytestmark = pytest.mark.integration

@@ -19,8 +19,8 @@ import pytest
 
 from penstock.contract.topology import StageRoute, Topology
 from penstock.contract.wire import PROFILE_HEADER
-from penstock.dataplane import router as router_module
-from penstock.dataplane.config import HostPort
+from penstock.dataplane.router import server as router_module
+from penstock.dataplane.gateway.config import HostPort
 from penstock.dataplane.router import Router, RouterConfig
 from tests.integration.test_router_stream import outcomes
 

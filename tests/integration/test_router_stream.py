@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 
 from penstock.contract.topology import StageRoute, Topology
-from penstock.dataplane.config import HostPort
+from penstock.dataplane.gateway.config import HostPort
 from penstock.dataplane.router import Router, RouterConfig
 
 pytestmark = pytest.mark.integration

@@ -23,7 +23,7 @@ import uvloop
 from aiohttp import web
 
 from penstock.contract.topology import StageRoute, Topology
-from penstock.dataplane.config import HostPort
+from penstock.dataplane.gateway.config import HostPort
 from penstock.dataplane.router import Router, RouterConfig
 from penstock.dataplane.upstream import pool_for
 

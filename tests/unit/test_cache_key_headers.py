@@ -11,7 +11,7 @@ import pytest
 
 from penstock.api.crd import pipeline_crd
 from penstock.api.validation import validate_spec
-from penstock.dataplane.config import parse_config
+from penstock.dataplane.gateway.config import parse_config
 from penstock.dev.runner import gateway_argv
 from penstock.render import PipelineRef, RenderSettings, render_children
 

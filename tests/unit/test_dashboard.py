@@ -18,9 +18,9 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from penstock.contract.topology import StageRoute, Topology
 from penstock.controller import metrics as operator_metrics
-from penstock.dataplane.config import GatewayConfig, HostPort
+from penstock.dataplane.gateway.config import GatewayConfig, HostPort
+from penstock.dataplane.gateway.telemetry import GatewayMetrics
 from penstock.dataplane.router import RouterMetrics
-from penstock.dataplane.telemetry import GatewayMetrics
 
 DASHBOARD = (
     Path(__file__).resolve().parents[2]

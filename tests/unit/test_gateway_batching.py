@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from penstock.dataplane.answers import Answer, Failure
-from penstock.dataplane.batching import (
+from penstock.dataplane.gateway.answers import Answer, Failure
+from penstock.dataplane.gateway.batching import (
     Batcher,
     BatchError,
     BatchResponse,

@@ -7,7 +7,7 @@ import struct
 import pytest
 from multidict import CIMultiDict
 
-from penstock.dataplane.cache import (
+from penstock.dataplane.gateway.cache import (
     KEY_PREFIX,
     CorruptEntry,
     Entry,

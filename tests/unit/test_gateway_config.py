@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from penstock.dataplane.coalesce import Coalescer
-from penstock.dataplane.config import ConfigError, HostPort, env_name, parse_config
-from penstock.dataplane.gateway import main
-from penstock.dataplane.proxy import strip_headers
+from penstock.dataplane.gateway.coalesce import Coalescer
+from penstock.dataplane.gateway.command import main
+from penstock.dataplane.gateway.config import ConfigError, HostPort, env_name, parse_config
+from penstock.dataplane.gateway.server import strip_headers
+from penstock.dataplane.gateway.sharing import cache_directives
+from penstock.dataplane.gateway.telemetry import request_cost_usd
 from penstock.dataplane.server import traces_url
-from penstock.dataplane.sharing import cache_directives
-from penstock.dataplane.telemetry import request_cost_usd
 
 BASE = ["--listen", "127.0.0.1:8000", "--upstream", "http://127.0.0.1:8080"]
 

@@ -7,8 +7,8 @@ import time
 import pytest
 from multidict import CIMultiDict
 
-from penstock.dataplane.coalesce import Coalescer
-from penstock.dataplane.sharing import (
+from penstock.dataplane.gateway.coalesce import Coalescer
+from penstock.dataplane.gateway.sharing import (
     RequestRules,
     answer_sharing,
     may_reuse,

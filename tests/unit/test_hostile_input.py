@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from penstock.api.cost import PriceTable
 from penstock.api.validation import MAX_PROBLEMS, validate_document
 from penstock.contract.topology import TopologyError
-from penstock.dataplane.router_topology import load_pipeline as router_load
+from penstock.dataplane.router.topology import load_pipeline as router_load
 from penstock.dev.analyze import AnalyzeError, load_spec
 from penstock.dev.runner import DevError
 from penstock.dev.runner import load_pipeline as dev_load

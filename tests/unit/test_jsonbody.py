@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from penstock.dataplane.cache import cache_key
+from penstock.dataplane.gateway.cache import cache_key
 from penstock.dataplane.jsonbody import MAX_DEPTH, JsonBodyError, canonical, loads, parse
 from tests.json_bodies import json_values, utf8_json
 

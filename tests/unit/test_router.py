@@ -10,7 +10,7 @@ import pytest
 
 from penstock.contract.topology import TopologyError, parse_topology
 from penstock.dataplane.router import ConfigError, env_name, parse_config
-from penstock.dataplane.router_topology import (
+from penstock.dataplane.router.topology import (
     envelope_body,
     load_pipeline,
     load_topology,

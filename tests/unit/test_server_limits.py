@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from penstock.dataplane import config as gateway_config
 from penstock.dataplane import router
+from penstock.dataplane.gateway import config as gateway_config
 from penstock.dataplane.limits import LIMIT_FLAGS, Identity, ServerLimits, open_files_allow
 
 GATEWAY = ["--listen", "127.0.0.1:8000", "--upstream", "http://127.0.0.1:8080"]

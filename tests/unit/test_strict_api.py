@@ -16,7 +16,7 @@ from penstock.api.crd import pipeline_crd
 from penstock.api.pipeline import RESERVED_STAGE_NAMES
 from penstock.api.validation import _KNOWN_FIELDS, validate_document, validate_spec
 from penstock.contract.topology import TopologyError
-from penstock.dataplane.router_topology import pipeline_topology
+from penstock.dataplane.router.topology import pipeline_topology
 
 ROOT = Path(__file__).resolve().parents[2]
 SCALING = {"minReplicas": 1, "maxReplicas": 3, "targetUtilization": 0.5, "targetThroughputPerReplica": 10.5}  # fmt: skip

@@ -21,7 +21,7 @@ from penstock.api.types import (
 )
 
 MAX_STAGES = 32
-# Stage names the data plane uses itself (dataplane/router_topology.py, render/router.py).
+# Stage names the data plane uses itself (dataplane/router/topology.py, render/router.py).
 RESERVED_STAGE_NAMES = {
     "router": "'router' is reserved: the pipeline's router is named <pipeline>-router",
     "input": "'input' is reserved: a stage's request body has the key \"input\" for the"

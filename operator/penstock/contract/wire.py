@@ -30,3 +30,39 @@ def env_name(prefix: str, flag: str) -> str:
     """The environment variable of a command-line flag: ``--cache-ttl-seconds`` ->
     ``PENSTOCK_GATEWAY_CACHE_TTL_SECONDS`` (for the gateway's prefix)."""
     return prefix + flag.lstrip("-").replace("-", "_").upper()
+
+
+# Metrics the gateways export and other processes read (the tuner's queries, analyze, the HPA).
+STAGE_REQUESTS = "penstock_stage_requests_total"
+STAGE_REQUEST_DURATION = "penstock_stage_request_duration_seconds"
+STAGE_INFLIGHT = "penstock_stage_inflight_requests"
+STAGE_BATCH_SIZE = "penstock_stage_batch_size"
+STAGE_REQUESTS_PER_SECOND = "penstock_stage_requests_per_second"
+"""The Pods metric a custom-metrics adapter derives from STAGE_REQUESTS for the HPA."""
+DURATION_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
+"""Histogram buckets (seconds) of the gateway's and the router's request durations."""
+
+# Span attributes of the gateway's and the router's spans.
+ATTR_PIPELINE = "penstock.pipeline"
+ATTR_STAGE = "penstock.stage"
+ATTR_COST_CENTER = "penstock.cost_center"
+ATTR_CACHE_HIT = "penstock.cache.hit"
+ATTR_BATCH_SIZE = "penstock.batch.size"
+ATTR_COST_USD = "penstock.cost.usd"

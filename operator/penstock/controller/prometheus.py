@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from penstock.contract.wire import STAGE_INFLIGHT, STAGE_REQUEST_DURATION, STAGE_REQUESTS
 from penstock.controller.tuner import Observation
 
 DEFAULT_WINDOW = "2m"
@@ -143,12 +144,12 @@ def pipeline_selector(namespace: str, pipeline: str) -> str:
 
 def request_rate_query(namespace: str, pipeline: str, window: str = DEFAULT_WINDOW) -> str:
     selector = pipeline_selector(namespace, pipeline)
-    return f"sum by (stage) (rate(penstock_stage_requests_total{selector}[{window}]))"
+    return f"sum by (stage) (rate({STAGE_REQUESTS}{selector}[{window}]))"
 
 
 def latency_query(namespace: str, pipeline: str, window: str = DEFAULT_WINDOW) -> str:
     selector = pipeline_selector(namespace, pipeline)
-    metric = "penstock_stage_request_duration_seconds"
+    metric = STAGE_REQUEST_DURATION
     return (
         f"sum by (stage) (rate({metric}_sum{selector}[{window}]))"
         f" / sum by (stage) (rate({metric}_count{selector}[{window}]))"
@@ -157,7 +158,7 @@ def latency_query(namespace: str, pipeline: str, window: str = DEFAULT_WINDOW) -
 
 def inflight_query(namespace: str, pipeline: str, window: str = DEFAULT_WINDOW) -> str:
     selector = pipeline_selector(namespace, pipeline)
-    return f"sum by (stage) (avg_over_time(penstock_stage_inflight_requests{selector}[{window}]))"
+    return f"sum by (stage) (avg_over_time({STAGE_INFLIGHT}{selector}[{window}]))"
 
 
 def _by_stage(samples: Iterable[Sample]) -> dict[str, float | None]:

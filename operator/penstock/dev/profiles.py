@@ -17,7 +17,7 @@ from penstock.api import PipelineSpec
 from penstock.api.validation import validate_document
 from penstock.contract import profile as profile_document
 from penstock.contract.profile import Profile, ProfileError
-from penstock.contract.wire import PROFILE_HEADER
+from penstock.contract.wire import PROFILE_HEADER, STAGE_BATCH_SIZE
 from penstock.errors import PenstockError, bounded
 from penstock.safeyaml import DocumentError, load_yaml_file, read_limited
 
@@ -187,7 +187,7 @@ def parse_batch_metrics(text: str, source: str = "metrics") -> dict[str, float]:
     counts: dict[str, float] = defaultdict(float)
     try:
         for family in text_string_to_metric_families(text):
-            if family.name != "penstock_stage_batch_size":
+            if family.name != STAGE_BATCH_SIZE:
                 continue
             for sample in family.samples:
                 stage = sample.labels.get("stage", "")

@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from penstock.api import PipelineSpec, Stage
+from penstock.contract.wire import STAGE_REQUESTS_PER_SECOND
 from penstock.render.meta import PipelineRef, labels, metadata, stage_object_name
 from penstock.render.workload import autoscaler
-
-THROUGHPUT_METRIC = "penstock_stage_requests_per_second"
 
 
 def _throughput_metric(stage: Stage) -> list[dict[str, Any]]:
@@ -21,7 +20,7 @@ def _throughput_metric(stage: Stage) -> list[dict[str, Any]]:
         {
             "type": "Pods",
             "pods": {
-                "metric": {"name": THROUGHPUT_METRIC},
+                "metric": {"name": STAGE_REQUESTS_PER_SECOND},
                 "target": {"type": "AverageValue", "averageValue": f"{round(target * 1000)}m"},
             },
         }

@@ -7,9 +7,9 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from penstock.dataplane.config import GatewayConfig, build_parser, parse_config
 from penstock.dataplane.flags import ConfigError
-from penstock.dataplane.proxy import Gateway
+from penstock.dataplane.gateway.config import GatewayConfig, build_parser, parse_config
+from penstock.dataplane.gateway.server import Gateway
 from penstock.dataplane.server import serve_until_stopped
 from penstock.dataplane.serving import run_command
 

@@ -19,15 +19,11 @@ header is ignored then).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import logging
-import os
-import sys
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -36,232 +32,31 @@ from aiohttp import web
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.trace import SpanKind, Status, StatusCode
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Histogram,
-)
 
 from penstock.api import graph as stage_graph
-from penstock.contract import wire
 from penstock.contract.profile import Profile, StageTiming
-from penstock.contract.topology import StageRoute, Topology, TopologyError
-from penstock.contract.wire import ADMIN_PORT, CACHE_HEADER, PROFILE_HEADER, ROUTER_ENV_PREFIX
+from penstock.contract.topology import StageRoute
+from penstock.contract.wire import ATTR_PIPELINE, ATTR_STAGE, CACHE_HEADER, PROFILE_HEADER
 from penstock.dataplane.errors import StageError, json_error
-from penstock.dataplane.flags import ConfigError, FlagParser, HostPort, parse_host_port
-from penstock.dataplane.flags import pick as pick_flag
 from penstock.dataplane.jsonbody import MAX_DEPTH, JsonBodyError
 from penstock.dataplane.jsonbody import parse as parse_json_body
 from penstock.dataplane.limits import (
-    LIMIT_FLAGS,
     BodyTimeout,
     Identity,
-    ServerLimits,
-    parse_limit,
 )
-from penstock.dataplane.router_stream import relay, visible
-from penstock.dataplane.router_topology import (
+from penstock.dataplane.router.config import RouterConfig
+from penstock.dataplane.router.stream import relay, visible
+from penstock.dataplane.router.telemetry import RouterMetrics
+from penstock.dataplane.router.topology import (
     envelope_body,
-    load_pipeline,
-    load_topology,
-    parse_stage_urls,
 )
-from penstock.dataplane.server import Server, build_tracer, serve_until_stopped
-from penstock.dataplane.serving import run_command
-from penstock.dataplane.telemetry import (
-    ATTR_PIPELINE,
-    ATTR_STAGE,
-    DURATION_BUCKETS,
-)
+from penstock.dataplane.server import Server, build_tracer
 from penstock.dataplane.upstream import UpstreamResponse, pool_for, tls_context
 
 log = logging.getLogger("penstock.router")
 
-ENV_PREFIX = ROUTER_ENV_PREFIX
 JSON_TYPE = "application/json"
 MAX_BODY_BYTES = 16 << 20
-
-
-# =========================================================================== configuration
-
-
-@dataclass(frozen=True)
-class RouterConfig:
-    listen: HostPort
-    topology: Topology
-    admin_listen: HostPort
-    otlp_endpoint: str | None = None
-    sampling_ratio: float = 1.0
-    stage_ca_file: str | None = None
-    limits: ServerLimits = field(default_factory=ServerLimits)
-
-
-def env_name(flag: str) -> str:
-    """``--stage-url`` -> ``PENSTOCK_ROUTER_STAGE_URL``."""
-    return wire.env_name(ENV_PREFIX, flag)
-
-
-_HELP = {
-    "--listen": ("HOST:PORT", "where clients reach the pipeline (required)"),
-    "--pipeline": ("FILE", "a Pipeline YAML; stage URLs come from --stage-url (local runs)"),
-    "--topology": ("FILE", "the topology.json of the pipeline's ConfigMap (in the cluster)"),
-    "--stage-url": (
-        "NAME=URL",
-        "where stage NAME is reached, repeatable; required with --pipeline for every stage the"
-        " output needs, overrides the topology's URL otherwise (env: comma-separated)",
-    ),
-    "--admin-listen": ("HOST:PORT", "/metrics, /live, /ready (default: the --listen host, 9090)"),
-    "--otlp-endpoint": ("URL", "OTLP/HTTP collector; enables spans per request and stage"),
-    "--sampling-ratio": ("R", "trace sampling ratio in [0, 1] (default 1)"),
-    "--stage-ca-file": (
-        "FILE",
-        "PEM CA bundle that https:// stage certificates are verified against, instead of the"
-        " system CA bundle",
-    ),
-    **{flag: ("N", text) for flag, (_, text) in LIMIT_FLAGS.items()},
-}
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = FlagParser(
-        prog="penstock router",
-        description="The pipeline's entrypoint: runs the stage DAG per request with maximum"
-        " parallelism, enforces the latency budget, streams the output stage, profiles on"
-        f" request ({PROFILE_HEADER}: 1).",
-        epilog=f"Every flag --foo-bar can also be set with {ENV_PREFIX}FOO_BAR."
-        " Exit status 2 on bad flags or files.",
-    )
-    for flag, (metavar, text) in _HELP.items():
-        parser.add_argument(
-            flag,
-            metavar=metavar,
-            default=None,
-            action="append" if flag == "--stage-url" else "store",
-            help=f"{text} [env: {env_name(flag)}]",
-        )
-    return parser
-
-
-def _url(source: str, text: str) -> str:
-    parts = urlsplit(text.strip())
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"{source}: {text!r} is not an http(s)://host[:port] URL")
-    return text.strip()
-
-
-def parse_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> RouterConfig:
-    """Flags, else environment variables, else defaults; raise :class:`ConfigError`."""
-    env = os.environ if environ is None else environ
-    args = build_parser().parse_args(list(argv))
-
-    def pick(flag: str) -> tuple[str | None, str]:
-        return pick_flag(args, env, ENV_PREFIX, flag)
-
-    listen_text, source = pick("--listen")
-    if listen_text is None:
-        raise ConfigError(f"--listen is required (or set {env_name('--listen')})")
-    try:
-        listen = parse_host_port(listen_text)
-        admin_text, source = pick("--admin-listen")
-        admin = parse_host_port(admin_text) if admin_text else HostPort(listen.host, ADMIN_PORT)
-    except ValueError as error:
-        raise ConfigError(f"{source}: {error}") from None
-    if admin == listen and listen.port != 0:
-        raise ConfigError("--admin-listen must differ from --listen")
-    otlp, source = pick("--otlp-endpoint")
-    if otlp is not None:
-        otlp = _url(source, otlp)
-    ratio_text, source = pick("--sampling-ratio")
-    ratio = 1.0
-    if ratio_text is not None:
-        try:
-            ratio = float(ratio_text)
-        except ValueError:
-            raise ConfigError(f"{source}: {ratio_text!r} is not a number") from None
-        if not 0.0 <= ratio <= 1.0:
-            raise ConfigError(f"{source}: {ratio_text!r} is not in [0, 1]")
-    ca_file, source = pick("--stage-ca-file")
-    if ca_file is not None:
-        try:
-            tls_context(ca_file)
-        except OSError as error:  # ssl.SSLError too: not PEM, no certificate in it
-            raise ConfigError(f"{source}: cannot load CA file {ca_file}: {error}") from None
-    limits: dict[str, Any] = {}
-    for flag, (name, _) in LIMIT_FLAGS.items():
-        text, source = pick(flag)
-        if text is not None:
-            try:
-                limits[name] = parse_limit(flag, text)
-            except ValueError as error:
-                raise ConfigError(f"{source}: {error}") from None
-    items: list[str] = [item for item in (args.stage_url or []) if item.strip()]
-    if not items:
-        items = [i for i in env.get(env_name("--stage-url"), "").replace(",", " ").split() if i]
-    pipeline, _ = pick("--pipeline")
-    topology_file, _ = pick("--topology")
-    if (pipeline is None) == (topology_file is None):
-        raise ConfigError(
-            "give exactly one of --pipeline FILE (a Pipeline YAML) or --topology FILE"
-            " (the topology.json of the pipeline's ConfigMap)"
-        )
-    try:
-        urls = parse_stage_urls(items)
-        if pipeline is not None:
-            topology = load_pipeline(pipeline, urls)
-        else:
-            topology = with_stage_urls(load_topology(topology_file or ""), urls)
-    except TopologyError as error:
-        raise ConfigError(str(error)) from None
-    return RouterConfig(listen, topology, admin, otlp, ratio, ca_file, ServerLimits(**limits))
-
-
-def with_stage_urls(topology: Topology, urls: Mapping[str, str]) -> Topology:
-    """The topology with some stages' URLs replaced (``--stage-url`` over ``topology.json``)."""
-    unknown = sorted(set(urls) - set(topology.stages))
-    if unknown:
-        raise TopologyError(
-            f"--stage-url names no stage of pipeline {topology.pipeline!r}: {', '.join(unknown)}"
-        )
-    stages = {
-        name: replace(stage, url=urls.get(name, stage.url))
-        for name, stage in topology.stages.items()
-    }
-    return replace(topology, stages=stages)
-
-
-# =========================================================================== telemetry
-
-
-class RouterMetrics:
-    """The router's metrics in a registry of its own (several routers may share a process)."""
-
-    def __init__(self, topology: Topology) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
-        self._labels = {"namespace": topology.namespace, "pipeline": topology.pipeline}
-        self._requests = Counter(
-            "penstock_pipeline_requests_total",
-            "Pipeline requests through the router, by outcome (ok, bad_request, stage_error,"
-            " timeout, stream_aborted, client_closed, cancelled, internal_error)",
-            ["namespace", "pipeline", "outcome"],
-            registry=self.registry,
-        )
-        self.duration = Histogram(
-            "penstock_pipeline_request_duration_seconds",
-            "Time from request to complete pipeline response at the router",
-            ["namespace", "pipeline"],
-            buckets=DURATION_BUCKETS,
-            registry=self.registry,
-        ).labels(**self._labels)
-        self._children: dict[str, Counter] = {}
-
-    def request(self, outcome: str) -> None:
-        child = self._children.get(outcome)
-        if child is None:
-            child = self._children[outcome] = self._requests.labels(**self._labels, outcome=outcome)
-        child.inc()
-
-
-# =========================================================================== execution
 
 
 @dataclass
@@ -553,38 +348,9 @@ class Router(Server):
     async def _stream(
         self, request: web.Request, upstream: UpstreamResponse, deadline: float | None
     ) -> tuple[web.StreamResponse, str]:
-        """Pass the output stage's body through as it arrives (see dataplane/router_stream)."""
+        """Pass the output stage's body through as it arrives (see dataplane/router/stream.py)."""
         output = self.topology.output
         end = time.perf_counter() + self.topology.stages[output].timeout_seconds
         if deadline is not None:
             end = min(end, deadline)
         return await relay(request, upstream, output, end, self.topology.pipeline)
-
-
-# =========================================================================== entry point
-
-
-async def serve(config: RouterConfig, stop: asyncio.Event | None = None) -> None:
-    """Start a router, run until ``stop`` is set (or SIGTERM/SIGINT), then stop."""
-    router, topology = Router(config), config.topology
-
-    def started() -> str:
-        return (
-            f"router for pipeline {topology.namespace}/{topology.pipeline} listening on"
-            f" {config.listen.host}:{router.port} (admin {config.admin_listen.host}:"
-            f"{router.admin_port}), output {topology.output},"
-            f" stages {', '.join(sorted(topology.needed()))}"
-        )
-
-    await serve_until_stopped(router, stop, started, log)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``penstock router`` with ``argv`` (the arguments after ``router``)."""
-    return run_command(
-        "router", argv, build_parser().print_help, parse_config, (ConfigError,), serve
-    )
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

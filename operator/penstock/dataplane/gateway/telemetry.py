@@ -4,37 +4,18 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from penstock.dataplane.config import GatewayConfig
+from penstock.contract.wire import (
+    DURATION_BUCKETS,
+    STAGE_BATCH_SIZE,
+    STAGE_INFLIGHT,
+    STAGE_REQUEST_DURATION,
+    STAGE_REQUESTS,
+)
+from penstock.dataplane.gateway.config import GatewayConfig
 
 LABELS = ("namespace", "pipeline", "stage")
 
-DURATION_BUCKETS = (
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-    60.0,
-)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-
-# span attributes (DESIGN contract)
-ATTR_PIPELINE = "penstock.pipeline"
-ATTR_STAGE = "penstock.stage"
-ATTR_COST_CENTER = "penstock.cost_center"
-ATTR_CACHE_HIT = "penstock.cache.hit"
-ATTR_BATCH_SIZE = "penstock.batch.size"
-ATTR_COST_USD = "penstock.cost.usd"
 
 
 def request_cost_usd(hourly_cost_usd: float, held_seconds: float, sharers: int = 1) -> float:
@@ -59,20 +40,20 @@ class GatewayMetrics:
         labels = {"namespace": config.namespace, "pipeline": config.pipeline, "stage": config.stage}
         r = self.registry
         self._requests = Counter(
-            "penstock_stage_requests_total",
+            STAGE_REQUESTS,
             "Requests through the stage gateway, by outcome",
             [*LABELS, "outcome"],
             registry=r,
         )
         self.duration = Histogram(
-            "penstock_stage_request_duration_seconds",
+            STAGE_REQUEST_DURATION,
             "Time from request to complete response at the stage gateway",
             LABELS,
             buckets=DURATION_BUCKETS,
             registry=r,
         ).labels(**labels)
         self.inflight = Gauge(
-            "penstock_stage_inflight_requests",
+            STAGE_INFLIGHT,
             "Requests being served by the stage gateway",
             LABELS,
             registry=r,
@@ -96,7 +77,7 @@ class GatewayMetrics:
             registry=r,
         ).labels(**labels)
         self.batch_size = Histogram(
-            "penstock_stage_batch_size",
+            STAGE_BATCH_SIZE,
             "Items per batch sent to the stage's batch endpoint",
             LABELS,
             buckets=BATCH_BUCKETS,

@@ -23,16 +23,21 @@ from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from penstock.api.pipeline import HOP_BY_HOP_HEADERS
-from penstock.contract.wire import CACHE_HEADER
-from penstock.dataplane.answers import Answer, Failure, Outcome
-from penstock.dataplane.batching import Batcher, BatchResponse
-from penstock.dataplane.cache import Entry, Lookup, RedisCache, Store, cache_key
-from penstock.dataplane.coalesce import Coalescer
-from penstock.dataplane.config import GatewayConfig
-from penstock.dataplane.jsonbody import JsonBodyError, parse
-from penstock.dataplane.limits import Identity
-from penstock.dataplane.server import Server, build_tracer
-from penstock.dataplane.sharing import (
+from penstock.contract.wire import (
+    ATTR_BATCH_SIZE,
+    ATTR_CACHE_HIT,
+    ATTR_COST_CENTER,
+    ATTR_COST_USD,
+    ATTR_PIPELINE,
+    ATTR_STAGE,
+    CACHE_HEADER,
+)
+from penstock.dataplane.gateway.answers import Answer, Failure, Outcome
+from penstock.dataplane.gateway.batching import Batcher, BatchResponse
+from penstock.dataplane.gateway.cache import Entry, Lookup, RedisCache, Store, cache_key
+from penstock.dataplane.gateway.coalesce import Coalescer
+from penstock.dataplane.gateway.config import GatewayConfig
+from penstock.dataplane.gateway.sharing import (
     NOTHING_SAID,
     Sharing,
     answer_sharing,
@@ -41,16 +46,10 @@ from penstock.dataplane.sharing import (
     request_rules,
     same_variant,
 )
-from penstock.dataplane.telemetry import (
-    ATTR_BATCH_SIZE,
-    ATTR_CACHE_HIT,
-    ATTR_COST_CENTER,
-    ATTR_COST_USD,
-    ATTR_PIPELINE,
-    ATTR_STAGE,
-    GatewayMetrics,
-    request_cost_usd,
-)
+from penstock.dataplane.gateway.telemetry import GatewayMetrics, request_cost_usd
+from penstock.dataplane.jsonbody import JsonBodyError, parse
+from penstock.dataplane.limits import Identity
+from penstock.dataplane.server import Server, build_tracer
 from penstock.dataplane.upstream import (
     UpstreamClosed,
     UpstreamPool,

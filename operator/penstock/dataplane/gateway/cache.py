@@ -23,7 +23,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from penstock.dataplane.sharing import header_values
+from penstock.dataplane.gateway.sharing import header_values
 
 log = logging.getLogger("penstock.gateway.cache")
 

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from penstock.dataplane.answers import Answer, Failure, Outcome
+from penstock.dataplane.gateway.answers import Answer, Failure, Outcome
 
 log = logging.getLogger("penstock.gateway.batching")
 
