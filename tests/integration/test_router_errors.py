@@ -19,9 +19,9 @@ import pytest
 
 from penstock.contract.topology import StageRoute, Topology
 from penstock.contract.wire import PROFILE_HEADER
-from penstock.dataplane.router import server as router_module
 from penstock.dataplane.gateway.config import HostPort
 from penstock.dataplane.router import Router, RouterConfig
+from penstock.dataplane.router import server as router_module
 from tests.integration.test_router_stream import outcomes
 
 pytestmark = pytest.mark.integration

@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 import yaml
-from penstock.dataplane.router.topology import pipeline_topology
 
 from penstock.api import PipelineSpec, Stage
 from penstock.api.validation import validate_document, validate_spec
@@ -21,6 +20,7 @@ from penstock.contract import wire
 from penstock.contract.profile import Profile, StageTiming, parse_profile
 from penstock.contract.topology import parse_topology
 from penstock.dataplane.gateway.config import GatewayConfig, parse_config
+from penstock.dataplane.router.topology import pipeline_topology
 from penstock.dev.runner import gateway_argv
 from penstock.render import PipelineRef, RenderSettings
 from penstock.render.gateway import gateway_container
