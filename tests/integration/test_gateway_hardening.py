@@ -729,7 +729,7 @@ async def test_an_unexpected_error_is_a_json_500_naming_the_stage(
         async def broken(*args: Any, **kwargs: Any) -> Any:
             raise RuntimeError("a bug in the gateway")
 
-        gw._pool.request = broken  # type: ignore[method-assign]
+        gw.stage._pool.request = broken  # type: ignore[method-assign]
         for headers in ({}, {"Accept": "text/html"}):
             reply = await send(client, gw, {"q": 1}, headers=headers)
             assert_json_error(reply, 500, "'embed'", "RuntimeError: a bug in the gateway")

@@ -11,10 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
@@ -22,7 +20,6 @@ from multidict import CIMultiDict
 from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from penstock.api.pipeline import HOP_BY_HOP_HEADERS
 from penstock.contract.wire import (
     ATTR_BATCH_SIZE,
     ATTR_CACHE_HIT,
@@ -37,110 +34,35 @@ from penstock.dataplane.gateway.batching import Batcher, BatchResponse
 from penstock.dataplane.gateway.cache import Entry, Lookup, RedisCache, Store, cache_key
 from penstock.dataplane.gateway.coalesce import Coalescer
 from penstock.dataplane.gateway.config import GatewayConfig
+from penstock.dataplane.gateway.exchange import (
+    Produced,
+    Record,
+    charset_problem,
+    declares_json,
+    failure_response,
+    respond,
+)
 from penstock.dataplane.gateway.sharing import (
-    NOTHING_SAID,
-    Sharing,
-    answer_sharing,
-    header_values,
     may_reuse,
     request_rules,
     same_variant,
 )
-from penstock.dataplane.gateway.telemetry import GatewayMetrics, request_cost_usd
+from penstock.dataplane.gateway.stage import (
+    NOT_FORWARDED_REQUEST,
+    NOT_FORWARDED_STREAMED,
+    OpenStream,
+    StageClient,
+    describe,
+    strip_headers,
+)
+from penstock.dataplane.gateway.telemetry import GatewayMetrics
 from penstock.dataplane.jsonbody import JsonBodyError, parse
 from penstock.dataplane.limits import Identity
 from penstock.dataplane.server import Server, build_tracer
-from penstock.dataplane.upstream import (
-    UpstreamClosed,
-    UpstreamPool,
-    UpstreamProtocolError,
-    UpstreamResponse,
-)
 
 log = logging.getLogger("penstock.gateway")
 
 STAGE_ENDPOINT = "/"
-
-_NOT_FORWARDED_REQUEST = frozenset({"host", "content-length", "expect"})
-_NOT_FORWARDED_STREAMED = frozenset({"host", "expect"})  # a streamed body keeps its length
-_NOT_FORWARDED_RESPONSE = frozenset({"content-length"})
-
-
-def strip_headers(headers: Mapping[str, str], drop: frozenset[str]) -> CIMultiDict[str]:
-    """Headers without hop-by-hop ones (also those named in ``Connection``) and ``drop``.
-
-    Request header values stay as aiohttp decoded them (UTF-8, undecodable bytes as
-    surrogates): the upstream client writes them back as the exact bytes the caller sent.
-    """
-    skip = HOP_BY_HOP_HEADERS | drop
-    connection = header_values(headers, "connection")
-    if connection:
-        skip = skip | {token.strip().lower() for value in connection for token in value.split(",")}
-    return CIMultiDict(
-        [(name, value) for name, value in headers.items() if name.lower() not in skip]
-    )
-
-
-def _declares_json(content_type: str | None) -> bool:
-    """Is the body declared JSON (or not declared at all)?"""
-    if content_type is None:
-        return True
-    media = content_type.partition(";")[0].strip().lower()
-    return media in ("", "application/json") or media.endswith("+json")
-
-
-def _charset_problem(content_type: str | None) -> str | None:
-    """A ``charset`` other than UTF-8 (the stage could read the bytes differently)."""
-    if content_type is None or ";" not in content_type:
-        return None
-    for parameter in content_type.split(";")[1:]:
-        name, _, value = parameter.partition("=")
-        if name.strip().lower() == "charset":
-            charset = value.strip().strip('"').lower()
-            if charset not in ("utf-8", "utf8"):
-                return f"declares charset={charset}; JSON must be UTF-8 (RFC 8259)"
-    return None
-
-
-def _is_streaming(response: UpstreamResponse) -> bool:
-    content_type = response.header("content-type") or ""
-    return response.content_length is None or content_type.startswith("text/event-stream")
-
-
-@dataclass
-class _OpenStream:
-    """An upstream response whose body has not been read yet."""
-
-    response: UpstreamResponse
-    started: float
-
-
-@dataclass
-class _Record:
-    """What the span and the metrics say about one request."""
-
-    outcome: str = "ok"
-    cache_hit: bool | None = None
-    batch_size: int | None = None
-    cost: float = 0.0
-
-
-@dataclass
-class _Produced:
-    """What a (possibly shared) call produced, and the request headers it was made for."""
-
-    outcome: Outcome | _OpenStream
-    made_for: Mapping[str, str]
-    _sharing: Sharing | None = field(default=None, repr=False)
-
-    @property
-    def sharing(self) -> Sharing:
-        if self._sharing is None:
-            outcome = self.outcome
-            self._sharing = (
-                answer_sharing(outcome.headers) if isinstance(outcome, Answer) else NOTHING_SAID
-            )
-        return self._sharing
 
 
 class Gateway(Server):
@@ -166,11 +88,9 @@ class Gateway(Server):
         )
         super().__init__(identity, self.metrics.registry, tracer)
         self.not_ready_reason = "waiting for the stage's /healthz"
-        self._coalescer: Coalescer[_Produced] = Coalescer()
+        self._coalescer: Coalescer[Produced] = Coalescer()
         self._key_headers = frozenset(config.cache_key_headers)
-        upstream = urlsplit(config.upstream)
-        self._pool = UpstreamPool(upstream.hostname or "127.0.0.1", upstream.port or 80)
-        self._prefix = upstream.path.rstrip("/")
+        self.stage = StageClient(config)
         self.cache: RedisCache | None = None
         self._batcher: Batcher | None = None
         self._readiness: asyncio.Task[None] | None = None
@@ -214,7 +134,7 @@ class Gateway(Server):
         await self.stored()
         if self._batcher is not None:
             await self._batcher.close()
-        self._pool.close()
+        self.stage.close()
         if self.cache is not None:
             await self.cache.close()
         self.close_tracer()
@@ -224,59 +144,13 @@ class Gateway(Server):
         if self._stores:
             await asyncio.gather(*list(self._stores), return_exceptions=True)
 
-    async def _fetch(
-        self, method: str, path: str, body: bytes | None, headers: list[tuple[str, str]]
-    ) -> tuple[int, bytes]:
-        """A whole exchange with the stage (readiness and warmup)."""
-        response = await self._pool.request(method, self._prefix + path, headers, body)
-        try:
-            return response.status, await response.read()
-        finally:
-            response.release()
-
-    # ----------------------------------------------------------------- readiness
-
-    async def _healthy(self) -> bool:
-        try:
-            async with asyncio.timeout(min(self.config.timeout_seconds, 5.0)):
-                status, _ = await self._fetch("GET", "/healthz", None, [])
-                if status == 200:
-                    return True
-                self.not_ready_reason = f"stage /healthz answered HTTP {status}"
-        except (OSError, TimeoutError) as error:
-            self.not_ready_reason = f"stage /healthz failed: {_describe(error)}"
-        except Exception as error:  # a bug must not end the readiness loop
-            log.exception("stage %s: /healthz check failed", self.config.stage)
-            self.not_ready_reason = f"stage /healthz check failed: {_describe(error)}"
-        return False
-
-    async def _warmup(self) -> bool:
-        config = self.config
-        json_type = [("Content-Type", "application/json")]
-        for number in range(1, config.warmup_requests + 1):
-            self.not_ready_reason = f"warmup request {number}/{config.warmup_requests}"
-            try:
-                async with asyncio.timeout(config.timeout_seconds):
-                    status, _ = await self._fetch(
-                        "POST", config.warmup_path, config.warmup_body, json_type
-                    )
-                    if not 200 <= status <= 299:
-                        self.not_ready_reason = f"warmup request {number} answered HTTP {status}"
-                        return False
-            except (OSError, TimeoutError) as error:
-                self.not_ready_reason = f"warmup request {number} failed: {_describe(error)}"
-                return False
-            except Exception as error:  # a bug must not end the readiness loop
-                log.exception("stage %s: warmup request failed", self.config.stage)
-                self.not_ready_reason = f"warmup request {number} failed: {_describe(error)}"
-                return False
-        return True
-
     async def _readiness_loop(self) -> None:
         """Ready after /healthz answers 200 and the warmup succeeded; 3 failed checks undo it."""
         delay = 0.05
         while True:
-            if not await self._healthy() or not await self._warmup():
+            problem = await self.stage.healthy() or await self.stage.warmup(self._progress)
+            if problem:
+                self.not_ready_reason = problem
                 log.info("stage %s not ready: %s", self.config.stage, self.not_ready_reason)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
@@ -288,11 +162,17 @@ class Gateway(Server):
             failures = 0
             while failures < 3:
                 await asyncio.sleep(self.config.health_interval_seconds)
-                failures = 0 if await self._healthy() else failures + 1
+                problem = await self.stage.healthy()
+                if problem:
+                    self.not_ready_reason = problem
+                failures = failures + 1 if problem else 0
             self.ready = False
             self.metrics.ready.set(0)
             log.warning("stage %s no longer ready: %s", self.config.stage, self.not_ready_reason)
             delay = 0.05
+
+    def _progress(self, step: str) -> None:
+        self.not_ready_reason = step
 
     def readiness(self) -> dict[str, Any]:
         if self.ready:
@@ -303,7 +183,7 @@ class Gateway(Server):
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
-        record = _Record()
+        record = Record()
         metrics = self.metrics
         metrics.inflight.inc()
         try:
@@ -336,12 +216,12 @@ class Gateway(Server):
             message = f"request refused: {error.reason}"
             outcome = "client_error" if error.status < 500 else "gateway_error"
             failure = Failure(error.status, message, self.config.stage, outcome)
-            return self._failure(failure, record, "bypass")
+            return failure_response(failure, record, "bypass")
         except Exception as error:  # never aiohttp's text/plain 500 page
             log.exception("stage %s: unexpected error serving %s", self.config.stage, request.path)
-            message = f"gateway error in front of stage {self.config.stage!r}: {_describe(error)}"
+            message = f"gateway error in front of stage {self.config.stage!r}: {describe(error)}"
             failure = Failure(500, message, self.config.stage, "gateway_error")
-            return self._failure(failure, record, "bypass")
+            return failure_response(failure, record, "bypass")
         finally:
             metrics.inflight.dec()
             metrics.duration.observe(time.perf_counter() - started)
@@ -349,26 +229,16 @@ class Gateway(Server):
             if record.cost > 0:
                 metrics.cost.inc(record.cost)
 
-    def _failure(self, failure: Failure, record: _Record, cache: str) -> web.Response:
-        record.outcome = failure.outcome
-        response = web.Response(
-            status=failure.status,
-            body=failure.body(),
-            content_type="application/json",
-            headers={CACHE_HEADER: cache},
-        )
-        if failure.retry_after is not None:
-            response.headers["Retry-After"] = str(failure.retry_after)
-        return response
-
     def _client_error(self, message: str) -> Failure:
         return Failure(400, message, self.config.stage, "client_error")
 
-    async def _serve(self, request: web.Request, record: _Record) -> web.StreamResponse:
+    async def _serve(self, request: web.Request, record: Record) -> web.StreamResponse:
         config = self.config
         if not self.ready:
             message = f"stage {config.stage!r} is not ready: {self.not_ready_reason}"
-            return self._failure(Failure(503, message, config.stage, "not_ready"), record, "bypass")
+            return failure_response(
+                Failure(503, message, config.stage, "not_ready"), record, "bypass"
+            )
         if request.method != "POST" or request.path != STAGE_ENDPOINT:
             body_stream = request.content.iter_any() if request.body_exists else None
             result = await self._call_stage(request, body_stream, always_stream=True)
@@ -376,10 +246,10 @@ class Gateway(Server):
 
         body = await self._read_body(request)
         if isinstance(body, Failure):
-            return self._failure(body, record, "bypass")
+            return failure_response(body, record, "bypass")
         canonical = self._canonical(request, body)
         if isinstance(canonical, Failure):
-            return self._failure(canonical, record, "bypass")
+            return failure_response(canonical, record, "bypass")
         if canonical is None:  # not JSON: no key, so no cache and no coalescing
             result = await self._call_stage(request, body)
             return await self._respond(request, result, record, "bypass", sharers=1)
@@ -411,11 +281,11 @@ class Gateway(Server):
             cache_state = "miss" if lookup is Lookup.MISS else "bypass"
         deadline = asyncio.get_running_loop().time() + config.timeout_seconds
 
-        async def work() -> _Produced:
+        async def work() -> Produced:
             if self._batcher is not None:
-                return _Produced(await self._batcher.submit(body, deadline), request.headers)
+                return Produced(await self._batcher.submit(body, deadline), request.headers)
             outcome = await self._call_stage(request, body, deadline=deadline)
-            return _Produced(outcome, request.headers)
+            return Produced(outcome, request.headers)
 
         if rules.join and not self._coalescer.passes(key):
             shared = await self._coalescer.run(key, work)
@@ -438,12 +308,12 @@ class Gateway(Server):
         """The body's canonical JSON text (the key material), a 400, or None: not JSON, so
         passed through without a key (only when it is not declared JSON and not batched)."""
         content_type = request.headers.get("Content-Type")
-        declared = _declares_json(content_type)
+        declared = declares_json(content_type)
         if not body:
             if self._batcher is not None:
                 return self._client_error("request body is empty, not JSON")
             return None
-        problem = _charset_problem(content_type)
+        problem = charset_problem(content_type)
         if problem is None:
             try:
                 return parse(body)[1]
@@ -453,10 +323,10 @@ class Gateway(Server):
             return self._client_error(f"request body {problem}")
         return None
 
-    def _may_take(self, key: str, produced: _Produced, request: web.Request) -> bool:
+    def _may_take(self, key: str, produced: Produced, request: web.Request) -> bool:
         """May a follower have the answer the leader's call produced?"""
         outcome = produced.outcome
-        if isinstance(outcome, _OpenStream):  # streamed to the leader's client: call again
+        if isinstance(outcome, OpenStream):  # streamed to the leader's client: call again
             return False
         if isinstance(outcome, Failure):  # made by the gateway: nothing of the leader's in it
             return True
@@ -468,7 +338,7 @@ class Gateway(Server):
             return False
         return same_variant(sharing, produced.made_for, request.headers)
 
-    async def _store(self, key: str, produced: _Produced) -> None:
+    async def _store(self, key: str, produced: Produced) -> None:
         assert self.cache is not None
         answer = produced.outcome
         assert isinstance(answer, Answer)
@@ -503,7 +373,7 @@ class Gateway(Server):
         except web.HTTPRequestEntityTooLarge:
             return self._too_large()
         except (aiohttp.ClientPayloadError, ConnectionError) as error:
-            message = f"request body could not be read: {_describe(error)}"
+            message = f"request body could not be read: {describe(error)}"
             return Failure(400, message, self.config.stage, "client_error")
 
     def _too_large(self) -> Failure:
@@ -512,7 +382,7 @@ class Gateway(Server):
         return Failure(413, message, self.config.stage, "client_error")
 
     def _upstream_headers(self, request: web.Request, streamed: bool) -> CIMultiDict[str]:
-        drop = _NOT_FORWARDED_STREAMED if streamed else _NOT_FORWARDED_REQUEST
+        drop = NOT_FORWARDED_STREAMED if streamed else NOT_FORWARDED_REQUEST
         headers = strip_headers(request.headers, drop)
         forwarded = request.remote
         if forwarded:
@@ -529,152 +399,25 @@ class Gateway(Server):
         *,
         always_stream: bool = False,
         deadline: float | None = None,
-    ) -> Outcome | _OpenStream:
-        """One call to the stage: a buffered answer, an open stream, or a clear failure.
-
-        It may take timeoutSeconds, or until ``deadline`` (loop time) when that is given."""
-        config = self.config
+    ) -> Outcome | OpenStream:
         headers = self._upstream_headers(request, streamed=not isinstance(body, bytes))
-        target = self._prefix + request.rel_url.raw_path_qs  # as sent
-        started = time.perf_counter()
-        response: UpstreamResponse | None = None
-        if deadline is None:
-            deadline = asyncio.get_running_loop().time() + config.timeout_seconds
-        try:
-            async with asyncio.timeout_at(deadline):
-                response = await self._pool.request(
-                    request.method, target, list(headers.items()), body
-                )
-                if always_stream or _is_streaming(response):
-                    opened = _OpenStream(response, started)
-                    response = None
-                    return opened
-                data = await response.read()
-        except TimeoutError:
-            return Failure(
-                504,
-                f"stage {config.stage!r} did not answer within {config.timeout_seconds:g}s",
-                config.stage,
-                "timeout",
-                held_seconds=time.perf_counter() - started,
-            )
-        except OSError as error:
-            return Failure(
-                502,
-                f"stage {config.stage!r} failed: {_describe(error)}",
-                config.stage,
-                "upstream_error",
-                held_seconds=time.perf_counter() - started,
-            )
-        finally:
-            if response is not None:
-                response.release()
-        return Answer(
-            response.status,
-            tuple(strip_headers(CIMultiDict(response.headers), _NOT_FORWARDED_RESPONSE).items()),
-            data,
-            held_seconds=time.perf_counter() - started,
+        path_qs = request.rel_url.raw_path_qs
+        return await self.stage.call(
+            request.method, path_qs, headers, body, always_stream=always_stream, deadline=deadline
         )
 
     async def _send_batch(self, items: list[bytes]) -> BatchResponse | Failure:
-        """One POST of the items' own JSON texts (each checked strict JSON) as an array."""
-        config = self.config
-        assert config.batch_path is not None
         headers: dict[str, str] = {"Content-Type": "application/json"}
         if self._tracing:
             self._propagator.inject(headers)
-        payload = b"[" + b",".join(items) + b"]"
-        started = time.perf_counter()
-        try:
-            async with asyncio.timeout(config.timeout_seconds):
-                status, body = await self._fetch(
-                    "POST", config.batch_path, payload, list(headers.items())
-                )
-                return BatchResponse(status, body)
-        except TimeoutError:
-            message = (
-                f"stage {config.stage!r} did not answer the batch of {len(items)}"
-                f" within {config.timeout_seconds:g}s"
-            )
-            return Failure(504, message, config.stage, "timeout", time.perf_counter() - started)
-        except OSError as error:
-            message = f"stage {config.stage!r} batch call failed: {_describe(error)}"
-            return Failure(
-                502, message, config.stage, "upstream_error", time.perf_counter() - started
-            )
+        return await self.stage.send_batch(items, headers)
 
     async def _respond(
         self,
         request: web.Request,
-        result: Outcome | _OpenStream,
-        record: _Record,
+        result: Outcome | OpenStream,
+        record: Record,
         cache_state: str,
         sharers: int,
     ) -> web.StreamResponse:
-        if isinstance(result, _OpenStream):
-            return await self._stream(request, result, record, cache_state)
-        record.batch_size = result.batch_size
-        record.cost = request_cost_usd(self.config.hourly_cost, result.held_seconds, sharers)
-        if isinstance(result, Failure):
-            return self._failure(result, record, cache_state)
-        record.outcome = _outcome(result.status)
-        response = web.Response(status=result.status, body=result.body)
-        for name, value in result.headers:
-            response.headers.add(name, value)
-        response.headers[CACHE_HEADER] = cache_state
-        return response
-
-    async def _stream(
-        self, request: web.Request, opened: _OpenStream, record: _Record, cache_state: str
-    ) -> web.StreamResponse:
-        upstream = opened.response
-        out = web.StreamResponse(status=upstream.status)
-        forwarded = strip_headers(CIMultiDict(upstream.headers), _NOT_FORWARDED_RESPONSE)
-        for name, value in forwarded.items():
-            out.headers.add(name, value)
-        out.headers[CACHE_HEADER] = cache_state
-        if upstream.content_length is not None:
-            out.content_length = upstream.content_length
-        record.outcome = _outcome(upstream.status)
-        try:
-            await out.prepare(request)
-            async for chunk in upstream.iter_chunks():
-                await out.write(chunk)
-            await out.write_eof()
-        except (UpstreamClosed, UpstreamProtocolError, TimeoutError) as error:
-            record.outcome = "upstream_error"
-            log.warning("stage %s stream broke: %s", self.config.stage, _describe(error))
-            upstream.close()
-            if request.transport is not None:
-                request.transport.close()  # the client sees a truncated response, not EOF
-        except ConnectionError:
-            record.outcome = "client_closed"
-            upstream.close()
-        except Exception:  # the response has started: it can only be cut, not replaced
-            record.outcome = "gateway_error"
-            log.exception("stage %s: unexpected error while streaming", self.config.stage)
-            upstream.close()
-            if request.transport is not None:
-                request.transport.close()
-        finally:
-            upstream.release()
-            held = time.perf_counter() - opened.started
-            record.cost = request_cost_usd(self.config.hourly_cost, held)
-        return out
-
-
-def _outcome(status: int) -> str:
-    if status < 400:
-        return "ok"
-    if status < 500:
-        return "client_error"
-    return "stage_error"
-
-
-def _describe(error: BaseException) -> str:
-    if isinstance(error, UpstreamClosed | UpstreamProtocolError):
-        return str(error)
-    if isinstance(error, ConnectionRefusedError):
-        return f"cannot connect to the stage ({error.strerror or error})"
-    text = str(error)
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+        return await respond(request, result, record, cache_state, sharers, self.config)
