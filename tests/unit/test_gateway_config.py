@@ -10,8 +10,8 @@ import pytest
 from penstock.dataplane.gateway.coalesce import Coalescer
 from penstock.dataplane.gateway.command import main
 from penstock.dataplane.gateway.config import ConfigError, HostPort, env_name, parse_config
-from penstock.dataplane.gateway.stage import strip_headers
 from penstock.dataplane.gateway.sharing import cache_directives
+from penstock.dataplane.gateway.stage import strip_headers
 from penstock.dataplane.gateway.telemetry import request_cost_usd
 from penstock.dataplane.server import traces_url
 
