@@ -1,6 +1,6 @@
 """What a stage's gateway is told, built once from the Pipeline: the operator passes it as
 environment variables (``to_env``), ``penstock dev`` as command-line flags (``to_argv``), and
-``penstock gateway`` reads either back into one ``GatewayConfig`` (dataplane/config.py).
+``penstock gateway`` reads either back into one ``GatewayConfig`` (dataplane/gateway/config.py).
 
 Where the two places differ is only *where* things are (addresses, the warmup body's file, the
 Redis URL and namespace): those are the builder's arguments. Everything the Pipeline decides

@@ -1,7 +1,7 @@
 """In-flight coalescing: identical concurrent requests share one upstream call.
 
 Whether a follower may take the leader's result is the caller's decision (see
-``dataplane/sharing.py``); when a key's answer could not be shared, :meth:`Coalescer.unshareable`
+``dataplane/gateway/sharing.py``); when a key's answer could not be shared, :meth:`Coalescer.unshareable`
 remembers it for a few seconds so that its next callers go to the stage at once instead of
 queueing behind a call whose answer they cannot have (Varnish's "hit-for-pass").
 """
