@@ -18,8 +18,8 @@ from penstock.contract.wire import MANAGED_BY
 from penstock.controller import metrics
 from penstock.controller.collector import Collectors
 from penstock.controller.conditions import find, merge_conditions, now_rfc3339
-from penstock.controller.drift import drifted
 from penstock.controller.kube import CHILD_KINDS, Kube
+from penstock.controller.plan import child_key, plan_children
 from penstock.controller.prometheus import PrometheusClient
 from penstock.controller.settings import OperatorSettings
 from penstock.controller.status import invalid_status, rolled_out, valid_status
@@ -40,10 +40,6 @@ class Outcome:
     applied: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
     status_written: bool = False
-
-
-def _key(manifest: Mapping[str, Any]) -> tuple[str, str]:
-    return manifest["kind"], manifest["metadata"]["name"]
 
 
 def _owned_by(obj: Mapping[str, Any], uid: str) -> bool:
@@ -153,25 +149,19 @@ class Reconciler:
                     f"({stage.reason})",
                 )
         desired = render_children(ref, spec, self.settings.render, tuning.floors)
+        plan = plan_children(desired, live)
         changes: dict[str, list[str]] = {"Created": [], "Updated": [], "Deleted": []}
         try:
-            for manifest in desired:
-                key = _key(manifest)
-                current = live.get(key)
-                if drifted(manifest, current):
-                    live[key] = self.kube.apply(manifest)
-                    outcome.applied.append(f"{key[0]}/{key[1]}")
-                    changes["Created" if current is None else "Updated"].append(
-                        f"{key[0]} {key[1]}"
-                    )
-            wanted = {_key(manifest) for manifest in desired}
-            for key, item in list(live.items()):
-                if key not in wanted:
-                    uid = item["metadata"].get("uid")
-                    self.kube.delete(key[0], ref.namespace, key[1], uid)
-                    del live[key]
-                    outcome.deleted.append(f"{key[0]}/{key[1]}")
-                    changes["Deleted"].append(f"{key[0]} {key[1]}")
+            for manifest in plan.apply:
+                kind, name = key = child_key(manifest)
+                live[key] = self.kube.apply(manifest)
+                outcome.applied.append(f"{kind}/{name}")
+                changes["Created" if key in plan.new else "Updated"].append(f"{kind} {name}")
+            for gone in plan.delete:
+                self.kube.delete(gone.kind, ref.namespace, gone.name, gone.uid)
+                del live[(gone.kind, gone.name)]
+                outcome.deleted.append(f"{gone.kind}/{gone.name}")
+                changes["Deleted"].append(f"{gone.kind} {gone.name}")
         finally:
             # One Event per kind of change and reconcile, also when an apply failed midway.
             for reason, objects in changes.items():
