@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from penstock.api.status import PipelineStatus
 from penstock.api.validation import validate_object, validate_spec
 from penstock.contract.wire import MANAGED_BY
 from penstock.controller import metrics
@@ -235,6 +236,9 @@ class Reconciler:
         status["conditions"] = merge_conditions(
             previous.get("conditions", []), status["conditions"], now_rfc3339()
         )
+        # What is written is the typed status (api/status.py, which generates the CRD's schema):
+        # a field the CRD does not declare fails here, in every test, not silently in a cluster.
+        status = PipelineStatus.model_validate(status).model_dump(by_alias=True, exclude_none=True)
         if status == previous:
             return False
         self.kube.patch_status("Pipeline", ref.namespace, ref.name, _status_patch(previous, status))
