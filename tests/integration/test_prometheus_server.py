@@ -8,7 +8,6 @@ and `rate(penstock_stage_requests_total[10s])` becomes positive through the HTTP
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import threading
 import time
@@ -23,16 +22,11 @@ from typing import Any
 import pytest
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 
+from tests.support import free_port, tool
+
 pytestmark = pytest.mark.integration
 
-PROMETHEUS = Path(__file__).resolve().parents[2] / "bin" / "prometheus"
 QUERY = "rate(penstock_stage_requests_total[10s])"
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
@@ -82,8 +76,7 @@ def exporter() -> Iterator[str]:
 @pytest.fixture
 def prometheus(tmp_path: Path, exporter: str) -> Iterator[str]:
     """bin/prometheus on a free loopback port, scraping the exporter every second."""
-    if not PROMETHEUS.exists():
-        pytest.skip(f"{PROMETHEUS} is missing; run `make tools` to build Prometheus")
+    binary = tool("prometheus")
     config = tmp_path / "prometheus.yml"
     config.write_text(
         "global:\n"
@@ -95,11 +88,11 @@ def prometheus(tmp_path: Path, exporter: str) -> Iterator[str]:
         "    static_configs:\n"
         f"      - targets: ['{exporter}']\n"
     )
-    port = _free_port()
+    port = free_port()
     log = (tmp_path / "prometheus.log").open("wb")
     proc = subprocess.Popen(
         [
-            str(PROMETHEUS),
+            binary,
             f"--config.file={config}",
             f"--storage.tsdb.path={tmp_path / 'data'}",
             f"--web.listen-address=127.0.0.1:{port}",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import subprocess
 import sys
 import textwrap
@@ -29,16 +28,11 @@ from penstock.contract.topology import StageRoute, Topology
 from penstock.contract.wire import PROFILE_HEADER
 from penstock.dataplane.gateway.config import HostPort
 from penstock.dataplane.router import Router, RouterConfig
+from tests.support import free_port
 
 pytestmark = pytest.mark.integration
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

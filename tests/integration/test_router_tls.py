@@ -9,7 +9,6 @@ loop in production).
 from __future__ import annotations
 
 import asyncio
-import shutil
 import ssl
 import subprocess
 from collections.abc import Awaitable, Callable
@@ -26,10 +25,10 @@ from penstock.contract.topology import StageRoute, Topology
 from penstock.dataplane.gateway.config import HostPort
 from penstock.dataplane.router import Router, RouterConfig
 from penstock.dataplane.upstream import pool_for
+from tests.support import tool
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command"),
 ]
 
 LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
@@ -46,7 +45,7 @@ class Certs:
 
 
 def _openssl(*args: str | Path) -> None:
-    subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True, timeout=60)
+    subprocess.run([tool("openssl"), *map(str, args)], check=True, capture_output=True, timeout=60)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ import yaml
 from penstock.api.validation import validate_document
 from penstock.render import PipelineRef, RenderSettings, render_children
 from penstock.render.collector import TracedPipeline, collector_config, render_collector
+from tests.support import free_port, tool
 
 pytestmark = pytest.mark.integration
 
@@ -68,12 +68,6 @@ async def main(ports):
 
 asyncio.run(main(json.loads(sys.argv[1])))
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def http(url: str, body: bytes | None = None, timeout: float = 5) -> tuple[int, bytes]:
@@ -148,8 +142,7 @@ class Processes:
 
 @pytest.fixture
 def processes(tmp_path: Path) -> Iterator[Processes]:
-    if not JAEGER.exists():
-        pytest.fail(f"{JAEGER} is missing: run `make tools`")
+    tool("jaeger")  # fails naming how to get it
     running = Processes(tmp_path)
     try:
         yield running

@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import http.server
 import json
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,6 +18,7 @@ from hypothesis import strategies as st
 
 from penstock.dev.analyze import main
 from penstock.errors import MAX_MESSAGE
+from tests.support import free_port
 from tests.unit.test_analyze import RECORDS
 
 
@@ -172,13 +172,6 @@ def test_option_errors_exit_2(
 
 
 # ----------------------------------------------------------------- live servers on 127.0.0.1
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def serve(port: int, handler: Callable[[http.server.BaseHTTPRequestHandler], None]) -> http.server.ThreadingHTTPServer:  # fmt: skip
