@@ -1,15 +1,16 @@
-"""kopf handlers: every trigger leads to the same level-based reconcile of one Pipeline.
+"""kopf handlers: every trigger feeds one work queue (controller/queue.py) of Pipeline keys,
+whose workers run the same level-based reconcile.
 
-Pipeline create/resume/spec-update reconcile at once (an error makes kopf retry); a timer
-repairs drift; events on children (a Deployment becoming ready, a Service deleted by hand)
-schedule a debounced reconcile of their Pipeline.
+Pipeline create/resume/spec-update queue the key at once; events on children (a Deployment
+becoming ready, a Service deleted by hand) queue it after a short debounce; the resync loop
+queues every Pipeline (drift repair and the tuner). A failed reconcile comes back with backoff.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import kopf
@@ -18,6 +19,7 @@ from penstock.api import GROUP, PLURAL, VERSION
 from penstock.contract.wire import MANAGED_BY
 from penstock.controller import metrics
 from penstock.controller.kube import KubeError
+from penstock.controller.queue import Key, WorkQueue
 from penstock.controller.reconcile import Reconciler
 from penstock.render import FIELD_MANAGER
 
@@ -25,49 +27,7 @@ log = logging.getLogger("penstock.handlers")
 
 MANAGED = {"app.kubernetes.io/managed-by": MANAGED_BY}
 DEBOUNCE_SECONDS = 0.5
-
-
-class PipelineLocks:
-    """One reconcile at a time per Pipeline; children events collapse into one pending run."""
-
-    def __init__(self) -> None:
-        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
-        self._pending: dict[tuple[str, str], asyncio.Task[None]] = {}
-
-    def lock(self, key: tuple[str, str]) -> asyncio.Lock:
-        return self._locks.setdefault(key, asyncio.Lock())
-
-    def forget(self, key: tuple[str, str]) -> None:
-        self._locks.pop(key, None)
-        task = self._pending.pop(key, None)
-        if task:
-            task.cancel()
-
-    def schedule(self, key: tuple[str, str], reconciler: Reconciler) -> None:
-        if key in self._pending:
-            return
-        task = asyncio.create_task(self._run_later(key, reconciler))
-        self._pending[key] = task
-
-    async def _run_later(self, key: tuple[str, str], reconciler: Reconciler) -> None:
-        await asyncio.sleep(DEBOUNCE_SECONDS)
-        self._pending.pop(key, None)
-        namespace, name = key
-        try:
-            body = await asyncio.to_thread(reconciler.kube.get, "Pipeline", namespace, name)
-            if body is None or body["metadata"].get("deletionTimestamp"):
-                return
-            async with self.lock(key):
-                await asyncio.to_thread(reconciler.reconcile, body)
-        except KubeError as error:
-            # The resync timer retries; nothing is lost.
-            level = logging.DEBUG if _namespace_terminating(error) else logging.WARNING
-            log.log(
-                level, "reconcile of %s/%s after a child event failed: %s", namespace, name, error
-            )
-
-
-LOCKS = PipelineLocks()
+QUEUE_WORKERS = 4
 
 
 def _namespace_terminating(error: KubeError) -> bool:
@@ -80,25 +40,43 @@ def _reconciler(memo: kopf.Memo) -> Reconciler:
     return reconciler
 
 
-async def _reconcile_now(body: kopf.Body, memo: kopf.Memo) -> None:
-    key = (body["metadata"]["namespace"], body["metadata"]["name"])
-    async with LOCKS.lock(key):
+def _queue(memo: kopf.Memo) -> WorkQueue:
+    queue: WorkQueue = memo["queue"]
+    return queue
+
+
+def _key(body: Mapping[str, Any]) -> Key:
+    return body["metadata"]["namespace"], body["metadata"]["name"]
+
+
+def reconcile_work(reconciler: Reconciler) -> Callable[[Key], Awaitable[None]]:
+    """The queue's work: read the Pipeline now (the newest spec) and reconcile it."""
+
+    async def work(key: Key) -> None:
+        namespace, name = key
         try:
-            await asyncio.to_thread(_reconciler(memo).reconcile, dict(body))
+            body = await asyncio.to_thread(reconciler.kube.get, "Pipeline", namespace, name)
+            if body is None or body["metadata"].get("deletionTimestamp"):
+                return
+            await asyncio.to_thread(reconciler.reconcile, body)
         except KubeError as error:
-            # Raise so kopf retries with backoff; never swallow an apply error.
-            raise kopf.TemporaryError(str(error), delay=5) from error
+            if _namespace_terminating(error):  # its Pipelines go with it: nothing to retry
+                log.debug("reconcile of %s/%s: %s", namespace, name, error)
+                return
+            raise
+
+    return work
 
 
 async def reconcile_pipeline(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    await _reconcile_now(body, memo)
+    _queue(memo).add(_key(body))
 
 
 async def forget_pipeline(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     # Children go by garbage collection (owner references); only local state is dropped here,
     # and the namespace's shared collector drops the Pipeline from its configuration.
-    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
-    LOCKS.forget((namespace, name))
+    namespace, name = _key(body)
+    _queue(memo).forget((namespace, name))
     metrics.forget_pipeline(namespace, name)
     reconciler = _reconciler(memo)
     reconciler.tuning.forget(namespace, name)
@@ -147,28 +125,11 @@ async def child_changed(
     if not (pipeline and owned and meta.get("namespace")):
         return
     if needs_reconcile(event.get("type"), str(body.get("kind", "")), meta):
-        LOCKS.schedule((meta["namespace"], pipeline), _reconciler(memo))
+        _queue(memo).add((meta["namespace"], pipeline), delay=DEBOUNCE_SECONDS)
 
 
-RESYNC_CONCURRENCY = 4
-
-
-async def resync_loop(reconciler: Reconciler, interval: float) -> None:
-    """Every interval, reconcile every watched Pipeline: repairs drift that caused no event."""
-    limit = asyncio.Semaphore(RESYNC_CONCURRENCY)
-
-    async def one(body: dict[str, Any]) -> None:
-        key = (body["metadata"]["namespace"], body["metadata"]["name"])
-        async with limit, LOCKS.lock(key):
-            try:
-                await asyncio.to_thread(reconciler.reconcile, body)
-            except KubeError as error:
-                level = logging.DEBUG if _namespace_terminating(error) else logging.WARNING
-                log.log(level, "resync of %s/%s failed: %s", *key, error)
-            except Exception:
-                # One bad Pipeline must not end the loop for all the others.
-                log.exception("resync of %s/%s failed", *key)
-
+async def resync_loop(reconciler: Reconciler, queue: WorkQueue, interval: float) -> None:
+    """Every interval, queue every watched Pipeline: repairs drift that caused no event."""
     while True:
         await asyncio.sleep(interval)
         try:
@@ -176,8 +137,9 @@ async def resync_loop(reconciler: Reconciler, interval: float) -> None:
         except KubeError as error:
             log.warning("resync: cannot list Pipelines: %s", error)
             continue
-        live = [b for b in bodies if not b["metadata"].get("deletionTimestamp")]
-        await asyncio.gather(*(one(body) for body in live))
+        for body in bodies:
+            if not body["metadata"].get("deletionTimestamp"):
+                queue.add(_key(body))
 
 
 CHILD_RESOURCES = (
@@ -199,12 +161,19 @@ def register(registry: kopf.OperatorRegistry, resync_seconds: float) -> None:
     # is down (e.g. after `helm uninstall`).
 
     async def start_resync(memo: kopf.Memo, **_: Any) -> None:
-        memo["resync_task"] = asyncio.create_task(resync_loop(_reconciler(memo), resync_seconds))
+        reconciler = _reconciler(memo)
+        queue = WorkQueue(reconcile_work(reconciler), workers=QUEUE_WORKERS, quiet=(KubeError,))
+        queue.start()
+        memo["queue"] = queue
+        memo["resync_task"] = asyncio.create_task(resync_loop(reconciler, queue, resync_seconds))
 
     async def stop_resync(memo: kopf.Memo, **_: Any) -> None:
         task: asyncio.Task[None] | None = memo.get("resync_task")
         if task:
             task.cancel()
+        queue: WorkQueue | None = memo.get("queue")
+        if queue is not None:
+            await queue.stop()
 
     kopf.on.startup(registry=registry)(start_resync)
     kopf.on.cleanup(registry=registry)(stop_resync)

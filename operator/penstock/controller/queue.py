@@ -1,0 +1,140 @@
+"""One work queue that every trigger feeds: Pipeline create/update/resume, child events, the
+resync loop (which carries the tuner). Like client-go's workqueue:
+
+- deduplicated per key: a key already waiting is not queued twice, and a key added while it is
+  being reconciled is run once more afterwards, never twice at once (the work reads the
+  Pipeline when it runs, so it always acts on the newest spec);
+- rate-limited per key: after a failure the key comes back after an exponential backoff
+  (``base_delay`` doubling up to ``max_delay``), reset by a success;
+- a fixed number of workers, so a burst (a resync of 1,000 Pipelines) queues instead of
+  starting 1,000 reconciles.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+log = logging.getLogger("penstock.queue")
+
+Key = tuple[str, str]
+"""(namespace, name) of a Pipeline."""
+Work = Callable[[Key], Awaitable[None]]
+"""Reconcile one key."""
+
+
+class WorkQueue:
+    def __init__(
+        self,
+        work: Work,
+        workers: int = 4,
+        base_delay: float = 0.5,
+        max_delay: float = 60.0,
+        quiet: tuple[type[BaseException], ...] = (),
+    ) -> None:
+        """quiet: failures logged as a warning without a traceback (an apiserver refusal)."""
+        self._work = work
+        self._quiet = quiet
+        self._workers = workers
+        self._base_delay = base_delay
+        self._max_delay = max_delay
+        self._ready: asyncio.Queue[Key] = asyncio.Queue()
+        self._queued: set[Key] = set()  # waiting in _ready
+        self._active: set[Key] = set()  # being reconciled
+        self._again: set[Key] = set()  # added while active: run once more after
+        self._timers: dict[Key, asyncio.TimerHandle] = {}
+        self._failures: dict[Key, int] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self.reconciles = 0
+        self.retries = 0
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._worker()) for _ in range(self._workers)]
+
+    async def stop(self) -> None:
+        for handle in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+    def add(self, key: Key, delay: float = 0.0) -> None:
+        """Queue a reconcile of key (after ``delay`` seconds, e.g. to collapse child events)."""
+        if delay > 0:
+            if key not in self._timers and key not in self._queued:
+                loop = asyncio.get_running_loop()
+                self._timers[key] = loop.call_later(delay, self._fire, key)
+            return
+        self._enqueue(key)
+
+    def forget(self, key: Key) -> None:
+        """The Pipeline is gone: drop what is pending for it (a running reconcile finishes)."""
+        handle = self._timers.pop(key, None)
+        if handle:
+            handle.cancel()
+        self._queued.discard(key)
+        self._again.discard(key)
+        self._failures.pop(key, None)
+
+    def pending(self) -> int:
+        return len(self._queued) + len(self._timers) + len(self._active)
+
+    def _fire(self, key: Key) -> None:
+        self._timers.pop(key, None)
+        self._enqueue(key)
+
+    def _enqueue(self, key: Key) -> None:
+        if key in self._active:
+            self._again.add(key)
+            return
+        if key in self._queued:
+            return
+        handle = self._timers.pop(key, None)  # an earlier delayed add: now is sooner
+        if handle:
+            handle.cancel()
+        self._queued.add(key)
+        self._ready.put_nowait(key)
+
+    async def _worker(self) -> None:
+        while True:
+            key = await self._ready.get()
+            if key not in self._queued:  # forgotten while waiting
+                continue
+            self._queued.discard(key)
+            self._active.add(key)
+            started = time.monotonic()
+            try:
+                await self._work(key)
+                self._failures.pop(key, None)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                failures = self._failures.get(key, 0) + 1
+                self._failures[key] = failures
+                delay = min(self._max_delay, self._base_delay * 2 ** (failures - 1))
+                self.retries += 1
+                log.warning(
+                    "reconcile of %s/%s failed (attempt %d, again in %.1fs): %s",
+                    *key,
+                    failures,
+                    delay,
+                    error,
+                    exc_info=not isinstance(error, self._quiet),
+                )
+                self._active.discard(key)
+                self._again.discard(key)
+                loop = asyncio.get_running_loop()
+                self._timers[key] = loop.call_later(delay, self._fire, key)
+                continue
+            finally:
+                self.reconciles += 1
+                log.debug("reconciled %s/%s in %.3fs", *key, time.monotonic() - started)
+            self._active.discard(key)
+            if key in self._again:
+                self._again.discard(key)
+                self._enqueue(key)
