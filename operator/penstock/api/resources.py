@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from penstock.api.pipeline import Resources
+from penstock.api.container import Resources
 from penstock.api.types import parse_quantity
 from penstock.errors import short_repr
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, JsonValue
 from pydantic.alias_generators import to_camel
 
 from penstock.errors import short_repr
@@ -104,3 +104,8 @@ class ApiModel(BaseModel):
 
     def to_wire(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+def cel_rules(*rules: tuple[str, str]) -> dict[str, JsonValue]:
+    """CEL rules the apiserver checks (x-kubernetes-validations); validation.py checks them too."""
+    return {"x-kubernetes-validations": [{"rule": rule, "message": msg} for rule, msg in rules]}

@@ -13,13 +13,9 @@ from pydantic import ValidationError
 from pydantic.alias_generators import to_camel
 
 from penstock.api import graph as stage_graph
+from penstock.api.container import CONFIG_KEY, RESOURCE_NAME
 from penstock.api.metadata import metadata_problems, name_problem
-from penstock.api.pipeline import (
-    CONFIG_KEY,
-    RESERVED_STAGE_NAMES,
-    RESOURCE_NAME,
-    PipelineSpec,
-)
+from penstock.api.pipeline import RESERVED_STAGE_NAMES, PipelineSpec
 from penstock.api.resources import resource_problems
 from penstock.api.types import API_VERSION, DECIMAL, KIND, LABEL_VALUE, SHA256, parse_quantity
 from penstock.contract.wire import RESERVED_STAGE_PORTS

@@ -6,7 +6,7 @@ import math
 from typing import Any
 
 from penstock.api import PipelineSpec
-from penstock.api.pipeline import Cache
+from penstock.api.features import Cache
 from penstock.api.types import parse_quantity
 from penstock.contract.wire import REDIS_PORT
 from penstock.render.meta import PipelineRef, labels, metadata, object_name

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from penstock.api.pipeline import Model
+from penstock.api.features import Model
 from penstock.render.security import container_security_context
 
 MODEL_VOLUME = "model"

@@ -6,7 +6,7 @@ import hashlib
 from typing import Any
 
 from penstock.api import PipelineSpec
-from penstock.api.pipeline import Scaling
+from penstock.api.features import Scaling
 from penstock.api.resources import filled_limits
 from penstock.contract.wire import ADMIN_PORT, ROUTER_PORT
 from penstock.render.collector import collector_endpoint, resource_attributes

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from penstock.api.pipeline import Scaling
+from penstock.api.features import Scaling
 from penstock.render.meta import SERVING_PORT_NAME
 from penstock.render.security import pod_security_context
 

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 from multidict import CIMultiDict
 
-from penstock.api.pipeline import HOP_BY_HOP_HEADERS
+from penstock.api.features import HOP_BY_HOP_HEADERS
 from penstock.dataplane.gateway.answers import Answer, Failure, Outcome
 from penstock.dataplane.gateway.batching import BatchResponse
 from penstock.dataplane.gateway.config import GatewayConfig
