@@ -4,6 +4,7 @@ tool fails the test, naming how to get it; CI installs every one), and a real re
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -25,18 +26,26 @@ HOW = {
 
 
 _HANDED_OUT: set[int] = set()
+# Below the kernel's ephemeral range (net.ipv4.ip_local_port_range, 32768-60999 here): a port
+# from that range can be taken between our check and the server's bind by any process's
+# outgoing connection (a CI run lost the router's admin port that way).
+_LOW, _HIGH = 20000, 32000
 
 
 def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now, never one this process handed out before: the
-    kernel may offer a just-closed port again, and two servers told the same port collide."""
+    """A TCP port free on 127.0.0.1 right now, outside the ephemeral range, and never one
+    this process handed out before (two servers told the same port would collide)."""
     while True:
+        port = random.randrange(_LOW, _HIGH)
+        if port in _HANDED_OUT:
+            continue
         with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-        if port not in _HANDED_OUT:
-            _HANDED_OUT.add(port)
-            return port
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
 
 
 def tool(name: str) -> str:
