@@ -12,6 +12,7 @@ import argparse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import NoReturn
+from urllib.parse import urlsplit
 
 from penstock.contract.wire import env_name
 
@@ -48,6 +49,14 @@ def parse_host_port(text: str) -> HostPort:
     if not 0 <= port <= 65535:
         raise ValueError(f"port {port} is out of range 0..65535")
     return HostPort(host, port)
+
+
+def http_url(text: str) -> str:
+    """An http(s)://host[:port][/path] URL, stripped of spaces and a trailing slash."""
+    parts = urlsplit(text.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{text!r} is not an http(s)://host[:port] URL")
+    return text.strip().rstrip("/")
 
 
 def pick(

@@ -20,7 +20,14 @@ from urllib.parse import urlsplit
 
 from penstock.contract import wire
 from penstock.contract.wire import ADMIN_PORT, GATEWAY_ENV_PREFIX
-from penstock.dataplane.flags import ConfigError, FlagParser, HostPort, parse_host_port, pick
+from penstock.dataplane.flags import (
+    ConfigError,
+    FlagParser,
+    HostPort,
+    http_url,
+    parse_host_port,
+    pick,
+)
 from penstock.dataplane.limits import LIMIT_FLAGS, ServerLimits, parse_limit
 
 ENV_PREFIX = GATEWAY_ENV_PREFIX
@@ -89,13 +96,6 @@ class GatewayConfig:
 def env_name(flag: str) -> str:
     """``--cache-ttl-seconds`` -> ``PENSTOCK_GATEWAY_CACHE_TTL_SECONDS``."""
     return wire.env_name(ENV_PREFIX, flag)
-
-
-def _url(text: str) -> str:
-    parts = urlsplit(text.strip())
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{text!r} is not an http(s)://host[:port] URL")
-    return text.strip().rstrip("/")
 
 
 def _upstream_url(text: str) -> str:
@@ -237,7 +237,7 @@ _FLAGS: tuple[_Flag, ...] = (
         "USD",
         "hourly cost of one stage replica (default 0)",
     ),
-    _Flag("--otlp-endpoint", _url, "URL", "OTLP/HTTP collector; enables tracing"),
+    _Flag("--otlp-endpoint", http_url, "URL", "OTLP/HTTP collector; enables tracing"),
     _Flag(
         "--sampling-ratio", _float(0, 1, low_open=False), "R", "trace sampling ratio (default 1)"
     ),

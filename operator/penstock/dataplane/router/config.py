@@ -7,12 +7,11 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
-from urllib.parse import urlsplit
 
 from penstock.contract import wire
 from penstock.contract.topology import Topology, TopologyError
 from penstock.contract.wire import ADMIN_PORT, PROFILE_HEADER, ROUTER_ENV_PREFIX
-from penstock.dataplane.flags import ConfigError, FlagParser, HostPort, parse_host_port
+from penstock.dataplane.flags import ConfigError, FlagParser, HostPort, http_url, parse_host_port
 from penstock.dataplane.flags import pick as pick_flag
 from penstock.dataplane.limits import (
     LIMIT_FLAGS,
@@ -86,13 +85,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _url(source: str, text: str) -> str:
-    parts = urlsplit(text.strip())
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"{source}: {text!r} is not an http(s)://host[:port] URL")
-    return text.strip()
-
-
 def parse_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> RouterConfig:
     """Flags, else environment variables, else defaults; raise :class:`ConfigError`."""
     env = os.environ if environ is None else environ
@@ -114,7 +106,10 @@ def parse_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) 
         raise ConfigError("--admin-listen must differ from --listen")
     otlp, source = pick("--otlp-endpoint")
     if otlp is not None:
-        otlp = _url(source, otlp)
+        try:
+            otlp = http_url(otlp)
+        except ValueError as error:
+            raise ConfigError(f"{source}: {error}") from None
     ratio_text, source = pick("--sampling-ratio")
     ratio = 1.0
     if ratio_text is not None:
