@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from penstock.api.validation import validate_document
-from penstock.controller.plan import ChildKey, child_key, plan_children
+from penstock.controller.plan import ChildKey, child_key, plan_children, plan_secret
 from penstock.render import PipelineRef, RenderSettings, render_children
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -82,3 +82,13 @@ def test_a_deletion_names_the_live_uid() -> None:
     plan = plan_children(desired, live)
     assert [(d.kind, d.name, d.uid) for d in plan.delete] == [("Service", "rag-gone", "uid-gone")]
     assert plan.apply == ()
+
+
+def test_the_cache_secret_is_created_once_and_deleted_only_when_ours() -> None:
+    ours = {"metadata": {"ownerReferences": [{"uid": UID}]}}
+    theirs = {"metadata": {"ownerReferences": [{"uid": "someone-else"}]}}
+    assert plan_secret(True, None, UID) == "create"
+    assert plan_secret(True, ours, UID) is None  # never re-applied: no rotation by accident
+    assert plan_secret(False, ours, UID) == "delete"
+    assert plan_secret(False, theirs, UID) is None
+    assert plan_secret(False, None, UID) is None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from penstock.controller.drift import drifted
 
@@ -65,3 +65,18 @@ def plan_children(
         if (kind, name) not in wanted
     )
     return ChildPlan(apply, new, delete)
+
+
+def plan_secret(
+    used: bool, existing: Mapping[str, Any] | None, uid: str
+) -> Literal["create", "delete"] | None:
+    """The cache password Secret: created once when a stage caches (never re-applied: the
+    password is not rotated by accident), deleted when none does and it is the Pipeline's."""
+    if used and existing is None:
+        return "create"
+    owned = existing is not None and any(
+        ref.get("uid") == uid for ref in existing["metadata"].get("ownerReferences", [])
+    )
+    if not used and owned:
+        return "delete"
+    return None

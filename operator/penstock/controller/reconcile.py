@@ -20,7 +20,7 @@ from penstock.controller import metrics
 from penstock.controller.collector import Collectors
 from penstock.controller.conditions import find, merge_conditions, now_rfc3339
 from penstock.controller.kube import CHILD_KINDS, Kube
-from penstock.controller.plan import child_key, plan_children
+from penstock.controller.plan import child_key, plan_children, plan_secret
 from penstock.controller.prometheus import PrometheusClient
 from penstock.controller.settings import OperatorSettings
 from penstock.controller.status import invalid_status, rolled_out, valid_status
@@ -216,16 +216,16 @@ class Reconciler:
     ) -> None:
         name = cache_secret_name(ref.name)
         existing = self.kube.get("Secret", ref.namespace, name)
-        if used and existing is None:
+        action = plan_secret(used, existing, str(ref.uid))
+        if action == "create":
             spec = validate_spec(body.get("spec")).spec
             assert spec is not None
             manifest = render_secret(ref, spec, secrets.token_urlsafe(24))
             assert manifest is not None
-            # Create, never apply: the password is set once and never rotated by accident.
             if self.kube.create(manifest):
                 outcome.applied.append(f"Secret/{name}")
                 self.emit(body, "Normal", "Created", f"created Secret {name}")
-        elif not used and existing is not None and _owned_by(existing, str(ref.uid)):
+        elif action == "delete" and existing is not None:
             self.kube.delete("Secret", ref.namespace, name, existing["metadata"].get("uid"))
             outcome.deleted.append(f"Secret/{name}")
             self.emit(body, "Normal", "Deleted", f"deleted Secret {name}: no stage caches")
