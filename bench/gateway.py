@@ -151,6 +151,7 @@ async def interleaved(
 async def run(args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
     stage_port, redis_port = free_port(), free_port()
     gw_port, gw_admin, nc_port, nc_admin = free_port(), free_port(), free_port(), free_port()
+    mem_port, mem_admin = free_port(), free_port()
     redis_url = f"redis://127.0.0.1:{redis_port}/0"
     stage_url = f"http://127.0.0.1:{stage_port}"
     gateway = [sys.executable, "-m", "penstock.dataplane.gateway", "--upstream", stage_url]
@@ -169,6 +170,14 @@ async def run(args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
         process(
             [
                 *gateway,
+                *("--listen", f"127.0.0.1:{mem_port}", "--admin-listen", f"127.0.0.1:{mem_admin}"),
+                *("--redis-url", redis_url, "--stage", "bench-memory", "--pipeline", "bench"),
+                *("--memory-cache-max-entries", "1000"),
+            ]
+        ),
+        process(
+            [
+                *gateway,
                 *("--listen", f"127.0.0.1:{nc_port}", "--admin-listen", f"127.0.0.1:{nc_admin}"),
                 *("--stage", "bench-nocache", "--pipeline", "bench"),
             ]
@@ -176,7 +185,7 @@ async def run(args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
     ):
         connector = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(connector=connector) as session:
-            for admin in (gw_admin, nc_admin):
+            for admin in (gw_admin, nc_admin, mem_admin):
                 await wait_http(session, f"http://127.0.0.1:{admin}/ready")
             rds = aioredis.Redis.from_url(redis_url)
             run_id = time.time_ns()
@@ -193,10 +202,12 @@ async def run(args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
             direct_url = stage_url
             gw_url = f"http://127.0.0.1:{gw_port}"
             nc_url = f"http://127.0.0.1:{nc_port}"
+            mem_url = f"http://127.0.0.1:{mem_port}"
             # warm connections and code paths
             for base in (direct_url, gw_url, nc_url):
                 await paced(200, args.rate, poster(base, unique=True))
             await poster(gw_url, unique=False)(0)
+            await poster(mem_url, unique=False)(0)
 
             n, rate = args.requests, args.rate
             # Interleaved: the baseline and the gateways under the same load, request by request.
@@ -209,7 +220,9 @@ async def run(args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
                     poster(gw_url, unique=True),
                 ],
             )
-            hit = await paced(n, rate, poster(gw_url, unique=False))
+            hit, memory_hit = await interleaved(
+                n, rate, [poster(gw_url, unique=False), poster(mem_url, unique=False)]
+            )
             await rds.set("bench:probe", b"x" * 64)
 
             async def redis_get(index: int) -> None:
@@ -246,6 +259,16 @@ async def run(args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
                     ms(h99),
                     f"{h50 / base50:.2f}x / {h99 / base99:.2f}x direct;"
                     f" {h50 / r50:.1f}x / {h99 / r99:.1f}x Redis GET",
+                )
+            )
+            m50, m99 = percentile(memory_hit, 50), percentile(memory_hit, 99)
+            rows.append(
+                (
+                    "gateway, memory-tier hit",
+                    ms(m50),
+                    ms(m99),
+                    f"{m50 / base50:.2f}x / {m99 / base99:.2f}x direct;"
+                    f" {m50 / r50:.1f}x / {m99 / r99:.1f}x Redis GET",
                 )
             )
 

@@ -43,7 +43,12 @@ TRACED = {
                 "sha256": "a" * 64,
                 "warmup": {"requests": 3, "path": "/warm", "body": {"text": "w"}},
             },
-            "cache": {"enabled": True, "ttlSeconds": 60, "keyHeaders": ["x-tenant"]},
+            "cache": {
+                "enabled": True,
+                "ttlSeconds": 60,
+                "keyHeaders": ["x-tenant"],
+                "memory": {"maxEntries": 100, "maxSize": "8Mi"},
+            },
             "batching": {"maxBatchSize": 4, "maxLatencyMs": 7, "path": "/batch"},
             "timeoutSeconds": 9,
         }
@@ -130,6 +135,7 @@ def test_the_traced_case_really_carries_every_decision(tmp_path: Path) -> None:
     assert json.loads(config.warmup_body) == {"text": "w"}
     assert config.model_version == "a" * 64
     assert config.cache_ttl_seconds == 60 and config.cache_key_headers == ("x-tenant",)
+    assert (config.memory_cache_max_entries, config.memory_cache_max_bytes) == (100, 8 << 20)
     assert (config.batch_max_size, config.batch_max_latency_ms) == (4, 7.0)
     assert config.batch_path == "/batch" and config.sampling_ratio == 0.25
     assert config.timeout_seconds == 9.0 and config.stage_image == "e:1"

@@ -70,6 +70,7 @@ FULL: dict[str, Any] = {
                 "evictionPolicy": "allkeys-lru",
                 "maxEntrySize": "1Mi",
                 "keyHeaders": ["authorization", "x-tenant"],
+                "memory": {"maxEntries": 512, "maxSize": "16Mi"},
             },
             "batching": {"maxBatchSize": 4, "maxLatencyMs": 5, "path": "/batch"},
             "scaling": SCALING,

@@ -109,8 +109,29 @@ HeaderName = Annotated[
 ]
 
 
+class MemoryTier(ApiModel):
+    """An in-process LRU in the stage's gateway, looked up before the pod's Redis: a hit never
+    leaves the process. Filled by stores and by the pod tier's hits (for no longer than the
+    entry has left there); the gateway container's memory request and limit grow by maxSize."""
+
+    max_entries: int = Field(default=1024, ge=1, le=1_000_000)
+    """Most entries held; the least recently used goes first. Default 1024."""
+    max_size: Quantity = "64Mi"
+    """Most bytes held (bodies, content types and keys), at least 1Mi, at most 4Gi. Default 64Mi."""
+
+
 class Cache(ApiModel):
-    """Exact-match response cache in a Redis sidecar inside each stage pod."""
+    """Exact-match response cache: a Redis sidecar inside each stage pod (the ``pod`` tier) and,
+    with ``memory``, an in-process tier in the gateway before it."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            (
+                "!has(self.memory) || (has(self.enabled) && self.enabled)",
+                "memory needs enabled: true (the tiers are the stage's cache)",
+            )
+        )
+    )
 
     enabled: bool = False
     """Run the Redis sidecar and cache successful responses. Default false."""
@@ -128,6 +149,8 @@ class Cache(ApiModel):
     [] keys on none. A request carrying Authorization or Cookie that neither this list nor the
     answer's Vary covers gets an answer stored or shared with other callers only when the
     stage marks it Cache-Control: public (or s-maxage)."""
+    memory: MemoryTier | None = None
+    """The in-process tier in front of the Redis sidecar; unset: none."""
 
     @model_validator(mode="after")
     def _unique_key_headers(self) -> Cache:

@@ -240,6 +240,21 @@ def _value_problems(spec: PipelineSpec) -> list[Problem]:
                     f"{stage.cache.max_memory!r} is below Redis' practical minimum of 1Mi",
                 )
             )
+        memory = stage.cache.memory if stage.cache else None
+        if memory and stage.cache and not stage.cache.enabled:
+            errors.append(
+                Problem(
+                    f"spec.stages[{index}].cache.memory",
+                    "memory needs enabled: true (the tiers are the stage's cache)",
+                )
+            )
+        if memory and not 1 << 20 <= parse_quantity(memory.max_size) <= 4 << 30:
+            errors.append(
+                Problem(
+                    f"spec.stages[{index}].cache.memory.maxSize",
+                    f"{memory.max_size!r} is not between 1Mi and 4Gi",
+                )
+            )
         if stage.cache and parse_quantity(stage.cache.max_entry_size) < 1:
             errors.append(
                 Problem(f"spec.stages[{index}].cache.maxEntrySize", "must be at least 1 (byte)")

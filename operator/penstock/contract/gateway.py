@@ -91,6 +91,11 @@ def gateway_args(
         ]
         if stage.cache.key_headers is not None:  # unset: the gateway's default
             flags.append(("--cache-key-headers", ",".join(stage.cache.key_headers)))
+        if stage.cache.memory:
+            flags += [
+                ("--memory-cache-max-entries", str(stage.cache.memory.max_entries)),
+                ("--memory-cache-max-bytes", str(int(parse_quantity(stage.cache.memory.max_size)))),
+            ]
     if stage.batching:
         flags += [
             ("--batch-max-size", str(stage.batching.max_batch_size)),

@@ -16,7 +16,9 @@ RESERVED_STAGE_PORTS = (REDIS_PORT, ADMIN_PORT, GATEWAY_PORT)
 PROFILE_HEADER = "X-Penstock-Profile"
 """Request header: ``1`` asks the router for a per-stage profile of the request."""
 CACHE_HEADER = "X-Penstock-Cache"
-"""Response header: ``hit``, ``miss``, ``coalesced`` or ``bypass`` from a stage's gateway."""
+"""Response header: ``hit``, ``miss`` or ``bypass`` from a stage's gateway."""
+CACHE_TIER_HEADER = "X-Penstock-Cache-Tier"
+"""Response header on a cache hit: the tier that answered, ``memory`` or ``pod``."""
 
 MANAGED_BY = "penstock-operator"
 """``app.kubernetes.io/managed-by`` of every object the operator creates; also its SSA field

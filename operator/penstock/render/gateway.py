@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from penstock.api import PipelineSpec, Stage
+from penstock.api.types import parse_quantity
 from penstock.contract.gateway import Placement, gateway_args
 from penstock.contract.wire import ADMIN_PORT, GATEWAY_PORT, REDIS_PORT
 from penstock.render.cache import password_env
@@ -55,6 +56,16 @@ def _env(
     return env
 
 
+def _resources(stage: Stage) -> dict[str, Any]:
+    """The gateway's own needs, plus what its in-process cache tier may hold."""
+    memory = stage.cache.memory if stage.cache and stage.cache.enabled else None
+    tier_mib = -(-int(parse_quantity(memory.max_size)) // (1 << 20)) if memory else 0
+    return {
+        "requests": {"cpu": "50m", "memory": f"{64 + tier_mib}Mi"},
+        "limits": {"memory": f"{256 + tier_mib}Mi"},
+    }
+
+
 def gateway_container(
     pipeline: str, namespace: str, spec: PipelineSpec, stage: Stage, settings: RenderSettings
 ) -> dict[str, Any]:
@@ -68,7 +79,7 @@ def gateway_container(
             {"name": "admin", "containerPort": ADMIN_PORT, "protocol": "TCP"},
         ],
         "env": _env(pipeline, namespace, spec, stage, settings),
-        "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
+        "resources": _resources(stage),
         "livenessProbe": {
             "httpGet": {"path": "/live", "port": "admin"},
             "periodSeconds": 10,

@@ -98,6 +98,17 @@ class Variants:
     vary: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class Found:
+    """What a tier's lookup found: the entry on a hit, the request headers it varies on, and
+    the seconds it has left when the tier was asked."""
+
+    lookup: Lookup
+    entry: Entry | None = None
+    vary: tuple[str, ...] = ()
+    ttl_seconds: float | None = None
+
+
 class CorruptEntry(ValueError):
     """A stored entry whose framing, length or checksum does not match."""
 
@@ -177,6 +188,8 @@ class RedisCache:
     slow Redis costs the request path nothing (those skipped lookups count as errors).
     """
 
+    name = "pod"
+
     def __init__(
         self,
         url: str,
@@ -213,38 +226,59 @@ class RedisCache:
     def _available(self) -> bool:
         return time.monotonic() >= self._skip_until
 
-    async def _get(self, key: str) -> tuple[Lookup, Entry | Variants | None]:
+    async def _get(
+        self, key: str, with_ttl: bool = False
+    ) -> tuple[Lookup, Entry | Variants | None, float | None]:
+        """The stored value, and with ``with_ttl`` its remaining seconds (same round trip)."""
+        ttl: float | None = None
         try:
             async with asyncio.timeout(self._timeout * 2):
-                raw = await self._client.get(key)
+                if with_ttl:
+                    pipe = self._client.pipeline(transaction=False)
+                    pipe.get(key)
+                    pipe.pttl(key)
+                    raw, pttl = await pipe.execute()
+                    ttl = pttl / 1000 if isinstance(pttl, int) and pttl > 0 else None
+                else:
+                    raw = await self._client.get(key)
         except (RedisError, OSError, TimeoutError) as error:
             self._failed("GET", error)
-            return Lookup.ERROR, None
+            return Lookup.ERROR, None, None
         if raw is None:
-            return Lookup.MISS, None
+            return Lookup.MISS, None, None
         try:
             data = raw if isinstance(raw, bytes) else str(raw).encode("latin-1")
-            return Lookup.HIT, decode_entry(data)
+            return Lookup.HIT, decode_entry(data), ttl
         except CorruptEntry as error:
             log.warning("cache entry %s not served: %s", key, error)
             await self._delete(key)
-            return Lookup.ERROR, None
+            return Lookup.ERROR, None, None
 
     async def get(
         self, key: str, headers: Mapping[str, str] | None = None
     ) -> tuple[Lookup, Entry | None]:
         """The entry for ``key``; when the answer varies on request headers, the variant for
         ``headers`` (a second GET, only for such answers)."""
+        found = await self.lookup(key, headers)
+        return found.lookup, found.entry
+
+    async def lookup(
+        self, key: str, headers: Mapping[str, str] | None = None, with_ttl: bool = False
+    ) -> Found:
+        """:meth:`get`, also saying which request headers the answer varies on and, with
+        ``with_ttl``, how long it has left (for a faster tier to hold it no longer)."""
         if not self._available():
-            return Lookup.ERROR, None
-        lookup, found = await self._get(key)
+            return Found(Lookup.ERROR)
+        lookup, found, ttl = await self._get(key, with_ttl)
+        vary: tuple[str, ...] = ()
         if isinstance(found, Variants):
             if headers is None:
-                return Lookup.MISS, None
-            lookup, found = await self._get(variant_key(key, found.vary, headers))
+                return Found(Lookup.MISS)
+            vary = found.vary
+            lookup, found, ttl = await self._get(variant_key(key, vary, headers), with_ttl)
             if isinstance(found, Variants):  # a marker never sits at a variant key
-                return Lookup.ERROR, None
-        return lookup, found
+                return Found(Lookup.ERROR)
+        return Found(lookup, found, vary, ttl)
 
     async def _delete(self, key: str) -> None:
         try:

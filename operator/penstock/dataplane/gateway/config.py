@@ -43,6 +43,8 @@ class GatewayConfig:
     redis_password: str | None = None
     cache_ttl_seconds: int = 3600
     cache_max_entry_bytes: int = 1 << 20
+    memory_cache_max_entries: int = 0
+    memory_cache_max_bytes: int = 64 << 20
     cache_key_headers: tuple[str, ...] = ("accept", "authorization")
     batch_max_size: int = 8
     batch_max_latency_ms: float = 5.0
@@ -197,6 +199,18 @@ _FLAGS: tuple[_Flag, ...] = (
     _Flag("--cache-ttl-seconds", _positive_int, "N", "cache entry lifetime (default 3600)"),
     _Flag("--cache-max-entry-bytes", _positive_int, "N", "largest body cached (default 1048576)"),
     _Flag(
+        "--memory-cache-max-entries",
+        _positive_int,
+        "N",
+        "enables the in-process cache tier, looked up before Redis, holding at most N entries",
+    ),
+    _Flag(
+        "--memory-cache-max-bytes",
+        _positive_int,
+        "N",
+        "bytes the in-process tier may hold, bodies and keys (default 67108864)",
+    ),
+    _Flag(
         "--cache-key-headers",
         _headers,
         "H1,H2",
@@ -316,6 +330,8 @@ def parse_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) 
             "--batch-max-size/--batch-max-latency-ms/--batch-max-inflight/--batch-max-queue"
             " need --batch-path"
         )
+    if "memory_cache_max_bytes" in values and "memory_cache_max_entries" not in values:
+        raise ConfigError("--memory-cache-max-bytes needs --memory-cache-max-entries")
     password = env.get(ENV_REDIS_PASSWORD, "")
     if password:
         values["redis_password"] = password

@@ -28,6 +28,7 @@ from penstock.contract.wire import (
     ATTR_PIPELINE,
     ATTR_STAGE,
     CACHE_HEADER,
+    CACHE_TIER_HEADER,
 )
 from penstock.dataplane.gateway.answers import Answer, Failure, Outcome
 from penstock.dataplane.gateway.batching import Batcher, BatchResponse
@@ -56,6 +57,7 @@ from penstock.dataplane.gateway.stage import (
     strip_headers,
 )
 from penstock.dataplane.gateway.telemetry import GatewayMetrics
+from penstock.dataplane.gateway.tiers import MemoryCache, Tier, Tiers
 from penstock.dataplane.jsonbody import JsonBodyError, parse
 from penstock.dataplane.limits import Identity
 from penstock.dataplane.server import Server, build_tracer
@@ -91,7 +93,7 @@ class Gateway(Server):
         self._coalescer: Coalescer[Produced] = Coalescer()
         self._key_headers = frozenset(config.cache_key_headers)
         self.stage = StageClient(config)
-        self.cache: RedisCache | None = None
+        self.cache: Tiers | None = None
         self._batcher: Batcher | None = None
         self._readiness: asyncio.Task[None] | None = None
         self._stores: set[asyncio.Task[None]] = set()
@@ -100,14 +102,27 @@ class Gateway(Server):
 
     async def start(self) -> None:
         config = self.config
-        if config.redis_url:
-            self.cache = RedisCache(
-                config.redis_url,
-                password=config.redis_password,
-                ttl_seconds=config.cache_ttl_seconds,
-                max_entry_bytes=config.cache_max_entry_bytes,
-                timeout=config.redis_timeout_ms / 1000,
+        tiers: list[Tier] = []
+        if config.memory_cache_max_entries:
+            tiers.append(
+                MemoryCache(
+                    max_entries=config.memory_cache_max_entries,
+                    max_bytes=config.memory_cache_max_bytes,
+                    ttl_seconds=config.cache_ttl_seconds,
+                    max_entry_bytes=config.cache_max_entry_bytes,
+                )
             )
+        if config.redis_url:
+            tiers.append(
+                RedisCache(
+                    config.redis_url,
+                    password=config.redis_password,
+                    ttl_seconds=config.cache_ttl_seconds,
+                    max_entry_bytes=config.cache_max_entry_bytes,
+                    timeout=config.redis_timeout_ms / 1000,
+                )
+            )
+        self.cache = Tiers(tiers) if tiers else None
         if config.batching:
             self._batcher = Batcher(
                 self._send_batch,
@@ -268,14 +283,21 @@ class Gateway(Server):
         rules = request_rules(request.headers)
         cache_state = "bypass"
         if self.cache is not None and rules.lookup:
-            lookup, entry = await self.cache.get(key, request.headers)
-            self.metrics.lookup(lookup.value)
+            metrics = self.metrics
+            lookup, entry, tier = await self.cache.get(
+                key, request.headers, metrics.tier_lookup, metrics.tier_fill
+            )
+            metrics.lookup(lookup.value)
             if lookup is Lookup.HIT and entry is not None:
                 record.cache_hit = True
                 return web.Response(
                     status=entry.status,
                     body=entry.body,
-                    headers={"Content-Type": entry.content_type, CACHE_HEADER: "hit"},
+                    headers={
+                        "Content-Type": entry.content_type,
+                        CACHE_HEADER: "hit",
+                        CACHE_TIER_HEADER: tier or "",
+                    },
                 )
             record.cache_hit = False
             cache_state = "miss" if lookup is Lookup.MISS else "bypass"
@@ -359,6 +381,7 @@ class Gateway(Server):
             vary=sharing.vary,
             headers=produced.made_for,
             ttl_seconds=sharing.ttl_seconds,
+            on_store=self.metrics.tier_store,
         )
         self.metrics.store(stored.value)
         if stored is Store.ERROR:

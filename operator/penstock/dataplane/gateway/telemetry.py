@@ -70,6 +70,19 @@ class GatewayMetrics:
             [*LABELS, "result"],
             registry=r,
         )
+        self._tier_lookups = Counter(
+            "penstock_stage_cache_tier_lookups_total",
+            "Lookups in each cache tier (memory, pod) by result; a lookup goes on to the next"
+            " tier until one hits",
+            [*LABELS, "tier", "result"],
+            registry=r,
+        )
+        self._tier_stores = Counter(
+            "penstock_stage_cache_tier_stores_total",
+            "Stores into each cache tier by result (fill: copied from a later tier's hit)",
+            [*LABELS, "tier", "result"],
+            registry=r,
+        )
         self.coalesced = Counter(
             "penstock_stage_coalesced_requests_total",
             "Requests answered by another identical in-flight request's stage call",
@@ -114,3 +127,12 @@ class GatewayMetrics:
 
     def store(self, result: str) -> None:
         self._stores.labels(**self._labels, result=result).inc()
+
+    def tier_lookup(self, tier: str, result: str) -> None:
+        self._tier_lookups.labels(**self._labels, tier=tier, result=result).inc()
+
+    def tier_store(self, tier: str, result: str) -> None:
+        self._tier_stores.labels(**self._labels, tier=tier, result=result).inc()
+
+    def tier_fill(self, tier: str, result: str) -> None:
+        self.tier_store(tier, "fill" if result == "stored" else result)

@@ -1,0 +1,89 @@
+"""The cache tiers through real gateways: the in-process tier before a real redis-server, filled
+on the way back, answering when Redis is gone, and never serving past its source's TTL."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import pytest
+
+from tests.integration.test_gateway import Stage, client, running, sample, stage, url
+from tests.support import RedisServer
+
+pytestmark = [pytest.mark.integration]
+__all__ = ["client", "stage"]  # fixtures
+MEMORY = {"memory_cache_max_entries": 100, "memory_cache_max_bytes": 1 << 20}
+
+
+async def ask(
+    session: aiohttp.ClientSession, gateway: object, body: object
+) -> tuple[int, str, str | None]:
+    async with session.post(url(gateway), json=body) as response:  # type: ignore[arg-type]
+        await response.read()
+        return (
+            response.status,
+            response.headers["X-Penstock-Cache"],
+            response.headers.get("X-Penstock-Cache-Tier"),
+        )
+
+
+async def test_a_store_lands_in_both_tiers_and_the_memory_tier_answers_without_redis(
+    stage: Stage, redis_server: RedisServer, client: aiohttp.ClientSession
+) -> None:
+    async with running(stage, redis_url=redis_server.url, **MEMORY) as gateway:
+        assert await ask(client, gateway, {"q": 1}) == (200, "miss", None)
+        await gateway.stored()
+        assert len(redis_server.keys()) == 1  # the pod tier has it too
+        assert await ask(client, gateway, {"q": 1}) == (200, "hit", "memory")
+        redis_server.kill()
+        for _ in range(3):  # a hit never leaves the process: Redis being gone changes nothing
+            assert await ask(client, gateway, {"q": 1}) == (200, "hit", "memory")
+        assert stage.calls["/"] == 1
+        tier = "penstock_stage_cache_tier_lookups_total"
+        assert sample(gateway, tier, tier="memory", result="hit") == 4
+        assert sample(gateway, tier, tier="pod", result="hit") == 0
+        # A new question: the memory tier misses, the dead Redis is an error, the stage answers.
+        assert await ask(client, gateway, {"q": 2}) == (200, "miss", None)
+        assert sample(gateway, tier, tier="pod", result="error") >= 1
+
+
+async def test_a_replica_with_a_cold_memory_tier_is_filled_from_redis(
+    stage: Stage, redis_server: RedisServer, client: aiohttp.ClientSession
+) -> None:
+    async with running(stage, redis_url=redis_server.url, **MEMORY) as first:
+        await ask(client, first, {"q": "shared"})
+        await first.stored()
+    async with running(stage, redis_url=redis_server.url, **MEMORY) as second:
+        assert await ask(client, second, {"q": "shared"}) == (200, "hit", "pod")
+        assert await ask(client, second, {"q": "shared"}) == (200, "hit", "memory")
+        stores = "penstock_stage_cache_tier_stores_total"
+        assert sample(second, stores, tier="memory", result="fill") == 1
+    assert stage.calls["/"] == 1
+
+
+async def test_the_memory_tier_never_outlives_the_redis_entry_it_was_filled_from(
+    stage: Stage, redis_server: RedisServer, client: aiohttp.ClientSession
+) -> None:
+    async with running(stage, redis_url=redis_server.url, **MEMORY) as first:
+        await ask(client, first, {"q": "short"})
+        await first.stored()
+    (key,) = redis_server.keys()
+    redis_server.client.expire(key, 2)  # the entry has 2 s left in Redis
+    async with running(stage, redis_url=redis_server.url, **MEMORY) as second:
+        assert await ask(client, second, {"q": "short"}) == (200, "hit", "pod")
+        assert await ask(client, second, {"q": "short"}) == (200, "hit", "memory")
+        await asyncio.sleep(2.2)
+        status, cache, _ = await ask(client, second, {"q": "short"})
+        assert (status, cache) == (200, "miss")
+    assert stage.calls["/"] == 2
+
+
+async def test_without_redis_the_memory_tier_alone_caches(
+    stage: Stage, client: aiohttp.ClientSession
+) -> None:
+    async with running(stage, **MEMORY) as gateway:
+        assert await ask(client, gateway, {"q": 1}) == (200, "miss", None)
+        await gateway.stored()
+        assert await ask(client, gateway, {"q": 1}) == (200, "hit", "memory")
+    assert stage.calls["/"] == 1

@@ -1,0 +1,199 @@
+"""The in-process cache tier and the tier chain (dataplane/gateway/tiers.py): bounds, LRU order,
+TTL never renewed by a hit, Vary honoured, fills bounded by the source's TTL, fail-open order."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import pytest
+
+from penstock.api.validation import validate_spec
+from penstock.dataplane.gateway.cache import Entry, Found, Lookup, Store
+from penstock.dataplane.gateway.tiers import MemoryCache, Tiers
+from penstock.render import RenderSettings
+from penstock.render.gateway import gateway_container
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def memory(clock: Clock, entries: int = 10, size: int = 10_000, ttl: int = 60) -> MemoryCache:
+    return MemoryCache(
+        max_entries=entries, max_bytes=size, ttl_seconds=ttl, max_entry_bytes=1000, clock=clock
+    )
+
+
+def entry(text: str) -> Entry:
+    return Entry(200, "application/json", text.encode())
+
+
+async def test_a_hit_does_not_renew_the_ttl() -> None:
+    clock = Clock()
+    cache = memory(clock, ttl=10)
+    await cache.put("k", entry('"a"'))
+    clock.now += 6
+    assert (await cache.lookup("k")).lookup is Lookup.HIT
+    clock.now += 5  # 11 s after the store: gone, although it was read at 6 s
+    assert (await cache.lookup("k")).lookup is Lookup.MISS
+    assert len(cache) == 0 and cache.bytes == 0
+
+
+async def test_the_least_recently_used_goes_first_within_count_and_bytes() -> None:
+    clock = Clock()
+    cache = memory(clock, entries=2)
+    for key in ("a", "b"):
+        await cache.put(key, entry('"x"'))
+    await cache.lookup("a")  # b is now the least recently used
+    await cache.put("c", entry('"x"'))
+    assert [(await cache.lookup(k)).lookup for k in "abc"] == [Lookup.HIT, Lookup.MISS, Lookup.HIT]
+
+    small = memory(clock, size=100)
+    await small.put("one", entry("1" * 60))
+    await small.put("two", entry("2" * 30))
+    await small.put("three", entry("3" * 50))  # 60 + 30 + 50 > 100: the oldest goes
+    assert (await small.lookup("one")).lookup is Lookup.MISS
+    assert small.bytes <= 100
+
+
+async def test_too_large_is_not_held() -> None:
+    cache = memory(Clock())
+    assert await cache.put("k", entry("x" * 2000)) is Store.TOO_LARGE
+    assert (await cache.lookup("k")).lookup is Lookup.MISS
+
+
+async def test_an_answer_that_varies_is_held_per_variant() -> None:
+    cache = memory(Clock())
+    english = {"accept-language": "en"}
+    await cache.put("k", entry('"hello"'), vary=("accept-language",), headers=english)
+    found = await cache.lookup("k", english)
+    assert found.lookup is Lookup.HIT and found.entry == entry('"hello"')
+    assert found.vary == ("accept-language",)
+    assert (await cache.lookup("k", {"accept-language": "fr"})).lookup is Lookup.MISS
+    assert (await cache.lookup("k", None)).lookup is Lookup.MISS
+
+
+class Fake:
+    """A later tier with a fixed answer, or broken."""
+
+    def __init__(self, found: Found) -> None:
+        self.name = "pod"
+        self.last_error: str | None = None
+        self.found = found
+        self.asked_ttl: list[bool] = []
+        self.stored: list[str] = []
+
+    async def lookup(
+        self, key: str, headers: Mapping[str, str] | None = None, with_ttl: bool = False
+    ) -> Found:
+        self.asked_ttl.append(with_ttl)
+        return self.found
+
+    async def put(
+        self,
+        key: str,
+        entry: Entry,
+        *,
+        vary: tuple[str, ...] = (),
+        headers: Mapping[str, str] | None = None,
+        ttl_seconds: int | None = None,
+    ) -> Store:
+        self.stored.append(key)
+        return Store.STORED
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_a_later_hit_fills_the_earlier_tier_for_no_longer_than_it_has_left() -> None:
+    clock = Clock()
+    front = memory(clock, ttl=3600)
+    pod = Fake(Found(Lookup.HIT, entry('"from redis"'), (), ttl_seconds=7.9))
+    tiers = Tiers([front, pod])
+    seen: list[tuple[str, str]] = []
+    filled: list[tuple[str, str]] = []
+    result, found, tier = await tiers.get(
+        "k", {}, lambda t, r: seen.append((t, r)), lambda t, r: filled.append((t, r))
+    )
+    assert (result, tier) == (Lookup.HIT, "pod") and found == entry('"from redis"')
+    assert seen == [("memory", "miss"), ("pod", "hit")] and filled == [("memory", "stored")]
+    assert pod.asked_ttl == [True]
+    result, _, tier = await tiers.get("k", {})
+    assert (result, tier) == (Lookup.HIT, "memory")
+    clock.now += 8  # past the 7 whole seconds the Redis entry had left
+    assert (await front.lookup("k")).lookup is Lookup.MISS
+
+
+@pytest.mark.parametrize(
+    ("later", "expected"), [(Lookup.ERROR, Lookup.MISS), (Lookup.MISS, Lookup.MISS)]
+)
+async def test_a_broken_later_tier_is_a_miss_while_another_tier_answers(
+    later: Lookup, expected: Lookup
+) -> None:
+    tiers = Tiers([memory(Clock()), Fake(Found(later))])
+    assert (await tiers.get("k", {}))[0] is expected
+    assert (await Tiers([Fake(Found(Lookup.ERROR))]).get("k", {}))[0] is Lookup.ERROR
+
+
+async def test_a_store_goes_to_every_tier() -> None:
+    front, pod = memory(Clock()), Fake(Found(Lookup.MISS))
+    stores: list[tuple[str, str]] = []
+    stored = await Tiers([front, pod]).put(
+        "k", entry('"x"'), on_store=lambda t, r: stores.append((t, r))
+    )
+    assert stored is Store.STORED and pod.stored == ["k"]
+    assert stores == [("memory", "stored"), ("pod", "stored")]
+
+
+def test_the_memory_tier_reaches_the_gateway_and_its_memory_budget() -> None:
+    spec = validate_spec(
+        {
+            "stages": [
+                {
+                    "name": "embed",
+                    "image": "e:1",
+                    "cache": {"enabled": True, "memory": {"maxEntries": 500, "maxSize": "32Mi"}},
+                }
+            ]
+        }
+    ).spec
+    assert spec is not None
+    container = gateway_container("rag", "ns", spec, spec.stages[0], RenderSettings())
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["PENSTOCK_GATEWAY_MEMORY_CACHE_MAX_ENTRIES"] == "500"
+    assert env["PENSTOCK_GATEWAY_MEMORY_CACHE_MAX_BYTES"] == str(32 << 20)
+    assert container["resources"] == {
+        "requests": {"cpu": "50m", "memory": "96Mi"},
+        "limits": {"memory": "288Mi"},
+    }
+
+
+@pytest.mark.parametrize("size", ["512Ki", "5Gi"])
+def test_memory_tier_size_out_of_bounds_is_refused_naming_the_field(size: str) -> None:
+    result = validate_spec(
+        {
+            "stages": [
+                {
+                    "name": "e",
+                    "image": "e:1",
+                    "cache": {"enabled": True, "memory": {"maxSize": size}},
+                }
+            ]
+        }
+    )
+    assert not result.valid
+    assert any(p.path == "spec.stages[0].cache.memory.maxSize" for p in result.errors), (
+        result.errors
+    )
+
+
+def test_a_memory_tier_without_the_cache_enabled_is_refused() -> None:
+    result = validate_spec(
+        {"stages": [{"name": "e", "image": "e:1", "cache": {"memory": {"maxEntries": 10}}}]}
+    )
+    assert not result.valid
+    assert [p.path for p in result.errors] == ["spec.stages[0].cache.memory"], result.errors
