@@ -21,7 +21,7 @@ from penstock.contract.profile import Profile, StageTiming, parse_profile
 from penstock.contract.topology import parse_topology
 from penstock.dataplane.gateway.config import GatewayConfig, parse_config
 from penstock.dataplane.router.topology import pipeline_topology
-from penstock.dev.runner import gateway_argv
+from penstock.dev.runner import build_parser, gateway_argv, plan
 from penstock.render import PipelineRef, RenderSettings
 from penstock.render.gateway import gateway_container
 from penstock.render.topology import topology
@@ -196,3 +196,33 @@ def test_a_profile_reads_back_as_the_router_wrote_it() -> None:
     answer = json.loads(json.dumps({"output": {"text": "x"}, "profile": profile.to_document()}))
     assert parse_profile(answer, "answer") == profile
     assert answer["profile"]["stages"][1]["duration_ms"] == 2.75
+
+
+@pytest.mark.parametrize("traced", [True, False])
+def test_penstock_dev_sends_traces_where_told_as_the_cluster_does(
+    traced: bool, tmp_path: Path
+) -> None:
+    doc = {
+        "apiVersion": "penstock.dev/v1alpha1",
+        "kind": "Pipeline",
+        "metadata": {
+            "name": "qa",
+            "annotations": {"penstock.dev/dev-command.answer": "python app.py --port {port}"},
+        },
+        "spec": {
+            "tracing": {"enabled": traced, "samplingRatio": 0.5},
+            "stages": [{"name": "answer", "image": "a:1"}],
+        },
+    }
+    spec = validate_document(doc).spec
+    assert spec is not None
+    args = build_parser().parse_args(["x.yaml", "--otlp-endpoint", "http://127.0.0.1:4318"])
+    procs = {proc.name: proc.argv for proc in plan(doc, spec, args, tmp_path).procs}
+    router = procs["router"]
+    if not traced:  # no tracing in the spec: nothing is sent anywhere
+        assert "--otlp-endpoint" not in router and "gateway answer" not in procs
+        return
+    assert router[router.index("--otlp-endpoint") + 1] == "http://127.0.0.1:4318"
+    assert router[router.index("--sampling-ratio") + 1] == "0.5"
+    gateway = parse_config(procs["gateway answer"][4:], environ={})
+    assert (gateway.otlp_endpoint, gateway.sampling_ratio) == ("http://127.0.0.1:4318", 0.5)
