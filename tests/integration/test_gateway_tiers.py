@@ -1,13 +1,16 @@
-"""The cache tiers through real gateways: the in-process tier before a real redis-server, filled
-on the way back, answering when Redis is gone, and never serving past its source's TTL."""
+"""The cache tiers through real gateways and real redis-servers: the in-process tier before the
+pod's Redis (filled on the way back, answering when Redis is gone, never past its source's TTL),
+and the shared tier every replica reads (signed: another Pipeline can neither read nor plant)."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 
 import aiohttp
 import pytest
 
+from penstock.dataplane.gateway.config import ConfigError, parse_config
 from tests.integration.test_gateway import Stage, client, running, sample, stage, url
 from tests.support import RedisServer
 
@@ -87,3 +90,69 @@ async def test_without_redis_the_memory_tier_alone_caches(
         await gateway.stored()
         assert await ask(client, gateway, {"q": 1}) == (200, "hit", "memory")
     assert stage.calls["/"] == 1
+
+
+@pytest.fixture
+def shared_redis() -> Iterator[RedisServer]:
+    server = RedisServer()
+    yield server
+    server.close()
+
+
+def shared(server: RedisServer, key: str = "pipeline-secret") -> dict[str, object]:
+    return {"shared_redis_url": server.url, "shared_cache_key": key}
+
+
+async def test_replicas_share_answers_through_the_shared_tier(
+    stage: Stage,
+    redis_server: RedisServer,
+    shared_redis: RedisServer,
+    client: aiohttp.ClientSession,
+) -> None:
+    other_pod = RedisServer()  # the second replica's own sidecar
+    try:
+        async with running(stage, redis_url=redis_server.url, **shared(shared_redis)) as first:
+            assert await ask(client, first, {"q": "warm"}) == (200, "miss", None)
+            await first.stored()
+        assert len(shared_redis.keys()) == 1
+        async with running(stage, redis_url=other_pod.url, **shared(shared_redis)) as second:
+            assert await ask(client, second, {"q": "warm"}) == (200, "hit", "shared")
+            assert await ask(client, second, {"q": "warm"}) == (200, "hit", "pod")  # filled
+        assert stage.calls["/"] == 1
+    finally:
+        other_pod.close()
+
+
+async def test_another_pipelines_key_neither_reads_nor_plants_in_the_shared_tier(
+    stage: Stage,
+    redis_server: RedisServer,
+    shared_redis: RedisServer,
+    client: aiohttp.ClientSession,
+) -> None:
+    async with running(stage, redis_url=redis_server.url, **shared(shared_redis, "a")) as ours:
+        await ask(client, ours, {"q": "private"})
+        await ours.stored()
+    (key,) = shared_redis.keys()
+    stored = shared_redis.client.get(key)
+    redis_server.client.flushall()  # only the shared tier holds it now
+    intruder_pod = RedisServer()
+    try:
+        options = {"redis_url": intruder_pod.url, **shared(shared_redis, "b")}
+        async with running(stage, **options) as intruder:
+            # Same request, same key material: the entry is there but not signed with "b".
+            assert (await ask(client, intruder, {"q": "private"}))[1] == "miss"
+        assert shared_redis.client.get(key) is not None  # a foreign entry is left alone
+        # Whatever the intruder stored over it, or planted unsigned, "a" never serves it.
+        shared_redis.client.set(key, b"PSC1" + b"\0" * 40)
+        async with running(stage, redis_url=redis_server.url, **shared(shared_redis, "a")) as ours:
+            assert (await ask(client, ours, {"q": "private"}))[1] == "miss"
+        assert stored is not None
+    finally:
+        intruder_pod.close()
+    assert stage.calls["/"] == 3
+
+
+async def test_the_shared_tier_without_its_signing_key_is_a_config_error() -> None:
+    argv = ["--listen", "127.0.0.1:1", "--upstream", "http://127.0.0.1:2"]
+    with pytest.raises(ConfigError, match="SHARED_CACHE_KEY"):
+        parse_config([*argv, "--shared-redis-url", "redis://127.0.0.1:6379/0"], environ={})

@@ -8,7 +8,16 @@ from collections.abc import Mapping
 import pytest
 
 from penstock.api.validation import validate_spec
-from penstock.dataplane.gateway.cache import Entry, Found, Lookup, Store
+from penstock.dataplane.gateway.cache import (
+    Entry,
+    Found,
+    Lookup,
+    Store,
+    encode_entry,
+    sign,
+    signing_key,
+    unsign,
+)
 from penstock.dataplane.gateway.tiers import MemoryCache, Tiers
 from penstock.render import RenderSettings
 from penstock.render.gateway import gateway_container
@@ -197,3 +206,60 @@ def test_a_memory_tier_without_the_cache_enabled_is_refused() -> None:
     )
     assert not result.valid
     assert [p.path for p in result.errors] == ["spec.stages[0].cache.memory"], result.errors
+
+
+def shared_spec(shared: dict[str, object], enabled: bool = True) -> dict[str, object]:
+    return {
+        "stages": [
+            {"name": "embed", "image": "e:1", "cache": {"enabled": enabled, "shared": shared}}
+        ]
+    }
+
+
+def test_the_shared_tier_signs_with_the_pipelines_own_secret_not_the_users() -> None:
+    shared = {
+        "url": "rediss://cache.example:6380/1",
+        "passwordSecret": {"name": "team-redis", "key": "password"},
+    }
+    spec = validate_spec(shared_spec(shared)).spec
+    assert spec is not None
+    env = {
+        e["name"]: e
+        for e in gateway_container("rag", "ns", spec, spec.stages[0], RenderSettings())["env"]
+    }
+    assert env["PENSTOCK_GATEWAY_SHARED_REDIS_URL"]["value"] == "rediss://cache.example:6380/1"
+    key = env["SHARED_CACHE_KEY"]["valueFrom"]["secretKeyRef"]
+    assert key["name"] == env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"]
+    assert key["name"] != "team-redis"
+    assert env["SHARED_REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": "team-redis",
+        "key": "password",
+    }
+
+
+@pytest.mark.parametrize(
+    ("shared", "enabled", "field"),
+    [
+        ({"url": "redis://user:hunter2@cache:6379"}, True, "url"),
+        ({"url": "http://cache:6379"}, True, "url"),
+        ({"url": "redis://cache:6379/0"}, False, ""),
+    ],
+)
+def test_a_bad_shared_tier_is_refused_naming_the_field(
+    shared: dict[str, object], enabled: bool, field: str
+) -> None:
+    result = validate_spec(shared_spec(shared, enabled))
+    assert not result.valid
+    path = "spec.stages[0].cache.shared" + (f".{field}" if field else "")
+    assert any(p.path == path for p in result.errors), result.errors
+
+
+def test_signed_entries_are_served_only_under_their_own_key() -> None:
+    mine, theirs = signing_key("pipeline-a-secret"), signing_key("pipeline-b-secret")
+    envelope = encode_entry(entry('"answer"'))
+    sealed = sign(mine, envelope)
+    assert unsign(mine, sealed) == envelope
+    assert unsign(theirs, sealed) is None  # another Pipeline's entry
+    assert unsign(mine, envelope) is None  # planted unsigned
+    tampered = sealed[:-1] + bytes([sealed[-1] ^ 1])
+    assert unsign(mine, tampered) is None

@@ -29,7 +29,12 @@ from penstock.render.topology import topology
 ROOT = Path(__file__).resolve().parents[2]
 UID = "00000000-0000-4000-8000-000000000001"
 # Where a gateway runs and what it talks to: set by the environment, not by the Pipeline.
-PLACEMENT = ("listen", "admin_listen", "upstream", "namespace", "redis_url", "otlp_endpoint")
+PLACEMENT = (
+    *("listen", "admin_listen", "upstream", "namespace", "redis_url", "otlp_endpoint"),
+    # Secrets (from the pod's Secret references in a cluster) and the shared tier, which
+    # `penstock dev` (one replica per stage) does not run.
+    *("redis_password", "shared_redis_url", "shared_redis_password", "shared_cache_key"),
+)
 TRACED = {
     "tracing": {"enabled": True, "samplingRatio": 0.25},
     "costCenter": "search",
@@ -48,6 +53,10 @@ TRACED = {
                 "ttlSeconds": 60,
                 "keyHeaders": ["x-tenant"],
                 "memory": {"maxEntries": 100, "maxSize": "8Mi"},
+                "shared": {
+                    "url": "rediss://cache.example:6380/2",
+                    "passwordSecret": {"name": "shared-redis", "key": "password"},
+                },
             },
             "batching": {"maxBatchSize": 4, "maxLatencyMs": 7, "path": "/batch"},
             "timeoutSeconds": 9,
@@ -76,7 +85,7 @@ CASES = _examples()
 def cluster_config(spec: PipelineSpec, stage: Stage, tmp_path: Path) -> GatewayConfig:
     """What the gateway container of the rendered Deployment reads from its environment."""
     container = gateway_container("rag", "search", spec, stage, RenderSettings())
-    env = {item["name"]: item["value"] for item in container["env"] if "value" in item}
+    env = {item["name"]: item.get("value", "from-a-secret") for item in container["env"]}
     body_var = wire.env_name(wire.GATEWAY_ENV_PREFIX, "--warmup-body")
     if body_var in env:  # mounted from the topology ConfigMap in the pod: put it here
         data = topology(PipelineRef("rag", "search", UID), spec)["data"]

@@ -46,7 +46,7 @@ def test_canonical_json_ignores_key_order_and_whitespace() -> None:
 def test_key_is_the_same_for_equivalent_bodies() -> None:
     same = key(body={"opts": {"b": [1, 2], "a": 1}, "text": "hello"})
     assert key() == same
-    assert key().startswith("penstock:cache:v2:")
+    assert key().startswith("penstock:cache:v3:")
     assert len(key().rsplit(":", 1)[1]) == 64
 
 

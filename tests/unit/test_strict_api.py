@@ -71,6 +71,14 @@ FULL: dict[str, Any] = {
                 "maxEntrySize": "1Mi",
                 "keyHeaders": ["authorization", "x-tenant"],
                 "memory": {"maxEntries": 512, "maxSize": "16Mi"},
+                "shared": {
+                    "url": "rediss://shared-cache:6380/1",
+                    "passwordSecret": {
+                        "name": "shared-cache",
+                        "key": "password",
+                        "optional": False,
+                    },
+                },
             },
             "batching": {"maxBatchSize": 4, "maxLatencyMs": 5, "path": "/batch"},
             "scaling": SCALING,

@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, ConfigDict, Field, JsonValue, model_validator
 
+from penstock.api.container import SecretKeySelector
 from penstock.api.types import (
     DECIMAL,
     SHA256,
@@ -120,6 +121,19 @@ class MemoryTier(ApiModel):
     """Most bytes held (bodies, content types and keys), at least 1Mi, at most 4Gi. Default 64Mi."""
 
 
+class SharedTier(ApiModel):
+    """A Redis (or Valkey) endpoint every replica of the stage shares, looked up after the pod's
+    own Redis: N replicas keep one cache instead of N, and a new replica starts warm. Entries
+    are signed with the Pipeline's own key (from its cache Secret): another Pipeline pointed at
+    the same Redis can neither serve them nor plant answers in this one's."""
+
+    url: str = Field(max_length=2048, pattern=r"^rediss?://[^\s/@:]+(:[0-9]+)?(/[0-9]+)?$")
+    """redis://HOST[:PORT][/DB], or rediss:// for TLS (verified against the system CAs). No
+    user or password in the URL: use passwordSecret."""
+    password_secret: SecretKeySelector | None = None
+    """The key of a Secret in the Pipeline's namespace holding the Redis password."""
+
+
 class Cache(ApiModel):
     """Exact-match response cache: a Redis sidecar inside each stage pod (the ``pod`` tier) and,
     with ``memory``, an in-process tier in the gateway before it."""
@@ -129,7 +143,11 @@ class Cache(ApiModel):
             (
                 "!has(self.memory) || (has(self.enabled) && self.enabled)",
                 "memory needs enabled: true (the tiers are the stage's cache)",
-            )
+            ),
+            (
+                "!has(self.shared) || (has(self.enabled) && self.enabled)",
+                "shared needs enabled: true (the tiers are the stage's cache)",
+            ),
         )
     )
 
@@ -151,6 +169,8 @@ class Cache(ApiModel):
     stage marks it Cache-Control: public (or s-maxage)."""
     memory: MemoryTier | None = None
     """The in-process tier in front of the Redis sidecar; unset: none."""
+    shared: SharedTier | None = None
+    """A Redis every replica shares, after the Redis sidecar; unset: none."""
 
     @model_validator(mode="after")
     def _unique_key_headers(self) -> Cache:

@@ -241,13 +241,14 @@ def _value_problems(spec: PipelineSpec) -> list[Problem]:
                 )
             )
         memory = stage.cache.memory if stage.cache else None
-        if memory and stage.cache and not stage.cache.enabled:
-            errors.append(
-                Problem(
-                    f"spec.stages[{index}].cache.memory",
-                    "memory needs enabled: true (the tiers are the stage's cache)",
+        for tier in ("memory", "shared"):
+            if stage.cache and getattr(stage.cache, tier) and not stage.cache.enabled:
+                errors.append(
+                    Problem(
+                        f"spec.stages[{index}].cache.{tier}",
+                        f"{tier} needs enabled: true (the tiers are the stage's cache)",
+                    )
                 )
-            )
         if memory and not 1 << 20 <= parse_quantity(memory.max_size) <= 4 << 30:
             errors.append(
                 Problem(

@@ -34,6 +34,8 @@ class Placement:
     """Where the warmup body (``Warmup.body_document()``) is, when the stage warms up."""
     otlp_endpoint: str | None = None
     """The OTLP/HTTP collector, when the Pipeline traces and one runs."""
+    shared_cache: bool = False
+    """The stage's shared tier is reachable (in a cluster; ``penstock dev`` runs one replica)."""
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,8 @@ def gateway_args(
         ]
         if stage.cache.key_headers is not None:  # unset: the gateway's default
             flags.append(("--cache-key-headers", ",".join(stage.cache.key_headers)))
+        if stage.cache.shared and where.shared_cache:
+            flags.append(("--shared-redis-url", stage.cache.shared.url))
         if stage.cache.memory:
             flags += [
                 ("--memory-cache-max-entries", str(stage.cache.memory.max_entries)),

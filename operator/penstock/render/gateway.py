@@ -46,6 +46,7 @@ def _env(
         redis_url=f"redis://127.0.0.1:{REDIS_PORT}/0",
         warmup_body_file=f"{WARMUP_DIR}/{warmup_key(stage.name)}",
         otlp_endpoint=collector_endpoint(namespace),
+        shared_cache=True,
     )
     env: list[dict[str, Any]] = []
     env += gateway_args(pipeline, spec, stage, settings.prices, where).to_env()
@@ -53,6 +54,18 @@ def _env(
         env.append(resource_attributes(namespace, spec))
     if stage.cache and stage.cache.enabled:
         env.append(password_env(pipeline))
+        shared = stage.cache.shared
+        if shared:
+            # Signs the shared tier's entries: the Pipeline's own cache Secret, never the user's.
+            env.append(password_env(pipeline, "SHARED_CACHE_KEY"))
+            if shared.password_secret:
+                ref = shared.password_secret
+                selector: dict[str, Any] = {"name": ref.name, "key": ref.key}
+                if ref.optional is not None:
+                    selector["optional"] = ref.optional
+                env.append(
+                    {"name": "SHARED_REDIS_PASSWORD", "valueFrom": {"secretKeyRef": selector}}
+                )
     return env
 
 

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import enum
 import hashlib
+import hmac
 import json
 import logging
 import struct
@@ -27,11 +28,12 @@ from penstock.dataplane.gateway.sharing import header_values
 
 log = logging.getLogger("penstock.gateway.cache")
 
-# v2: keys on the raw path and every value of a key header, and honours Vary; entries stored
-# under v1 rules are never read.
-KEY_PREFIX = "penstock:cache:v2:"
+# v3: keys on the namespace too (a shared tier may serve several namespaces), the raw path and
+# every value of a key header, and honours Vary; entries stored under older rules are never read.
+KEY_PREFIX = "penstock:cache:v3:"
 _MAGIC = b"PSC1"
 _VARY_MAGIC = b"PSV1"
+_SIGNED_MAGIC = b"PSS1"  # + HMAC-SHA256 of the envelope under the Pipeline's key + the envelope
 # magic, status, content-type length, body length, sha256 digest
 _HEADER = struct.Struct(">4sHHI32s")
 
@@ -48,6 +50,7 @@ def _material(value: Any) -> bytes:
 
 def cache_key(
     *,
+    namespace: str = "",
     pipeline: str,
     stage: str,
     stage_image: str,
@@ -68,7 +71,16 @@ def cache_key(
     chosen = [
         [name, header_values(headers, name)] for name in sorted({h.lower() for h in key_headers})
     ]
-    material = [pipeline, stage, stage_image, model_version, method.upper(), path, chosen]
+    material = [
+        namespace,
+        pipeline,
+        stage,
+        stage_image,
+        model_version,
+        method.upper(),
+        path,
+        chosen,
+    ]
     canonical = body if isinstance(body, bytes) else _material(body)
     hasher = hashlib.sha256(_material(material))
     hasher.update(b"\n")  # the material is one JSON array: nothing after it can blur it
@@ -168,6 +180,25 @@ def decode_entry(data: bytes) -> Entry | Variants:
     return Entry(status, content_type.decode("latin-1"), body)
 
 
+def signing_key(secret: str) -> bytes:
+    """The HMAC key of a Pipeline's shared-tier entries, from its cache Secret."""
+    return hashlib.sha256(b"penstock shared cache tier\0" + secret.encode()).digest()
+
+
+def sign(key: bytes, envelope: bytes) -> bytes:
+    return _SIGNED_MAGIC + hmac.new(key, envelope, hashlib.sha256).digest() + envelope
+
+
+def unsign(key: bytes, data: bytes) -> bytes | None:
+    """The envelope when ``data`` was signed with ``key``; None when not (another Pipeline's
+    entry, or one planted by anyone without the key)."""
+    if data[:4] != _SIGNED_MAGIC or len(data) < 36:
+        return None
+    envelope = data[36:]
+    expected = hmac.new(key, envelope, hashlib.sha256).digest()
+    return envelope if hmac.compare_digest(expected, data[4:36]) else None
+
+
 class Lookup(enum.Enum):
     HIT = "hit"
     MISS = "miss"
@@ -188,8 +219,6 @@ class RedisCache:
     slow Redis costs the request path nothing (those skipped lookups count as errors).
     """
 
-    name = "pod"
-
     def __init__(
         self,
         url: str,
@@ -199,7 +228,13 @@ class RedisCache:
         max_entry_bytes: int,
         timeout: float = 0.05,
         backoff: float = 1.0,
+        name: str = "pod",
+        sign_key: bytes | None = None,
     ) -> None:
+        """sign_key: entries are signed and only entries signed with it are served (a Redis
+        other Pipelines share: the ``shared`` tier); a foreign entry is a miss, left alone."""
+        self.name = name
+        self._sign_key = sign_key
         options: dict[str, Any] = {
             "socket_timeout": timeout,
             "socket_connect_timeout": timeout,
@@ -246,8 +281,16 @@ class RedisCache:
             return Lookup.ERROR, None, None
         if raw is None:
             return Lookup.MISS, None, None
+        data = raw if isinstance(raw, bytes) else str(raw).encode("latin-1")
+        if self._sign_key is not None:
+            envelope = unsign(self._sign_key, data)
+            if envelope is None:  # not ours to serve, nor to delete
+                log.debug(
+                    "%s tier: entry %s is not signed with this Pipeline's key", self.name, key
+                )
+                return Lookup.MISS, None, None
+            data = envelope
         try:
-            data = raw if isinstance(raw, bytes) else str(raw).encode("latin-1")
             return Lookup.HIT, decode_entry(data), ttl
         except CorruptEntry as error:
             log.warning("cache entry %s not served: %s", key, error)
@@ -308,17 +351,23 @@ class RedisCache:
         try:
             async with asyncio.timeout(self._timeout * 2):
                 if not vary:
-                    await self._client.set(key, encode_entry(entry), ex=ttl)
+                    await self._client.set(key, self._seal(encode_entry(entry)), ex=ttl)
                 else:
                     assert headers is not None
+                    marker = self._seal(encode_variants(Variants(vary)))
                     pipe = self._client.pipeline(transaction=False)
-                    pipe.set(key, encode_variants(Variants(vary)), ex=self.ttl_seconds)
-                    pipe.set(variant_key(key, vary, headers), encode_entry(entry), ex=ttl)
+                    pipe.set(key, marker, ex=self.ttl_seconds)
+                    pipe.set(
+                        variant_key(key, vary, headers), self._seal(encode_entry(entry)), ex=ttl
+                    )
                     await pipe.execute()
         except (RedisError, OSError, TimeoutError) as error:
             self._failed("SET", error)
             return Store.ERROR
         return Store.STORED
+
+    def _seal(self, envelope: bytes) -> bytes:
+        return envelope if self._sign_key is None else sign(self._sign_key, envelope)
 
     async def close(self) -> None:
         with contextlib.suppress(RedisError, OSError):

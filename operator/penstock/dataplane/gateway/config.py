@@ -32,6 +32,8 @@ from penstock.dataplane.limits import LIMIT_FLAGS, ServerLimits, parse_limit
 
 ENV_PREFIX = GATEWAY_ENV_PREFIX
 ENV_REDIS_PASSWORD = "REDIS_PASSWORD"
+ENV_SHARED_REDIS_PASSWORD = "SHARED_REDIS_PASSWORD"
+ENV_SHARED_CACHE_KEY = "SHARED_CACHE_KEY"
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,9 @@ class GatewayConfig:
     cache_max_entry_bytes: int = 1 << 20
     memory_cache_max_entries: int = 0
     memory_cache_max_bytes: int = 64 << 20
+    shared_redis_url: str | None = None
+    shared_redis_password: str | None = None
+    shared_cache_key: str | None = None
     cache_key_headers: tuple[str, ...] = ("accept", "authorization")
     batch_max_size: int = 8
     batch_max_latency_ms: float = 5.0
@@ -199,6 +204,13 @@ _FLAGS: tuple[_Flag, ...] = (
     _Flag("--cache-ttl-seconds", _positive_int, "N", "cache entry lifetime (default 3600)"),
     _Flag("--cache-max-entry-bytes", _positive_int, "N", "largest body cached (default 1048576)"),
     _Flag(
+        "--shared-redis-url",
+        _redis_url,
+        "URL",
+        "a Redis every replica shares, looked up after --redis-url (entries signed with"
+        f" {ENV_SHARED_CACHE_KEY}; password from {ENV_SHARED_REDIS_PASSWORD})",
+    ),
+    _Flag(
         "--memory-cache-max-entries",
         _positive_int,
         "N",
@@ -335,6 +347,14 @@ def parse_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) 
     password = env.get(ENV_REDIS_PASSWORD, "")
     if password:
         values["redis_password"] = password
+    if "shared_redis_url" in values:
+        values["shared_redis_password"] = env.get(ENV_SHARED_REDIS_PASSWORD, "") or None
+        values["shared_cache_key"] = env.get(ENV_SHARED_CACHE_KEY, "") or None
+        if values["shared_cache_key"] is None:
+            raise ConfigError(
+                f"--shared-redis-url needs {ENV_SHARED_CACHE_KEY}: the key its entries are signed"
+                " with, so that other Pipelines sharing that Redis can neither read nor plant them"
+            )
     if "stage" in values and not values["stage"]:
         raise ConfigError("--stage must not be empty")
     return GatewayConfig(**values)

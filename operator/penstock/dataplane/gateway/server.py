@@ -32,7 +32,14 @@ from penstock.contract.wire import (
 )
 from penstock.dataplane.gateway.answers import Answer, Failure, Outcome
 from penstock.dataplane.gateway.batching import Batcher, BatchResponse
-from penstock.dataplane.gateway.cache import Entry, Lookup, RedisCache, Store, cache_key
+from penstock.dataplane.gateway.cache import (
+    Entry,
+    Lookup,
+    RedisCache,
+    Store,
+    cache_key,
+    signing_key,
+)
 from penstock.dataplane.gateway.coalesce import Coalescer
 from penstock.dataplane.gateway.config import GatewayConfig
 from penstock.dataplane.gateway.exchange import (
@@ -120,6 +127,18 @@ class Gateway(Server):
                     ttl_seconds=config.cache_ttl_seconds,
                     max_entry_bytes=config.cache_max_entry_bytes,
                     timeout=config.redis_timeout_ms / 1000,
+                )
+            )
+        if config.shared_redis_url and config.shared_cache_key:
+            tiers.append(
+                RedisCache(
+                    config.shared_redis_url,
+                    password=config.shared_redis_password,
+                    ttl_seconds=config.cache_ttl_seconds,
+                    max_entry_bytes=config.cache_max_entry_bytes,
+                    timeout=config.redis_timeout_ms / 1000,
+                    name="shared",
+                    sign_key=signing_key(config.shared_cache_key),
                 )
             )
         self.cache = Tiers(tiers) if tiers else None
@@ -270,6 +289,7 @@ class Gateway(Server):
             return await self._respond(request, result, record, "bypass", sharers=1)
 
         key = cache_key(
+            namespace=config.namespace,
             pipeline=config.pipeline,
             stage=config.stage,
             stage_image=config.stage_image,
