@@ -217,7 +217,14 @@ def test_tuner_reads_prometheus_and_raises_the_hpa_floor(
             floor_raised, timeout=90, interval=1, what="the tuner to raise tuned-front's HPA floor"
         )
         assert hpa["spec"]["maxReplicas"] == 8
-        status = cluster.get("pipeline", "tuned", namespace)["status"]
+
+        def observed() -> dict[str, Any] | None:
+            # The HPA is applied before the same reconcile writes the status: wait for it.
+            status = (cluster.get("pipeline", "tuned", namespace) or {}).get("status", {})
+            stages = {s["name"]: s for s in status.get("stages", [])}
+            return status if "observedRps" in stages.get("front", {}) else None
+
+        status = wait_for(observed, timeout=30, interval=0.5, what="the tuner's figures in status")
         front = next(s for s in status["stages"] if s["name"] == "front")
         assert front["observedRps"] > 0  # averaged over 2m, most of which was idle
         assert front["recommendedReplicas"] >= 2
