@@ -35,10 +35,8 @@ from penstock.dataplane.gateway.batching import Batcher, BatchResponse
 from penstock.dataplane.gateway.cache import (
     Entry,
     Lookup,
-    RedisCache,
     Store,
     cache_key,
-    signing_key,
 )
 from penstock.dataplane.gateway.coalesce import Coalescer
 from penstock.dataplane.gateway.config import GatewayConfig
@@ -64,7 +62,7 @@ from penstock.dataplane.gateway.stage import (
     strip_headers,
 )
 from penstock.dataplane.gateway.telemetry import GatewayMetrics
-from penstock.dataplane.gateway.tiers import MemoryCache, Tier, Tiers
+from penstock.dataplane.gateway.tiers import Tiers, cache_tiers
 from penstock.dataplane.jsonbody import JsonBodyError, parse
 from penstock.dataplane.limits import Identity
 from penstock.dataplane.server import Server, build_tracer
@@ -109,39 +107,7 @@ class Gateway(Server):
 
     async def start(self) -> None:
         config = self.config
-        tiers: list[Tier] = []
-        if config.memory_cache_max_entries:
-            tiers.append(
-                MemoryCache(
-                    max_entries=config.memory_cache_max_entries,
-                    max_bytes=config.memory_cache_max_bytes,
-                    ttl_seconds=config.cache_ttl_seconds,
-                    max_entry_bytes=config.cache_max_entry_bytes,
-                )
-            )
-        if config.redis_url:
-            tiers.append(
-                RedisCache(
-                    config.redis_url,
-                    password=config.redis_password,
-                    ttl_seconds=config.cache_ttl_seconds,
-                    max_entry_bytes=config.cache_max_entry_bytes,
-                    timeout=config.redis_timeout_ms / 1000,
-                )
-            )
-        if config.shared_redis_url and config.shared_cache_key:
-            tiers.append(
-                RedisCache(
-                    config.shared_redis_url,
-                    password=config.shared_redis_password,
-                    ttl_seconds=config.cache_ttl_seconds,
-                    max_entry_bytes=config.cache_max_entry_bytes,
-                    timeout=config.redis_timeout_ms / 1000,
-                    name="shared",
-                    sign_key=signing_key(config.shared_cache_key),
-                )
-            )
-        self.cache = Tiers(tiers) if tiers else None
+        self.cache = cache_tiers(config)
         if config.batching:
             self._batcher = Batcher(
                 self._send_batch,

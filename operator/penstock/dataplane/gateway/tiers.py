@@ -19,10 +19,13 @@ from penstock.dataplane.gateway.cache import (
     Entry,
     Found,
     Lookup,
+    RedisCache,
     Store,
     Variants,
+    signing_key,
     variant_key,
 )
+from penstock.dataplane.gateway.config import GatewayConfig
 
 
 class Tier(Protocol):
@@ -210,3 +213,37 @@ class Tiers:
     async def close(self) -> None:
         for tier in self.tiers:
             await tier.close()
+
+
+def cache_tiers(config: GatewayConfig) -> Tiers | None:
+    """The stage's cache tiers in lookup order: memory, pod (the sidecar), shared."""
+    tiers: list[Tier] = []
+    if config.memory_cache_max_entries:
+        tiers.append(
+            MemoryCache(
+                max_entries=config.memory_cache_max_entries,
+                max_bytes=config.memory_cache_max_bytes,
+                ttl_seconds=config.cache_ttl_seconds,
+                max_entry_bytes=config.cache_max_entry_bytes,
+            )
+        )
+    redis: list[tuple[str, str | None, str | None, bytes | None]] = [
+        ("pod", config.redis_url, config.redis_password, None)
+    ]
+    if config.shared_cache_key:
+        key = signing_key(config.shared_cache_key)
+        redis.append(("shared", config.shared_redis_url, config.shared_redis_password, key))
+    for name, url, password, sign_key in redis:
+        if url:
+            tiers.append(
+                RedisCache(
+                    url,
+                    password=password,
+                    ttl_seconds=config.cache_ttl_seconds,
+                    max_entry_bytes=config.cache_max_entry_bytes,
+                    timeout=config.redis_timeout_ms / 1000,
+                    name=name,
+                    sign_key=sign_key,
+                )
+            )
+    return Tiers(tiers) if tiers else None
