@@ -14,16 +14,18 @@ B: Key = ("ns", "b")
 class Recorder:
     def __init__(self, hold: float = 0.0, fail: int = 0) -> None:
         self.calls: list[Key] = []
+        self.bodies: list[object] = []
         self.running: set[Key] = set()
         self.overlaps = 0
         self.hold = hold
         self.fail = fail
 
-    async def __call__(self, key: Key) -> None:
+    async def __call__(self, key: Key, body: object) -> None:
         if key in self.running:
             self.overlaps += 1
         self.running.add(key)
         self.calls.append(key)
+        self.bodies.append(body)
         try:
             await asyncio.sleep(self.hold)
             if self.fail:
@@ -124,3 +126,19 @@ async def test_the_workers_bound_concurrency() -> None:
     watcher.cancel()
     await queue.stop()
     assert len(work.calls) == 8 and peak == 2
+
+
+async def test_the_newest_body_is_passed_and_a_rerun_reads_afresh() -> None:
+    work = Recorder(hold=0.1)
+    queue = WorkQueue(work)
+    queue.add(A, {"v": 1})
+    queue.add(A, {"v": 2})  # still waiting: the newer body wins
+    queue.start()
+    await asyncio.sleep(0.03)  # running with v2 now
+    queue.add(A, {"v": 3})  # while running: its status is about to change, so no body
+    await settle(queue)
+    queue.add(B, delay=0.01)  # a child event carries no body
+    await settle(queue)
+    await queue.stop()
+    assert work.calls == [A, A, B]
+    assert work.bodies == [{"v": 2}, None, None]

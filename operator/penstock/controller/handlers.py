@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import kopf
@@ -19,7 +19,7 @@ from penstock.api import GROUP, PLURAL, VERSION
 from penstock.contract.wire import MANAGED_BY
 from penstock.controller import metrics
 from penstock.controller.kube import KubeError
-from penstock.controller.queue import Key, WorkQueue
+from penstock.controller.queue import Body, Key, Work, WorkQueue
 from penstock.controller.reconcile import Reconciler
 from penstock.render import FIELD_MANAGER
 
@@ -49,16 +49,19 @@ def _key(body: Mapping[str, Any]) -> Key:
     return body["metadata"]["namespace"], body["metadata"]["name"]
 
 
-def reconcile_work(reconciler: Reconciler) -> Callable[[Key], Awaitable[None]]:
-    """The queue's work: read the Pipeline now (the newest spec) and reconcile it."""
+def reconcile_work(reconciler: Reconciler) -> Work:
+    """The queue's work: reconcile the Pipeline from the body it was queued with (a resync's
+    list, a kopf event), or read it when it came without one (child events, reruns)."""
 
-    async def work(key: Key) -> None:
+    async def work(key: Key, known: Body | None) -> None:
         namespace, name = key
         try:
-            body = await asyncio.to_thread(reconciler.kube.get, "Pipeline", namespace, name)
+            body = known
+            if body is None:
+                body = await asyncio.to_thread(reconciler.kube.get, "Pipeline", namespace, name)
             if body is None or body["metadata"].get("deletionTimestamp"):
                 return
-            await asyncio.to_thread(reconciler.reconcile, body)
+            await asyncio.to_thread(reconciler.reconcile, dict(body))
         except KubeError as error:
             if _namespace_terminating(error):  # its Pipelines go with it: nothing to retry
                 log.debug("reconcile of %s/%s: %s", namespace, name, error)
@@ -69,7 +72,7 @@ def reconcile_work(reconciler: Reconciler) -> Callable[[Key], Awaitable[None]]:
 
 
 async def reconcile_pipeline(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    _queue(memo).add(_key(body))
+    _queue(memo).add(_key(body), dict(body))
 
 
 async def forget_pipeline(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
@@ -139,7 +142,7 @@ async def resync_loop(reconciler: Reconciler, queue: WorkQueue, interval: float)
             continue
         for body in bodies:
             if not body["metadata"].get("deletionTimestamp"):
-                queue.add(_key(body))
+                queue.add(_key(body), body)
 
 
 CHILD_RESOURCES = (

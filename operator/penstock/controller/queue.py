@@ -1,9 +1,10 @@
 """One work queue that every trigger feeds: Pipeline create/update/resume, child events, the
 resync loop (which carries the tuner). Like client-go's workqueue:
 
-- deduplicated per key: a key already waiting is not queued twice, and a key added while it is
-  being reconciled is run once more afterwards, never twice at once (the work reads the
-  Pipeline when it runs, so it always acts on the newest spec);
+- deduplicated per key: a key already waiting is not queued twice (the newest body it was added
+  with is kept), and a key added while it is being reconciled is run once more afterwards,
+  never twice at once; that rerun gets no body (the running reconcile writes a newer status),
+  so the work reads the Pipeline;
 - rate-limited per key: after a failure the key comes back after an exponential backoff
   (``base_delay`` doubling up to ``max_delay``), reset by a success;
 - a fixed number of workers, so a burst (a resync of 1,000 Pipelines) queues instead of
@@ -15,14 +16,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 log = logging.getLogger("penstock.queue")
 
 Key = tuple[str, str]
 """(namespace, name) of a Pipeline."""
-Work = Callable[[Key], Awaitable[None]]
-"""Reconcile one key."""
+Body = Mapping[str, Any]
+Work = Callable[[Key, Body | None], Awaitable[None]]
+"""Reconcile one key, from the body it was added with (a fresh list or event), else reading it."""
 
 
 class WorkQueue:
@@ -42,12 +45,12 @@ class WorkQueue:
         self._max_delay = max_delay
         self._ready: asyncio.Queue[Key] = asyncio.Queue()
         self._queued: set[Key] = set()  # waiting in _ready
+        self._bodies: dict[Key, Body] = {}  # the newest body of a waiting key, when known
         self._active: set[Key] = set()  # being reconciled
         self._again: set[Key] = set()  # added while active: run once more after
         self._timers: dict[Key, asyncio.TimerHandle] = {}
         self._failures: dict[Key, int] = {}
         self._tasks: list[asyncio.Task[None]] = []
-        self.reconciles = 0
         self.retries = 0
 
     def start(self) -> None:
@@ -63,8 +66,10 @@ class WorkQueue:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
 
-    def add(self, key: Key, delay: float = 0.0) -> None:
+    def add(self, key: Key, body: Body | None = None, delay: float = 0.0) -> None:
         """Queue a reconcile of key (after ``delay`` seconds, e.g. to collapse child events)."""
+        if body is not None and key not in self._active:
+            self._bodies[key] = body
         if delay > 0:
             if key not in self._timers and key not in self._queued:
                 loop = asyncio.get_running_loop()
@@ -79,6 +84,7 @@ class WorkQueue:
             handle.cancel()
         self._queued.discard(key)
         self._again.discard(key)
+        self._bodies.pop(key, None)
         self._failures.pop(key, None)
 
     def pending(self) -> int:
@@ -91,6 +97,7 @@ class WorkQueue:
     def _enqueue(self, key: Key) -> None:
         if key in self._active:
             self._again.add(key)
+            self._bodies.pop(key, None)
             return
         if key in self._queued:
             return
@@ -109,32 +116,33 @@ class WorkQueue:
             self._active.add(key)
             started = time.monotonic()
             try:
-                await self._work(key)
-                self._failures.pop(key, None)
+                await self._work(key, self._bodies.pop(key, None))
             except asyncio.CancelledError:
                 raise
             except Exception as error:
-                failures = self._failures.get(key, 0) + 1
-                self._failures[key] = failures
-                delay = min(self._max_delay, self._base_delay * 2 ** (failures - 1))
-                self.retries += 1
-                log.warning(
-                    "reconcile of %s/%s failed (attempt %d, again in %.1fs): %s",
-                    *key,
-                    failures,
-                    delay,
-                    error,
-                    exc_info=not isinstance(error, self._quiet),
-                )
-                self._active.discard(key)
-                self._again.discard(key)
-                loop = asyncio.get_running_loop()
-                self._timers[key] = loop.call_later(delay, self._fire, key)
-                continue
+                self._back_off(key, error)
+            else:
+                self._failures.pop(key, None)
             finally:
-                self.reconciles += 1
+                self._active.discard(key)
                 log.debug("reconciled %s/%s in %.3fs", *key, time.monotonic() - started)
-            self._active.discard(key)
             if key in self._again:
                 self._again.discard(key)
                 self._enqueue(key)
+
+    def _back_off(self, key: Key, error: Exception) -> None:
+        """Run key again after a delay doubling with each failure in a row."""
+        failures = self._failures.get(key, 0) + 1
+        self._failures[key] = failures
+        delay = min(self._max_delay, self._base_delay * 2 ** (failures - 1))
+        self.retries += 1
+        log.warning(
+            "reconcile of %s/%s failed (attempt %d, again in %.1fs): %s",
+            *key,
+            failures,
+            delay,
+            error,
+            exc_info=not isinstance(error, self._quiet),
+        )
+        self._again.discard(key)  # the backoff decides when, not a trigger during the run
+        self._timers[key] = asyncio.get_running_loop().call_later(delay, self._fire, key)
