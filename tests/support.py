@@ -20,7 +20,6 @@ BIN = ROOT / "bin"
 # How to get each tool the tests run (Debian packages via .ci/run, the rest via `make tools`).
 HOW = {
     "redis-server": "apt-get install redis-server",
-    "memcached": "apt-get install memcached",
     "openssl": "apt-get install openssl",
 }
 

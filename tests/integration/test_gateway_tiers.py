@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import aiohttp
 import pytest
 
+from penstock.dataplane.gateway.cache import Lookup, RedisCache, signing_key
 from penstock.dataplane.gateway.config import ConfigError, parse_config
 from tests.integration.test_gateway import Stage, client, running, sample, stage, url
 from tests.support import RedisServer
@@ -135,21 +136,34 @@ async def test_another_pipelines_key_neither_reads_nor_plants_in_the_shared_tier
     (key,) = shared_redis.keys()
     stored = shared_redis.client.get(key)
     redis_server.client.flushall()  # only the shared tier holds it now
+    # Read with another Pipeline's key: a miss, and the entry is left exactly as it was.
+    foreign = RedisCache(
+        shared_redis.url, ttl_seconds=60, max_entry_bytes=1 << 20, sign_key=signing_key("b")
+    )
+    try:
+        assert (await foreign.lookup(key)).lookup is Lookup.MISS
+    finally:
+        await foreign.close()
+    assert shared_redis.client.get(key) == stored
     intruder_pod = RedisServer()
     try:
         options = {"redis_url": intruder_pod.url, **shared(shared_redis, "b")}
         async with running(stage, **options) as intruder:
-            # Same request, same key material: the entry is there but not signed with "b".
+            # Same request, same key material: there, but not signed with "b".
             assert (await ask(client, intruder, {"q": "private"}))[1] == "miss"
-        assert shared_redis.client.get(key) is not None  # a foreign entry is left alone
-        # Whatever the intruder stored over it, or planted unsigned, "a" never serves it.
-        shared_redis.client.set(key, b"PSC1" + b"\0" * 40)
-        async with running(stage, redis_url=redis_server.url, **shared(shared_redis, "a")) as ours:
-            assert (await ask(client, ours, {"q": "private"}))[1] == "miss"
-        assert stored is not None
+            await intruder.stored()
+        assert shared_redis.client.get(key) != stored  # the intruder wrote its own answer
     finally:
         intruder_pod.close()
-    assert stage.calls["/"] == 3
+    # Neither the intruder's validly signed entry nor one planted unsigned is served as ours.
+    for planted in (None, b"PSC1" + b"\0" * 40):
+        if planted is not None:
+            shared_redis.client.set(key, planted)
+        redis_server.client.flushall()
+        async with running(stage, redis_url=redis_server.url, **shared(shared_redis, "a")) as ours:
+            assert (await ask(client, ours, {"q": "private"}))[1] == "miss"
+            await ours.stored()
+    assert stage.calls["/"] == 4
 
 
 async def test_the_shared_tier_without_its_signing_key_is_a_config_error() -> None:

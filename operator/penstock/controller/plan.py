@@ -67,6 +67,11 @@ def plan_children(
     return ChildPlan(apply, new, delete)
 
 
+def owned_by(obj: Mapping[str, Any], uid: str) -> bool:
+    """Does the object name the Pipeline of this uid among its owners?"""
+    return any(ref.get("uid") == uid for ref in obj["metadata"].get("ownerReferences", []))
+
+
 def plan_secret(
     used: bool, existing: Mapping[str, Any] | None, uid: str
 ) -> Literal["create", "delete"] | None:
@@ -74,9 +79,6 @@ def plan_secret(
     password is not rotated by accident), deleted when none does and it is the Pipeline's."""
     if used and existing is None:
         return "create"
-    owned = existing is not None and any(
-        ref.get("uid") == uid for ref in existing["metadata"].get("ownerReferences", [])
-    )
-    if not used and owned:
+    if not used and existing is not None and owned_by(existing, uid):
         return "delete"
     return None

@@ -20,7 +20,7 @@ from penstock.controller import metrics
 from penstock.controller.collector import Collectors
 from penstock.controller.conditions import find, merge_conditions, now_rfc3339
 from penstock.controller.kube import CHILD_KINDS, Kube
-from penstock.controller.plan import child_key, plan_children, plan_secret
+from penstock.controller.plan import child_key, owned_by, plan_children, plan_secret
 from penstock.controller.prometheus import PrometheusClient
 from penstock.controller.settings import OperatorSettings
 from penstock.controller.status import invalid_status, rolled_out, valid_status
@@ -41,10 +41,6 @@ class Outcome:
     applied: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
     status_written: bool = False
-
-
-def _owned_by(obj: Mapping[str, Any], uid: str) -> bool:
-    return any(ref.get("uid") == uid for ref in obj["metadata"].get("ownerReferences", []))
 
 
 def _status_patch(previous: Mapping[str, Any], current: dict[str, Any]) -> dict[str, Any]:
@@ -128,7 +124,7 @@ class Reconciler:
         if "observedGeneration" in previous_status:
             for kind in CHILD_KINDS:
                 for item in self.kube.list(kind, ref.namespace, selector):
-                    if _owned_by(item, meta["uid"]):
+                    if owned_by(item, meta["uid"]):
                         live[(kind, item["metadata"]["name"])] = item
 
         live_deployments = {name: obj for (kind, name), obj in live.items() if kind == "Deployment"}

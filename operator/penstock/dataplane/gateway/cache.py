@@ -297,19 +297,12 @@ class RedisCache:
             await self._delete(key)
             return Lookup.ERROR, None, None
 
-    async def get(
-        self, key: str, headers: Mapping[str, str] | None = None
-    ) -> tuple[Lookup, Entry | None]:
-        """The entry for ``key``; when the answer varies on request headers, the variant for
-        ``headers`` (a second GET, only for such answers)."""
-        found = await self.lookup(key, headers)
-        return found.lookup, found.entry
-
     async def lookup(
         self, key: str, headers: Mapping[str, str] | None = None, with_ttl: bool = False
     ) -> Found:
-        """:meth:`get`, also saying which request headers the answer varies on and, with
-        ``with_ttl``, how long it has left (for a faster tier to hold it no longer)."""
+        """The entry for ``key``; when the answer varies on request headers, the variant for
+        ``headers`` (a second GET, only for such answers), with the headers it varies on and,
+        with ``with_ttl``, how long it has left (for a faster tier to hold it no longer)."""
         if not self._available():
             return Found(Lookup.ERROR)
         lookup, found, ttl = await self._get(key, with_ttl)
