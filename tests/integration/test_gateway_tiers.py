@@ -60,6 +60,7 @@ async def test_a_replica_with_a_cold_memory_tier_is_filled_from_redis(
         await first.stored()
     async with running(stage, redis_url=redis_server.url, **MEMORY) as second:
         assert await ask(client, second, {"q": "shared"}) == (200, "hit", "pod")
+        await second.stored()  # the fill runs after the answer
         assert await ask(client, second, {"q": "shared"}) == (200, "hit", "memory")
         stores = "penstock_stage_cache_tier_stores_total"
         assert sample(second, stores, tier="memory", result="fill") == 1
@@ -76,6 +77,7 @@ async def test_the_memory_tier_never_outlives_the_redis_entry_it_was_filled_from
     redis_server.client.expire(key, 2)  # the entry has 2 s left in Redis
     async with running(stage, redis_url=redis_server.url, **MEMORY) as second:
         assert await ask(client, second, {"q": "short"}) == (200, "hit", "pod")
+        await second.stored()  # the fill runs after the answer
         assert await ask(client, second, {"q": "short"}) == (200, "hit", "memory")
         await asyncio.sleep(2.2)
         status, cache, _ = await ask(client, second, {"q": "short"})
@@ -118,6 +120,7 @@ async def test_replicas_share_answers_through_the_shared_tier(
         assert len(shared_redis.keys()) == 1
         async with running(stage, redis_url=other_pod.url, **shared(shared_redis)) as second:
             assert await ask(client, second, {"q": "warm"}) == (200, "hit", "shared")
+            await second.stored()  # the fill runs after the answer
             assert await ask(client, second, {"q": "warm"}) == (200, "hit", "pod")  # filled
         assert stage.calls["/"] == 1
     finally:

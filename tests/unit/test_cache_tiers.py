@@ -125,14 +125,15 @@ async def test_a_later_hit_fills_the_earlier_tier_for_no_longer_than_it_has_left
     tiers = Tiers([front, pod])
     seen: list[tuple[str, str]] = []
     filled: list[tuple[str, str]] = []
-    result, found, tier = await tiers.get(
-        "k", {}, lambda t, r: seen.append((t, r)), lambda t, r: filled.append((t, r))
-    )
-    assert (result, tier) == (Lookup.HIT, "pod") and found == entry('"from redis"')
-    assert seen == [("memory", "miss"), ("pod", "hit")] and filled == [("memory", "stored")]
-    assert pod.asked_ttl == [True]
-    result, _, tier = await tiers.get("k", {})
-    assert (result, tier) == (Lookup.HIT, "memory")
+    hit = await tiers.get("k", {}, lambda t, r: seen.append((t, r)))
+    assert (hit.lookup, hit.tier) == (Lookup.HIT, "pod") and hit.entry == entry('"from redis"')
+    assert seen == [("memory", "miss"), ("pod", "hit")] and pod.asked_ttl == [True]
+    # The fill is the caller's to run after answering: nothing is copied before that.
+    assert hit.fill is not None and len(front) == 0
+    await hit.fill(lambda t, r: filled.append((t, r)))
+    assert filled == [("memory", "stored")]
+    again = await tiers.get("k", {})
+    assert (again.lookup, again.tier, again.fill) == (Lookup.HIT, "memory", None)
     clock.now += 8  # past the 7 whole seconds the Redis entry had left
     assert (await front.lookup("k")).lookup is Lookup.MISS
 
@@ -144,8 +145,8 @@ async def test_a_broken_later_tier_is_a_miss_while_another_tier_answers(
     later: Lookup, expected: Lookup
 ) -> None:
     tiers = Tiers([memory(Clock()), Fake(Found(later))])
-    assert (await tiers.get("k", {}))[0] is expected
-    assert (await Tiers([Fake(Found(Lookup.ERROR))]).get("k", {}))[0] is Lookup.ERROR
+    assert (await tiers.get("k", {})).lookup is expected
+    assert (await Tiers([Fake(Found(Lookup.ERROR))]).get("k", {})).lookup is Lookup.ERROR
 
 
 async def test_a_store_goes_to_every_tier() -> None:

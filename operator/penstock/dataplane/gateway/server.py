@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 import aiohttp
@@ -138,6 +138,12 @@ class Gateway(Server):
         if self.cache is not None:
             await self.cache.close()
         self.close_tracer()
+
+    def _after_answer(self, work: Coroutine[Any, Any, None]) -> None:
+        """Cache writes run once the answer is on its way, never before it."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._stores.add(task)
+        task.add_done_callback(self._stores.discard)
 
     async def stored(self) -> None:
         """Wait for the cache stores already started (they run after the answer is sent)."""
@@ -270,19 +276,20 @@ class Gateway(Server):
         cache_state = "bypass"
         if self.cache is not None and rules.lookup:
             metrics = self.metrics
-            lookup, entry, tier = await self.cache.get(
-                key, request.headers, metrics.tier_lookup, metrics.tier_fill
-            )
+            found = await self.cache.get(key, request.headers, metrics.tier_lookup)
+            lookup, entry = found.lookup, found.entry
             metrics.lookup(lookup.value)
             if lookup is Lookup.HIT and entry is not None:
                 record.cache_hit = True
+                if found.fill is not None:
+                    self._after_answer(found.fill(metrics.tier_fill))
                 return web.Response(
                     status=entry.status,
                     body=entry.body,
                     headers={
                         "Content-Type": entry.content_type,
                         CACHE_HEADER: "hit",
-                        CACHE_TIER_HEADER: tier or "",
+                        CACHE_TIER_HEADER: found.tier or "",
                     },
                 )
             record.cache_hit = False
@@ -307,9 +314,7 @@ class Gateway(Server):
             self.metrics.coalesced.inc()
         elif self.cache is not None and rules.store and isinstance(produced.outcome, Answer):
             # Stored after the answer is on its way: a miss costs one Redis round trip, not two.
-            task = asyncio.get_running_loop().create_task(self._store(key, produced))
-            self._stores.add(task)
-            task.add_done_callback(self._stores.discard)
+            self._after_answer(self._store(key, produced))
         return await self._respond(request, produced.outcome, record, cache_state, sharers)
 
     def _canonical(self, request: web.Request, body: bytes) -> bytes | Failure | None:

@@ -154,6 +154,38 @@ class MemoryCache:
 Counted = Callable[[str, str], None]
 
 
+@dataclass(frozen=True)
+class Fill:
+    """Copying a later tier's hit into the tiers before it, for the time it has left there."""
+
+    tiers: Sequence[Tier]
+    key: str
+    found: Found
+    headers: Mapping[str, str]
+    ttl_seconds: int
+
+    async def __call__(self, on_fill: Counted = lambda tier, result: None) -> None:
+        assert self.found.entry is not None
+        for tier in self.tiers:
+            stored = await tier.put(
+                self.key,
+                self.found.entry,
+                vary=self.found.vary,
+                headers=self.headers,
+                ttl_seconds=self.ttl_seconds,
+            )
+            on_fill(tier.name, stored.value)
+
+
+@dataclass(frozen=True)
+class TierHit:
+    lookup: Lookup
+    entry: Entry | None = None
+    tier: str | None = None
+    """The tier that answered."""
+    fill: Fill | None = None
+
+
 class Tiers:
     """The stage's tiers in lookup order (at least one)."""
 
@@ -166,14 +198,11 @@ class Tiers:
         return next((t.last_error for t in self.tiers if t.last_error), None)
 
     async def get(
-        self,
-        key: str,
-        headers: Mapping[str, str],
-        on_lookup: Counted = lambda tier, result: None,
-        on_fill: Counted = lambda tier, result: None,
-    ) -> tuple[Lookup, Entry | None, str | None]:
-        """The first tier's hit, copied into the tiers before it; (result, entry, tier).
-        The result is ERROR only when every tier failed."""
+        self, key: str, headers: Mapping[str, str], on_lookup: Counted = lambda tier, result: None
+    ) -> TierHit:
+        """The first tier's hit; the result is ERROR only when every tier failed. A hit in a
+        later tier comes with its ``fill`` of the tiers before it, for the caller to run once
+        the answer is on its way (a Redis tier's fill is a round trip)."""
         errors = 0
         for index, tier in enumerate(self.tiers):
             # Only a tier with faster ones before it needs to say how long the entry has left.
@@ -181,14 +210,11 @@ class Tiers:
             on_lookup(tier.name, found.lookup.value)
             if found.lookup is Lookup.HIT and found.entry is not None:
                 left = int(found.ttl_seconds or 0)  # whole seconds: never past the source's
-                for earlier in self.tiers[:index] if left >= 1 else ():
-                    stored = await earlier.put(
-                        key, found.entry, vary=found.vary, headers=headers, ttl_seconds=left
-                    )
-                    on_fill(earlier.name, stored.value)
-                return Lookup.HIT, found.entry, tier.name
+                earlier = self.tiers[:index] if left >= 1 else []
+                fill = Fill(earlier, key, found, headers, left) if earlier else None
+                return TierHit(Lookup.HIT, found.entry, tier.name, fill)
             errors += found.lookup is Lookup.ERROR
-        return (Lookup.ERROR if errors == len(self.tiers) else Lookup.MISS), None, None
+        return TierHit(Lookup.ERROR if errors == len(self.tiers) else Lookup.MISS)
 
     async def put(
         self,
