@@ -56,11 +56,6 @@ class GatewayArgs:
         return [part for flag, value in self.flags for part in (flag, value)]
 
 
-def hourly_cost(stage: Stage, prices: PriceTable) -> str:
-    """One replica's USD per hour as the gateway's per-request cost reads it (same as status)."""
-    return format(replica_hourly_cost(stage, prices).normalize(), "f")
-
-
 def gateway_args(
     pipeline: str, spec: PipelineSpec, stage: Stage, prices: PriceTable, where: Placement
 ) -> GatewayArgs:
@@ -72,7 +67,8 @@ def gateway_args(
         ("--stage", stage.name),
         ("--namespace", where.namespace),
         ("--cost-center", spec.cost_center),
-        ("--hourly-cost", hourly_cost(stage, prices)),
+        # One replica's USD per hour, as the status prices it.
+        ("--hourly-cost", format(replica_hourly_cost(stage, prices).normalize(), "f")),
         ("--timeout-seconds", str(stage.timeout_seconds)),
         ("--stage-image", stage.image),
     ]

@@ -78,6 +78,14 @@ class Server:
         self.admin_port = 0
         self._runners: list[web.AppRunner] = []
 
+    async def start(self) -> None:
+        """Set up what the server needs and :meth:`open` its listeners."""
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        """:meth:`close` the listeners and release what start set up."""
+        raise NotImplementedError
+
     def readiness(self) -> dict[str, Any]:
         """The fields of the /ready answer after its status."""
         return {}
@@ -141,7 +149,7 @@ class Server:
 
 
 async def serve_until_stopped(
-    server: Any, stop: asyncio.Event | None, started: Callable[[], str], log: logging.Logger
+    server: Server, stop: asyncio.Event | None, started: Callable[[], str], log: logging.Logger
 ) -> None:
     """Start ``server``, log ``started()``, run until ``stop`` is set (or SIGTERM/SIGINT), then
     stop it."""
