@@ -16,6 +16,7 @@ import pytest
 from prometheus_client import Metric
 from prometheus_client.metrics import MetricWrapperBase
 
+from penstock.api.status import PipelineStatus
 from penstock.contract.topology import StageRoute, Topology
 from penstock.controller import metrics as operator_metrics
 from penstock.dataplane.gateway.config import GatewayConfig, HostPort
@@ -62,19 +63,21 @@ def _families() -> Iterator[Metric]:
     router.request("ok")
     yield from router.registry.collect()
     operator_metrics.RECONCILE_TOTAL.labels(result="changed").inc(0)
-    status = {
-        "stages": [
-            {
-                "name": "s",
-                "hourlyCost": "0.5",
-                "desiredReplicas": 1,
-                "readyReplicas": 1,
-                "utilization": 0.5,
-                "recommendedReplicas": 2,
-            }
-        ],
-        "bottleneck": "s",
-    }
+    status = PipelineStatus.model_validate(
+        {
+            "stages": [
+                {
+                    "name": "s",
+                    "hourlyCost": "0.5",
+                    "desiredReplicas": 1,
+                    "readyReplicas": 1,
+                    "utilization": 0.5,
+                    "recommendedReplicas": 2,
+                }
+            ],
+            "bottleneck": "s",
+        }
+    )
     operator_metrics.export_status("dashboard-test", "p", "c", status)
     try:
         for value in vars(operator_metrics).values():

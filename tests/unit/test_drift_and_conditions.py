@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from penstock.controller.conditions import merge_conditions
+from penstock.controller.conditions import Verdict, set_conditions
 from penstock.controller.drift import drifted, is_subset
 
 
@@ -38,11 +38,16 @@ def test_extra_owner_reference_is_not_drift() -> None:
 
 
 def test_transition_time_moves_only_on_a_flip() -> None:
-    old = [{"type": "Ready", "status": "False", "lastTransitionTime": "T0", "reason": "A"}]
-    same = merge_conditions(old, [{"type": "Ready", "status": "False", "reason": "B"}], "T1")
-    assert same[0]["lastTransitionTime"] == "T0"
-    assert same[0]["reason"] == "B"
-    flipped = merge_conditions(old, [{"type": "Ready", "status": "True", "reason": "C"}], "T2")
-    assert flipped[0]["lastTransitionTime"] == "T2"
-    new = merge_conditions([], [{"type": "Valid", "status": "True", "reason": "D"}], "T3")
-    assert new[0]["lastTransitionTime"] == "T3"
+    old = set_conditions([], [Verdict("Ready", False, "A", "")], 1, "T0")
+    same = set_conditions(old, [Verdict("Ready", False, "B", "b")], 2, "T1")
+    assert (same[0].last_transition_time, same[0].reason, same[0].observed_generation) == (
+        "T0",
+        "B",
+        2,
+    )
+    flipped = set_conditions(same, [Verdict("Ready", True, "C", "")], 2, "T2")
+    assert (flipped[0].status, flipped[0].last_transition_time) == ("True", "T2")
+    unknown = set_conditions(flipped, [Verdict("Ready", None, "D", "")], 3, "T3")
+    assert (unknown[0].status, unknown[0].last_transition_time) == ("Unknown", "T3")
+    new = set_conditions(old, [Verdict("Valid", True, "D", "")], 1, "T4")
+    assert [(c.type, c.last_transition_time) for c in new] == [("Valid", "T4")]

@@ -4,19 +4,26 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from penstock.api.types import ApiModel
 
 ConditionType = Literal["Ready", "Valid", "Progressing", "Degraded", "MetricsAvailable"]
+ConditionStatus = Literal["True", "False", "Unknown"]
 
 
-class Condition(ApiModel):
+class StatusModel(ApiModel):
+    """Written by the operator, so also built from Python names (a user never writes status)."""
+
+    model_config = ConfigDict(**{**ApiModel.model_config, "validate_by_name": True})
+
+
+class Condition(StatusModel):
     """A condition per the Kubernetes API conventions."""
 
     type: str = Field(max_length=64)
     """Ready, Valid, Progressing, Degraded or MetricsAvailable."""
-    status: Literal["True", "False", "Unknown"]
+    status: ConditionStatus
     """True, False or Unknown."""
     reason: str = Field(max_length=128, pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
     """Machine-readable CamelCase reason."""
@@ -28,7 +35,7 @@ class Condition(ApiModel):
     """When the status last flipped (RFC 3339)."""
 
 
-class StageStatus(ApiModel):
+class StageStatus(StatusModel):
     """What the operator observed of one stage."""
 
     name: str = Field(max_length=63)
@@ -49,7 +56,7 @@ class StageStatus(ApiModel):
     """Cost of the stage's current replicas per hour, USD."""
 
 
-class PipelineStatus(ApiModel):
+class PipelineStatus(StatusModel):
     """Observed state of a Pipeline."""
 
     observed_generation: int | None = None

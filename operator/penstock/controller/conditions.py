@@ -2,37 +2,58 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+
+from penstock.api.status import Condition, ConditionStatus, ConditionType
 
 
 def now_rfc3339() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def condition(
-    type_: str, status: bool | None, reason: str, message: str, generation: int | None
-) -> dict[str, Any]:
-    text = "Unknown" if status is None else ("True" if status else "False")
-    result: dict[str, Any] = {"type": type_, "status": text, "reason": reason, "message": message}
-    if generation is not None:
-        result["observedGeneration"] = generation
-    return result
+@dataclass(frozen=True)
+class Verdict:
+    """A condition as computed, before it meets the previous one (and its transition time)."""
+
+    type: ConditionType
+    status: bool | None
+    reason: str
+    message: str
+
+    @property
+    def status_text(self) -> ConditionStatus:
+        return "Unknown" if self.status is None else ("True" if self.status else "False")
 
 
-def merge_conditions(
-    previous: list[dict[str, Any]], current: list[dict[str, Any]], now: str
-) -> list[dict[str, Any]]:
-    """Carry lastTransitionTime over from the previous condition of a type when status is equal."""
-    before = {item.get("type"): item for item in previous}
-    merged = []
-    for item in current:
-        old = before.get(item["type"])
-        same = old is not None and old.get("status") == item["status"]
-        stamp = old.get("lastTransitionTime") if same and old else None
-        merged.append({**item, "lastTransitionTime": stamp or now})
-    return merged
+def set_conditions(
+    previous: Sequence[Condition], verdicts: Sequence[Verdict], generation: int, now: str
+) -> list[Condition]:
+    """The conditions to write: one per verdict, in order; each keeps the previous
+    lastTransitionTime of its type unless its status flipped (then it is `now`)."""
+    before = {item.type: item for item in previous}
+    written = []
+    for verdict in verdicts:
+        old = before.get(verdict.type)
+        same = old is not None and old.status == verdict.status_text
+        written.append(
+            Condition(
+                type=verdict.type,
+                status=verdict.status_text,
+                reason=verdict.reason,
+                message=verdict.message,
+                observed_generation=generation,
+                last_transition_time=old.last_transition_time if same and old else now,
+            )
+        )
+    return written
 
 
-def find(conditions: list[dict[str, Any]], type_: str) -> dict[str, Any] | None:
-    return next((item for item in conditions if item.get("type") == type_), None)
+def find(conditions: Sequence[Condition], type_: ConditionType) -> Condition | None:
+    return next((item for item in conditions if item.type == type_), None)
+
+
+def is_true(conditions: Sequence[Condition], type_: ConditionType) -> bool:
+    found = find(conditions, type_)
+    return found is not None and found.status == "True"

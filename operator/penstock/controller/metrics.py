@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 from prometheus_client import Counter, Gauge, Histogram
+
+from penstock.api.status import PipelineStatus
 
 RECONCILE_TOTAL = Counter(
     "penstock_reconcile_total",
@@ -50,17 +49,15 @@ PIPELINE_BOTTLENECK = Gauge(
 )
 # status field of each stage -> its gauge
 _STAGE_FIGURES: dict[str, Gauge] = {
-    "recommendedReplicas": STAGE_RECOMMENDED_REPLICAS,
-    "desiredReplicas": STAGE_DESIRED_REPLICAS,
-    "readyReplicas": STAGE_READY_REPLICAS,
+    "recommended_replicas": STAGE_RECOMMENDED_REPLICAS,
+    "desired_replicas": STAGE_DESIRED_REPLICAS,
+    "ready_replicas": STAGE_READY_REPLICAS,
     "utilization": STAGE_UTILIZATION,
 }
 _PER_PIPELINE = (STAGE_HOURLY_COST, PIPELINE_BOTTLENECK, *_STAGE_FIGURES.values())
 
 
-def export_status(
-    namespace: str, pipeline: str, cost_center: str, status: Mapping[str, Any]
-) -> None:
+def export_status(namespace: str, pipeline: str, cost_center: str, status: PipelineStatus) -> None:
     """Export a valid Pipeline's status figures; series it no longer has are dropped."""
     kept: set[tuple[int, tuple[str, ...]]] = set()
 
@@ -68,14 +65,15 @@ def export_status(
         gauge.labels(*labels).set(value)
         kept.add((id(gauge), labels))
 
-    for item in status.get("stages", []):
-        labels = (namespace, pipeline, item["name"])
-        put(STAGE_HOURLY_COST, (*labels, cost_center), float(item["hourlyCost"]))
+    for item in status.stages:
+        labels = (namespace, pipeline, item.name)
+        put(STAGE_HOURLY_COST, (*labels, cost_center), float(item.hourly_cost or 0))
         for field, gauge in _STAGE_FIGURES.items():
-            if item.get(field) is not None:
-                put(gauge, labels, float(item[field]))
-    if status.get("bottleneck"):
-        put(PIPELINE_BOTTLENECK, (namespace, pipeline, status["bottleneck"]), 1)
+            value = getattr(item, field)
+            if value is not None:
+                put(gauge, labels, float(value))
+    if status.bottleneck:
+        put(PIPELINE_BOTTLENECK, (namespace, pipeline, status.bottleneck), 1)
     forget_pipeline(namespace, pipeline, keep=kept)
 
 

@@ -18,14 +18,14 @@ from penstock.api.validation import validate_object, validate_spec
 from penstock.contract.wire import MANAGED_BY
 from penstock.controller import metrics
 from penstock.controller.collector import Collectors
-from penstock.controller.conditions import find, merge_conditions, now_rfc3339
+from penstock.controller.conditions import find, is_true, now_rfc3339
 from penstock.controller.kube import CHILD_KINDS, Kube
 from penstock.controller.plan import child_key, owned_by, plan_children, plan_secret
 from penstock.controller.prometheus import PrometheusClient
 from penstock.controller.settings import OperatorSettings
-from penstock.controller.status import invalid_status, rolled_out, valid_status
+from penstock.controller.status import invalid_status, observed_status, rolled_out, valid_status
 from penstock.controller.tracing import reconcile_span
-from penstock.controller.tuning import ThroughputTuning, apply_to_status
+from penstock.controller.tuning import ThroughputTuning
 from penstock.render import PipelineRef, render_children, render_secret
 from penstock.render.cache import cache_secret_name
 from penstock.render.meta import stage_object_name
@@ -104,16 +104,17 @@ class Reconciler:
         meta = body["metadata"]
         ref = PipelineRef(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"])
         generation = int(meta.get("generation", 0))
-        previous_status: dict[str, Any] = dict(body.get("status") or {})
+        written: dict[str, Any] = dict(body.get("status") or {})
+        previous = observed_status(body)
         outcome = Outcome()
         result = validate_object(body)
         if result.spec is None:
             # Never touch the children of the last valid spec: what runs keeps running.
-            status = invalid_status(generation, result, previous_status)
-            was = find(previous_status.get("conditions", []), "Valid")
-            if not was or was.get("status") != "False" or was.get("message") != result.summary():
+            status = invalid_status(generation, result, previous, now_rfc3339())
+            was = find(previous.conditions, "Valid")
+            if not was or was.status != "False" or was.message != result.summary():
                 self.emit(body, "Warning", "InvalidSpec", result.summary()[:1024])
-            outcome.status_written = self._write_status(ref, previous_status, status)
+            outcome.status_written = self._write_status(ref, written, status)
             return outcome
 
         spec = result.spec
@@ -121,21 +122,14 @@ class Reconciler:
         live: dict[tuple[str, str], dict[str, Any]] = {}
         # A Pipeline never reconciled to the end has no status yet: its children are created
         # with server-side apply, which is also right for any that a killed reconcile left.
-        if "observedGeneration" in previous_status:
+        if previous.observed_generation is not None:
             for kind in CHILD_KINDS:
                 for item in self.kube.list(kind, ref.namespace, selector):
                     if owned_by(item, meta["uid"]):
                         live[(kind, item["metadata"]["name"])] = item
 
         live_deployments = {name: obj for (kind, name), obj in live.items() if kind == "Deployment"}
-        tuning = self.tuning.run(
-            ref.namespace,
-            ref.name,
-            generation,
-            spec,
-            live_deployments,
-            list(previous_status.get("stages", [])),
-        )
+        tuning = self.tuning.run(ref.namespace, ref.name, spec, live_deployments, previous.stages)
         for stage in tuning.result.stages if tuning.result else ():
             if stage.changed:
                 self.emit(
@@ -184,27 +178,26 @@ class Reconciler:
             if (deployment := deployments.get(stage_object_name(ref.name, stage.name)))
             and not rolled_out(deployment)
         ]
-        if rolling and "observedGeneration" in previous_status:
+        if rolling and previous.observed_generation is not None:
             for pod in self.kube.list("Pod", ref.namespace, f"penstock.dev/pipeline={ref.name}"):
                 stage_label = pod["metadata"].get("labels", {}).get("penstock.dev/stage")
                 if stage_label in rolling:
                     pods.setdefault(stage_label, []).append(pod)
         status = valid_status(
-            ref.name,
-            ref.namespace,
+            ref,
             generation,
             result,
             deployments,
             self.settings.render.prices,
             pods,
+            tuning,
+            previous,
+            now_rfc3339(),
         )
-        apply_to_status(status, tuning)
         metrics.export_status(ref.namespace, ref.name, spec.cost_center, status)
-        was_ready = find(previous_status.get("conditions", []), "Ready")
-        now_ready = status["conditions"][0]["status"] == "True"
-        if now_ready and (not was_ready or was_ready.get("status") != "True"):
+        if is_true(status.conditions, "Ready") and not is_true(previous.conditions, "Ready"):
             self.emit(body, "Normal", "Ready", "every stage is serving")
-        outcome.status_written = self._write_status(ref, previous_status, status)
+        outcome.status_written = self._write_status(ref, written, status)
         return outcome
 
     def _reconcile_secret(
@@ -227,15 +220,13 @@ class Reconciler:
             self.emit(body, "Normal", "Deleted", f"deleted Secret {name}: no stage caches")
 
     def _write_status(
-        self, ref: PipelineRef, previous: dict[str, Any], status: dict[str, Any]
+        self, ref: PipelineRef, written: dict[str, Any], status: PipelineStatus
     ) -> bool:
-        status["conditions"] = merge_conditions(
-            previous.get("conditions", []), status["conditions"], now_rfc3339()
-        )
-        # What is written is the typed status (api/status.py, which generates the CRD's schema):
-        # a field the CRD does not declare fails here, in every test, not silently in a cluster.
-        status = PipelineStatus.model_validate(status).model_dump(by_alias=True, exclude_none=True)
-        if status == previous:
+        """Patch the status when it differs from what is written; True when it did."""
+        document = status.to_wire()
+        if document == written:
             return False
-        self.kube.patch_status("Pipeline", ref.namespace, ref.name, _status_patch(previous, status))
+        self.kube.patch_status(
+            "Pipeline", ref.namespace, ref.name, _status_patch(written, document)
+        )
         return True

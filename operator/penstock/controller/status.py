@@ -1,16 +1,27 @@
-"""Pipeline status from the observed children: per-stage replicas, readiness, cost, conditions."""
+"""Pipeline status from the observed children: per-stage replicas, readiness, cost, conditions.
+
+Pure: the observed objects, the previous status and the time in; the typed status out.
+"""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
+from pydantic import ValidationError
+
 from penstock.api import PipelineSpec
 from penstock.api.cost import PriceTable, replica_hourly_cost, usd
+from penstock.api.status import PipelineStatus, StageStatus
 from penstock.api.validation import Result
-from penstock.controller.conditions import condition
+from penstock.controller.conditions import Verdict, set_conditions
+from penstock.controller.tuning import Tuning, add_tuner_figures
 from penstock.render.meta import PipelineRef, stage_object_name
 from penstock.render.router import router_name, router_url
+
+log = logging.getLogger("penstock.status")
 
 
 def rolled_out(deployment: dict[str, Any] | None) -> bool:
@@ -96,7 +107,7 @@ def stage_statuses(
     deployments: dict[str, dict[str, Any]],
     prices: PriceTable,
     pods: dict[str, list[dict[str, Any]]] | None = None,
-) -> tuple[list[dict[str, Any]], list[str], list[str], Decimal]:
+) -> tuple[list[StageStatus], list[str], list[str], Decimal]:
     """Per-stage status, names of stages not ready, stuck messages, total hourly cost.
 
     pods: the pods of the stages that are not rolled out, by stage name (see pod_problem).
@@ -114,12 +125,12 @@ def stage_statuses(
         cost = replica_hourly_cost(stage, prices) * max(desired, 0)
         total += cost
         stages.append(
-            {
-                "name": stage.name,
-                "desiredReplicas": desired,
-                "readyReplicas": ready,
-                "hourlyCost": usd(cost),
-            }
+            StageStatus(
+                name=stage.name,
+                desired_replicas=desired,
+                ready_replicas=ready,
+                hourly_cost=usd(cost),
+            )
         )
         if not rolled_out:
             not_ready.append(stage.name)
@@ -138,74 +149,84 @@ def stage_statuses(
 
 
 def valid_status(
-    name: str,
-    namespace: str,
+    ref: PipelineRef,
     generation: int,
     result: Result,
     deployments: dict[str, dict[str, Any]],
     prices: PriceTable,
-    pods: dict[str, list[dict[str, Any]]] | None = None,
-) -> dict[str, Any]:
+    pods: dict[str, list[dict[str, Any]]],
+    tuning: Tuning,
+    previous: PipelineStatus,
+    now: str,
+) -> PipelineStatus:
     assert result.spec is not None
     spec = result.spec
-    stages, not_ready, stuck, total = stage_statuses(name, spec, deployments, prices, pods)
+    stages, not_ready, stuck, total = stage_statuses(ref.name, spec, deployments, prices, pods)
     ready = not not_ready
     waiting = ", ".join(not_ready)
-    conditions = [
-        condition(
+    verdicts = [
+        Verdict(
             "Ready",
             ready,
             "AllStagesReady" if ready else "StagesNotReady",
             "every stage is serving" if ready else f"waiting for stages: {waiting}",
-            generation,
         ),
-        condition("Valid", True, "SpecValid", "the spec is valid", generation),
-        condition(
+        Verdict("Valid", True, "SpecValid", "the spec is valid"),
+        Verdict(
             "Progressing",
             not ready,
             "RollingOut" if not ready else "RolloutComplete",
             f"rolling out: {waiting}" if not ready else "all stages rolled out",
-            generation,
         ),
-        condition(
+        Verdict(
             "Degraded",
             bool(stuck),
             "StageRolloutStuck" if stuck else "AsExpected",
             "; ".join(stuck) if stuck else "no stage is stuck",
-            generation,
         ),
+        tuning.metrics,
     ]
-    status: dict[str, Any] = {
-        "observedGeneration": generation,
-        "conditions": conditions,
-        "stages": stages,
-        "stagesReady": f"{len(spec.stages) - len([n for n in not_ready if n != 'router'])}"
-        f"/{len(spec.stages)}",
-        "hourlyCost": usd(total),
-        "routerUrl": router_url(PipelineRef(name, namespace)),
-    }
-    if result.warnings:
-        status["warnings"] = [str(problem) for problem in result.warnings]
+    stages_ready = len(spec.stages) - len([name for name in not_ready if name != "router"])
+    status = PipelineStatus(
+        observed_generation=generation,
+        conditions=set_conditions(previous.conditions, verdicts, generation, now),
+        stages=stages,
+        stages_ready=f"{stages_ready}/{len(spec.stages)}",
+        hourly_cost=usd(total),
+        router_url=router_url(ref),
+        warnings=[str(problem) for problem in result.warnings] or None,
+    )
+    add_tuner_figures(status, tuning.result)
     return status
 
 
-def invalid_status(generation: int, result: Result, previous: dict[str, Any]) -> dict[str, Any]:
+def invalid_status(
+    generation: int, result: Result, previous: PipelineStatus, now: str
+) -> PipelineStatus:
     """Valid=False with the message; children and their figures stay as they were."""
     message = result.summary()
-    status = {
-        key: value
-        for key, value in previous.items()
-        if key in ("stages", "stagesReady", "hourlyCost", "bottleneck", "criticalPath", "routerUrl")
-    }
-    status["observedGeneration"] = generation
-    status["conditions"] = [
-        condition("Ready", False, "InvalidSpec", message, generation),
-        condition("Valid", False, "InvalidSpec", message, generation),
-        condition(
-            "Progressing", False, "InvalidSpec", "not applied: the spec is invalid", generation
-        ),
-        condition(
-            "Degraded", False, "AsExpected", "children of the last valid spec are kept", generation
-        ),
+    verdicts = [
+        Verdict("Ready", False, "InvalidSpec", message),
+        Verdict("Valid", False, "InvalidSpec", message),
+        Verdict("Progressing", False, "InvalidSpec", "not applied: the spec is invalid"),
+        Verdict("Degraded", False, "AsExpected", "children of the last valid spec are kept"),
     ]
-    return status
+    return PipelineStatus(
+        observed_generation=generation,
+        conditions=set_conditions(previous.conditions, verdicts, generation, now),
+        stages=previous.stages,
+        stages_ready=previous.stages_ready,
+        hourly_cost=previous.hourly_cost,
+        bottleneck=previous.bottleneck,
+        critical_path=previous.critical_path,
+        router_url=previous.router_url,
+    )
+
+
+def observed_status(body: Mapping[str, Any]) -> PipelineStatus:
+    """The status a Pipeline has, typed; one this operator cannot read counts as none."""
+    try:
+        return PipelineStatus.model_validate(body.get("status") or {})
+    except ValidationError as error:
+        log.warning("ignoring the unreadable status of %s: %s", body["metadata"]["name"], error)
+        return PipelineStatus()

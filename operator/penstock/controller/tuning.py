@@ -7,12 +7,13 @@ recommendation) and the MetricsAvailable condition says why.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from penstock.api import PipelineSpec
-from penstock.controller.conditions import condition
+from penstock.api.status import PipelineStatus, StageStatus
+from penstock.controller.conditions import Verdict
 from penstock.controller.prometheus import PrometheusClient, PrometheusError, observe_pipeline
 from penstock.controller.tuner import PipelineGraph, PipelineResult, Tuner
 from penstock.render.meta import stage_object_name
@@ -21,7 +22,8 @@ from penstock.render.meta import stage_object_name
 @dataclass(frozen=True)
 class Tuning:
     result: PipelineResult | None
-    metrics_condition: dict[str, Any]
+    metrics: Verdict
+    """The MetricsAvailable condition."""
 
     @property
     def floors(self) -> dict[str, int]:
@@ -58,39 +60,37 @@ class ThroughputTuning:
         self.tuner = Tuner(stable_window_seconds=window_seconds, clock=clock)
         self.clock = clock
         self._ticked: dict[str, float] = {}
-        self._condition: dict[str, dict[str, Any]] = {}
+        self._verdict: dict[str, Verdict] = {}
 
     def forget(self, namespace: str, name: str) -> None:
         key = f"{namespace}/{name}"
         self.tuner.forget(key)
         self._ticked.pop(key, None)
-        self._condition.pop(key, None)
+        self._verdict.pop(key, None)
 
     def run(
         self,
         namespace: str,
         name: str,
-        generation: int,
         spec: PipelineSpec,
         deployments: Mapping[str, Any],
-        previous_stages: list[dict[str, Any]],
+        previous_stages: Sequence[StageStatus],
     ) -> Tuning:
         key = f"{namespace}/{name}"
         if self.client is None:
             return Tuning(
                 None,
-                condition(
+                Verdict(
                     "MetricsAvailable",
                     False,
                     "NotConfigured",
                     "no Prometheus URL: HPAs keep their static targets",
-                    generation,
                 ),
             )
         now = self.clock()
         last = self.tuner.last(key)
         if last is not None and now - self._ticked.get(key, 0.0) < self.interval:
-            return Tuning(last, {**self._condition[key], "observedGeneration": generation})
+            return Tuning(last, self._verdict[key])
         self._ticked[key] = now
         stages = [stage.name for stage in spec.stages]
         try:
@@ -98,36 +98,27 @@ class ThroughputTuning:
                 self.client, namespace, name, stages, _ready_replicas(name, spec, deployments)
             )
         except PrometheusError as error:
-            cond = condition(
-                "MetricsAvailable",
-                False,
-                "QueryFailed",
-                f"{error}; HPAs keep their last targets",
-                generation,
+            verdict = Verdict(
+                "MetricsAvailable", False, "QueryFailed", f"{error}; HPAs keep their last targets"
             )
-            self._condition[key] = cond
-            return Tuning(last, cond)
-        previous = {
-            item["name"]: item.get("recommendedReplicas")
-            for item in previous_stages
-            if "name" in item
-        }
+            self._verdict[key] = verdict
+            return Tuning(last, verdict)
+        previous = {item.name: item.recommended_replicas for item in previous_stages}
         result = self.tuner.tick(key, PipelineGraph.from_spec(spec), observed, previous)
         missing = [stage.name for stage in result.stages if stage.no_data]
         if missing:
-            cond = condition(
+            verdict = Verdict(
                 "MetricsAvailable",
                 False,
                 "NoData",
                 f"no gateway metrics yet for: {', '.join(missing)}",
-                generation,
             )
         else:
-            cond = condition(
-                "MetricsAvailable", True, "MetricsFound", "every stage reports metrics", generation
+            verdict = Verdict(
+                "MetricsAvailable", True, "MetricsFound", "every stage reports metrics"
             )
-        self._condition[key] = cond
-        return Tuning(result, cond)
+        self._verdict[key] = verdict
+        return Tuning(result, verdict)
 
 
 def _rounded(value: float | None, digits: int) -> float | None:
@@ -135,23 +126,17 @@ def _rounded(value: float | None, digits: int) -> float | None:
     return None if value is None else round(value, digits)
 
 
-def apply_to_status(status: dict[str, Any], tuning: Tuning) -> None:
-    """Add the tuner's figures and the MetricsAvailable condition to a computed status."""
-    status["conditions"].append(tuning.metrics_condition)
-    if tuning.result is None:
+def add_tuner_figures(status: PipelineStatus, result: PipelineResult | None) -> None:
+    """Add the tuner's figures (per stage, bottleneck, slowest chain) to a computed status."""
+    if result is None:
         return
-    for item in status["stages"]:
-        stage = tuning.result.stage(item["name"])
+    for item in status.stages:
+        stage = result.stage(item.name)
         if stage is None:
             continue
-        figures = {
-            "observedRps": _rounded(stage.observed_rps, 2),
-            "capacityPerReplica": _rounded(stage.capacity_per_replica, 2),
-            "utilization": _rounded(stage.utilization, 3),
-            "recommendedReplicas": stage.recommended_replicas,
-        }
-        item.update({k: v for k, v in figures.items() if v is not None})
-    if tuning.result.bottleneck:
-        status["bottleneck"] = tuning.result.bottleneck
-    if tuning.result.critical_path:
-        status["criticalPath"] = list(tuning.result.critical_path)
+        item.observed_rps = _rounded(stage.observed_rps, 2)
+        item.capacity_per_replica = _rounded(stage.capacity_per_replica, 2)
+        item.utilization = _rounded(stage.utilization, 3)
+        item.recommended_replicas = stage.recommended_replicas
+    status.bottleneck = result.bottleneck or None
+    status.critical_path = list(result.critical_path) or None
