@@ -28,16 +28,13 @@ import os
 import platform
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -46,8 +43,14 @@ import yaml
 from kubernetes import client, config
 
 ROOT = Path(__file__).resolve().parents[1]
-CLUSTER_SCRIPT = ROOT / "hack" / "cluster.sh"
-CRD_FILE = ROOT / "crds" / "pipelines.penstock.dev.yaml"
+sys.path.insert(0, str(ROOT))  # the e2e harness, shared with the tests
+from tests.harness import (  # noqa: E402
+    Cluster,
+    HarnessError,
+    OperatorProcess,
+    control_plane,
+)
+
 MANAGED_SELECTOR = "app.kubernetes.io/managed-by=penstock-operator"
 PODS_PER_KWOK_NODE = 110  # hack/cluster.sh gives every fake node pods: "110"
 
@@ -89,22 +92,12 @@ IDLE_FILTER_NOTE = (
 T = TypeVar("T")
 
 
-class BenchError(Exception):
+class BenchError(HarnessError):
     """A phase failed or timed out; the message says which and why."""
 
 
 def log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def tool(name: str) -> str:
-    local = ROOT / "bin" / name
-    if local.exists():
-        return str(local)
-    found = shutil.which(name)
-    if not found:
-        raise BenchError(f"{name} not found: run `make tools` (or put {name} on PATH)")
-    return found
 
 
 class Deadline:
@@ -187,82 +180,6 @@ class Api:
             f"labelSelector={MANAGED_SELECTOR}",
         )
         return len(body.get("items") or [])
-
-
-def kubectl(
-    kubeconfig: str,
-    *args: str,
-    stdin: str | None = None,
-    timeout: float = 120,
-    check: bool = True,
-) -> subprocess.CompletedProcess[str]:
-    try:
-        result = subprocess.run(
-            [tool("kubectl"), "--kubeconfig", kubeconfig, *args],
-            input=stdin,
-            capture_output=True,
-            text=True,
-            timeout=max(timeout, 1.0),
-            check=False,
-        )
-    except subprocess.TimeoutExpired as error:
-        raise BenchError(
-            f"kubectl {' '.join(args[:3])} ... timed out after {timeout:.0f}s"
-        ) from error
-    if check and result.returncode != 0:
-        raise BenchError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()[-2000:]}")
-    return result
-
-
-@dataclass
-class Cluster:
-    kubeconfig: str
-    started_here: bool
-    env: dict[str, str]
-
-
-def cluster_script(env: dict[str, str], *args: str, timeout: float = 900) -> str:
-    result = subprocess.run(
-        ["bash", str(CLUSTER_SCRIPT), *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    if result.returncode != 0:
-        raise BenchError(
-            f"hack/cluster.sh {' '.join(args)} failed:\n{result.stderr.strip()[-3000:]}"
-        )
-    return result.stdout
-
-
-def bring_up_cluster(nodes_needed: int) -> Cluster:
-    external = os.environ.get("KUBECONFIG")
-    if external:
-        log(f"using the cluster of KUBECONFIG={external}")
-        return Cluster(kubeconfig=external, started_here=False, env=dict(os.environ))
-    env = dict(os.environ)
-    env.setdefault("PENSTOCK_CLUSTER_NODES", str(nodes_needed))
-    state = env.get("PENSTOCK_CLUSTER_DIR", str(ROOT / ".cluster"))
-    was_up = (
-        subprocess.run(
-            ["bash", str(CLUSTER_SCRIPT), "status"], env=env, capture_output=True, check=False
-        ).returncode
-        == 0
-    )
-    log(
-        f"local control plane in {state}: "
-        + (
-            "already up, reusing it"
-            if was_up
-            else f"starting with {env['PENSTOCK_CLUSTER_NODES']} kwok nodes"
-        )
-    )
-    cluster_script(env, "up")
-    line = cluster_script(env, "env").strip()
-    kubeconfig = line.split("=", 1)[1].strip("'\"")
-    return Cluster(kubeconfig=kubeconfig, started_here=not was_up, env=env)
 
 
 # ------------------------------------------------------------------ workload
@@ -380,15 +297,6 @@ def operator_revision() -> str:
 # ------------------------------------------------------------------ the operator process
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def proc_status(pid: int) -> dict[str, int]:
     """VmHWM / VmRSS in kB from /proc/<pid>/status."""
     values: dict[str, int] = {}
@@ -409,57 +317,15 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-class Operator:
+class Operator(OperatorProcess):
     """A fresh `penstock operator` process (cluster-wide, as deployed by default)."""
 
-    def __init__(self, kubeconfig: str, log_path: Path, resync_seconds: float) -> None:
-        self.log_path = log_path
-        self.metrics_port = free_port()
-        self.health_port = free_port()
-        self._log = log_path.open("wb")
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "penstock.cli",
-                "operator",
-                "--resync-seconds",
-                str(resync_seconds),
-                "--metrics-port",
-                str(self.metrics_port),
-                "--health-port",
-                str(self.health_port),
-            ],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "KUBECONFIG": kubeconfig},
-            cwd=ROOT,
-        )
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def _http_ok(self, port: int, path: str) -> bytes | None:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
-                body: bytes = response.read()
-                return body if response.status == 200 else None
-        except (urllib.error.URLError, OSError):
-            return None
+    def __init__(self, cluster: Cluster, work: Path, size: int, resync_seconds: float) -> None:
+        super().__init__(cluster, work, f"operator-N{size}")
+        self.start(resync_seconds=resync_seconds)
 
     def wait_started(self, deadline: Deadline) -> None:
-        def ready() -> bool | None:
-            if not self.alive():
-                raise BenchError(
-                    f"the operator exited at start; log: {self.log_path}\n{self.log_tail()}"
-                )
-            return True if self._http_ok(self.health_port, "/healthz") is not None else None
-
-        poll(deadline, 0.5, ready, lambda: "operator /healthz")
+        poll(deadline, 0.5, lambda: self.healthy() or None, lambda: "operator /healthz")
         # Let the initial listing (children of earlier phases) settle: wait until the process
         # uses under 10% of a CPU for a second.
         previous = cpu_seconds(self.pid)
@@ -473,30 +339,12 @@ class Operator:
 
     def reconciles(self) -> Counter[str]:
         """penstock_reconcile_total by result, from the operator's /metrics."""
-        body = self._http_ok(self.metrics_port, "/metrics")
         counts: Counter[str] = Counter()
-        if body is None:
-            return counts
-        for line in body.decode().splitlines():
+        for line in self.metrics().splitlines():
             match = re.match(r'^penstock_reconcile_total\{result="(\w+)"\} ([0-9.e+]+)$', line)
             if match:
                 counts[match.group(1)] = int(float(match.group(2)))
         return counts
-
-    def stop(self) -> None:
-        if self.alive():
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-        self._log.close()
-
-    def log_tail(self, lines: int = 30) -> str:
-        with contextlib.suppress(OSError):
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        return ""
 
     def log_summary(self) -> dict[str, int]:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -597,7 +445,7 @@ class Options:
 
 
 def create_namespace(cluster: Cluster, api: Api, name: str, timeout: float) -> None:
-    kubectl(cluster.kubeconfig, "create", "namespace", name)
+    cluster.kubectl("create", "namespace", name)
     # Pods need the default ServiceAccount; wait for it so neither phase pays for it.
     poll(
         Deadline(f"namespace {name}", timeout),
@@ -673,8 +521,7 @@ def run_size(cluster: Cluster, api: Api, options: Options, row: Row, wait_for_gc
     deadline = Deadline(f"N={size} direct apply", options.timeout)
     scrape = request_totals(api)
     started = time.monotonic()
-    kubectl(
-        cluster.kubeconfig,
+    cluster.kubectl(
         "apply",
         "--server-side",
         "-f",
@@ -710,9 +557,7 @@ def run_size(cluster: Cluster, api: Api, options: Options, row: Row, wait_for_gc
     row.direct_deleted_s = delete_namespaces(cluster, api, [ns_direct], options.timeout)
 
     # -- the operator: fresh process per size
-    operator = Operator(
-        cluster.kubeconfig, options.work / f"operator-{size}.log", options.resync_seconds
-    )
+    operator = Operator(cluster, options.work, size, options.resync_seconds)
     row.operator_log = str(operator.log_path)
     try:
         operator.wait_started(Deadline(f"N={size} operator start", options.timeout))
@@ -720,8 +565,7 @@ def run_size(cluster: Cluster, api: Api, options: Options, row: Row, wait_for_gc
         deadline = Deadline(f"N={size} operator", options.timeout)
         scrape, reconciles = request_totals(api), operator.reconciles()
         started = time.monotonic()
-        kubectl(
-            cluster.kubeconfig,
+        cluster.kubectl(
             "apply",
             "--server-side",
             "-n",
@@ -825,7 +669,7 @@ def delete_namespaces(
     on a quiet cluster."""
     names = existing_namespaces(api, names)
     for name in names:
-        kubectl(cluster.kubeconfig, "delete", "namespace", name, "--wait=false", check=False)
+        cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
     if wait is None or not names:
         return None
     log(f"waiting for the garbage collector to remove {', '.join(names)}")
@@ -846,12 +690,11 @@ def abandon_namespaces(cluster: Cluster, api: Api, names: list[str], wait: float
     operator's finalizer from their Pipelines so they do not hang in Terminating."""
     names = existing_namespaces(api, names)
     for name in names:
-        kubectl(cluster.kubeconfig, "delete", "namespace", name, "--wait=false", check=False)
+        cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
         body = api.json(f"/apis/penstock.dev/v1alpha1/namespaces/{name}/pipelines", METADATA_LIST)
         for item in body.get("items") or []:
             if item["metadata"].get("finalizers"):
-                kubectl(
-                    cluster.kubeconfig,
+                cluster.kubectl(
                     "patch",
                     "pipeline",
                     item["metadata"]["name"],
@@ -886,28 +729,6 @@ def check_capacity(api: Api, pods_needed: int) -> None:
             f"{math.ceil((pods_needed + len(pods)) / PODS_PER_KWOK_NODE)} hack/cluster.sh up, "
             "after hack/cluster.sh down) or smaller --sizes"
         )
-
-
-def install_crd(cluster: Cluster, api: Api, timeout: float) -> None:
-    kubectl(cluster.kubeconfig, "apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
-    kubectl(
-        cluster.kubeconfig,
-        "wait",
-        "--for=condition=Established",
-        "crd/pipelines.penstock.dev",
-        f"--timeout={int(timeout)}s",
-        timeout=timeout + 10,
-    )
-    poll(
-        Deadline("CRD schema published", timeout),
-        0.5,
-        lambda: (
-            True
-            if kubectl(cluster.kubeconfig, "explain", "pipeline.spec", check=False).returncode == 0
-            else None
-        ),
-        lambda: "the Pipeline schema in the apiserver's OpenAPI",
-    )
 
 
 # ------------------------------------------------------------------ report
@@ -1096,18 +917,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-@contextlib.contextmanager
-def cluster_session(nodes_needed: int) -> Iterator[Cluster]:
-    cluster = bring_up_cluster(nodes_needed)
-    try:
-        yield cluster
-    finally:
-        if cluster.started_here and os.environ.get("PENSTOCK_BENCH_KEEP_CLUSTER") != "1":
-            log("taking the local control plane down")
-            with contextlib.suppress(BenchError, subprocess.TimeoutExpired):
-                cluster_script(cluster.env, "down", timeout=120)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="penstock-bench-"))
@@ -1134,10 +943,10 @@ def main(argv: list[str] | None = None) -> int:
         # One namespace holds pods at a time (the direct one is deleted before the operator's).
         pods_needed = max(options.sizes) * pods
         nodes_needed = max(3, math.ceil(pods_needed * 1.1 / PODS_PER_KWOK_NODE))
-        with cluster_session(nodes_needed) as cluster:
+        with control_plane(nodes_needed, "PENSTOCK_BENCH_KEEP_CLUSTER") as cluster:
             api = Api(cluster.kubeconfig)
             try:
-                install_crd(cluster, api, options.timeout)
+                cluster.install_crd(options.timeout)
                 check_capacity(api, pods_needed)
                 for index, size in enumerate(options.sizes):
                     row = Row(size=size)
@@ -1148,12 +957,12 @@ def main(argv: list[str] | None = None) -> int:
                     finally:
                         # Normally run_size has deleted them already; this is for a failure.
                         wait = None if cluster.started_here else options.timeout
-                        with contextlib.suppress(BenchError):
+                        with contextlib.suppress(HarnessError):
                             abandon_namespaces(cluster, api, row.namespaces, wait)
             finally:
-                with contextlib.suppress(BenchError):
+                with contextlib.suppress(HarnessError):
                     info = machine_info(api, cluster, revision)
-    except BenchError as error:
+    except HarnessError as error:
         failure = str(error)
     except KeyboardInterrupt:
         failure = "interrupted"

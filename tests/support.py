@@ -1,61 +1,21 @@
-"""What many tests need, defined once: free ports, the tools they run (one policy: a missing
-tool fails the test, naming how to get it; CI installs every one), and a real redis-server."""
+"""What many tests need, defined once: free ports and the tools they run (from tests/harness.py:
+one policy, a missing tool fails the test naming how to get it; CI installs every one), and
+real servers: redis-server, and a stage as a process of its own."""
 
 from __future__ import annotations
 
+import http.client
 import os
-import random
-import shutil
 import signal
-import socket
 import subprocess
+import sys
 import time
-from pathlib import Path
 
-import pytest
 import redis
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = ROOT / "bin"
-# How to get each tool the tests run (Debian packages via .ci/run, the rest via `make tools`).
-HOW = {
-    "redis-server": "apt-get install redis-server",
-    "openssl": "apt-get install openssl",
-}
+from tests.harness import free_port, tool
 
-
-_HANDED_OUT: set[int] = set()
-# Below the kernel's ephemeral range (net.ipv4.ip_local_port_range, 32768-60999 here): a port
-# from that range can be taken between our check and the server's bind by any process's
-# outgoing connection (a CI run lost the router's admin port that way).
-_LOW, _HIGH = 20000, 32000
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now, outside the ephemeral range, and never one
-    this process handed out before (two servers told the same port would collide)."""
-    while True:
-        port = random.randrange(_LOW, _HIGH)
-        if port in _HANDED_OUT:
-            continue
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        _HANDED_OUT.add(port)
-        return port
-
-
-def tool(name: str) -> str:
-    """The path of a tool from bin/ (built by `make tools`) or $PATH; fails when missing."""
-    built = BIN / name
-    if built.exists():
-        return str(built)
-    found = shutil.which(name)
-    if found is None:
-        pytest.fail(f"{name} is missing: {HOW.get(name, 'run `make tools`')}")
-    return found
+__all__ = ["RedisServer", "ScriptServer", "free_port", "tool", "wait_http"]
 
 
 class RedisServer:
@@ -97,3 +57,40 @@ class RedisServer:
             os.kill(self.process.pid, signal.SIGCONT)
         self.kill()
         self.client.close()
+
+
+def wait_http(port: int, path: str, timeout: float = 20.0) -> None:
+    """Wait until GET 127.0.0.1:port/path answers 200."""
+    deadline = time.monotonic() + timeout
+    while True:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+        try:
+            connection.request("GET", path)
+            if connection.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        finally:
+            connection.close()
+        assert time.monotonic() < deadline, f"127.0.0.1:{port}{path} never answered 200"
+        time.sleep(0.05)
+
+
+class ScriptServer:
+    """A server (a stage, most often) as a Python process of its own: `code` is run with its
+    port as sys.argv[1], and is ready when GET `health` answers 200."""
+
+    def __init__(self, code: str, health: str = "/healthz") -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process = subprocess.Popen([sys.executable, "-c", code, str(self.port)])
+        try:
+            wait_http(self.port, health)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(5)

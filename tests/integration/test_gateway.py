@@ -29,7 +29,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from penstock.dataplane.gateway.config import GatewayConfig, HostPort
 from penstock.dataplane.gateway.server import Gateway
-from tests.support import RedisServer, free_port
+from tests.support import RedisServer, ScriptServer, free_port
 
 pytestmark = [
     pytest.mark.integration,
@@ -664,9 +664,9 @@ async def test_batch_size_span_attribute(stage: Stage, client: aiohttp.ClientSes
 def test_gateway_command_runs_from_environment_and_stops_on_sigterm(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
-    stage_port, port, admin_port = free_port(), free_port(), free_port()
-    stage_app = tmp_path / "stage.py"
-    stage_app.write_text(
+    port, admin_port = free_port(), free_port()
+    stage = ScriptServer(
+        "import sys\n"
         "from aiohttp import web\n"
         "async def root(r):\n"
         "    return web.json_response({'echo': await r.json()})\n"
@@ -675,7 +675,7 @@ def test_gateway_command_runs_from_environment_and_stops_on_sigterm(
         "app = web.Application()\n"
         "app.router.add_post('/', root)\n"
         "app.router.add_get('/healthz', healthz)\n"
-        f"web.run_app(app, host='127.0.0.1', port={stage_port}, print=None)\n"
+        "web.run_app(app, host='127.0.0.1', port=int(sys.argv[1]), print=None)\n"
     )
     warm = tmp_path / "warm.json"
     warm.write_text('{"warm": true}')
@@ -687,14 +687,13 @@ def test_gateway_command_runs_from_environment_and_stops_on_sigterm(
         "PYTHONPATH": pythonpath,
         "PENSTOCK_GATEWAY_LISTEN": f"127.0.0.1:{port}",
         "PENSTOCK_GATEWAY_ADMIN_LISTEN": f"127.0.0.1:{admin_port}",
-        "PENSTOCK_GATEWAY_UPSTREAM": f"http://127.0.0.1:{stage_port}",
+        "PENSTOCK_GATEWAY_UPSTREAM": stage.url,
         "PENSTOCK_GATEWAY_REDIS_URL": redis_server.url,
         "PENSTOCK_GATEWAY_WARMUP_REQUESTS": "2",
         "PENSTOCK_GATEWAY_WARMUP_BODY": str(warm),
         "PENSTOCK_GATEWAY_STAGE": "embed",
         "PENSTOCK_GATEWAY_PIPELINE": "rag",
     }
-    stage_process = subprocess.Popen([sys.executable, str(stage_app)])
     gateway = subprocess.Popen(
         [sys.executable, "-m", "penstock.dataplane.gateway"],
         env=env,
@@ -730,10 +729,10 @@ def test_gateway_command_runs_from_environment_and_stops_on_sigterm(
         assert gateway.returncode == 0, err
         assert b"Traceback" not in err
     finally:
-        for process in (gateway, stage_process):
-            if process.poll() is None:
-                process.kill()
-                process.wait(5)
+        stage.stop()
+        if gateway.poll() is None:
+            gateway.kill()
+            gateway.wait(5)
 
 
 def test_gateway_command_refuses_bad_flags() -> None:

@@ -38,7 +38,7 @@ from penstock.dataplane.gateway.config import GatewayConfig, HostPort
 from penstock.dataplane.gateway.server import Gateway
 from penstock.dataplane.jsonbody import canonical
 from tests.json_bodies import json_values, utf8_json
-from tests.support import RedisServer, free_port
+from tests.support import RedisServer, ScriptServer, free_port, wait_http
 
 pytestmark = [pytest.mark.integration]
 
@@ -110,31 +110,11 @@ web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log
 """
 
 
-def wait_http(port: int, path: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            connection.request("GET", path)
-            if connection.getresponse().status == 200:
-                return
-        except OSError:
-            pass
-        assert time.monotonic() < deadline, f"127.0.0.1:{port}{path} never answered 200"
-        time.sleep(0.05)
+class StageProcess(ScriptServer):
+    """The stage above as a process of its own, counting its calls."""
 
-
-class StageProcess:
-    def __init__(self, tmp: Path) -> None:
-        self.port = free_port()
-        script = tmp / "hardening_stage.py"
-        script.write_text(STAGE_APP)
-        self.process = subprocess.Popen([sys.executable, str(script), str(self.port)])
-        wait_http(self.port, "/healthz")
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    def __init__(self) -> None:
+        super().__init__(STAGE_APP)
 
     def _call(self, method: str, path: str) -> Any:
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
@@ -150,14 +130,10 @@ class StageProcess:
     def batches(self) -> list[int]:
         return list(self._call("GET", "/count")["batches"])
 
-    def stop(self) -> None:
-        self.process.kill()
-        self.process.wait(5)
-
 
 @pytest.fixture(scope="module")
-def stage_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StageProcess]:
-    stage = StageProcess(tmp_path_factory.mktemp("stage"))
+def stage_process() -> Iterator[StageProcess]:
+    stage = StageProcess()
     yield stage
     stage.stop()
 

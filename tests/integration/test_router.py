@@ -28,7 +28,7 @@ from penstock.contract.topology import StageRoute, Topology
 from penstock.contract.wire import PROFILE_HEADER
 from penstock.dataplane.gateway.config import HostPort
 from penstock.dataplane.router import Router, RouterConfig
-from tests.support import free_port
+from tests.support import ScriptServer, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -379,22 +379,23 @@ async def test_traceparent_propagated_to_stages(stages: Stages) -> None:
 @pytest.fixture
 def stage_process() -> Iterator[str]:
     """A stage as a separate process: echoes {"stage": "echo", "got": body}."""
-    port = free_port()
     code = textwrap.dedent(
-        f"""
+        """
+        import sys
         from aiohttp import web
         async def h(r):
-            return web.json_response({{"stage": "echo", "got": await r.json()}})
-        app = web.Application(); app.router.add_post("/", h)
-        web.run_app(app, host="127.0.0.1", port={port}, print=None)
+            return web.json_response({"stage": "echo", "got": await r.json()})
+        async def healthz(r):
+            return web.Response(text="ok")
+        app = web.Application(); app.router.add_post("/", h); app.router.add_get("/healthz", healthz)
+        web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None)
         """
     )
-    process = subprocess.Popen([sys.executable, "-c", code])
+    stage = ScriptServer(code)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield stage.url
     finally:
-        process.terminate()
-        process.wait(10)
+        stage.stop()
 
 
 def test_main_subprocess_with_pipeline_file(tmp_path: Path, stage_process: str) -> None:
