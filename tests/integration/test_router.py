@@ -64,6 +64,7 @@ class Stages:
         chunks: list[bytes] | None = None,
         gap: float = 0.0,
         cache: str | None = None,
+        answer_headers: dict[str, str] | None = None,
     ) -> str:
         async def handle(request: web.Request) -> web.StreamResponse:
             call = Call(name, await request.json(), dict(request.headers), time.perf_counter())
@@ -71,6 +72,7 @@ class Stages:
             try:
                 await asyncio.sleep(sleep)
                 headers = {"X-Penstock-Cache": cache} if cache else {}
+                headers.update(answer_headers or {})
                 if chunks is not None:
                     response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
                     await response.prepare(request)
@@ -224,6 +226,31 @@ async def test_stage_timeout_seconds_504(stages: Stages) -> None:
     assert status == 504 and data["stage"] == "slow"
     assert "timeoutSeconds" in data["error"]
     assert elapsed < 1.0
+
+
+@pytest.mark.parametrize(
+    ("status", "given", "retry_after"),
+    [
+        (429, {"Retry-After": "7"}, "7"),
+        (503, {}, "1"),
+        (503, {"Retry-After": "Wed, 21 Oct 2026 07:28:00 GMT"}, "1"),
+    ],
+)
+async def test_an_overloaded_stage_is_a_503_with_retry_after(
+    stages: Stages, status: int, given: dict[str, str], retry_after: str
+) -> None:
+    """Backpressure reaches the client (penstock batch backs off on it), never a 502."""
+    url = await stages.add("busy", status=status, answer_headers=given)
+    async with (
+        running(topology("busy", [StageRoute("busy", url)])) as router,
+        aiohttp.ClientSession() as session,
+        session.post(f"http://127.0.0.1:{router.port}/", json={}) as response,
+    ):
+        assert response.status == 503
+        assert response.headers["Retry-After"] == retry_after
+        body = await response.json()
+    assert body["stage"] == "busy"
+    assert f"answered HTTP {status}" in body["error"]
 
 
 @pytest.mark.parametrize("failure", ["status", "invalid-json", "unreachable"])

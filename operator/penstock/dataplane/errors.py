@@ -14,13 +14,17 @@ _KEPT_HEADERS = frozenset({"allow", "retry-after"})  # what 405 / 503 tell a cli
 
 
 class StageError(Exception):
-    """A stage failed or ran out of time; ``status`` is the router's HTTP answer (502/504)."""
+    """A stage failed, ran out of time or is overloaded; ``status`` is the router's HTTP
+    answer (502/504/503), ``retry_after`` the overloaded stage's Retry-After."""
 
-    def __init__(self, stage: str, message: str, status: int = 502) -> None:
+    def __init__(
+        self, stage: str, message: str, status: int = 502, retry_after: str | None = None
+    ) -> None:
         super().__init__(message)
         self.stage = stage
         self.message = message
         self.status = status
+        self.retry_after = retry_after
 
 
 def json_error(

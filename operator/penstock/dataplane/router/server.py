@@ -7,9 +7,10 @@ stage's answer is the response; when it streams (``stream: true``) its body reac
 chunk by chunk with the stage's content type.
 
 Errors are JSON ``{"error", "pipeline", "stage"}``: 400 for a bad request body, 502 when a stage
-fails (non-2xx, connection error, invalid JSON; the other in-flight stages are cancelled), 504
-when a stage's ``timeoutSeconds`` or the pipeline's ``latencyBudgetMs`` runs out (``stage`` names
-the stage still running then).
+fails (non-2xx, connection error, invalid JSON; the other in-flight stages are cancelled), 503
+with the stage's ``Retry-After`` (1 when it gave none) when a stage is overloaded (it answered
+429 or 503), 504 when a stage's ``timeoutSeconds`` or the pipeline's ``latencyBudgetMs`` runs
+out (``stage`` names the stage still running then).
 
 With the request header ``X-Penstock-Profile: 1`` a JSON answer is wrapped as
 ``{"output": ..., "profile": {"stages": [...], "critical_path": [...], "total_ms": ...}}``.
@@ -56,6 +57,8 @@ from penstock.dataplane.upstream import UpstreamResponse, pool_for, tls_context
 log = logging.getLogger("penstock.router")
 
 JSON_TYPE = "application/json"
+# A stage answering these is overloaded, not broken: the router answers 503 + Retry-After.
+OVERLOADED = frozenset({429, 503})
 MAX_BODY_BYTES = 16 << 20
 
 
@@ -197,7 +200,14 @@ class Router(Server):
                     span.set_attribute(ATTR_STAGE, error.stage)
                 log.warning("pipeline %s: %s", pipeline, error.message)
                 outcome = "timeout" if error.status == 504 else "stage_error"
-                return _json_error(error.status, error.message, pipeline, error.stage), outcome
+                headers = {"Retry-After": error.retry_after} if error.retry_after else None
+                answer_error = json_error(
+                    error.status,
+                    error.message,
+                    {"pipeline": pipeline, "stage": error.stage},
+                    headers,
+                )
+                return answer_error, outcome
             if not profile:
                 return web.Response(body=answer.body, content_type=JSON_TYPE), "ok"
             wrapped = {"output": json.loads(answer.body), "profile": self._profile(run)}
@@ -317,10 +327,15 @@ class Router(Server):
                     run.cache[name] = visible(response.header(CACHE_HEADER))
                     if not 200 <= response.status <= 299:
                         detail = (await response.read())[:300].decode("utf-8", "replace")
-                        raise StageError(
-                            name,
-                            f"stage {name!r} answered HTTP {response.status}: {detail.strip()}",
+                        message = (
+                            f"stage {name!r} answered HTTP {response.status}: {detail.strip()}"
                         )
+                        if response.status in OVERLOADED:
+                            # Backpressure reaches the client: it should slow down, not give up.
+                            given = (response.header("Retry-After") or "").strip()
+                            retry_after = given if given.isdigit() and len(given) < 8 else "1"
+                            raise StageError(name, message, 503, retry_after)
+                        raise StageError(name, message)
                     if stream:
                         return _Answer(response=response)
                     data = await response.read()
