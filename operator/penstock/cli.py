@@ -147,6 +147,10 @@ _PASSTHROUGH = {
     "gateway": ("run the stage gateway sidecar", "penstock.dataplane.gateway"),
     "router": ("run a pipeline's router (the stage DAG per request)", "penstock.dataplane.router"),
     "dev": ("run a Pipeline locally: Redis, stages, gateways, router", "penstock.dev.runner"),
+    "batch": (
+        "every JSON line of a file through a Pipeline: controlled, resumable, costed",
+        "penstock.batch.command",
+    ),
     "analyze": (
         "per-stage time, critical path, advice from router profiles",
         "penstock.dev.analyze",

@@ -175,7 +175,7 @@ def _ratio(numerator: float, denominator: float) -> float | None:
         return None
 
 
-def _replicas_for(arrival: float, capacity: float, stage: StageInput) -> int:
+def replicas_for(arrival: float, capacity: float, stage: StageInput) -> int:
     target = min(1.0, max(_EPSILON, stage.target_utilization))
     wanted = _ratio(arrival, capacity * target)
     if wanted is None:  # overflow: more than any bound
@@ -224,7 +224,7 @@ def compute(graph: PipelineGraph, observed: Mapping[str, Observation]) -> Pipeli
         elif not capacity:
             raw, reason = None, "no data: latency missing, capacity unknown"
         else:
-            raw = _replicas_for(expected, capacity, stage)
+            raw = replicas_for(expected, capacity, stage)
             reason = f"{expected:.3g} rps at {capacity:.3g} rps per replica"
         results.append(
             StageResult(

@@ -325,47 +325,54 @@ def _workdir(log_dir: str | None) -> Iterator[Path]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def run(args: argparse.Namespace) -> int:
+@contextlib.contextmanager
+def serving(args: argparse.Namespace) -> Iterator[Plan]:
+    """The Pipeline of `args` (build_parser's namespace) running on this machine: every
+    process started and ready inside the block, every one stopped on the way out."""
     document, spec = load_pipeline(args.file)
     with _workdir(args.log_dir) as workdir:
-        return _run(args, document, spec, workdir)
+        result = plan(document, spec, args, workdir)
+        env = dict(os.environ, HOST=HOST)
+        try:
+            for proc in result.procs:
+                stage_env = dict(env)
+                if proc.name.startswith("stage "):
+                    stage = spec.stage(proc.name.removeprefix("stage "))
+                    for var in stage.env or []:
+                        if var.value is not None:
+                            stage_env[var.name] = var.value
+                    assert proc.ready_url is not None
+                    stage_env["PORT"] = proc.ready_url.rsplit(":", 1)[1].split("/", 1)[0]
+                start(proc, stage_env)
+            wait_ready(result.procs, args.ready_timeout)
+            yield result
+        finally:
+            # No more signals while stopping: a second Ctrl-C must not leave orphans.
+            original_term = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            original_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+            try:
+                stop_all(result.procs)
+            finally:
+                signal.signal(signal.SIGTERM, original_term)
+                signal.signal(signal.SIGINT, original_int)
 
 
-def _run(args: argparse.Namespace, document: dict[str, Any], spec: PipelineSpec, workdir: Path) -> int:  # fmt: skip
-    result = plan(document, spec, args, workdir)
-    env = dict(os.environ, HOST=HOST)
+def run(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        for proc in result.procs:
-            stage_env = dict(env)
-            if proc.name.startswith("stage "):
-                stage = spec.stage(proc.name.removeprefix("stage "))
-                for var in stage.env or []:
-                    if var.value is not None:
-                        stage_env[var.name] = var.value
-                assert proc.ready_url is not None
-                stage_env["PORT"] = proc.ready_url.rsplit(":", 1)[1].split("/", 1)[0]
-            start(proc, stage_env)
-        wait_ready(result.procs, args.ready_timeout)
-        print(banner(result), flush=True)
-        while True:
-            dead = exited(result.procs)
-            if dead is not None:
-                assert dead.popen is not None
-                raise failure(dead, f"exited with status {dead.popen.returncode}")
-            time.sleep(0.5)
+        with serving(args) as result:
+            print(banner(result), flush=True)
+            while True:
+                dead = exited(result.procs)
+                if dead is not None:
+                    assert dead.popen is not None
+                    raise failure(dead, f"exited with status {dead.popen.returncode}")
+                time.sleep(0.5)
     except (_Stop, KeyboardInterrupt):
         print("penstock dev: stopping", file=sys.stderr, flush=True)
         return 0
     finally:
-        # No more signals while stopping: a second Ctrl-C must not leave orphans.
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        original_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:
-            stop_all(result.procs)
-        finally:
-            signal.signal(signal.SIGTERM, previous)
-            signal.signal(signal.SIGINT, original_int)
+        signal.signal(signal.SIGTERM, previous)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,1 @@
+"""`penstock batch`: push a dataset through a Pipeline (see command.py)."""

@@ -1,0 +1,263 @@
+"""penstock batch with real processes: the CLI, `penstock dev` (stages, a batching gateway,
+the router) on loopback, inputs from a file, HTTP and S3 (moto), SIGKILL and resume."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from moto import server as moto_server
+
+from tests.batch_stage import pipeline_yaml
+from tests.batch_stage import served as served_pipeline
+from tests.support import free_port
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def write_items(path: Path, count: int, extra: list[str] | None = None) -> Path:
+    lines = [json.dumps({"id": f"doc-{i}", "text": f"item {i}"}) for i in range(count)]
+    path.write_text("\n".join([*lines, *(extra or [])]) + "\n")
+    return path
+
+
+def batch(
+    *args: str, check_rc: int | None = None, timeout: float = 180
+) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "penstock.cli", "batch", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        check=False,
+    )
+    if check_rc is not None:
+        assert result.returncode == check_rc, result.stderr
+    return result
+
+
+def records(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """`penstock dev` of the test Pipeline; its router URL and the count stage's call record."""
+    work = tmp_path_factory.mktemp("batch-dev")
+    record = work / "count-calls.txt"
+    pipeline = work / "pipeline.yaml"
+    pipeline.write_text(pipeline_yaml(record))
+    with served_pipeline(pipeline, free_port(), work / "logs") as url:
+        yield url, record
+
+
+def test_a_pipeline_file_gets_one_line_per_input_line_in_order(tmp_path: Path) -> None:
+    record = tmp_path / "calls.txt"
+    pipeline = tmp_path / "pipeline.yaml"
+    pipeline.write_text(pipeline_yaml(record))
+    fail = json.dumps({"id": "bad", "text": "boom", "fail": True})
+    items = write_items(tmp_path / "in.jsonl", 200, ["not json", "", fail, '{"id": "last"}'])
+    output, report = tmp_path / "out.jsonl", tmp_path / "report.json"
+    result = batch(
+        str(pipeline),
+        *("--input", str(items), "--output", str(output), "--id-field", "id"),
+        *("--progress", "lines", "--report", str(report), "--retries", "0"),
+        check_rc=2,  # some items failed
+    )
+    lines = records(output)
+    assert [line["index"] for line in lines] == list(range(204))
+    assert lines[7] == {
+        "index": 7,
+        "id": "doc-7",
+        "output": {
+            "stage": "count",
+            "text": "ITEM 7",
+            "seen": lines[7]["output"]["seen"],
+        },
+    }
+    assert lines[7]["output"]["seen"]["shout"]["text"] == "ITEM 7"
+    assert lines[200]["error"]["status"] is None
+    assert "input line 201 is not valid JSON" in lines[200]["error"]["message"]
+    assert "input line 202: empty line" in lines[201]["error"]["message"]
+    assert lines[202]["id"] == "bad"
+    assert lines[202]["error"]["status"] == 502
+    assert "asked to fail" in lines[202]["error"]["message"]
+    assert lines[203]["id"] == "last" and "output" in lines[203]
+    summary = json.loads(report.read_text())
+    assert (summary["processed"], summary["succeeded"], summary["failed"]) == (204, 201, 3)
+    assert summary["complete"] is True
+    assert summary["items_per_hour"] > 0
+    # The Pipeline file's price: 1 CPU + 1 GiB for shout, the defaults for count, at 1 replica.
+    assert float(summary["cost_per_1000_items_usd"]) > 0
+    assert "penstock batch: [" in result.stderr and "items/s" in result.stderr
+    assert "complete: 204 lines" in result.stderr
+    # A finished run started again has nothing to do and changes nothing.
+    before = output.read_bytes()
+    again = batch(str(pipeline), "--input", str(items), "--output", str(output), "--id-field", "id")
+    assert again.returncode == 0, again.stderr
+    assert output.read_bytes() == before
+
+
+def test_killed_with_sigkill_it_resumes_and_holds_each_line_once(
+    served: tuple[str, Path], tmp_path: Path
+) -> None:
+    url, _ = served
+    total = 3000
+    items = write_items(tmp_path / "in.jsonl", total)
+    output = tmp_path / "out.jsonl"
+    checkpoint = tmp_path / "out.jsonl.checkpoint"
+    args = [url, "--input", str(items), "--output", str(output), "--progress", "none"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "penstock.cli", "batch", *args],
+        cwd=ROOT,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            done = json.loads(checkpoint.read_text())["done"] if checkpoint.exists() else 0
+            if done >= 300:
+                break
+            assert time.monotonic() < deadline and process.poll() is None, "no progress"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGKILL)
+        process.wait(10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    state = json.loads(checkpoint.read_text())
+    assert not state["complete"] and 300 <= state["done"] < total
+    report = tmp_path / "report.json"
+    batch(*args, "--report", str(report), check_rc=0)
+    lines = records(output)
+    assert [line["index"] for line in lines] == list(range(total))
+    assert [line["output"]["text"] for line in lines[:3]] == ["ITEM 0", "ITEM 1", "ITEM 2"]
+    summary = json.loads(report.read_text())
+    assert summary["resumed_after"] >= state["done"]
+    assert summary["resumed_after"] + summary["processed"] == total
+
+
+def test_shed_load_is_retried_and_the_controller_keeps_below_it(
+    served: tuple[str, Path], tmp_path: Path
+) -> None:
+    url, record = served
+    items = write_items(tmp_path / "in.jsonl", 1500)
+    fixed, controlled = tmp_path / "fixed.json", tmp_path / "controlled.json"
+    # 64 in flight against a stage that holds 4 + 8: it sheds (503), the retries recover.
+    batch(
+        url,
+        *("--input", str(items), "--output", str(tmp_path / "a.jsonl"), "--concurrency", "64"),
+        *("--retries", "20", "--report", str(fixed), "--progress", "none"),
+        check_rc=0,
+    )
+    record.write_text("")
+    batch(
+        url,
+        *("--input", str(items), "--output", str(tmp_path / "b.jsonl"), "--progress", "none"),
+        *("--report", str(controlled)),
+        check_rc=0,
+    )
+    shed, calm = json.loads(fixed.read_text()), json.loads(controlled.read_text())
+    assert shed["retries"] > 0 and shed["failed"] == 0
+    assert calm["failed"] == 0
+    assert calm["concurrency_peak"] < 64
+    assert calm["retries"] < shed["retries"]
+    # The count stage's gateway batched what arrived together.
+    sizes = [int(line) for line in record.read_text().split()]
+    assert sum(sizes) == 1500
+    assert max(sizes) > 1
+
+
+def test_the_plan_gives_the_slow_stage_more_replicas(
+    served: tuple[str, Path], tmp_path: Path
+) -> None:
+    url, _ = served
+    items = write_items(tmp_path / "in.jsonl", 40)
+    report = tmp_path / "plan.json"
+    result = batch(
+        url,
+        *("--input", str(items), "--plan", "--target-items-per-hour", "720000"),
+        *("--report", str(report)),
+        check_rc=0,
+    )
+    plan = json.loads(report.read_text())
+    stages = {stage["name"]: stage for stage in plan["stages"]}
+    assert plan["bottleneck"] == "shout"
+    assert stages["shout"]["meanMs"] > stages["count"]["meanMs"]
+    assert stages["shout"]["replicas"] > stages["count"]["replicas"]
+    assert "bottleneck shout" in result.stdout
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, fmt: str, *args: Any) -> None:
+        pass
+
+
+def test_input_over_http_and_from_s3(
+    served: tuple[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, _ = served
+    items = write_items(tmp_path / "in.jsonl", 50)
+    handler = lambda *a: _Quiet(*a, directory=str(tmp_path))  # noqa: E731
+    web = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    s3_server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    s3_server.start()
+    try:
+        http_url = f"http://127.0.0.1:{web.server_address[1]}/in.jsonl"
+        batch(url, "--input", http_url, "--output", str(tmp_path / "h.jsonl"), check_rc=0)
+        assert len(records(tmp_path / "h.jsonl")) == 50
+        host, port = s3_server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        for name, value in {
+            "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": endpoint,
+        }.items():
+            monkeypatch.setenv(name, value)
+        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+        s3.create_bucket(Bucket="data")
+        s3.put_object(Bucket="data", Key="in.jsonl", Body=items.read_bytes())
+        out = tmp_path / "s.jsonl"
+        batch(url, "--input", "s3://data/in.jsonl", "--output", str(out), check_rc=0)
+        assert [line["output"]["text"] for line in records(out)][-1] == "ITEM 49"
+        missing = batch(url, "--input", "s3://data/nope.jsonl", "--output", str(tmp_path / "m"))
+        assert missing.returncode == 1
+        assert "input s3://data/nope.jsonl: NoSuchKey" in missing.stderr
+    finally:
+        web.shutdown()
+        s3_server.stop()
+
+
+def test_an_unreadable_input_is_one_clear_error_and_writes_nothing(tmp_path: Path) -> None:
+    output = tmp_path / "out.jsonl"
+    gone = f"http://127.0.0.1:{free_port()}/in.jsonl"
+    result = batch("http://127.0.0.1:1/", "--input", gone, "--output", str(output))
+    assert result.returncode == 1
+    assert f"penstock batch: error: input {gone}: cannot connect" in result.stderr
+    assert not output.exists()
+    missing = batch(
+        "http://127.0.0.1:1/", "--input", str(tmp_path / "no.jsonl"), "--output", str(output)
+    )
+    assert missing.returncode == 1
+    assert "No such file or directory" in missing.stderr
+    stray = tmp_path / "results.jsonl"
+    stray.write_text("keep me\n")
+    items = write_items(tmp_path / "in.jsonl", 1)
+    refused = batch("http://127.0.0.1:1/", "--input", str(items), "--output", str(stray))
+    assert refused.returncode == 1 and "not a batch output to resume" in refused.stderr
+    assert stray.read_text() == "keep me\n"
