@@ -37,8 +37,9 @@ fmt: ## Format the code and apply safe lint fixes
 	$(PYTHON) -m ruff format operator tests bench
 	$(PYTHON) -m ruff check --fix operator tests bench
 
-crd: ## Regenerate crds/, the chart's CRD copy and docs/pipeline-reference.md from the API models
+crd: ## Regenerate crds/, the chart's CRD copies and docs/pipeline-reference.md from the API models
 	penstock crd > crds/pipelines.penstock.dev.yaml
+	penstock crd --kind PipelineRun > crds/pipelineruns.penstock.dev.yaml
 	penstock crd --reference > docs/pipeline-reference.md
 	bash hack/sync-chart-crd.sh
 

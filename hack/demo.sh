@@ -116,7 +116,7 @@ up() {
   bash "$ROOT/hack/cluster.sh" up
   export KUBECONFIG="$STATE/kubeconfig"
   say "installing the Pipeline CRD"
-  kubectl apply --server-side --force-conflicts -f "$ROOT/crds/pipelines.penstock.dev.yaml" >/dev/null
+  kubectl apply --server-side --force-conflicts -f "$ROOT/crds/" >/dev/null
   wait_condition 60 Established crd pipelines.penstock.dev || { say "the CRD was not established"; exit 1; }
   if ! operator_running; then
     mkdir -p "$(dirname "$OPERATOR_LOG")"

@@ -53,7 +53,7 @@ spec:
     - name: count
       image: example/count:1
       dependsOn: [shout]
-      batching: {{maxBatchSize: 8, maxLatencyMs: 5}}
+      batching: {{maxBatchSize: 8, maxLatencyMs: 2}}
 """
 
 

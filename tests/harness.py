@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = ROOT / "bin"
 CLUSTER_SCRIPT = ROOT / "hack" / "cluster.sh"
 CRD_FILE = ROOT / "crds" / "pipelines.penstock.dev.yaml"
+CRD_FILES = (CRD_FILE, ROOT / "crds" / "pipelineruns.penstock.dev.yaml")
 # How to get each tool (Debian packages via .ci/run, the rest via `make tools`).
 HOW = {
     "redis-server": "apt-get install redis-server",
@@ -160,30 +161,33 @@ class Cluster:
         return self.kubectl("apply", "-n", namespace, "-f", "-", stdin=text, check=False)
 
     def install_crd(self, timeout: float = 60) -> str:
-        """Apply the Pipeline CRD and wait until its schema is served."""
-        self.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
+        """Apply the Pipeline and PipelineRun CRDs and wait until their schemas are served."""
+        for path in CRD_FILES:
+            self.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
         # Polled rather than `kubectl wait`, which errors while .status.conditions is unset.
         jsonpath = '{.status.conditions[?(@.type=="Established")].status}'
+        for kind in ("pipeline", "pipelinerun"):
+            crd = f"{kind}s.penstock.dev"
+
+            def established(crd: str = crd) -> bool:
+                args = ("get", "crd", crd, "-o", f"jsonpath={jsonpath}")
+                return self.kubectl(*args, check=False).stdout == "True"
+
+            def explained(kind: str = kind) -> bool:
+                return self.kubectl("explain", f"{kind}.spec", check=False).returncode == 0
+
+            wait_for(established, timeout=timeout, what=f"the {crd} CRD Established")
+            # The OpenAPI document (kubectl explain, field validation) is published later.
+            wait_for(explained, timeout=timeout, what=f"the {kind} schema in the OpenAPI")
+        # kubectl's discovery cache (~/.kube/cache) may predate the CRDs: api-resources
+        # refreshes it, else `kubectl apply` of a new kind fails with "no matches for kind".
         wait_for(
             lambda: (
-                self.kubectl(
-                    "get",
-                    "crd",
-                    "pipelines.penstock.dev",
-                    "-o",
-                    f"jsonpath={jsonpath}",
-                    check=False,
-                ).stdout
-                == "True"
+                "pipelineruns"
+                in self.kubectl("api-resources", "--api-group=penstock.dev", check=False).stdout
             ),
             timeout=timeout,
-            what="the Pipeline CRD Established",
-        )
-        # The OpenAPI document (kubectl explain, field validation) is published a moment later.
-        wait_for(
-            lambda: self.kubectl("explain", "pipeline.spec", check=False).returncode == 0,
-            timeout=timeout,
-            what="the Pipeline schema in the apiserver's OpenAPI",
+            what="the penstock.dev resources in kubectl's discovery",
         )
         return "pipelines.penstock.dev"
 

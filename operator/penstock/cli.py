@@ -8,14 +8,20 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from penstock.api.crd import pipeline_crd
+from penstock.api.crd import pipeline_crd, pipeline_run_crd
+from penstock.api.run import RUN_KIND
 from penstock.api.types import is_dns1123_label
-from penstock.api.validation import validate_document
+from penstock.api.validation import validate_document, validate_run_document
 from penstock.documents import DocumentError, dump_documents, load_documents
 from penstock.errors import PenstockError, short_repr
 from penstock.render import PipelineRef, RenderSettings, render_children, render_secret
 from penstock.render.cache import cache_secret_name
+from penstock.render.run import run_job
 from penstock.safeyaml import read_limited
+
+
+def is_run(body: Any) -> bool:
+    return isinstance(body, dict) and body.get("kind") == RUN_KIND
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -31,6 +37,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
             print(f"error: {path}: no documents", file=sys.stderr)
             failed = True
         for document in documents:
+            if is_run(document.body):
+                _, problems = validate_run_document(document.body)
+                for problem in problems:
+                    print(f"{document.label}: error: {problem}", file=sys.stderr)
+                if not problems:
+                    print(f"{document.label}: valid")
+                failed = failed or bool(problems)
+                continue
             result = validate_document(document.body)
             for problem in result.errors:
                 print(f"{document.label}: error: {problem}", file=sys.stderr)
@@ -91,6 +105,18 @@ def cmd_render(args: argparse.Namespace) -> int:
             print(f"error: {error}", file=sys.stderr)
             return 1
         for document in documents:
+            if is_run(document.body):
+                run_spec, problems = validate_run_document(document.body)
+                for problem in problems:
+                    print(f"{document.label}: error: {problem}", file=sys.stderr)
+                if run_spec is None:
+                    failed = True
+                    continue
+                metadata = document.body["metadata"]
+                namespace = metadata.get("namespace") or args.namespace
+                uid = metadata.get("uid")
+                manifests.append(run_job(metadata["name"], namespace, uid, run_spec, settings))
+                continue
             result = validate_document(document.body)
             if result.spec is None:
                 for problem in result.errors:
@@ -131,7 +157,8 @@ def cmd_crd(args: argparse.Namespace) -> int:
 
         sys.stdout.write(reference_markdown())
     else:
-        sys.stdout.write(dump_documents([pipeline_crd()]))
+        crd = pipeline_run_crd() if args.kind == "PipelineRun" else pipeline_crd()
+        sys.stdout.write(dump_documents([crd]))
     return 0
 
 
@@ -201,11 +228,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     crd = sub.add_parser(
         "crd",
-        help="print the Pipeline CRD",
-        description="Print the Pipeline CRD generated from the API models.",
+        help="print the Pipeline (or PipelineRun) CRD",
+        description="Print a CRD generated from the API models.",
     )
     crd.add_argument(
         "--reference", action="store_true", help="print the field reference as Markdown instead"
+    )
+    crd.add_argument(
+        "--kind", choices=("Pipeline", "PipelineRun"), default="Pipeline", help="(Pipeline)"
     )
     crd.set_defaults(func=cmd_crd)
 

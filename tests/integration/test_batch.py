@@ -189,7 +189,7 @@ def test_the_plan_gives_the_slow_stage_more_replicas(
     report = tmp_path / "plan.json"
     result = batch(
         url,
-        *("--input", str(items), "--plan", "--target-items-per-hour", "720000"),
+        *("--input", str(items), "--plan", "--target-items-per-hour", "2000000"),
         *("--report", str(report)),
         check_rc=0,
     )
@@ -235,6 +235,9 @@ def test_input_over_http_and_from_s3(
         out = tmp_path / "s.jsonl"
         batch(url, "--input", "s3://data/in.jsonl", "--output", str(out), check_rc=0)
         assert [line["output"]["text"] for line in records(out)][-1] == "ITEM 49"
+        batch(url, "--input", "s3://data/in.jsonl", "--output", "s3://data/out/", check_rc=0)
+        part = s3.get_object(Bucket="data", Key="out/part-00000-of-00001.jsonl")["Body"].read()
+        assert part == out.read_bytes()
         missing = batch(url, "--input", "s3://data/nope.jsonl", "--output", str(tmp_path / "m"))
         assert missing.returncode == 1
         assert "input s3://data/nope.jsonl: NoSuchKey" in missing.stderr
@@ -261,3 +264,57 @@ def test_an_unreadable_input_is_one_clear_error_and_writes_nothing(tmp_path: Pat
     refused = batch("http://127.0.0.1:1/", "--input", str(items), "--output", str(stray))
     assert refused.returncode == 1 and "not a batch output to resume" in refused.stderr
     assert stray.read_text() == "keep me\n"
+
+
+class _Sink(http.server.BaseHTTPRequestHandler):
+    """Takes PUTs (a PipelineRun's shard uploads, or a presigned URL's store)."""
+
+    stored: dict[str, bytes]
+
+    def do_PUT(self) -> None:
+        length = int(self.headers["Content-Length"])
+        self.stored[self.path] = self.rfile.read(length)
+        self.send_response(201)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, fmt: str, *args: Any) -> None:
+        pass
+
+
+def test_shards_split_the_input_and_each_uploads_its_part(
+    served: tuple[str, Path], tmp_path: Path
+) -> None:
+    url, _ = served
+    items = write_items(tmp_path / "in.jsonl", 100, ['{"id": "x", "fail": true}'])
+    stored: dict[str, bytes] = {}
+    sink = type("Sink", (_Sink,), {"stored": stored})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), sink)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    prefix = f"http://127.0.0.1:{server.server_address[1]}/out/"
+    try:
+        for shard in range(3):
+            result = batch(
+                url,
+                *("--input", str(items), "--output", prefix, "--shard", f"{shard}/3"),
+                *("--work-dir", str(tmp_path / f"w{shard}"), "--allow-item-errors"),
+                *("--retries", "0", "--report", str(tmp_path / f"r{shard}.json")),
+                check_rc=0,  # the failed item is a record, not a failed shard
+            )
+            assert f"uploaded part-0000{shard}-of-00003.jsonl to {prefix}" in result.stderr
+    finally:
+        server.shutdown()
+    assert sorted(stored) == [f"/out/part-0000{k}-of-00003.jsonl" for k in range(3)]
+    indexes = []
+    for k in range(3):
+        part = [
+            json.loads(line) for line in stored[f"/out/part-0000{k}-of-00003.jsonl"].splitlines()
+        ]
+        assert [line["index"] for line in part] == list(range(k, 101, 3))
+        indexes += [line["index"] for line in part]
+    assert sorted(indexes) == list(range(101))
+    reports = [json.loads((tmp_path / f"r{k}.json").read_text()) for k in range(3)]
+    assert sum(r["processed"] for r in reports) == 101
+    assert sum(r["failed"] for r in reports) == 1
+    bad = batch(url, "--input", str(items), "--output", prefix, "--shard", "3/3")
+    assert bad.returncode == 1 and "--shard '3/3': expected K/N with 0 <= K < N" in bad.stderr

@@ -24,7 +24,7 @@ from penstock.render.settings import DEFAULT_COLLECTOR_IMAGE
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "penstock"
-CHART_CRD = CHART / "files" / "pipelines.penstock.dev.yaml"
+CRDS = {"Pipeline": "pipelines.penstock.dev", "PipelineRun": "pipelineruns.penstock.dev"}
 DASHBOARD = CHART / "files" / "dashboards" / "penstock.json"
 KUBE_VERSION = "1.34.0"
 RELEASE = "penstock"
@@ -221,9 +221,9 @@ def rules_of(role: dict[str, Any]) -> set[tuple[str, str, str, str]]:
     return flat
 
 
-def penstock_crd_text(capsys: pytest.CaptureFixture[str]) -> str:
+def penstock_crd_text(capsys: pytest.CaptureFixture[str], kind: str = "Pipeline") -> str:
     capsys.readouterr()
-    assert penstock_main(["crd"]) == 0
+    assert penstock_main(["crd", "--kind", kind]) == 0
     return capsys.readouterr().out
 
 
@@ -236,6 +236,9 @@ CRUD = ["get", "list", "watch", "create", "patch", "delete"]
 OPERATOR_RULES = (
     _expand("penstock.dev", ["pipelines"], ["get", "list", "watch", "patch"])
     | _expand("penstock.dev", ["pipelines/status"], ["get", "patch"])
+    | _expand("penstock.dev", ["pipelineruns"], ["get", "list", "watch", "patch"])
+    | _expand("penstock.dev", ["pipelineruns/status"], ["get", "patch"])
+    | _expand("batch", ["jobs"], ["get", "list", "watch", "create"])
     | _expand("apps", ["deployments"], CRUD)
     | _expand("autoscaling", ["horizontalpodautoscalers"], CRUD)
     | _expand("", ["services", "configmaps"], CRUD)
@@ -256,17 +259,23 @@ def peering_rules(resource: str, name: str) -> set[tuple[str, str, str, str]]:
 # ----------------------------------------------------------------------------- CRD copy
 
 
-def test_chart_crd_copy_is_penstock_crd_output(capsys: pytest.CaptureFixture[str]) -> None:
-    assert CHART_CRD.read_text() == penstock_crd_text(capsys), (
-        f"{CHART_CRD.relative_to(ROOT)} differs from `penstock crd`: run hack/sync-chart-crd.sh"
-    )
-
-
-def test_rendered_crd_is_penstock_crd_plus_keep(
-    helm: str, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize("kind", sorted(CRDS))
+def test_chart_crd_copies_are_penstock_crd_output(
+    capsys: pytest.CaptureFixture[str], kind: str
 ) -> None:
-    expected = yaml.safe_load(penstock_crd_text(capsys))
-    crd = one(template(helm), "CustomResourceDefinition", "pipelines.penstock.dev")
+    copy = CHART / "files" / f"{CRDS[kind]}.yaml"
+    assert copy.read_text() == penstock_crd_text(capsys, kind), (
+        f"{copy.relative_to(ROOT)} differs from `penstock crd`: run hack/sync-chart-crd.sh"
+    )
+    assert (ROOT / "crds" / f"{CRDS[kind]}.yaml").read_text() == copy.read_text()
+
+
+@pytest.mark.parametrize("kind", sorted(CRDS))
+def test_rendered_crd_is_penstock_crd_plus_keep(
+    helm: str, capsys: pytest.CaptureFixture[str], kind: str
+) -> None:
+    expected = yaml.safe_load(penstock_crd_text(capsys, kind))
+    crd = one(template(helm), "CustomResourceDefinition", CRDS[kind])
     annotations = crd["metadata"].pop("annotations")
     assert annotations.pop(KEEP) == "keep"
     assert not annotations
@@ -284,6 +293,7 @@ def test_kopf_peering_crds_are_in_the_crds_directory(helm: str) -> None:
     names = {d["metadata"]["name"] for d in of_kind(docs, "CustomResourceDefinition")}
     assert names == {
         "pipelines.penstock.dev",
+        "pipelineruns.penstock.dev",
         "clusterkopfpeerings.kopf.dev",
         "kopfpeerings.kopf.dev",
     }

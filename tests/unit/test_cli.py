@@ -43,7 +43,7 @@ spec:
 def test_validate_examples_succeeds() -> None:
     result = run("validate", *map(str, sorted((ROOT / "examples").rglob("*.yaml"))))
     assert result.returncode == 0, result.stderr
-    assert result.stdout.count(": valid") == 3
+    assert result.stdout.count(": valid") == 4  # three Pipelines and a PipelineRun
 
 
 def test_validate_names_document_field_and_value(tmp_path: Path) -> None:
@@ -158,3 +158,24 @@ def test_passthrough_subcommands_have_their_own_help() -> None:
         result = run(command, "--help")
         assert result.returncode == 0, result.stderr
         assert f"usage: penstock {command}" in result.stdout
+
+
+def test_a_pipelinerun_validates_naming_its_field_and_renders_its_job(tmp_path: Path) -> None:
+    path = tmp_path / "run.yaml"
+    good = (ROOT / "examples" / "pipelinerun.yaml").read_text()
+    path.write_text(good + "---\n" + good.replace("name: rag-questions", "name: bad").replace(
+        "parallelism: 4", "parallelism: 99"
+    ))  # fmt: skip
+    result = run("validate", str(path))
+    assert result.returncode == 1
+    assert f"{path}#0 (rag-questions): valid" in result.stdout
+    assert f"{path}#1 (bad): error: spec.parallelism: " in result.stderr
+    assert "(got 99)" in result.stderr
+    rendered = run("render", str(ROOT / "examples" / "pipelinerun.yaml"), "--namespace", "ml")
+    assert rendered.returncode == 0, rendered.stderr
+    job = yaml.safe_load(rendered.stdout)
+    assert (job["kind"], job["metadata"]["name"], job["spec"]["completions"]) == (
+        "Job",
+        "rag-questions-batch",
+        4,
+    )

@@ -1,4 +1,4 @@
-"""Generate the Pipeline CustomResourceDefinition from the pydantic models.
+"""Generate the Pipeline and PipelineRun CustomResourceDefinitions from the pydantic models.
 
 Pydantic's JSON Schema is turned into a Kubernetes structural schema: $refs inlined,
 Optional unions collapsed (absent means unset), titles dropped, descriptions kept.
@@ -8,8 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel
+
 from penstock.api.metadata import DNS1035_LABEL
 from penstock.api.pipeline import PipelineSpec
+from penstock.api.run import RUN_KIND, RUN_PLURAL, PipelineRunSpec, PipelineRunStatus
 from penstock.api.status import PipelineStatus
 from penstock.api.types import GROUP, KIND, PLURAL, VERSION
 
@@ -81,30 +84,43 @@ def _structural(node: Any, defs: dict[str, Any], path: tuple[str, ...]) -> dict[
     return out
 
 
-def openapi_schema(model: type[PipelineSpec] | type[PipelineStatus], root: str) -> dict[str, Any]:
+def openapi_schema(model: type[BaseModel], root: str) -> dict[str, Any]:
     raw = model.model_json_schema(by_alias=True, mode="validation")
     return _structural(raw, raw.get("$defs", {}), (root,))
 
 
-def pipeline_crd() -> dict[str, Any]:
-    spec = openapi_schema(PipelineSpec, "spec")
-    status = openapi_schema(PipelineStatus, "status")
+def _column(name: str, kind: str, path: str, description: str = "") -> dict[str, Any]:
+    column = {"name": name, "type": kind, "jsonPath": path}
+    if description:
+        column["description"] = description
+    return column
+
+
+def _crd(
+    kind: str,
+    plural: str,
+    short_name: str,
+    description: str,
+    spec_model: type[BaseModel],
+    status_model: type[BaseModel],
+    columns: list[dict[str, Any]],
+) -> dict[str, Any]:
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
         "metadata": {
-            "name": f"{PLURAL}.{GROUP}",
+            "name": f"{plural}.{GROUP}",
             "labels": {"app.kubernetes.io/name": "penstock", "app.kubernetes.io/component": "crd"},
         },
         "spec": {
             "group": GROUP,
             "scope": "Namespaced",
             "names": {
-                "kind": KIND,
-                "listKind": f"{KIND}List",
-                "plural": PLURAL,
-                "singular": KIND.lower(),
-                "shortNames": ["pl"],
+                "kind": kind,
+                "listKind": f"{kind}List",
+                "plural": plural,
+                "singular": kind.lower(),
+                "shortNames": [short_name],
                 "categories": ["penstock"],
             },
             "versions": [
@@ -114,41 +130,13 @@ def pipeline_crd() -> dict[str, Any]:
                     "storage": True,
                     "subresources": {"status": {}},
                     "additionalPrinterColumns": [
-                        {
-                            "name": "Ready",
-                            "type": "string",
-                            "jsonPath": '.status.conditions[?(@.type=="Ready")].status',
-                            "description": "Whether every stage is serving.",
-                        },
-                        {
-                            "name": "Stages",
-                            "type": "string",
-                            "jsonPath": ".status.stagesReady",
-                            "description": "Ready stages over all stages.",
-                        },
-                        {
-                            "name": "Bottleneck",
-                            "type": "string",
-                            "jsonPath": ".status.bottleneck",
-                            "description": "The stage limiting throughput.",
-                        },
-                        {
-                            "name": "Cost/h",
-                            "type": "string",
-                            "jsonPath": ".status.hourlyCost",
-                            "description": "Cost of all stages per hour, USD.",
-                        },
-                        {
-                            "name": "Age",
-                            "type": "date",
-                            "jsonPath": ".metadata.creationTimestamp",
-                        },
+                        *columns,
+                        _column("Age", "date", ".metadata.creationTimestamp"),
                     ],
                     "schema": {
                         "openAPIV3Schema": {
                             "type": "object",
-                            "description": "A Penstock inference pipeline: a DAG of stages "
-                            "served, cached, batched, autoscaled and cost-attributed as one.",
+                            "description": description,
                             "required": ["spec"],
                             "properties": {
                                 "apiVersion": {
@@ -156,7 +144,7 @@ def pipeline_crd() -> dict[str, Any]:
                                     "description": "APIVersion of this object: "
                                     "penstock.dev/v1alpha1.",
                                 },
-                                "kind": {"type": "string", "description": "Kind: Pipeline."},
+                                "kind": {"type": "string", "description": f"Kind: {kind}."},
                                 "metadata": {
                                     "type": "object",
                                     # The only metadata a CRD may constrain; see api/metadata.py.
@@ -168,8 +156,8 @@ def pipeline_crd() -> dict[str, Any]:
                                         }
                                     },
                                 },
-                                "spec": spec,
-                                "status": status,
+                                "spec": openapi_schema(spec_model, "spec"),
+                                "status": openapi_schema(status_model, "status"),
                             },
                         }
                     },
@@ -177,3 +165,46 @@ def pipeline_crd() -> dict[str, Any]:
             ],
         },
     }
+
+
+def pipeline_crd() -> dict[str, Any]:
+    return _crd(
+        KIND,
+        PLURAL,
+        "pl",
+        "A Penstock inference pipeline: a DAG of stages "
+        "served, cached, batched, autoscaled and cost-attributed as one.",
+        PipelineSpec,
+        PipelineStatus,
+        [
+            _column(
+                "Ready",
+                "string",
+                '.status.conditions[?(@.type=="Ready")].status',
+                "Whether every stage is serving.",
+            ),
+            _column("Stages", "string", ".status.stagesReady", "Ready stages over all stages."),
+            _column("Bottleneck", "string", ".status.bottleneck", "The stage limiting throughput."),
+            _column("Cost/h", "string", ".status.hourlyCost", "Cost of all stages per hour, USD."),
+        ],
+    )
+
+
+def pipeline_run_crd() -> dict[str, Any]:
+    return _crd(
+        RUN_KIND,
+        RUN_PLURAL,
+        "plr",
+        "A dataset pushed through a Pipeline: penstock batch as an Indexed Job, one shard per "
+        "completion index, with items, failures, items/hour and cost in its status.",
+        PipelineRunSpec,
+        PipelineRunStatus,
+        [
+            _column("Pipeline", "string", ".spec.pipeline", "The Pipeline the items go through."),
+            _column("Phase", "string", ".status.phase", "Pending, Running, Succeeded or Failed."),
+            _column("Shards", "string", ".status.shards", "Shards done over all shards."),
+            _column("Items", "integer", ".status.itemsDone", "Input lines with a record."),
+            _column("Failed", "integer", ".status.itemsFailed", "Records holding an error."),
+            _column("Items/h", "number", ".status.itemsPerHour", "Items done per hour."),
+        ],
+    )

@@ -1,4 +1,4 @@
-"""The Pipeline field reference (Markdown), generated from the same schema as the CRD."""
+"""The Pipeline and PipelineRun field reference (Markdown), from the same schemas as the CRDs."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from typing import Any
 
 from penstock.api.crd import openapi_schema
 from penstock.api.pipeline import PipelineSpec
+from penstock.api.run import PipelineRunSpec
 from penstock.contract.wire import RESERVED_STAGE_PORTS
 
 
@@ -89,8 +90,27 @@ def reference_markdown() -> str:
         f"- ports {_ports()} are reserved for Penstock's sidecars;",
         "- stages the output does not depend on are reported as warnings (the router skips them).",
         "",
+        *_run_reference(),
     ]
     return "\n".join(lines)
+
+
+def _run_reference() -> list[str]:
+    spec = openapi_schema(PipelineRunSpec, "spec")
+    return [
+        "# PipelineRun reference (penstock.dev/v1alpha1)",
+        "",
+        "A dataset through a Pipeline on the cluster: the operator runs `penstock batch` as an",
+        "Indexed Job of `parallelism` shards (`kubectl get plr` shows phase, shards, items,",
+        "failures and items/hour; deleting the PipelineRun deletes the Job and stops it). A shard",
+        "that cannot read its input or write its output fails the run at once with the reason in",
+        "the `Failed` condition (no retries, never a crash loop); a bad line is an error record.",
+        "",
+        "| Field | Type | Bounds | Description |",
+        "|---|---|---|---|",
+        *_rows(spec, "spec", set(spec.get("required", []))),
+        "",
+    ]
 
 
 def _ports() -> str:

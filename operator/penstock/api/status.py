@@ -8,7 +8,11 @@ from pydantic import ConfigDict, Field
 
 from penstock.api.types import ApiModel
 
-ConditionType = Literal["Ready", "Valid", "Progressing", "Degraded", "MetricsAvailable"]
+# Pipeline: Ready, Valid, Progressing, Degraded, MetricsAvailable; PipelineRun: Valid, Complete,
+# Failed (as a Job).
+ConditionType = Literal[
+    "Ready", "Valid", "Progressing", "Degraded", "MetricsAvailable", "Complete", "Failed"
+]
 ConditionStatus = Literal["True", "False", "Unknown"]
 
 
@@ -22,7 +26,7 @@ class Condition(StatusModel):
     """A condition per the Kubernetes API conventions."""
 
     type: str = Field(max_length=64)
-    """Ready, Valid, Progressing, Degraded or MetricsAvailable."""
+    """Ready, Valid, Progressing, Degraded, MetricsAvailable; Complete, Failed (a run)."""
     status: ConditionStatus
     """True, False or Unknown."""
     reason: str = Field(max_length=128, pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")

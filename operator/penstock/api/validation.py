@@ -17,6 +17,7 @@ from penstock.api.container import CONFIG_KEY, RESOURCE_NAME
 from penstock.api.metadata import metadata_problems, name_problem
 from penstock.api.pipeline import RESERVED_STAGE_NAMES, PipelineSpec
 from penstock.api.resources import resource_problems
+from penstock.api.run import PipelineRunSpec
 from penstock.api.types import API_VERSION, DECIMAL, KIND, LABEL_VALUE, SHA256, parse_quantity
 from penstock.contract.wire import RESERVED_STAGE_PORTS
 from penstock.errors import bounded, short_repr
@@ -330,6 +331,29 @@ def validate_document(doc: Any) -> Result:
 
 
 _TOP_LEVEL = {"apiVersion", "kind", "metadata", "spec", "status"}
+
+
+def validate_run_spec(raw: Any) -> tuple[PipelineRunSpec | None, list[Problem]]:
+    """A PipelineRun's spec, or the problems naming each bad field."""
+    try:
+        return PipelineRunSpec.model_validate(raw), []
+    except ValidationError as error:
+        return None, _capped(_pydantic_problems(error, "spec"))
+
+
+def validate_run_document(doc: Mapping[str, Any]) -> tuple[PipelineRunSpec | None, list[Problem]]:
+    """Validate a whole PipelineRun object (apiVersion, kind, metadata, spec)."""
+    errors = []
+    if doc.get("apiVersion") != API_VERSION:
+        got = short_repr(doc.get("apiVersion"))
+        errors.append(Problem("apiVersion", f"must be {API_VERSION} (got {got})"))
+    errors += [Problem(path, message) for path, message in metadata_problems(doc.get("metadata"))]
+    unknown = sorted(str(key) for key in doc if key not in _TOP_LEVEL)
+    if unknown:
+        errors.append(Problem(short_repr(unknown[0], 64)[1:-1], "unknown field"))
+    spec, problems = validate_run_spec(doc.get("spec"))
+    errors = _capped([*errors, *problems])
+    return (None if errors else spec), errors
 
 
 def validate_object(body: Mapping[str, Any]) -> Result:

@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import sys
+import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from decimal import Decimal, InvalidOperation
@@ -27,6 +29,7 @@ from penstock.batch.items import count_lines, open_input, parse_item, read_lines
 from penstock.batch.plan import Plan, PlanError, balance, probe
 from penstock.batch.progress import Progress
 from penstock.batch.runner import Options, Summary, run
+from penstock.batch.upload import destination, is_remote, part_name, upload
 from penstock.dev.processes import DevError
 from penstock.errors import PenstockError
 
@@ -80,7 +83,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--input", required=True, help="JSON lines: a file, - (stdin), http(s)://, s3://B/KEY"
     )
-    parser.add_argument("--output", help="where the output lines go (required unless --plan)")
+    parser.add_argument(
+        "--output",
+        help="where the output lines go: a file, or s3://B/KEY, s3://B/PREFIX/, an http(s) URL "
+        "(written under --work-dir, uploaded once complete); required unless --plan",
+    )
+    parser.add_argument(
+        "--shard",
+        metavar="K/N",
+        help="take only the input lines whose index modulo N is K (a PipelineRun's shards)",
+    )
+    parser.add_argument(
+        "--work-dir", help="where a URL --output is written before the upload (default: a temp dir)"
+    )
     parser.add_argument(
         "--id-field", metavar="NAME", help="copy this field of each input object to its record"
     )
@@ -140,6 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--target-items-per-hour",
         type=_positive_float,
         help="the rate --plan balances for (default: the most the stages' bounds allow)",
+    )
+    parser.add_argument(
+        "--allow-item-errors",
+        action="store_true",
+        help="exit 0 when the run completes even if some items failed (their records say why)",
     )
     parser.add_argument("--report", help="also write the summary (or the plan) as JSON here")
     parser.add_argument(
@@ -242,17 +262,41 @@ def _plan(args: argparse.Namespace, url: str, spec: PipelineSpec | None) -> Plan
     return balance(times, spec, target, len(bodies))
 
 
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    index, sep, count = text.partition("/")
+    if not index.isdigit() and os.environ.get("JOB_COMPLETION_INDEX", "").isdigit():
+        index = os.environ["JOB_COMPLETION_INDEX"]  # an Indexed Job's pod
+    if not (sep and index.isdigit() and count.isdigit() and int(index) < int(count)):
+        raise ValueError(f"--shard {text!r}: expected K/N with 0 <= K < N")
+    return int(index), int(count)
+
+
+def _local_output(args: argparse.Namespace, shard: tuple[int, int] | None) -> Path:
+    """The file the records are written to: --output, or for a URL a file under --work-dir."""
+    if not is_remote(args.output):
+        return Path(args.output)
+    work = Path(args.work_dir or tempfile.mkdtemp(prefix="penstock-batch-"))
+    work.mkdir(parents=True, exist_ok=True)
+    return work / part_name(shard or (0, 1))
+
+
 def _options(args: argparse.Namespace, url: str, spec: PipelineSpec | None) -> Options:
     prices = PriceTable.from_file(args.prices) if args.prices else PriceTable()
     target = str(Path(args.target).resolve()) if spec is not None else args.target
     cost = args.hourly_cost
     if cost is None and spec is not None:
         cost = hourly_cost(spec, prices)
+    shard = parse_shard(args.shard)
     return Options(
         url=url,
         source=args.input,
-        output=Path(args.output),
-        run_id=fingerprint(target, args.input, {"idField": args.id_field}),
+        output=_local_output(args, shard),
+        run_id=fingerprint(
+            target, args.input, {"idField": args.id_field, "shard": shard, "out": args.output}
+        ),
+        shard=shard or (0, 1),
         id_field=args.id_field,
         concurrency=args.concurrency,
         start_concurrency=args.start_concurrency,
@@ -271,8 +315,17 @@ def _run(args: argparse.Namespace, options: Options) -> Summary:
     mode = args.progress
     progress = None
     if mode != "none":
-        progress = Progress(options.total, terminal=None if mode == "auto" else mode == "bar")
-    return asyncio.run(run(options, progress))
+        total = options.total
+        if total is not None and options.shard[1] > 1:
+            shard, shards = options.shard
+            total = len(range(shard, total, shards))
+        progress = Progress(total, terminal=None if mode == "auto" else mode == "bar")
+    summary = asyncio.run(run(options, progress))
+    if summary.complete and is_remote(args.output):
+        target = destination(args.output, parse_shard(args.shard))
+        upload(options.output, target)
+        print(f"penstock batch: uploaded {options.output.name} to {target}", file=sys.stderr)
+    return summary
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -302,7 +355,7 @@ def run_command(args: argparse.Namespace) -> int:
                     print(f"penstock batch: floors restored{note}", file=sys.stderr)
     print(_summary_text(summary, args.output), file=sys.stderr)
     _write_report(args.report, summary.report())
-    return EXIT_FAILED_ITEMS if summary.failed else 0
+    return EXIT_FAILED_ITEMS if summary.failed and not args.allow_item_errors else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

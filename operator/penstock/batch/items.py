@@ -32,22 +32,29 @@ class Item:
     id: Any = None
     """The value of the --id-field of the line's object, when it has one."""
     error: str | None = None
+    position: int = 0
+    """Its place in this run's output: the index, or its rank within a shard."""
 
 
-def parse_item(index: int, line: bytes, id_field: str | None, max_bytes: int) -> Item:
+def parse_item(
+    index: int, line: bytes, id_field: str | None, max_bytes: int, position: int | None = None
+) -> Item:
     """The item of one input line (without its line end)."""
+    place = index if position is None else position
     line = line.rstrip(b"\r\n")
     where = f"input line {index + 1}"
     if len(line) > max_bytes:
-        return Item(index, None, error=f"{where}: {len(line)} bytes, over --max-line-bytes")
+        error = f"{where}: {len(line)} bytes, over --max-line-bytes"
+        return Item(index, None, error=error, position=place)
     if not line.strip():
-        return Item(index, None, error=f"{where}: empty line (one JSON value per line)")
+        error = f"{where}: empty line (one JSON value per line)"
+        return Item(index, None, error=error, position=place)
     try:
         value, body = parse(line)
     except JsonBodyError as error:
-        return Item(index, None, error=f"{where} {error}")
+        return Item(index, None, error=f"{where} {error}", position=place)
     item_id = value.get(id_field) if id_field and isinstance(value, dict) else None
-    return Item(index, body, id=item_id)
+    return Item(index, body, id=item_id, position=place)
 
 
 def describe(source: str) -> str:

@@ -57,6 +57,8 @@ class Options:
     hourly_cost: Decimal | None = None
     total: int | None = None
     """Input lines, for the ETA, when known."""
+    shard: tuple[int, int] = (0, 1)
+    """(k, n): this run takes the input lines whose index modulo n is k."""
 
 
 @dataclass
@@ -205,10 +207,12 @@ async def run(options: Options, progress: Progress | None = None) -> Summary:
     try:
         summary.done_before = output.open()
         if not output.complete:
-            skipped = await asyncio.to_thread(skip_lines, stream, summary.done_before)
-            if skipped < summary.done_before:
+            # A shard's done items are its first ones: they lie in the first done x n lines.
+            lines_done = summary.done_before * options.shard[1]
+            skipped = await asyncio.to_thread(skip_lines, stream, lines_done)
+            if skipped < lines_done and summary.done_before:
                 raise CheckpointError(
-                    f"the input has {skipped} lines, fewer than the {summary.done_before} the "
+                    f"the input has {skipped} lines, fewer than the {lines_done} the "
                     "checkpoint says are done: not the input of that run"
                 )
             summary.complete = await _drive(options, output, stream, summary, progress, started)
@@ -243,7 +247,9 @@ async def _drive(
     connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30)
     timeout = aiohttp.ClientTimeout(total=options.timeout_seconds)
     queue: deque[Item] = deque()
-    next_index, exhausted = summary.done_before, False
+    shard, shards = options.shard
+    next_index, exhausted = summary.done_before * shards, False
+    position = summary.done_before
     inflight: dict[asyncio.Task[Outcome], Item] = {}
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         sender = Sender(session, options, controller)
@@ -253,18 +259,23 @@ async def _drive(
                     lines = await asyncio.to_thread(read_lines, stream, READ_CHUNK)
                     exhausted = len(lines) < READ_CHUNK
                     for line in lines:
+                        index, next_index = next_index, next_index + 1
+                        if index % shards != shard:
+                            continue
                         queue.append(
-                            parse_item(next_index, line, options.id_field, options.max_line_bytes)
+                            parse_item(
+                                index, line, options.id_field, options.max_line_bytes, position
+                            )
                         )
-                        next_index += 1
+                        position += 1
                 while (
                     queue
                     and len(inflight) < controller.limit
-                    and queue[0].index - output.done < ahead
+                    and queue[0].position - output.done < ahead
                 ):
                     item = queue.popleft()
                     if item.body is None:
-                        output.put(item.index, _error(item, None, item.error or "unreadable"))
+                        output.put(item.position, _error(item, None, item.error or "unreadable"))
                         summary.processed += 1
                         summary.failed += 1
                         continue
@@ -279,7 +290,7 @@ async def _drive(
                 for task in finished:
                     item = inflight.pop(task)
                     outcome = task.result()
-                    output.put(item.index, outcome.record)
+                    output.put(item.position, outcome.record)
                     summary.processed += 1
                     summary.retries += outcome.retries
                     if outcome.ok:

@@ -30,7 +30,7 @@ def event_manifest(
         "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
         "involvedObject": {
             "apiVersion": API_VERSION,
-            "kind": KIND,
+            "kind": body.get("kind") or KIND,
             "name": meta["name"],
             "namespace": meta["namespace"],
             "uid": meta.get("uid", ""),

@@ -15,6 +15,7 @@ from kubernetes import client, config
 from kubernetes.config.config_exception import ConfigException
 
 from penstock.api import GROUP, PLURAL, VERSION
+from penstock.api.run import RUN_PLURAL
 from penstock.render import FIELD_MANAGER
 
 
@@ -39,6 +40,9 @@ KINDS: dict[str, Kind] = {
     "Deployment": Kind("apis/apps/v1", "deployments"),
     "HorizontalPodAutoscaler": Kind("apis/autoscaling/v2", "horizontalpodautoscalers"),
     "Pipeline": Kind(f"apis/{GROUP}/{VERSION}", PLURAL),
+    "PipelineRun": Kind(f"apis/{GROUP}/{VERSION}", RUN_PLURAL),
+    # A PipelineRun's shards.
+    "Job": Kind("apis/batch/v1", "jobs"),
     "Event": Kind("api/v1", "events"),
     # Read only (list), to report why a stage's pods do not start.
     "Pod": Kind("api/v1", "pods"),

@@ -14,11 +14,12 @@ from typing import Any
 import kopf
 from prometheus_client import start_http_server
 
-from penstock.controller import handlers
+from penstock.controller import handlers, run_handlers
 from penstock.controller.events import EventPoster
 from penstock.controller.kube import Kube, load_api_client
 from penstock.controller.prometheus import PrometheusClient
 from penstock.controller.reconcile import Reconciler
+from penstock.controller.runs import RunReconciler
 from penstock.controller.settings import OperatorSettings, settings_from_args
 from penstock.controller.tracing import configure_tracing
 
@@ -123,10 +124,15 @@ def run_operator(args: argparse.Namespace) -> int:
     if settings.prometheus_url:
         interval = min(interval, settings.tuner_interval_seconds)
     handlers.register(registry, interval)
+    run_handlers.register(registry, settings.resync_seconds)
     kopf.on.startup(registry=registry)(_configure_kopf(settings))
     kopf.on.login(registry=registry)(login)
     prometheus = PrometheusClient(settings.prometheus_url) if settings.prometheus_url else None
-    memo = kopf.Memo(reconciler=Reconciler(kube, settings, EventPoster(kube), prometheus))
+    events = EventPoster(kube)
+    memo = kopf.Memo(
+        reconciler=Reconciler(kube, settings, events, prometheus),
+        run_reconciler=RunReconciler(kube, settings, events),
+    )
     log.info(
         "penstock operator starting: namespaces=%s resync=%ss",
         ",".join(settings.namespaces) or "(all)",
