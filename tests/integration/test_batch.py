@@ -318,3 +318,21 @@ def test_shards_split_the_input_and_each_uploads_its_part(
     assert sum(r["failed"] for r in reports) == 1
     bad = batch(url, "--input", str(items), "--output", prefix, "--shard", "3/3")
     assert bad.returncode == 1 and "--shard '3/3': expected K/N with 0 <= K < N" in bad.stderr
+
+
+def test_items_from_stdin(served: tuple[str, Path], tmp_path: Path) -> None:
+    url, _ = served
+    lines = "".join(json.dumps({"text": f"piped {i}"}) + "\n" for i in range(20))
+    output = tmp_path / "out.jsonl"
+    command = [sys.executable, "-m", "penstock.cli", "batch", url, "--input", "-"]
+    result = subprocess.run(
+        [*command, "--output", str(output), "--progress", "none"],
+        input=lines,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert [line["output"]["text"] for line in records(output)][-1] == "PIPED 19"

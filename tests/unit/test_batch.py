@@ -14,6 +14,7 @@ from penstock.batch.control import ConcurrencyController
 from penstock.batch.floors import FloorsError, parse_target, plan_floors, raise_patch, restore_patch
 from penstock.batch.items import count_lines, parse_item
 from penstock.batch.plan import balance
+from penstock.batch.progress import Progress
 
 
 def test_a_line_is_an_item_or_an_error_naming_the_line() -> None:
@@ -205,3 +206,24 @@ def test_floors_are_raised_to_the_plan_never_lowered_and_restored_only_if_unchan
     ]
     with pytest.raises(FloorsError, match="expected NAMESPACE/NAME"):
         parse_target("just-a-name")
+
+
+def test_progress_is_a_bar_on_a_terminal_and_lines_elsewhere() -> None:
+    import io
+
+    terminal = io.StringIO()
+    bar = Progress(200, terminal, terminal=True)
+    bar.update(done=50, failed=2, rate=10.0, concurrency=8)
+    bar.finish()
+    text = terminal.getvalue()
+    assert text.startswith("\r\x1b[2K[######..................] 50/200")
+    assert "10.0 items/s  ETA 0:00:15  errors 2  in flight <= 8" in text
+    assert text.endswith("\n")
+    log = io.StringIO()
+    lines = Progress(None, log, terminal=False, every_seconds=0)
+    lines.update(done=5, failed=0, rate=2.5, concurrency=4)
+    lines.update(done=9, failed=1, rate=3.0, concurrency=4)
+    assert log.getvalue().splitlines() == [
+        "penstock batch: 5 done  2.5 items/s  errors 0  in flight <= 4",
+        "penstock batch: 9 done  3.0 items/s  errors 1  in flight <= 4",
+    ]
