@@ -10,12 +10,21 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import redis
+import yaml
 
 from tests.harness import free_port, tool
 
-__all__ = ["RedisServer", "ScriptServer", "free_port", "tool", "wait_http"]
+__all__ = [
+    "RedisServer",
+    "ScriptServer",
+    "free_port",
+    "pipeline_examples",
+    "tool",
+    "wait_http",
+]
 
 
 class RedisServer:
@@ -94,3 +103,13 @@ class ScriptServer:
         if self.process.poll() is None:
             self.process.kill()
         self.process.wait(5)
+
+
+def pipeline_examples() -> list[Path]:
+    """The example files that hold Pipelines (examples/ also holds a PipelineRun)."""
+    root = Path(__file__).resolve().parents[1] / "examples"
+    return [
+        path
+        for path in sorted(root.rglob("*.yaml"))
+        if (yaml.safe_load(path.read_text()) or {}).get("kind") == "Pipeline"
+    ]

@@ -47,12 +47,13 @@ def test_install_upgrade_uninstall_keeps_crd_and_pipelines(
         pytest.skip("the chart is already installed and running here (hack/e2e-kind.sh)")
     release = f"penstock-{uuid.uuid4().hex[:6]}"
     system = f"{namespace}-system"
-    # The session already installed the CRD with kubectl; let this release adopt it.
-    cluster.kubectl("label", "crd", crd, "app.kubernetes.io/managed-by=Helm", "--overwrite")
-    cluster.kubectl(
-        "annotate", "crd", crd, f"meta.helm.sh/release-name={release}",
-        f"meta.helm.sh/release-namespace={system}", "--overwrite",
-    )  # fmt: skip
+    # The session already installed the CRDs with kubectl; let this release adopt them.
+    for name in (crd, "pipelineruns.penstock.dev"):
+        cluster.kubectl("label", "crd", name, "app.kubernetes.io/managed-by=Helm", "--overwrite")
+        cluster.kubectl(
+            "annotate", "crd", name, f"meta.helm.sh/release-name={release}",
+            f"meta.helm.sh/release-namespace={system}", "--overwrite",
+        )  # fmt: skip
     try:
         helm(
             cluster,

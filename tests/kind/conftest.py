@@ -93,6 +93,65 @@ def pod_ready(pod: dict[str, Any]) -> bool:
     )
 
 
+RESTRICTED_CONTAINER = {
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "readOnlyRootFilesystem": True,
+}
+RESTRICTED_POD = {
+    "runAsNonRoot": True,
+    "runAsUser": 65532,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+def serve_http(
+    cluster: Cluster,
+    namespace: str,
+    name: str,
+    command: list[str],
+    files: dict[str, Any] | None = None,
+) -> str:
+    """A pod of the Penstock image running `command` (a server on port 8000) behind a Service
+    `name`, with `files` (a ConfigMap's volume spec) at /srv; ready, its in-cluster URL."""
+    container: dict[str, Any] = {
+        "name": "http",
+        "image": f"penstock/penstock:{IMAGE_TAG}",
+        "imagePullPolicy": "IfNotPresent",
+        "command": command,
+        "ports": [{"containerPort": 8000}],
+        "readinessProbe": {"tcpSocket": {"port": 8000}, "periodSeconds": 1},
+        "securityContext": RESTRICTED_CONTAINER,
+    }
+    pod_spec: dict[str, Any] = {"securityContext": RESTRICTED_POD, "containers": [container]}
+    if files is not None:
+        container["volumeMounts"] = [{"name": "files", "mountPath": "/srv"}]
+        pod_spec["volumes"] = [{"name": "files", **files}]
+    manifests = [
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "labels": {"app": name}},
+            "spec": pod_spec,
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": name},
+            "spec": {"selector": {"app": name}, "ports": [{"port": 8000}]},
+        },
+    ]
+    for manifest in manifests:
+        applied = cluster.apply(manifest, namespace)
+        assert applied.returncode == 0, applied.stderr
+    wait_for(
+        lambda: pod_ready(cluster.get("pod", name, namespace) or {}),
+        timeout=120,
+        what=f"the {name} pod Ready",
+    )
+    return f"http://{name}.{namespace}.svc.cluster.local:8000"
+
+
 def one_stage(
     name: str, model: dict[str, Any] | None = None, cache: bool = False, **fields: Any
 ) -> dict[str, Any]:

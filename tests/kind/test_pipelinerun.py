@@ -10,11 +10,10 @@ import urllib.request
 from typing import Any
 
 from tests.kind.conftest import (
-    IMAGE_TAG,
     Cluster,
     one_stage,
-    pod_ready,
     port_forward,
+    serve_http,
     wait_for,
     wait_ready,
 )
@@ -44,54 +43,10 @@ class Sink(BaseHTTPRequestHandler):
         self._send(201)
 ThreadingHTTPServer(("0.0.0.0", 8000), Sink).serve_forever()
 """
-RESTRICTED_CONTAINER = {
-    "allowPrivilegeEscalation": False,
-    "capabilities": {"drop": ["ALL"]},
-    "readOnlyRootFilesystem": True,
-}
 
 
 def serve_sink(cluster: Cluster, namespace: str) -> str:
-    manifests: list[dict[str, Any]] = [
-        {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": "sink", "labels": {"app": "sink"}},
-            "spec": {
-                "securityContext": {
-                    "runAsNonRoot": True,
-                    "runAsUser": 65532,
-                    "seccompProfile": {"type": "RuntimeDefault"},
-                },
-                "containers": [
-                    {
-                        "name": "http",
-                        "image": f"penstock/penstock:{IMAGE_TAG}",
-                        "imagePullPolicy": "IfNotPresent",
-                        "command": ["python", "-c", SINK],
-                        "ports": [{"containerPort": 8000}],
-                        "readinessProbe": {"tcpSocket": {"port": 8000}, "periodSeconds": 1},
-                        "securityContext": RESTRICTED_CONTAINER,
-                    }
-                ],
-            },
-        },
-        {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {"name": "sink"},
-            "spec": {"selector": {"app": "sink"}, "ports": [{"port": 8000}]},
-        },
-    ]
-    for manifest in manifests:
-        applied = cluster.apply(manifest, namespace)
-        assert applied.returncode == 0, applied.stderr
-    wait_for(
-        lambda: pod_ready(cluster.get("pod", "sink", namespace) or {}),
-        timeout=120,
-        what="the sink pod Ready",
-    )
-    return f"http://sink.{namespace}.svc.cluster.local:8000"
+    return serve_http(cluster, namespace, "sink", ["python", "-c", SINK])
 
 
 def run(name: str, sink: str, source: str, parallelism: int) -> dict[str, Any]:

@@ -17,28 +17,18 @@ from typing import Any
 import pytest
 
 from tests.kind.conftest import (
-    IMAGE_TAG,
     Cluster,
     condition,
     one_stage,
     pod_ready,
     port_forward,
+    serve_http,
     stage_pods,
     wait_for,
     wait_ready,
 )
 
 WEIGHTS = b"penstock test model, version 1\n"
-RESTRICTED_CONTAINER = {
-    "allowPrivilegeEscalation": False,
-    "capabilities": {"drop": ["ALL"]},
-    "readOnlyRootFilesystem": True,
-}
-RESTRICTED_POD = {
-    "runAsNonRoot": True,
-    "runAsUser": 65532,
-    "seccompProfile": {"type": "RuntimeDefault"},
-}
 
 
 def artifact() -> bytes:
@@ -53,50 +43,17 @@ def artifact() -> bytes:
 
 def serve_artifact(cluster: Cluster, namespace: str) -> str:
     """An HTTP server pod with the archive (Python's http.server in the Penstock image); its URL."""
-    manifests = [
-        {
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": {"name": "artifacts"},
-            "binaryData": {"model.tar.gz": base64.b64encode(artifact()).decode()},
-        },
-        {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": "artifacts", "labels": {"app": "artifacts"}},
-            "spec": {
-                "securityContext": RESTRICTED_POD,
-                "containers": [
-                    {
-                        "name": "http",
-                        "image": f"penstock/penstock:{IMAGE_TAG}",
-                        "imagePullPolicy": "IfNotPresent",
-                        "command": ["python", "-m", "http.server", "8000", "--directory", "/srv"],
-                        "ports": [{"containerPort": 8000}],
-                        "readinessProbe": {"tcpSocket": {"port": 8000}, "periodSeconds": 1},
-                        "securityContext": RESTRICTED_CONTAINER,
-                        "volumeMounts": [{"name": "files", "mountPath": "/srv"}],
-                    }
-                ],
-                "volumes": [{"name": "files", "configMap": {"name": "artifacts"}}],
-            },
-        },
-        {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {"name": "artifacts"},
-            "spec": {"selector": {"app": "artifacts"}, "ports": [{"port": 8000}]},
-        },
-    ]
-    for manifest in manifests:
-        applied = cluster.apply(manifest, namespace)
-        assert applied.returncode == 0, applied.stderr
-    wait_for(
-        lambda: pod_ready(cluster.get("pod", "artifacts", namespace) or {}),
-        timeout=120,
-        what="the artifact server pod Ready",
-    )
-    return f"http://artifacts.{namespace}.svc.cluster.local:8000/model.tar.gz"
+    files = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "artifacts"},
+        "binaryData": {"model.tar.gz": base64.b64encode(artifact()).decode()},
+    }
+    applied = cluster.apply(files, namespace)
+    assert applied.returncode == 0, applied.stderr
+    command = ["python", "-m", "http.server", "8000", "--directory", "/srv"]
+    url = serve_http(cluster, namespace, "artifacts", command, {"configMap": {"name": "artifacts"}})
+    return f"{url}/model.tar.gz"
 
 
 def test_preload_fetches_verifies_and_mounts_the_model_and_a_wrong_digest_is_reported(

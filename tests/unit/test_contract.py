@@ -25,6 +25,7 @@ from penstock.dev.runner import build_parser, gateway_argv, plan
 from penstock.render import PipelineRef, RenderSettings
 from penstock.render.gateway import gateway_container
 from penstock.render.topology import topology
+from tests.support import pipeline_examples
 
 ROOT = Path(__file__).resolve().parents[2]
 UID = "00000000-0000-4000-8000-000000000001"
@@ -174,7 +175,7 @@ def test_the_warmup_body_is_the_same_in_a_cluster_and_under_dev(body: Any, tmp_p
     assert json.loads(cluster.warmup_body) == body
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "examples").rglob("*.yaml")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", pipeline_examples(), ids=lambda p: p.stem)
 def test_the_router_runs_the_same_topology_in_a_cluster_and_from_a_pipeline_file(
     path: Path,
 ) -> None:

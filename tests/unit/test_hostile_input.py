@@ -28,11 +28,12 @@ from penstock.dev.runner import load_pipeline as dev_load
 from penstock.documents import Document, DocumentError, load_documents
 from penstock.errors import MAX_MESSAGE
 from penstock.safeyaml import load_yaml
+from tests.support import pipeline_examples
 from tests.unit.test_safeyaml import bomb
 from tests.unit.test_strict_api import FULL, doc, nodes
 
 ROOT = Path(__file__).resolve().parents[2]
-EXAMPLES = sorted((ROOT / "examples").rglob("*.yaml"))
+EXAMPLES = pipeline_examples()
 
 SCALARS = (
     st.none()

@@ -13,10 +13,11 @@ from penstock.api.validation import validate_document
 from penstock.documents import dump_documents
 from penstock.render import PipelineRef, RenderSettings, render_children, render_secret
 from penstock.render.meta import object_name
+from tests.support import pipeline_examples
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = Path(__file__).parent / "golden"
-EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
+EXAMPLES = [path for path in pipeline_examples() if path.parent.name == "examples"]
 SETTINGS = RenderSettings(operator_image="penstock:test", redis_image="redis:test")
 UID = "00000000-0000-4000-8000-000000000001"
 DESIGN_LABELS = {
