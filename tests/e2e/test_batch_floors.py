@@ -72,13 +72,12 @@ def test_the_plan_raises_the_floors_for_the_run_and_puts_them_back(
     )
     try:
         # shout takes >= 10 ms: ~100 items/s per replica, so 278 items/s needs >= 4 at 0.7.
-        raised = wait_for(
+        wait_for(
             lambda: (value := _min_replicas(cluster, namespace)) is not None and value >= 4,
             timeout=60,
             interval=0.2,
             what="the plan's floor on shout's HPA during the run",
         )
-        assert raised
         _, stderr = process.communicate(timeout=300)
     finally:
         if process.poll() is None:

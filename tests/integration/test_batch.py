@@ -104,11 +104,14 @@ def test_a_pipeline_file_gets_one_line_per_input_line_in_order(tmp_path: Path) -
     assert float(summary["cost_per_1000_items_usd"]) > 0
     assert "penstock batch: [" in result.stderr and "items/s" in result.stderr
     assert "complete: 204 lines" in result.stderr
-    # A finished run started again has nothing to do and changes nothing.
+    assert summary["failed_total"] == 3
+    # A finished run started again has nothing to do and changes nothing; its exit status
+    # still says that the output holds failed items.
     before = output.read_bytes()
     again = batch(str(pipeline), "--input", str(items), "--output", str(output), "--id-field", "id")
-    assert again.returncode == 0, again.stderr
+    assert again.returncode == 2, again.stderr
     assert output.read_bytes() == before
+    assert "this run: 0 items" in again.stderr
 
 
 def test_killed_with_sigkill_it_resumes_and_holds_each_line_once(
@@ -239,7 +242,7 @@ def test_input_over_http_and_from_s3(
         part = s3.get_object(Bucket="data", Key="out/part-00000-of-00001.jsonl")["Body"].read()
         assert part == out.read_bytes()
         missing = batch(url, "--input", "s3://data/nope.jsonl", "--output", str(tmp_path / "m"))
-        assert missing.returncode == 1
+        assert missing.returncode == 3
         assert "input s3://data/nope.jsonl: NoSuchKey" in missing.stderr
     finally:
         web.shutdown()
@@ -250,19 +253,19 @@ def test_an_unreadable_input_is_one_clear_error_and_writes_nothing(tmp_path: Pat
     output = tmp_path / "out.jsonl"
     gone = f"http://127.0.0.1:{free_port()}/in.jsonl"
     result = batch("http://127.0.0.1:1/", "--input", gone, "--output", str(output))
-    assert result.returncode == 1
+    assert result.returncode == 3
     assert f"penstock batch: error: input {gone}: cannot connect" in result.stderr
     assert not output.exists()
     missing = batch(
         "http://127.0.0.1:1/", "--input", str(tmp_path / "no.jsonl"), "--output", str(output)
     )
-    assert missing.returncode == 1
+    assert missing.returncode == 3
     assert "No such file or directory" in missing.stderr
     stray = tmp_path / "results.jsonl"
     stray.write_text("keep me\n")
     items = write_items(tmp_path / "in.jsonl", 1)
     refused = batch("http://127.0.0.1:1/", "--input", str(items), "--output", str(stray))
-    assert refused.returncode == 1 and "not a batch output to resume" in refused.stderr
+    assert refused.returncode == 3 and "not a batch output to resume" in refused.stderr
     assert stray.read_text() == "keep me\n"
 
 
@@ -317,7 +320,7 @@ def test_shards_split_the_input_and_each_uploads_its_part(
     assert sum(r["processed"] for r in reports) == 101
     assert sum(r["failed"] for r in reports) == 1
     bad = batch(url, "--input", str(items), "--output", prefix, "--shard", "3/3")
-    assert bad.returncode == 1 and "--shard '3/3': expected K/N with 0 <= K < N" in bad.stderr
+    assert bad.returncode == 3 and "--shard '3/3': expected K/N with 0 <= K < N" in bad.stderr
 
 
 def test_items_from_stdin(served: tuple[str, Path], tmp_path: Path) -> None:
@@ -336,3 +339,31 @@ def test_items_from_stdin(served: tuple[str, Path], tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert [line["output"]["text"] for line in records(output)][-1] == "PIPED 19"
+
+
+def test_a_shard_resumes_from_its_checkpoint(served: tuple[str, Path], tmp_path: Path) -> None:
+    url, _ = served
+    items = write_items(tmp_path / "in.jsonl", 101)
+    output = tmp_path / "shard.jsonl"
+    args = [url, "--input", str(items), "--output", str(output), "--shard", "0/3"]
+    batch(*args, check_rc=0)
+    whole = output.read_bytes()
+    lines = whole.splitlines(keepends=True)
+    assert [json.loads(line)["index"] for line in lines] == list(range(0, 101, 3))
+    # Killed after 20 of its 34 records were durable: the checkpoint says so, the rest is torn.
+    checkpoint = tmp_path / "shard.jsonl.checkpoint"
+    state = json.loads(checkpoint.read_text())
+    kept = b"".join(lines[:20])
+    state.update(done=20, bytes=len(kept), complete=False)
+    checkpoint.write_text(json.dumps(state))
+    output.write_bytes(kept + lines[20][:7])
+    report = tmp_path / "report.json"
+    batch(*args, "--report", str(report), check_rc=0)
+    assert output.read_bytes() == whole
+    assert json.loads(report.read_text())["resumed_after"] == 20
+    # Killed after its last record (line 100 of 101) was durable, before it said complete:
+    # 34 x 3 = 102 lines are more than the input has, and it resumes all the same.
+    state.update(done=34, bytes=len(whole), complete=False)
+    checkpoint.write_text(json.dumps(state))
+    batch(*args, check_rc=0)
+    assert output.read_bytes() == whole

@@ -115,7 +115,7 @@ def test_a_missing_input_fails_the_run_at_once_saying_why(
     assert applied.returncode == 0, applied.stderr
     body = wait_for(
         lambda: finished(cluster, namespace, "missing"),
-        timeout=180,
+        timeout=300,  # the Pipeline becomes Ready first
         interval=2,
         what="the PipelineRun failed",
     )

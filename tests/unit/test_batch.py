@@ -227,3 +227,24 @@ def test_progress_is_a_bar_on_a_terminal_and_lines_elsewhere() -> None:
         "penstock batch: 5 done  2.5 items/s  errors 0  in flight <= 4",
         "penstock batch: 9 done  3.0 items/s  errors 1  in flight <= 4",
     ]
+
+
+def test_an_answer_no_json_line_can_hold_is_an_error_record_and_odd_waits_are_bounded() -> None:
+    from penstock.batch.items import Item
+    from penstock.batch.runner import _answered, _retry_after
+
+    item = Item(4, b"{}", id="x", position=4)
+    assert _answered(item, b'{"a": [1, "\\u00e9"]}') == {
+        "index": 4,
+        "id": "x",
+        "output": {"a": [1, "é"]},
+    }
+    cut = _answered(item, b'{"text": "cut \\ud83d"}')  # a lone surrogate: an emoji cut in two
+    assert "lone surrogate" in cut["error"]["message"] and cut["error"]["status"] == 200
+    assert "range of a double" in _answered(item, b'{"x": 1e999}')["error"]["message"]
+    assert _answered(item, b"data: one\n\ndata: two\n\n")["output"] == {
+        "text": "data: one\n\ndata: two\n\n"
+    }
+    assert _retry_after({"Retry-After": "\u00b2"}, 0) == 0.5  # not ASCII digits: the backoff
+    assert _retry_after({"Retry-After": "0"}, 3) == 0.05  # a floor: no hot loop
+    assert _retry_after({"Retry-After": "120"}, 0) == 10.0

@@ -48,8 +48,12 @@ class OrderedOutput:
         self.sync_seconds = sync_seconds
         self.done = 0
         """Input lines whose record is in the output (durable once synced)."""
+        self.failed = 0
+        """Of those, the records that hold an error (kept across resumes, for the exit code)."""
         self.complete = False
-        self._waiting: dict[int, bytes] = {}
+        self.waiting_bytes = 0
+        """The size of the records finished but waiting for an earlier line."""
+        self._waiting: dict[int, tuple[bytes, bool]] = {}
         self._bytes = 0
         self._synced_at = time.monotonic()
         self._file: BinaryIO | None = None
@@ -66,6 +70,7 @@ class OrderedOutput:
             mode = "wb"
         else:
             self.done, self._bytes = int(state["done"]), int(state["bytes"])
+            self.failed = int(state.get("failed", 0))
             self.complete = bool(state.get("complete"))
             size = self.output.stat().st_size if self.output.exists() else 0
             if size < self._bytes:
@@ -111,28 +116,43 @@ class OrderedOutput:
         """The record of input line `index`; written once every earlier line is."""
         if index < self.done or index in self._waiting:
             raise CheckpointError(f"input line {index + 1} has a record already")
-        line = json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
-        self._waiting[index] = line.encode()
+        # The records are values parsed by a strict JSON parser (no NaN, no lone surrogates).
+        line = json.dumps(record, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        data = (line + "\n").encode()
+        self._waiting[index] = (data, "error" in record)
+        self.waiting_bytes += len(data)
         assert self._file is not None, "open() first"
         while self.done in self._waiting:
-            data = self._waiting.pop(self.done)
+            data, failed = self._waiting.pop(self.done)
+            self.waiting_bytes -= len(data)
             self._file.write(data)
             self._bytes += len(data)
             self.done += 1
-        if time.monotonic() - self._synced_at >= self.sync_seconds:
-            self.sync()
+            self.failed += failed
 
-    def sync(self, *, complete: bool = False) -> None:
-        """Make the output durable up to `done`, then record that in the checkpoint."""
+    def sync_due(self) -> bool:
+        return time.monotonic() - self._synced_at >= self.sync_seconds
+
+    def snapshot(self) -> tuple[int, int, int]:
+        """(done, bytes, failed) as of now; take it where put() runs, then sync() it in a
+        thread while put() goes on: the checkpoint never counts bytes of a line it does not."""
+        self._synced_at = time.monotonic()
+        return self.done, self._bytes, self.failed
+
+    def sync(self, snapshot: tuple[int, int, int] | None = None, *, complete: bool = False) -> None:
+        """Make the output durable up to the snapshot (default: now), then record that in the
+        checkpoint. Blocking: from async code, call it in a thread."""
         assert self._file is not None
+        done, size, failed = snapshot or self.snapshot()
         self._file.flush()
         os.fsync(self._file.fileno())
         self.complete = complete
         state = {
             "version": VERSION,
             "run": self.run_id,
-            "done": self.done,
-            "bytes": self._bytes,
+            "done": done,
+            "bytes": size,
+            "failed": failed,
             "complete": complete,
         }
         temporary = self.path.with_name(self.path.name + ".tmp")
@@ -146,7 +166,6 @@ class OrderedOutput:
             os.fsync(directory)
         finally:
             os.close(directory)
-        self._synced_at = time.monotonic()
 
     def close(self, *, complete: bool = False) -> None:
         if self._file is None:

@@ -34,6 +34,9 @@ from penstock.dev.processes import DevError
 from penstock.errors import PenstockError
 
 EXIT_FAILED_ITEMS = 2
+# The input or output cannot be used (missing, refused, another run's): retrying cannot help.
+# A PipelineRun's Job fails at once on it (render/run.py); 1 stays Python's, for a crash.
+EXIT_UNUSABLE = 3
 EXIT_INTERRUPTED = 130
 
 
@@ -277,7 +280,9 @@ def _local_output(args: argparse.Namespace, shard: tuple[int, int] | None) -> Pa
     """The file the records are written to: --output, or for a URL a file under --work-dir."""
     if not is_remote(args.output):
         return Path(args.output)
-    work = Path(args.work_dir or tempfile.mkdtemp(prefix="penstock-batch-"))
+    # Derived from the arguments, so that the same command finds its checkpoint again.
+    key = fingerprint(args.target, args.input, {"shard": args.shard, "out": args.output})
+    work = Path(args.work_dir or Path(tempfile.gettempdir()) / f"penstock-batch-{key}")
     work.mkdir(parents=True, exist_ok=True)
     return work / part_name(shard or (0, 1))
 
@@ -355,7 +360,7 @@ def run_command(args: argparse.Namespace) -> int:
                     print(f"penstock batch: floors restored{note}", file=sys.stderr)
     print(_summary_text(summary, args.output), file=sys.stderr)
     _write_report(args.report, summary.report())
-    return EXIT_FAILED_ITEMS if summary.failed and not args.allow_item_errors else 0
+    return EXIT_FAILED_ITEMS if summary.failed_total and not args.allow_item_errors else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -366,7 +371,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return run_command(args)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):
         print(
             "penstock batch: interrupted"
             + (
@@ -379,7 +384,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except (PenstockError, DevError, ValueError) as error:
         print(f"penstock batch: error: {error}", file=sys.stderr)
-        return 1
+        return EXIT_UNUSABLE
     finally:
         signal.signal(signal.SIGTERM, previous)
 

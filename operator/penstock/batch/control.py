@@ -3,8 +3,9 @@
 Every window (enough completions, or a few seconds) the controller compares the window's
 throughput with the best it has seen:
 
-- overload (429, 503, a refused connection) or errors: back off multiplicatively (x0.7) and
-  remember the ceiling, so it does not climb straight back into it;
+- shed load (429, 503) or failures of the pipeline (502, 504, lost calls) above 5% of the
+  window: back off multiplicatively (x0.7) and remember the ceiling, so it does not climb
+  straight back into it (an item's own error, a 400 say, says nothing of the load);
 - p95 latency over the bound: step down (the bound is --max-p95 or, by default, 4x the p95 of
   the first window, the pipeline's unloaded latency, at least 1 s);
 - throughput up by more than 5% on the best: climb (x1.5, at least +1), up to the ceiling;
@@ -80,13 +81,17 @@ class ConcurrencyController:
         self._window = Window(now)
         self.history: list[Decision] = []
 
-    def record(self, latency_seconds: float, *, ok: bool, overloaded: bool = False) -> None:
+    def record(
+        self, latency_seconds: float, *, ok: bool, overloaded: bool = False, failed: bool = False
+    ) -> None:
+        """One answer: ok, shed (429/503), a failure of the pipeline (502/504, a lost call),
+        or none of these (an item's own error: it says nothing of the load)."""
         if overloaded:
             self._window.overloaded += 1
+        elif failed:
+            self._window.errors += 1
         elif ok:
             self._window.latencies.append(latency_seconds)
-        else:
-            self._window.errors += 1
 
     def tick(self, now: float) -> Decision | None:
         """Close the window when it is long enough; the new limit, or None (window open)."""
@@ -112,7 +117,7 @@ class ConcurrencyController:
         limit = self.limit
         if self.fixed:
             return Decision(limit, "fixed", throughput, p95)
-        if window.overloaded or window.errors:
+        if window.overloaded or window.errors > 0.05 * window.completions:
             self.ceiling = max(self.low, limit - 1)
             self.best_throughput *= 0.8  # the pipeline changed: measure the best again
             return Decision(math.floor(limit * 0.7), "overloaded", throughput, p95)

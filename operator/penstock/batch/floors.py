@@ -20,7 +20,11 @@ JSON_PATCH = "application/json-patch+json"
 
 
 class FloorsError(PenstockError):
-    """The Pipeline cannot be read or patched."""
+    """The Pipeline cannot be read or patched; status: the apiserver's (0 when none)."""
+
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass(frozen=True)
@@ -117,7 +121,8 @@ class PipelineFloors:
         except ApiException as error:
             raise FloorsError(
                 f"--apply-plan: {what} Pipeline {self.namespace}/{self.name}: "
-                f"{error.status} {error.reason}"
+                f"{error.status} {error.reason}",
+                int(error.status or 0),
             ) from None
 
     def apply(self, plan: Plan) -> list[Floor]:
@@ -133,8 +138,10 @@ class PipelineFloors:
         return self.floors
 
     def restore(self) -> list[str]:
-        """Put the floors back; the stages left as they were found (a user changed them)."""
-        kept = []
+        """Put the floors back; the stages left as they were found (a user changed them).
+        Any other failure is raised once every floor was tried (saying which were not)."""
+        kept: list[str] = []
+        failed: list[str] = []
         for floor in self.floors:
             try:
                 self._call(
@@ -143,7 +150,10 @@ class PipelineFloors:
                     restore_patch(floor),
                     _content_type=JSON_PATCH,
                 )
-            except FloorsError:
-                kept.append(floor.stage)
+            except FloorsError as error:
+                # 422: a test op failed: the stage's floor or place changed since the run set it.
+                (kept if error.status == 422 else failed).append(f"{floor.stage} ({error})")
         self.floors = []
-        return kept
+        if failed:
+            raise FloorsError(f"--apply-plan: floors not restored: {'; '.join(failed)}")
+        return [entry.split(" (", 1)[0] for entry in kept]

@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import io
 import sys
+import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 from urllib.parse import urlsplit
 
 from penstock.dataplane.jsonbody import JsonBodyError, parse
 from penstock.errors import PenstockError
+
+T = TypeVar("T")
 
 
 class InputError(PenstockError):
@@ -67,14 +71,7 @@ def open_input(source: str, timeout: float = 60) -> IO[bytes]:
         return sys.stdin.buffer
     scheme = urlsplit(source).scheme
     if scheme in ("http", "https"):
-        try:
-            response: IO[bytes] = urllib.request.urlopen(source, timeout=timeout)
-        except urllib.error.HTTPError as error:
-            raise InputError(f"input {source}: HTTP {error.code} {error.reason}") from None
-        except (urllib.error.URLError, OSError) as error:
-            reason = getattr(error, "reason", error)
-            raise InputError(f"input {source}: cannot connect: {reason}") from None
-        return response
+        return _open_http(source, timeout)
     if scheme == "s3":
         return _open_s3(source)
     if scheme:
@@ -83,6 +80,41 @@ def open_input(source: str, timeout: float = 60) -> IO[bytes]:
         return Path(source).open("rb")
     except OSError as error:
         raise InputError(f"input {source}: {error.strerror or error}") from None
+
+
+# Waits between tries of a GET or PUT that failed for a reason that may pass (5xx, no answer).
+RETRY_WAITS = (1.0, 2.0, 4.0)
+
+
+def retrying(what: str, call: Callable[[], T]) -> T:
+    """call(), tried again after RETRY_WAITS when it raises a TransientError."""
+    for wait in (*RETRY_WAITS, None):
+        try:
+            return call()
+        except TransientError as error:
+            if wait is None:
+                raise InputError(f"{what}: {error} (after {len(RETRY_WAITS) + 1} tries)") from None
+            time.sleep(wait)
+    raise AssertionError("unreachable")
+
+
+class TransientError(Exception):
+    """A failure worth another try."""
+
+
+def _open_http(source: str, timeout: float) -> IO[bytes]:
+    def get() -> IO[bytes]:
+        try:
+            response: IO[bytes] = urllib.request.urlopen(source, timeout=timeout)
+        except urllib.error.HTTPError as error:
+            if error.code >= 500 or error.code == 429:
+                raise TransientError(f"HTTP {error.code} {error.reason}") from None
+            raise InputError(f"input {source}: HTTP {error.code} {error.reason}") from None
+        except (urllib.error.URLError, OSError) as error:
+            raise TransientError(f"cannot connect: {getattr(error, 'reason', error)}") from None
+        return response
+
+    return retrying(f"input {source}", get)
 
 
 def _open_s3(source: str) -> IO[bytes]:
@@ -149,8 +181,11 @@ def count_lines(source: str) -> int | None:
         return None
     total = 0
     ended = True
-    with Path(source).open("rb") as stream:
-        while chunk := stream.read(1 << 20):
-            total += chunk.count(b"\n")
-            ended = chunk.endswith(b"\n")
+    try:
+        with Path(source).open("rb") as stream:
+            while chunk := stream.read(1 << 20):
+                total += chunk.count(b"\n")
+                ended = chunk.endswith(b"\n")
+    except OSError:
+        return None  # reading it says why (open_input)
     return total if ended else total + 1

@@ -14,8 +14,8 @@ record says:
 from __future__ import annotations
 
 import asyncio
-import json
 import random
+import signal
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -30,11 +30,18 @@ from penstock.batch.checkpoint import CheckpointError, OrderedOutput
 from penstock.batch.control import ConcurrencyController, percentile
 from penstock.batch.items import Item, open_input, parse_item, read_lines, skip_lines
 from penstock.batch.progress import Progress
+from penstock.dataplane.jsonbody import JsonBodyError, parse
 
 # Answers worth another try: the pipeline is overloaded or a replica went away.
 RETRIED = frozenset({429, 502, 503, 504})
 OVERLOAD = frozenset({429, 503})
 READ_CHUNK = 512
+LATENCY_SAMPLES = 100_000
+# Records finished ahead of an unfinished earlier line, held in memory: at most this many, and
+# at most these bytes (a slow item holds the output back; the rest must not fill the memory).
+AHEAD_RECORDS = 8192
+AHEAD_BYTES = 64 << 20
+MIN_WAIT = 0.05
 MESSAGE_BYTES = 2000
 
 
@@ -71,6 +78,9 @@ class Summary:
     retries: int = 0
     seconds: float = 0.0
     latencies: list[float] = field(default_factory=list)
+    """A uniform sample of the successful items' latencies (at most LATENCY_SAMPLES)."""
+    failed_total: int = 0
+    """Error records in the whole output, earlier runs included."""
     final_concurrency: int = 0
     peak_concurrency: int = 0
     complete: bool = False
@@ -87,6 +97,15 @@ class Summary:
         hours = Decimal(str(self.seconds)) / 3600
         return self.hourly_cost * hours / self.processed * 1000
 
+    def add_latency(self, seconds: float) -> None:
+        """Reservoir sampling: memory stays bounded however many items a shard has."""
+        if len(self.latencies) < LATENCY_SAMPLES:
+            self.latencies.append(seconds)
+            return
+        slot = random.randrange(self.succeeded)
+        if slot < LATENCY_SAMPLES:
+            self.latencies[slot] = seconds
+
     def report(self) -> dict[str, Any]:
         cost = self.cost_per_1000
         return {
@@ -95,6 +114,7 @@ class Summary:
             "processed": self.processed,
             "succeeded": self.succeeded,
             "failed": self.failed,
+            "failed_total": self.failed_total,
             "retries": self.retries,
             "seconds": round(self.seconds, 3),
             "items_per_hour": round(self.items_per_hour, 1),
@@ -127,14 +147,24 @@ def _error(item: Item, status: int | None, message: str) -> dict[str, Any]:
 
 
 def _retry_after(headers: Mapping[str, str], attempt: int) -> float:
-    value = str(headers.get("Retry-After", ""))
-    if value.isdigit():
-        return min(10.0, float(value))
-    return min(10.0, 0.1 * 2.0**attempt)
+    value = str(headers.get("Retry-After", "")).strip()
+    if value.isascii() and value.isdigit():  # delta-seconds ("²" is a digit, not ASCII)
+        return min(10.0, max(MIN_WAIT, float(value)))
+    return _backoff(attempt)
+
+
+def _backoff(attempt: int) -> float:
+    return min(10.0, 0.5 * 2.0**attempt)
 
 
 class Sender:
-    """One item to the router, with retries; every attempt is reported to the controller."""
+    """One item to the router, with retries; every attempt is reported to the controller.
+
+    Shed load (429/503) is retried after its Retry-After while the item has time: the pipeline
+    said "later". 502/504 and lost calls are retried --retries times with backoff (0.5 s,
+    doubling). Any other answer is the item's record. Every attempt runs within what is left
+    of the item's --timeout-seconds.
+    """
 
     def __init__(
         self,
@@ -152,34 +182,41 @@ class Sender:
     async def send(self, item: Item) -> Outcome:
         assert item.body is not None
         attempt, started = 0, self.clock()
+        deadline = started + self.options.timeout_seconds
         while True:
             began = self.clock()
             status, text, wait = None, "", 0.0
+            budget = aiohttp.ClientTimeout(total=max(deadline - began, MIN_WAIT))
             try:
                 async with self.session.post(
-                    self.options.url, data=item.body, headers=self.headers
+                    self.options.url, data=item.body, headers=self.headers, timeout=budget
                 ) as response:
                     raw = await response.read()
                     status = response.status
                     latency = self.clock() - began
                     if status == 200:
                         self.controller.record(latency, ok=True)
-                        return Outcome(_record(item, output=_answer(raw)), True, latency, attempt)
+                        record = _answered(item, raw)
+                        return Outcome(record, "error" not in record, latency, attempt)
                     text = raw.decode("utf-8", "replace")
                     wait = _retry_after(response.headers, attempt)
             except (TimeoutError, aiohttp.ClientError, OSError) as error:
                 text = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
-                wait = min(10.0, 0.1 * 2.0**attempt)
+                wait = _backoff(attempt)
             overloaded = status in OVERLOAD
+            transient = status is None or status in RETRIED
+            # The controller backs off on shed load and on the pipeline failing (502/504, lost
+            # calls), not on an item's own error (a 400 for a bad item says nothing of load).
             self.controller.record(
-                self.clock() - began, ok=False, overloaded=overloaded or status is None
+                self.clock() - began,
+                ok=False,
+                overloaded=overloaded,
+                failed=transient and not overloaded,
             )
-            # Shed load is retried while the item has time (the pipeline said: later); other
-            # transient failures --retries times.
             wait *= 1 + random.random() / 2  # jitter: the shed items do not return together
-            out_of_time = self.clock() + wait - started > self.options.timeout_seconds
+            out_of_time = self.clock() + wait > deadline
             spent = not overloaded and attempt >= self.options.retries
-            if (status is not None and status not in RETRIED) or out_of_time or spent:
+            if not transient or out_of_time or spent:
                 detail = text.strip() or f"HTTP {status}"
                 if attempt:
                     detail += f" (after {attempt + 1} attempts)"
@@ -189,38 +226,66 @@ class Sender:
             await asyncio.sleep(wait)
 
 
-def _answer(raw: bytes) -> Any:
-    """The router's answer: JSON, or the text of a streamed output that is not one JSON value."""
+def _answered(item: Item, raw: bytes) -> dict[str, Any]:
+    """The record of an answer: its JSON, the text of a streamed output that is not one JSON
+    value, or an error when it holds what no JSON line can (a lone surrogate, NaN)."""
     try:
-        return json.loads(raw)
-    except ValueError:
-        return {"text": raw.decode("utf-8", "replace")}
+        value, _ = parse(raw)
+    except JsonBodyError as error:
+        if raw.lstrip()[:1] in (b"{", b"["):
+            return _error(item, 200, f"the answer {error}")
+        try:
+            return _record(item, output={"text": raw.decode("utf-8")})
+        except UnicodeDecodeError:
+            return _error(item, 200, f"the answer {error}")
+    return _record(item, output=value)
 
 
 async def run(options: Options, progress: Progress | None = None) -> Summary:
-    """The whole batch (or its rest, when the output's checkpoint says where a run stopped)."""
+    """The whole batch (or its rest, when the output's checkpoint says where a run stopped).
+
+    SIGTERM cancels it like Ctrl-C: in-flight items are dropped, the output is synced up to
+    the last line written, and the same command resumes from there.
+    """
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    previous = signal.getsignal(signal.SIGTERM)
+    loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        return await _run(options, progress)
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+        signal.signal(signal.SIGTERM, previous)
+
+
+async def _run(options: Options, progress: Progress | None) -> Summary:
     output = OrderedOutput(options.output, options.run_id)
     summary = Summary(hourly_cost=options.hourly_cost)
     started = time.monotonic()
     # The input first: when it cannot be read, nothing is written.
     stream = await asyncio.to_thread(open_input, options.source)
     try:
-        summary.done_before = output.open()
+        summary.done_before = await asyncio.to_thread(output.open)
         if not output.complete:
-            # A shard's done items are its first ones: they lie in the first done x n lines.
-            lines_done = summary.done_before * options.shard[1]
+            # A shard's first `done` items are done: shard k's i-th item is line i x n + k,
+            # so they end at line (done - 1) x n + k; skip the first done x n lines.
+            shard, shards = options.shard
+            needed = (summary.done_before - 1) * shards + shard + 1
+            lines_done = summary.done_before * shards
             skipped = await asyncio.to_thread(skip_lines, stream, lines_done)
-            if skipped < lines_done and summary.done_before:
+            if summary.done_before and skipped < needed:
                 raise CheckpointError(
-                    f"the input has {skipped} lines, fewer than the {lines_done} the "
-                    "checkpoint says are done: not the input of that run"
+                    f"the input has {skipped} lines, fewer than the {needed} the checkpoint "
+                    "says are done: not the input of that run"
                 )
             summary.complete = await _drive(options, output, stream, summary, progress, started)
         else:
             summary.complete = True
     finally:
         summary.seconds = time.monotonic() - started
-        output.close(complete=summary.complete)
+        await asyncio.to_thread(output.close, complete=summary.complete)
+        summary.failed_total = output.failed
         if options.source != "-":
             stream.close()
     return summary
@@ -242,8 +307,6 @@ async def _drive(
         high=fixed or options.max_concurrency,
         max_p95_seconds=options.max_p95_seconds,
     )
-    # How far ahead of the first unfinished line items may run: bounds the records held.
-    ahead = max(1024, 8 * controller.high)
     connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30)
     timeout = aiohttp.ClientTimeout(total=options.timeout_seconds)
     queue: deque[Item] = deque()
@@ -271,7 +334,8 @@ async def _drive(
                 while (
                     queue
                     and len(inflight) < controller.limit
-                    and queue[0].position - output.done < ahead
+                    and queue[0].position - output.done < AHEAD_RECORDS
+                    and output.waiting_bytes < AHEAD_BYTES
                 ):
                     item = queue.popleft()
                     if item.body is None:
@@ -295,9 +359,11 @@ async def _drive(
                     summary.retries += outcome.retries
                     if outcome.ok:
                         summary.succeeded += 1
-                        summary.latencies.append(outcome.latency)
+                        summary.add_latency(outcome.latency)
                     else:
                         summary.failed += 1
+                if output.sync_due():
+                    await asyncio.to_thread(output.sync, output.snapshot())
                 controller.tick(time.monotonic())
                 summary.final_concurrency = controller.limit
                 summary.peak_concurrency = controller.peak

@@ -9,6 +9,7 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from penstock.batch.items import InputError, TransientError, retrying
 from penstock.errors import PenstockError
 
 
@@ -39,23 +40,32 @@ def upload(path: Path, url: str, timeout: float = 300) -> None:
         _upload_s3(path, url)
         return
     size = path.stat().st_size
-    with path.open("rb") as body:
-        request = urllib.request.Request(
-            url,
-            data=body,
-            method="PUT",
-            headers={"Content-Type": "application/x-ndjson", "Content-Length": str(size)},
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                response.read()
-        except urllib.error.HTTPError as error:
-            raise OutputError(
-                f"output {url}: PUT answered HTTP {error.code} {error.reason}"
-            ) from None
-        except (urllib.error.URLError, OSError) as error:
-            reason = getattr(error, "reason", error)
-            raise OutputError(f"output {url}: cannot PUT: {reason}") from None
+
+    def put() -> None:
+        with path.open("rb") as body:
+            request = urllib.request.Request(
+                url,
+                data=body,
+                method="PUT",
+                headers={"Content-Type": "application/x-ndjson", "Content-Length": str(size)},
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=timeout) as response:
+                    response.read()
+            except urllib.error.HTTPError as error:
+                if error.code >= 500 or error.code == 429:
+                    raise TransientError(f"PUT answered HTTP {error.code} {error.reason}") from None
+                raise OutputError(
+                    f"output {url}: PUT answered HTTP {error.code} {error.reason}"
+                ) from None
+            except (urllib.error.URLError, OSError) as error:
+                reason = getattr(error, "reason", error)
+                raise TransientError(f"cannot PUT: {reason}") from None
+
+    try:
+        retrying(f"output {url}", put)
+    except InputError as error:  # retrying's "gave up", here about the output
+        raise OutputError(str(error)) from None
 
 
 def _upload_s3(path: Path, url: str) -> None:

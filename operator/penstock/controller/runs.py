@@ -20,42 +20,61 @@ from pydantic import ValidationError
 from penstock.api.run import PipelineRunSpec, PipelineRunStatus, RunPhase
 from penstock.api.validation import validate_run_spec
 from penstock.controller.conditions import Verdict, find, now_rfc3339, set_conditions
-from penstock.controller.kube import Kube
+from penstock.controller.kube import Kube, KubeError
 from penstock.controller.reconcile import EmitEvent
 from penstock.controller.settings import OperatorSettings
-from penstock.render.run import run_job, run_job_name
+from penstock.render.run import EXIT_UNUSABLE, run_job, run_job_name
 
 log = logging.getLogger("penstock.runs")
 SPEC_ANNOTATION = "penstock.dev/run-generation"
 
 
-def _summary(pod: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The shard's summary (its termination message), when it ended with one."""
+def _index(pod: Mapping[str, Any]) -> str:
+    annotations = pod.get("metadata", {}).get("annotations", {})
+    return str(annotations.get("batch.kubernetes.io/job-completion-index", "?"))
+
+
+def _terminated(pod: Mapping[str, Any]) -> dict[str, Any]:
     for status in pod.get("status", {}).get("containerStatuses") or []:
-        terminated = (status.get("state") or {}).get("terminated") or {}
-        if status.get("name") == "batch" and terminated.get("exitCode") == 0:
-            try:
-                summary = json.loads(terminated.get("message") or "")
-            except ValueError:
-                return None
-            return summary if isinstance(summary, dict) else None
-    return None
+        if status.get("name") == "batch":
+            return dict((status.get("state") or {}).get("terminated") or {})
+    return {}
 
 
-def _failure(pods: Sequence[Mapping[str, Any]]) -> str | None:
-    """The last words of a failed shard: its termination message (the log tail)."""
+def _summaries(pods: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Each finished shard's summary (its termination message), one per completion index."""
+    found: dict[str, tuple[str, dict[str, Any]]] = {}
     for pod in pods:
-        for status in pod.get("status", {}).get("containerStatuses") or []:
-            terminated = (status.get("state") or {}).get("terminated") or {}
-            if terminated.get("exitCode") not in (None, 0):
-                message = " ".join(str(terminated.get("message") or "").split())
-                index = (
-                    pod.get("metadata", {})
-                    .get("annotations", {})
-                    .get("batch.kubernetes.io/job-completion-index", "?")
-                )
-                return f"shard {index} exited {terminated['exitCode']}: {message[-600:]}"
-    return None
+        terminated = _terminated(pod)
+        if terminated.get("exitCode") != 0:
+            continue
+        try:
+            summary = json.loads(terminated.get("message") or "")
+        except ValueError:
+            continue
+        finished = str(terminated.get("finishedAt") or "")
+        if isinstance(summary, dict) and finished >= found.get(_index(pod), ("", {}))[0]:
+            found[_index(pod)] = (finished, summary)
+    return [summary for _, summary in found.values()]
+
+
+def _failure(job_failed: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> str:
+    """Why the Job failed: its own condition, and with the pod failure policy, the words of
+    the shard that could not use its input or output (its log tail)."""
+    reason = str(job_failed.get("reason") or "Failed")
+    text = f"{reason}: {job_failed.get('message') or 'the Job failed'}"
+    if reason != "PodFailurePolicy":
+        return text
+    unusable = [
+        (str(terminated.get("finishedAt") or ""), pod, terminated)
+        for pod in pods
+        if (terminated := _terminated(pod)).get("exitCode") == EXIT_UNUSABLE
+    ]
+    if not unusable:
+        return text
+    _, pod, terminated = max(unusable, key=lambda found: found[0])
+    words = " ".join(str(terminated.get("message") or "").split())[-600:]
+    return f"shard {_index(pod)} exited {EXIT_UNUSABLE}: {words}"
 
 
 def _seconds(start: str | None, end: str | None) -> float | None:
@@ -86,16 +105,15 @@ def run_status(
     pipeline: Mapping[str, Any] | None,
     previous: PipelineRunStatus,
     now: str,
+    waiting: str | None = None,
 ) -> PipelineRunStatus:
-    """The status a run's observed objects call for (pure)."""
+    """The status a run's observed objects call for (pure); `waiting`: why it has no Job."""
     verdicts = [
         Verdict("Valid", invalid is None, "SpecInvalid" if invalid else "SpecValid", invalid or "")
     ]
     if job is None:
         phase: RunPhase = "Failed" if invalid and previous.job_name is None else "Pending"
-        waiting = invalid or (
-            f"Pipeline {spec.pipeline} does not exist" if spec and pipeline is None else ""
-        )
+        waiting = invalid or waiting or ""
         verdicts += [
             Verdict("Complete", False, "NotStarted", waiting),
             Verdict("Failed", phase == "Failed", "SpecInvalid" if invalid else "NotStarted", ""),
@@ -109,7 +127,7 @@ def run_status(
     conditions = {c.get("type"): c for c in job_status.get("conditions") or []}
     completions = int(job.get("spec", {}).get("completions", 1))
     succeeded = int(job_status.get("succeeded", 0))
-    summaries = [s for pod in pods if (s := _summary(pod)) is not None]
+    summaries = _summaries(pods)
     done = sum(int(s.get("resumed_after", 0)) + int(s.get("processed", 0)) for s in summaries)
     failed_items = sum(int(s.get("failed", 0)) for s in summaries)
     start = job_status.get("startTime")
@@ -131,7 +149,7 @@ def run_status(
         per_thousand = hourly * Decimal(str(elapsed)) / 3600 / done * 1000
         cost = f"{per_thousand:.6f}"
     why = conditions.get("Failed", {})
-    failure = _failure(pods) or why.get("message") or why.get("reason") or "the Job failed"
+    failure = _failure(why, pods) if failed else ""
     verdicts += [
         Verdict(
             "Complete",
@@ -143,7 +161,7 @@ def run_status(
             "Failed",
             failed,
             str(why.get("reason") or "Failed") if failed else "NotFailed",
-            failure if failed else "",
+            failure,
         ),
     ]
     return PipelineRunStatus(
@@ -192,12 +210,21 @@ class RunReconciler:
         invalid = "; ".join(str(problem) for problem in problems) or None
         job = self.kube.get("Job", namespace, run_job_name(name))
         pipeline = self.kube.get("Pipeline", namespace, spec.pipeline) if spec else None
-        if job is None and spec is not None and pipeline is not None and not _finished(previous):
-            manifest = run_job(name, namespace, meta["uid"], spec, self.settings)
-            manifest["metadata"]["annotations"] = {SPEC_ANNOTATION: str(generation)}
-            if self.kube.create(manifest):
-                self.emit(body, "Normal", "Created", f"created Job {manifest['metadata']['name']}")
-            job = self.kube.get("Job", namespace, run_job_name(name))
+        waiting = None
+        if _finished(previous) and (job is None or not _owned(job, meta["uid"])):
+            return False  # its Job is gone (deleted by hand, or collected): the result stays
+        if job is not None and not _owned(job, meta["uid"]):
+            # An earlier run of the same name (garbage collection is still deleting its Job),
+            # or a Job someone else made: never adopted, never counted.
+            waiting = f"Job {job['metadata']['name']} is not this run's: waiting for it to go"
+            job = None
+        elif job is None and spec is not None and not _finished(previous):
+            if pipeline is None:
+                waiting = f"Pipeline {spec.pipeline} does not exist"
+            elif not _ready(pipeline):
+                waiting = f"Pipeline {spec.pipeline} is not Ready yet"
+            else:
+                job, waiting = self._create_job(body, spec, generation)
         if job is not None:
             started_as = job["metadata"].get("annotations", {}).get(SPEC_ANNOTATION)
             if started_as is not None and started_as != str(generation) and invalid is None:
@@ -205,10 +232,13 @@ class RunReconciler:
                     f"the spec changed after the Job started (generation {started_as}): a "
                     "running Job keeps its spec; delete and create the PipelineRun to rerun"
                 )
-        pods = (
-            self.kube.list("Pod", namespace, f"penstock.dev/run={name}") if job is not None else []
+        pods = []
+        if job is not None:
+            selector = f"batch.kubernetes.io/controller-uid={job['metadata']['uid']}"
+            pods = self.kube.list("Pod", namespace, selector)
+        status = run_status(
+            generation, spec, invalid, job, pods, pipeline, previous, now_rfc3339(), waiting
         )
-        status = run_status(generation, spec, invalid, job, pods, pipeline, previous, now_rfc3339())
         document = status.to_wire()
         if document == written:
             return False
@@ -226,6 +256,37 @@ class RunReconciler:
             patch.setdefault(key, None)
         self.kube.patch_status("PipelineRun", namespace, name, patch)
         return True
+
+    def _create_job(
+        self, body: Mapping[str, Any], spec: PipelineRunSpec, generation: int
+    ) -> tuple[dict[str, Any] | None, str | None]:
+        """The new Job, or why there is none (the apiserver's refusal, e.g. a quota)."""
+        meta = body["metadata"]
+        manifest = run_job(meta["name"], meta["namespace"], meta["uid"], spec, self.settings)
+        manifest["metadata"]["annotations"] = {SPEC_ANNOTATION: str(generation)}
+        job_name = manifest["metadata"]["name"]
+        try:
+            if self.kube.create(manifest):
+                self.emit(body, "Normal", "Created", f"created Job {job_name}")
+        except KubeError as error:
+            if error.status in (0, 429) or error.status >= 500:
+                raise  # the apiserver is away: the queue retries with backoff
+            message = f"the apiserver refused Job {job_name}: {error}"
+            self.emit(body, "Warning", "JobRefused", message[:1024])
+            return None, message
+        job = self.kube.get("Job", meta["namespace"], job_name)
+        if job is not None and not _owned(job, meta["uid"]):
+            return None, f"Job {job_name} is not this run's: waiting for it to go"
+        return job, None
+
+
+def _owned(job: Mapping[str, Any], uid: str) -> bool:
+    return any(ref.get("uid") == uid for ref in job["metadata"].get("ownerReferences") or [])
+
+
+def _ready(pipeline: Mapping[str, Any]) -> bool:
+    conditions = (pipeline.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
 
 def _finished(status: PipelineRunStatus) -> bool:

@@ -4,7 +4,7 @@ Pure: the run's identity and spec in, the Job manifest out. Each pod takes the i
 index modulo `parallelism` is its completion index, sends them through the Pipeline's router
 Service, writes its records to an emptyDir and uploads them to `output` when it is done; its
 summary (items, failures, items/hour) is its termination message, which the operator adds up.
-An input or output that cannot be used is exit 1, which fails the Job at once (podFailurePolicy):
+An input or output that cannot be used is exit 3, which fails the Job at once (podFailurePolicy):
 retrying cannot help, and a crash loop would hide the reason.
 """
 
@@ -21,9 +21,9 @@ from penstock.render.security import container_security_context, pod_security_co
 from penstock.render.settings import RenderSettings
 
 # penstock batch's exit status when the input or output cannot be used (batch/command.py).
-EXIT_UNUSABLE = 1
+EXIT_UNUSABLE = 3
 WORK_DIR = "/work"
-# Retries of a shard that failed otherwise (a node lost, the router gone for a while).
+# Retries of each shard that failed otherwise (a node lost, the router gone for a while).
 SHARD_RETRIES = 2
 
 
@@ -95,7 +95,8 @@ def run_job(
         "completionMode": "Indexed",
         "completions": spec.parallelism,
         "parallelism": spec.parallelism,
-        "backoffLimit": SHARD_RETRIES * spec.parallelism,
+        # Per index: one shard that keeps failing does not spend the others' retries.
+        "backoffLimitPerIndex": SHARD_RETRIES,
         "podFailurePolicy": {
             "rules": [
                 {
@@ -117,7 +118,7 @@ def run_job(
                 "enableServiceLinks": False,
                 "securityContext": pod_security_context(),
                 "containers": [container],
-                "volumes": [{"name": "work", "emptyDir": {"sizeLimit": "1Gi"}}],
+                "volumes": [{"name": "work", "emptyDir": {"sizeLimit": "20Gi"}}],
             },
         },
     }

@@ -333,7 +333,8 @@ class Router(Server):
                         if response.status in OVERLOADED:
                             # Backpressure reaches the client: it should slow down, not give up.
                             given = (response.header("Retry-After") or "").strip()
-                            retry_after = given if given.isdigit() and len(given) < 8 else "1"
+                            delta = given.isascii() and given.isdigit() and len(given) < 8
+                            retry_after = given if delta else "1"
                             raise StageError(name, message, 503, retry_after)
                         raise StageError(name, message)
                     if stream:
