@@ -22,13 +22,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return 0.0
-    rank = max(0, min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1))
-    return ordered[rank]
+from penstock.dev.analyze import percentile
 
 
 @dataclass

@@ -27,10 +27,11 @@ from typing import IO, Any
 import aiohttp
 
 from penstock.batch.checkpoint import CheckpointError, OrderedOutput
-from penstock.batch.control import ConcurrencyController, percentile
+from penstock.batch.control import ConcurrencyController
 from penstock.batch.items import Item, open_input, parse_item, read_lines, skip_lines
 from penstock.batch.progress import Progress
 from penstock.dataplane.jsonbody import JsonBodyError, parse
+from penstock.dev.analyze import percentile
 
 # Answers worth another try: the pipeline is overloaded or a replica went away.
 RETRIED = frozenset({429, 502, 503, 504})

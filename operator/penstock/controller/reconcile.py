@@ -43,7 +43,7 @@ class Outcome:
     status_written: bool = False
 
 
-def _status_patch(previous: Mapping[str, Any], current: dict[str, Any]) -> dict[str, Any]:
+def status_patch(previous: Mapping[str, Any], current: dict[str, Any]) -> dict[str, Any]:
     """A merge patch that also removes keys the new status no longer has."""
     patch: dict[str, Any] = dict(current)
     for key in previous:
@@ -226,7 +226,5 @@ class Reconciler:
         document = status.to_wire()
         if document == written:
             return False
-        self.kube.patch_status(
-            "Pipeline", ref.namespace, ref.name, _status_patch(written, document)
-        )
+        self.kube.patch_status("Pipeline", ref.namespace, ref.name, status_patch(written, document))
         return True

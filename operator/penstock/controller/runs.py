@@ -21,7 +21,7 @@ from penstock.api.run import PipelineRunSpec, PipelineRunStatus, RunPhase
 from penstock.api.validation import validate_run_spec
 from penstock.controller.conditions import Verdict, find, now_rfc3339, set_conditions
 from penstock.controller.kube import Kube, KubeError
-from penstock.controller.reconcile import EmitEvent
+from penstock.controller.reconcile import EmitEvent, status_patch
 from penstock.controller.settings import OperatorSettings
 from penstock.render.run import EXIT_UNUSABLE, run_job, run_job_name
 
@@ -251,10 +251,7 @@ class RunReconciler:
                 else (f"{status.items_done or 0} items, {status.items_failed or 0} failed")
             )
             self.emit(body, "Warning" if now == "Failed" else "Normal", now, message[:1024])
-        patch: dict[str, Any] = dict(document)
-        for key in written:
-            patch.setdefault(key, None)
-        self.kube.patch_status("PipelineRun", namespace, name, patch)
+        self.kube.patch_status("PipelineRun", namespace, name, status_patch(written, document))
         return True
 
     def _create_job(
