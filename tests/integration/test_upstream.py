@@ -147,3 +147,40 @@ async def test_header_bytes_pass_unchanged_and_line_breaks_are_refused() -> None
     assert len(heads) == 1  # nothing was sent for them
     pool.close()
     server.close()
+
+
+async def test_a_refused_connection_is_tried_again_until_the_stage_listens_or_time_ends() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        _, body = await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        await writer.drain()
+        writer.close()
+
+    server, port = await serve(handler)
+    server.close()
+    await server.wait_closed()  # the port refuses now, like a Service without a ready pod
+
+    async def listen_later() -> asyncio.Server:
+        await asyncio.sleep(0.4)
+        return await asyncio.start_server(handler, "127.0.0.1", port)
+
+    later = asyncio.create_task(listen_later())
+    patient = UpstreamPool("127.0.0.1", port, connect_retry_seconds=5)
+    started = asyncio.get_running_loop().time()
+    response = await patient.request("POST", "/", [], b"held")
+    assert (response.status, await response.read()) == (200, b"held")
+    assert asyncio.get_running_loop().time() - started >= 0.3  # it waited for the listener
+    response.release()
+    patient.close()
+    listener = await later
+    listener.close()
+    await listener.wait_closed()
+
+    # With the port closed again, the budget ends in the refusal itself, not a hang.
+    impatient = UpstreamPool("127.0.0.1", port, connect_retry_seconds=0.3)
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(ConnectionRefusedError):
+        await impatient.request("POST", "/", [], b"x")
+    assert 0.1 <= asyncio.get_running_loop().time() - started < 2
+    with pytest.raises(ConnectionRefusedError):  # no budget: the first refusal is the answer
+        await UpstreamPool("127.0.0.1", port).request("POST", "/", [], b"x")

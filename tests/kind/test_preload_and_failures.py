@@ -190,9 +190,15 @@ def test_killing_a_stage_pod_or_its_redis_under_load(
         }
         assert restarts["cache"] >= 1, restarts
         return
-    failures = [(status, body) for status, body, _ in results if status != 200]
-    assert failures, "deleting the only stage pod failed no request: it was not under load"
-    for status, body in failures:
+    # The router tries a refused connection again for a while (the Service has no ready pod
+    # until the replacement is up): a request then either waited or failed cleanly.
+    disrupted = [
+        (status, body) for status, body, seconds in results if status != 200 or seconds > 1
+    ]
+    assert disrupted, "deleting the only stage pod delayed no request: it was not under load"
+    for status, body in disrupted:
+        if status == 200:
+            continue
         assert status in (502, 503, 504), (status, body)
         answer = json.loads(body)
         assert answer.get("stage") == "retrieve" and "retrieve" in answer.get("error", ""), body

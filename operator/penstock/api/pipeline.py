@@ -80,7 +80,9 @@ class Stage(ApiModel):
     cost: Cost | None = None
     """Cost attribution overrides."""
     timeout_seconds: int = Field(default=30, ge=1, le=3600)
-    """Longest time one request to this stage may take. Default 30."""
+    """Longest time one request to this stage may take, including up to 5 s (80% of this at
+    most) in which the router retries a refused connection: the stage had no ready pod. Default
+    30."""
     node_selector: dict[Annotated[str, Field(max_length=317, pattern=RESOURCE_NAME)], Annotated[str, Field(max_length=63, pattern=LABEL_VALUE)]] | None = Field(default=None, max_length=16)  # fmt: skip
     """Node labels the stage's pods must match, e.g. {nvidia.com/gpu.present: "true"}."""
     tolerations: list[Toleration] | None = Field(default=None, max_length=16)

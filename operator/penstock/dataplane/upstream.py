@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import cast
@@ -21,6 +22,8 @@ from urllib.parse import urlsplit
 import httptools
 
 _CHUNK_QUEUE_HIGH = 64  # pause reading the stage when this many chunks wait for the client
+_FIRST_CONNECT_PAUSE = 0.05  # seconds before a refused connection is tried again; doubles
+_LAST_CONNECT_PAUSE = 0.5
 
 
 class UpstreamClosed(ConnectionError):
@@ -238,7 +241,9 @@ def tls_context(ca_file: str | None = None) -> ssl.SSLContext:
     return context
 
 
-def pool_for(url: str, tls: ssl.SSLContext | None = None) -> tuple[UpstreamPool, str]:
+def pool_for(
+    url: str, tls: ssl.SSLContext | None = None, connect_retry_seconds: float = 0.0
+) -> tuple[UpstreamPool, str]:
     """A pool for an ``http(s)://host[:port]/path`` URL and the request target (path and
     query). ``https`` means TLS with ``tls`` (default: :func:`tls_context`) and port 443 when
     none is given; ``http`` means plain HTTP and port 80."""
@@ -248,7 +253,9 @@ def pool_for(url: str, tls: ssl.SSLContext | None = None) -> tuple[UpstreamPool,
     secure = parts.scheme == "https"
     port = parts.port or (443 if secure else 80)
     context = (tls or tls_context()) if secure else None
-    pool = UpstreamPool(parts.hostname, port, tls=context)
+    pool = UpstreamPool(
+        parts.hostname, port, tls=context, connect_retry_seconds=connect_retry_seconds
+    )
     return pool, (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
 
 
@@ -257,12 +264,19 @@ class UpstreamPool:
     when ``tls`` is given (the server's name for SNI and verification is ``host``)."""
 
     def __init__(
-        self, host: str, port: int, max_idle: int = 64, *, tls: ssl.SSLContext | None = None
+        self,
+        host: str,
+        port: int,
+        max_idle: int = 64,
+        *,
+        tls: ssl.SSLContext | None = None,
+        connect_retry_seconds: float = 0.0,
     ) -> None:
         self.host = host
         self.port = port
         self.max_idle = max_idle
         self.tls = tls
+        self.connect_retry_seconds = connect_retry_seconds
         name = f"[{host}]" if ":" in host else host  # an IPv6 literal
         default_port = 443 if tls is not None else 80
         self.authority = name if port == default_port else f"{name}:{port}"
@@ -281,6 +295,21 @@ class UpstreamPool:
             self._idle.remove(connection)
 
     async def _connect(self) -> _Connection:
+        """A new connection. A refused one is tried again, with backoff, for up to
+        ``connect_retry_seconds``: nothing was sent yet, so this is safe for any method, and a
+        Service whose only pod is NotReady for a moment (a sidecar restarting) refuses."""
+        give_up = time.monotonic() + self.connect_retry_seconds
+        pause = _FIRST_CONNECT_PAUSE
+        while True:
+            try:
+                return await self._open()
+            except ConnectionRefusedError:
+                if time.monotonic() + pause > give_up:
+                    raise
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, _LAST_CONNECT_PAUSE)
+
+    async def _open(self) -> _Connection:
         loop = asyncio.get_running_loop()
         if self.tls is None:
             _, connection = await loop.create_connection(

@@ -7,7 +7,8 @@ stage's answer is the response; when it streams (``stream: true``) its body reac
 chunk by chunk with the stage's content type.
 
 Errors are JSON ``{"error", "pipeline", "stage"}``: 400 for a bad request body, 502 when a stage
-fails (non-2xx, connection error, invalid JSON; the other in-flight stages are cancelled), 503
+fails (non-2xx, connection error, invalid JSON; the other in-flight stages are cancelled; a
+refused connection is first tried again for up to ``CONNECT_RETRY_SECONDS``), 503
 with the stage's ``Retry-After`` (1 when it gave none) when a stage is overloaded (it answered
 429 or 503), 504 when a stage's ``timeoutSeconds`` or the pipeline's ``latencyBudgetMs`` runs
 out (``stage`` names the stage still running then).
@@ -60,6 +61,14 @@ JSON_TYPE = "application/json"
 # A stage answering these is overloaded, not broken: the router answers 503 + Retry-After.
 OVERLOADED = frozenset({429, 503})
 MAX_BODY_BYTES = 16 << 20
+# A stage Service refuses connections while its only pod is NotReady for a moment (a sidecar
+# restarting, a rollout's last pod): the router keeps trying that long (at most 80% of the
+# stage's timeoutSeconds, the rest is the stage's to answer in) before it answers 502.
+CONNECT_RETRY_SECONDS = 5.0
+
+
+def connect_retry_seconds(stage: StageRoute) -> float:
+    return min(CONNECT_RETRY_SECONDS, stage.timeout_seconds * 0.8)
 
 
 @dataclass
@@ -125,7 +134,10 @@ class Router(Server):
         tls = None
         if any(urlsplit(url).scheme == "https" for url in self._endpoints.values()):
             tls = tls_context(config.stage_ca_file)
-        self._pools = {name: pool_for(url, tls) for name, url in self._endpoints.items()}
+        self._pools = {
+            name: pool_for(url, tls, connect_retry_seconds(self.topology.stages[name]))
+            for name, url in self._endpoints.items()
+        }
 
     # ----------------------------------------------------------------- lifecycle
 
