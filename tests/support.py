@@ -86,15 +86,25 @@ def wait_http(port: int, path: str, timeout: float = 20.0) -> None:
 
 
 class ScriptServer:
-    """A server (a stage, most often) as a Python process of its own: `code` is run with its
-    port as sys.argv[1], and is ready when GET `health` answers 200."""
+    """A server (a stage, most often) as a Python process of its own, ready when GET `health`
+    answers 200: `code` is run with its port as sys.argv[1], or `argv` with `--port PORT`."""
 
-    def __init__(self, code: str, health: str = "/healthz") -> None:
+    def __init__(
+        self,
+        code: str = "",
+        health: str = "/healthz",
+        *,
+        argv: list[str] | None = None,
+        timeout: float = 20.0,
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.process = subprocess.Popen([sys.executable, "-c", code, str(self.port)])
+        command = [sys.executable, "-c", code, str(self.port)]
+        if argv is not None:
+            command = [*argv, "--port", str(self.port)]
+        self.process = subprocess.Popen(command)
         try:
-            wait_http(self.port, health)
+            wait_http(self.port, health, timeout)
         except BaseException:
             self.stop()
             raise
@@ -103,6 +113,13 @@ class ScriptServer:
         if self.process.poll() is None:
             self.process.kill()
         self.process.wait(5)
+
+
+def embed_stage() -> ScriptServer:
+    """The RAG example's embed stage (all-MiniLM-L6-v2 in numpy, one BLAS thread): POST
+    {"text"} answers {"embedding": [384 floats]}."""
+    app = Path(__file__).resolve().parents[1] / "examples" / "rag" / "embed" / "app.py"
+    return ScriptServer(argv=[sys.executable, str(app), "--threads", "1"], timeout=120)
 
 
 def pipeline_examples() -> list[Path]:

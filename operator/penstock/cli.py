@@ -178,6 +178,10 @@ _PASSTHROUGH = {
         "every JSON line of a file through a Pipeline: controlled, resumable, costed",
         "penstock.batch.command",
     ),
+    "cache": (
+        "semantic cache tools: eval (hit and wrong-answer rates per threshold)",
+        "penstock.semantic.command",
+    ),
     "analyze": (
         "per-stage time, critical path, advice from router profiles",
         "penstock.dev.analyze",

@@ -35,6 +35,7 @@ PLACEMENT = (
     # Secrets (from the pod's Secret references in a cluster) and the shared tier, which
     # `penstock dev` (one replica per stage) does not run.
     *("redis_password", "shared_redis_url", "shared_redis_password", "shared_cache_key"),
+    "semantic_embedder_url",  # the embedder's Service, or its local port
 )
 TRACED = {
     "tracing": {"enabled": True, "samplingRatio": 0.25},
@@ -61,7 +62,24 @@ TRACED = {
             },
             "batching": {"maxBatchSize": 4, "maxLatencyMs": 7, "path": "/batch"},
             "timeoutSeconds": 9,
-        }
+        },
+        {
+            "name": "answer",
+            "image": "a:1",
+            "dependsOn": ["embed"],
+            "cache": {
+                "enabled": True,
+                "semantic": {
+                    "embedder": "embed",
+                    "threshold": 0.8,
+                    "oneSlotThreshold": 0.95,
+                    "textField": "input.text",
+                    "exactFields": ["lang", "user.tier"],
+                    "maxEntries": 50,
+                    "verifyFraction": 0.5,
+                },
+            },
+        },
     ],
 }
 
@@ -77,7 +95,11 @@ def _examples() -> list[tuple[str, PipelineSpec, Stage]]:
         cases += [(f"{path.stem}-{s.name}", spec, s) for s in spec.stages]
     traced = validate_spec(TRACED).spec
     assert traced is not None
-    return [*cases, ("traced-embed", traced, traced.stages[0])]
+    return [
+        *cases,
+        ("traced-embed", traced, traced.stages[0]),
+        ("traced-answer", traced, traced.stages[1]),
+    ]
 
 
 CASES = _examples()
@@ -107,6 +129,7 @@ def dev_config(spec: PipelineSpec, stage: Stage, tmp_path: Path) -> GatewayConfi
         "redis://127.0.0.1:4/0",
         tmp_path,
         "http://127.0.0.1:4318",
+        "http://127.0.0.1:5" if stage.cache and stage.cache.semantic else None,
     )
     return parse_config(argv[argv.index("gateway") + 1 :], environ={})
 
@@ -155,6 +178,14 @@ def test_the_traced_case_really_carries_every_decision(tmp_path: Path) -> None:
         if getattr(config, f.name) != getattr(default, f.name)
     ]
     assert len(changed) >= 15, changed
+    answer = dev_config(spec, spec.stages[1], tmp_path)
+    assert answer.semantic_embedder_url == "http://127.0.0.1:5"
+    assert (answer.semantic_threshold, answer.semantic_one_slot_threshold) == (0.8, 0.95)
+    assert answer.semantic_text_field == "input.text"
+    assert answer.semantic_exact_fields == ("lang", "user.tier")
+    assert (answer.semantic_max_entries, answer.semantic_verify_fraction) == (50, 0.5)
+    cluster = cluster_config(spec, spec.stages[1], tmp_path)
+    assert cluster.semantic_embedder_url == "http://rag-embed.search.svc:80"
 
 
 @pytest.mark.parametrize("body", [None, {}, {"text": "warm"}, [1, 2], "x", 0])

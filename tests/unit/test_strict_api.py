@@ -96,7 +96,23 @@ FULL: dict[str, Any] = {
                 }
             ],
         },
-        {"name": "b", "image": "b:1", "dependsOn": ["a"]},
+        {
+            "name": "b",
+            "image": "b:1",
+            "dependsOn": ["a"],
+            "cache": {
+                "enabled": True,
+                "semantic": {
+                    "embedder": "a",
+                    "threshold": 0.8,
+                    "oneSlotThreshold": 0.95,
+                    "textField": "input.text",
+                    "exactFields": ["lang"],
+                    "maxEntries": 100,
+                    "verifyFraction": 0.1,
+                },
+            },
+        },
     ],
 }
 # Maps whose keys are data, not field names.

@@ -134,6 +134,54 @@ class SharedTier(ApiModel):
     """The key of a Secret in the Pipeline's namespace holding the Redis password."""
 
 
+FIELD_PATH = r"^[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z_][A-Za-z0-9_-]*)*$"
+FieldPath = Annotated[str, Field(max_length=256, pattern=FIELD_PATH)]
+
+
+class SemanticTier(ApiModel):
+    """After an exact miss, answer with the stored answer of a similar earlier input.
+
+    The request's text is embedded by ``embedder``, one of this Pipeline's stages; a stored
+    input answers only when the numbers, identifiers and names, negations and words whose
+    opposite is another question (before/after, on/off, ...) are the same in both, so are
+    ``exactFields`` and, for a chat body (``messages``), every message before the last; then
+    its cosine must be at least ``threshold``, or ``oneSlotThreshold`` when the text is the
+    stored one with a single place reworded. On Penstock's labelled set (``penstock cache
+    eval``) the defaults serve 58% of held-out paraphrases and answer 0 of 87 look-alike traps.
+    The index lives in each gateway (``maxEntries`` inputs); the answers are the tiers'."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            (
+                "!has(self.oneSlotThreshold) || !has(self.threshold)"
+                " || self.oneSlotThreshold >= self.threshold",
+                "oneSlotThreshold must be at least threshold",
+            ),
+        )
+    )
+
+    embedder: Dns1123Label
+    """The stage that embeds a text: POST {"text": ...} answers {"embedding": [numbers]}. It
+    must have no dependsOn (it is called with the text alone) and no semantic cache itself."""
+    threshold: float = Field(default=0.75, ge=0.5, le=1)
+    """Least cosine similarity of a semantic hit. Default 0.75."""
+    one_slot_threshold: float = Field(default=0.9, ge=0.5, le=1)
+    """Least cosine when the text is a stored one with one run of words replaced, added or
+    removed ("savings account" -> "checking account"). Default 0.9."""
+    text_field: FieldPath = "text"
+    """Dotted path of the body's text. Default text; a body with messages compares the last
+    message's content and requires the messages before it to be equal."""
+    exact_fields: list[FieldPath] | None = Field(default=None, max_length=16)
+    """Dotted paths of body fields that must be equal for a semantic hit (e.g. language,
+    user.tier). Default none."""
+    max_entries: int = Field(default=10_000, ge=1, le=1_000_000)
+    """Most inputs each gateway's index holds; the least recently used goes first. Default
+    10000."""
+    verify_fraction: float = Field(default=0.05, ge=0, le=1)
+    """Share of semantic hits also asked of the stage after answering; a different answer is
+    counted as a false hit and its input leaves the index. Default 0.05."""
+
+
 class Cache(ApiModel):
     """Exact-match response cache: a Redis sidecar inside each stage pod (the ``pod`` tier) and,
     with ``memory``, an in-process tier in the gateway before it."""
@@ -147,6 +195,10 @@ class Cache(ApiModel):
             (
                 "!has(self.shared) || (has(self.enabled) && self.enabled)",
                 "shared needs enabled: true (the tiers are the stage's cache)",
+            ),
+            (
+                "!has(self.semantic) || (has(self.enabled) && self.enabled)",
+                "semantic needs enabled: true (its answers are the tiers' entries)",
             ),
         )
     )
@@ -171,6 +223,8 @@ class Cache(ApiModel):
     """The in-process tier in front of the Redis sidecar; unset: none."""
     shared: SharedTier | None = None
     """A Redis every replica shares, after the Redis sidecar; unset: none."""
+    semantic: SemanticTier | None = None
+    """Answers for similar inputs after an exact miss; unset: none."""
 
     @model_validator(mode="after")
     def _unique_key_headers(self) -> Cache:

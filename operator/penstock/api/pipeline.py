@@ -170,8 +170,15 @@ class PipelineSpec(ApiModel):
         return stage_graph.output_stage(self.graph, self.output)
 
     def needed_stages(self) -> frozenset[str]:
-        """The stages the output transitively depends on, the output included."""
-        return stage_graph.needed(self.graph, self.output_stage)
+        """The stages the output transitively depends on, the output included, and the
+        embedders their semantic caches call."""
+        needed = stage_graph.needed(self.graph, self.output_stage)
+        embedders = {
+            stage.cache.semantic.embedder
+            for stage in self.stages
+            if stage.name in needed and stage.cache and stage.cache.semantic
+        }
+        return needed | embedders
 
     @property
     def cache_used(self) -> bool:

@@ -242,7 +242,8 @@ def _value_problems(spec: PipelineSpec) -> list[Problem]:
                 )
             )
         memory = stage.cache.memory if stage.cache else None
-        for tier in ("memory", "shared"):
+        errors += _semantic_problems(spec, index)
+        for tier in ("memory", "shared", "semantic"):
             if stage.cache and getattr(stage.cache, tier) and not stage.cache.enabled:
                 errors.append(
                     Problem(
@@ -277,6 +278,37 @@ def _value_problems(spec: PipelineSpec) -> list[Problem]:
         errors += _duplicates(names, f"spec.stages[{index}].env", ".name", "variable")
     errors += _duplicates(spec.image_pull_secrets or [], "spec.imagePullSecrets", "", "Secret")
     return errors
+
+
+def _semantic_problems(spec: PipelineSpec, index: int) -> list[Problem]:
+    stage = spec.stages[index]
+    semantic = stage.cache.semantic if stage.cache else None
+    if semantic is None:
+        return []
+    if semantic.one_slot_threshold < semantic.threshold:
+        return [
+            Problem(
+                f"spec.stages[{index}].cache.semantic.oneSlotThreshold",
+                f"{semantic.one_slot_threshold} is below threshold {semantic.threshold}",
+            )
+        ]
+    where = f"spec.stages[{index}].cache.semantic.embedder"
+    name = semantic.embedder
+    embedder = next((s for s in spec.stages if s.name == name), None)
+    if name == stage.name:
+        return [Problem(where, f"stage {name!r} cannot embed for its own semantic cache")]
+    if embedder is None:
+        names = ", ".join(s.name for s in spec.stages)
+        return [Problem(where, f"no stage named {name!r} (stages: {names})")]
+    if embedder.dependencies:
+        return [
+            Problem(
+                where, f"stage {name!r} has dependsOn; an embedder is called with the text alone"
+            )
+        ]
+    if embedder.cache and embedder.cache.semantic:
+        return [Problem(where, f"stage {name!r} has a semantic cache itself")]
+    return []
 
 
 def _duplicates(values: list[str], where: str, field: str, what: str) -> list[Problem]:

@@ -36,6 +36,8 @@ class Placement:
     """The OTLP/HTTP collector, when the Pipeline traces and one runs."""
     shared_cache: bool = False
     """The stage's shared tier is reachable (in a cluster; ``penstock dev`` runs one replica)."""
+    embedder_url: str | None = None
+    """Where the semantic tier's embedder stage answers, when the stage has one."""
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,18 @@ def gateway_args(
             flags.append(("--cache-key-headers", ",".join(stage.cache.key_headers)))
         if stage.cache.shared and where.shared_cache:
             flags.append(("--shared-redis-url", stage.cache.shared.url))
+        semantic = stage.cache.semantic
+        if semantic and where.embedder_url:
+            flags += [
+                ("--semantic-embedder-url", where.embedder_url),
+                ("--semantic-threshold", str(semantic.threshold)),
+                ("--semantic-one-slot-threshold", str(semantic.one_slot_threshold)),
+                ("--semantic-text-field", semantic.text_field),
+                ("--semantic-max-entries", str(semantic.max_entries)),
+                ("--semantic-verify-fraction", str(semantic.verify_fraction)),
+            ]
+            if semantic.exact_fields:
+                flags.append(("--semantic-exact-fields", ",".join(semantic.exact_fields)))
         if stage.cache.memory:
             flags += [
                 ("--memory-cache-max-entries", str(stage.cache.memory.max_entries)),

@@ -18,7 +18,10 @@ PROFILE_HEADER = "X-Penstock-Profile"
 CACHE_HEADER = "X-Penstock-Cache"
 """Response header: ``hit``, ``miss`` or ``bypass`` from a stage's gateway."""
 CACHE_TIER_HEADER = "X-Penstock-Cache-Tier"
-"""Response header on a cache hit: the tier that answered, ``memory`` or ``pod``."""
+"""Response header on a cache hit: the tier that answered, ``memory``, ``pod``, ``shared`` or
+``semantic``."""
+CACHE_SIMILARITY_HEADER = "X-Penstock-Cache-Similarity"
+"""Response header on a semantic hit: the cosine similarity to the stored input, 3 decimals."""
 
 MANAGED_BY = "penstock-operator"
 """``app.kubernetes.io/managed-by`` of every object the operator creates; also its SSA field

@@ -168,6 +168,7 @@ def gateway_argv(
     redis_url: str | None,
     warmup_dir: Path,
     otlp_endpoint: str | None = None,
+    embedder_url: str | None = None,
 ) -> list[str]:
     """The gateway's command line: the flags the operator passes as environment variables
     (penstock.contract.gateway), with local addresses and files, priced by the default table."""
@@ -185,6 +186,7 @@ def gateway_argv(
         redis_url=redis_url,
         warmup_body_file=warmup_file,
         otlp_endpoint=otlp_endpoint,
+        embedder_url=embedder_url,
     )
     args = gateway_args(name, spec, stage, PriceTable(), where)
     return [sys.executable, "-m", "penstock.cli", "gateway", *args.to_argv()]
@@ -233,8 +235,10 @@ def plan(
         effective = stage.model_copy(update={"cache": None}) if args.no_cache else stage
         if needs_gateway(spec, effective, RenderSettings()):
             listen, admin = free_port(), free_port()
+            semantic = effective.cache.semantic if effective.cache else None
+            embedder = f"http://{HOST}:{ports[semantic.embedder]}" if semantic else None
             argv = gateway_argv(
-                name, spec, effective, listen, admin, stage_url, redis_url, workdir, otlp
+                name, spec, effective, listen, admin, stage_url, redis_url, workdir, otlp, embedder
             )
             result.procs.append(
                 Proc(

@@ -13,6 +13,7 @@ from penstock.contract.gateway import Placement, gateway_args
 from penstock.contract.wire import ADMIN_PORT, GATEWAY_PORT, REDIS_PORT
 from penstock.render.cache import password_env
 from penstock.render.collector import collector_endpoint, resource_attributes
+from penstock.render.meta import PipelineRef, stage_url
 from penstock.render.security import container_security_context
 from penstock.render.settings import RenderSettings
 
@@ -35,6 +36,14 @@ def needs_gateway(spec: PipelineSpec, stage: Stage, settings: RenderSettings) ->
     return stage.cache_enabled or stage.batching is not None or spec.tracing_enabled or warmup
 
 
+def _embedder_url(namespace: str, pipeline: str, stage: Stage) -> str | None:
+    semantic = stage.cache.semantic if stage.cache else None
+    if semantic is None:
+        return None
+    # The embedder's Service: through its own gateway, so repeated texts hit its cache.
+    return stage_url(PipelineRef(pipeline, namespace), semantic.embedder)
+
+
 def _env(
     pipeline: str, namespace: str, spec: PipelineSpec, stage: Stage, settings: RenderSettings
 ) -> list[dict[str, Any]]:
@@ -47,6 +56,7 @@ def _env(
         warmup_body_file=f"{WARMUP_DIR}/{warmup_key(stage.name)}",
         otlp_endpoint=collector_endpoint(namespace),
         shared_cache=True,
+        embedder_url=_embedder_url(namespace, pipeline, stage),
     )
     env: list[dict[str, Any]] = []
     env += gateway_args(pipeline, spec, stage, settings.prices, where).to_env()

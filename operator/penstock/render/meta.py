@@ -83,3 +83,11 @@ def metadata(
             }
         ]
     return meta
+
+
+SERVICE_PORT = 80  # every Service of a Pipeline: stages and router
+
+
+def stage_url(ref: PipelineRef, stage: str) -> str:
+    """The URL of a stage's Service inside the cluster."""
+    return f"http://{stage_object_name(ref.name, stage)}.{ref.namespace}.svc:{SERVICE_PORT}"

@@ -11,6 +11,7 @@ from penstock.api.resources import filled_limits
 from penstock.contract.wire import ADMIN_PORT, ROUTER_PORT
 from penstock.render.collector import collector_endpoint, resource_attributes
 from penstock.render.meta import (
+    SERVICE_PORT,
     SERVING_PORT_NAME,
     PipelineRef,
     labels,
@@ -30,7 +31,6 @@ from penstock.render.workload import (
 )
 
 COMPONENT = "router"
-SERVICE_PORT = 80
 TOPOLOGY_DIR = "/etc/penstock/topology"
 
 

@@ -8,6 +8,7 @@ from penstock.api import PipelineSpec, Stage
 from penstock.contract.wire import ADMIN_PORT
 from penstock.render.gateway import needs_gateway
 from penstock.render.meta import (
+    SERVICE_PORT,
     PipelineRef,
     labels,
     metadata,
@@ -16,8 +17,6 @@ from penstock.render.meta import (
 )
 from penstock.render.settings import RenderSettings
 from penstock.render.workload import http_ports, service
-
-SERVICE_PORT = 80
 
 
 def stage_service(
@@ -33,7 +32,3 @@ def stage_service(
         selector_labels(ref.name, stage.name),
         http_ports(SERVICE_PORT, admin),
     )
-
-
-def stage_url(ref: PipelineRef, stage: str) -> str:
-    return f"http://{stage_object_name(ref.name, stage)}.{ref.namespace}.svc:{SERVICE_PORT}"

@@ -8,8 +8,7 @@ from typing import Any
 
 from penstock.api import PipelineSpec
 from penstock.contract.topology import Topology
-from penstock.render.meta import PipelineRef, labels, metadata, object_name
-from penstock.render.service import stage_url
+from penstock.render.meta import PipelineRef, labels, metadata, object_name, stage_url
 
 
 def topology_name(pipeline: str) -> str:

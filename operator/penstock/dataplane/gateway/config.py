@@ -29,6 +29,7 @@ from penstock.dataplane.flags import (
     pick,
 )
 from penstock.dataplane.limits import LIMIT_FLAGS, ServerLimits, parse_limit
+from penstock.semantic.policy import DEFAULT_ONE_SLOT_THRESHOLD, DEFAULT_THRESHOLD
 
 ENV_PREFIX = GATEWAY_ENV_PREFIX
 ENV_REDIS_PASSWORD = "REDIS_PASSWORD"
@@ -51,6 +52,14 @@ class GatewayConfig:
     shared_redis_password: str | None = None
     shared_cache_key: str | None = None
     cache_key_headers: tuple[str, ...] = ("accept", "authorization")
+    semantic_embedder_url: str | None = None
+    semantic_threshold: float = DEFAULT_THRESHOLD
+    semantic_one_slot_threshold: float = DEFAULT_ONE_SLOT_THRESHOLD
+    semantic_text_field: str = "text"
+    semantic_exact_fields: tuple[str, ...] = ()
+    semantic_max_entries: int = 10_000
+    semantic_verify_fraction: float = 0.05
+    semantic_timeout_ms: float = 1000.0
     batch_max_size: int = 8
     batch_max_latency_ms: float = 5.0
     batch_path: str | None = None
@@ -178,6 +187,20 @@ def _text(text: str) -> str:
     return text.strip()
 
 
+_FIELD_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z_][A-Za-z0-9_-]*)*$")
+
+
+def _field_path(text: str) -> str:
+    text = text.strip()
+    if not _FIELD_PATH.match(text):
+        raise ValueError(f"{text!r} is not a dotted field path such as text or input.question")
+    return text
+
+
+def _field_paths(text: str) -> tuple[str, ...]:
+    return tuple(_field_path(part) for part in text.split(",") if part.strip())
+
+
 @dataclass(frozen=True)
 class _Flag:
     name: str
@@ -228,6 +251,55 @@ _FLAGS: tuple[_Flag, ...] = (
         "H1,H2",
         "request headers that change the answer, part of the cache key"
         " (default accept,authorization; empty: none)",
+    ),
+    _Flag(
+        "--semantic-embedder-url",
+        http_url,
+        "URL",
+        'enables the semantic tier: the stage that embeds {"text": ...} as {"embedding": [...]}',
+    ),
+    _Flag(
+        "--semantic-threshold",
+        _float(0, 1, low_open=True),
+        "COS",
+        f"least cosine similarity for a semantic hit (default {DEFAULT_THRESHOLD})",
+    ),
+    _Flag(
+        "--semantic-one-slot-threshold",
+        _float(0, 1, low_open=True),
+        "COS",
+        "least cosine when the input is a stored one with one slot changed"
+        f" (default {DEFAULT_ONE_SLOT_THRESHOLD})",
+    ),
+    _Flag(
+        "--semantic-text-field",
+        _field_path,
+        "PATH",
+        "the body's text to compare (default text; a chat body compares its last message)",
+    ),
+    _Flag(
+        "--semantic-exact-fields",
+        _field_paths,
+        "F1,F2",
+        "body fields (dotted paths) that must be equal for a semantic hit",
+    ),
+    _Flag(
+        "--semantic-max-entries",
+        _positive_int,
+        "N",
+        "inputs the semantic index holds (default 10000)",
+    ),
+    _Flag(
+        "--semantic-verify-fraction",
+        _float(0, 1, low_open=False),
+        "SHARE",
+        "share of semantic hits also asked of the stage and compared (default 0.05)",
+    ),
+    _Flag(
+        "--semantic-timeout-ms",
+        _float(0, 60_000, low_open=True),
+        "MS",
+        "longest wait for the embedder; then a miss (default 1000)",
     ),
     _Flag("--batch-max-size", _positive_int, "N", "most requests per batch (default 8)"),
     _Flag(
@@ -355,6 +427,17 @@ def parse_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) 
                 f"--shared-redis-url needs {ENV_SHARED_CACHE_KEY}: the key its entries are signed"
                 " with, so that other Pipelines sharing that Redis can neither read nor plant them"
             )
+    semantic = [name for name in values if name.startswith("semantic_")]
+    if semantic and "semantic_embedder_url" not in values:
+        raise ConfigError("--semantic-* flags need --semantic-embedder-url")
+    if semantic and "redis_url" not in values:
+        raise ConfigError(
+            "--semantic-embedder-url needs --redis-url: semantic hits are answers"
+            " the cache tiers hold"
+        )
+    low = values.get("semantic_threshold", DEFAULT_THRESHOLD)
+    if values.get("semantic_one_slot_threshold", DEFAULT_ONE_SLOT_THRESHOLD) < low:
+        raise ConfigError("--semantic-one-slot-threshold must be at least --semantic-threshold")
     if "stage" in values and not values["stage"]:
         raise ConfigError("--stage must not be empty")
     return GatewayConfig(**values)

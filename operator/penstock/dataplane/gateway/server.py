@@ -28,6 +28,7 @@ from penstock.contract.wire import (
     ATTR_PIPELINE,
     ATTR_STAGE,
     CACHE_HEADER,
+    CACHE_SIMILARITY_HEADER,
     CACHE_TIER_HEADER,
 )
 from penstock.dataplane.gateway.answers import Answer, Failure, Outcome
@@ -47,6 +48,13 @@ from penstock.dataplane.gateway.exchange import (
     declares_json,
     failure_response,
     respond,
+)
+from penstock.dataplane.gateway.semantic import (
+    Probe,
+    SemanticHit,
+    SemanticTier,
+    same_answer,
+    semantic_tier,
 )
 from penstock.dataplane.gateway.sharing import (
     may_reuse,
@@ -99,6 +107,7 @@ class Gateway(Server):
         self._key_headers = frozenset(config.cache_key_headers)
         self.stage = StageClient(config)
         self.cache: Tiers | None = None
+        self.semantic: SemanticTier | None = None
         self._batcher: Batcher | None = None
         self._readiness: asyncio.Task[None] | None = None
         self._stores: set[asyncio.Task[None]] = set()
@@ -108,6 +117,7 @@ class Gateway(Server):
     async def start(self) -> None:
         config = self.config
         self.cache = cache_tiers(config)
+        self.semantic = semantic_tier(config) if self.cache is not None else None
         if config.batching:
             self._batcher = Batcher(
                 self._send_batch,
@@ -137,6 +147,8 @@ class Gateway(Server):
         self.stage.close()
         if self.cache is not None:
             await self.cache.close()
+        if self.semantic is not None:
+            await self.semantic.close()
         self.close_tracer()
 
     def _after_answer(self, work: Coroutine[Any, Any, None]) -> None:
@@ -260,20 +272,21 @@ class Gateway(Server):
             result = await self._call_stage(request, body)
             return await self._respond(request, result, record, "bypass", sharers=1)
 
-        key = cache_key(
-            namespace=config.namespace,
-            pipeline=config.pipeline,
-            stage=config.stage,
-            stage_image=config.stage_image,
-            model_version=config.model_version,
-            method=request.method,
-            path=request.rel_url.raw_path_qs,
-            body=canonical,
-            headers=request.headers,
-            key_headers=config.cache_key_headers,
-        )
+        material: dict[str, Any] = {
+            "namespace": config.namespace,
+            "pipeline": config.pipeline,
+            "stage": config.stage,
+            "stage_image": config.stage_image,
+            "model_version": config.model_version,
+            "method": request.method,
+            "path": request.rel_url.raw_path_qs,
+            "headers": request.headers,
+            "key_headers": config.cache_key_headers,
+        }
+        key = cache_key(body=canonical, **material)
         rules = request_rules(request.headers)
         cache_state = "bypass"
+        probe: Probe | None = None
         if self.cache is not None and rules.lookup:
             metrics = self.metrics
             found = await self.cache.get(key, request.headers, metrics.tier_lookup)
@@ -294,6 +307,17 @@ class Gateway(Server):
                 )
             record.cache_hit = False
             cache_state = "miss" if lookup is Lookup.MISS else "bypass"
+            if self.semantic is not None and lookup is Lookup.MISS:
+                # The scope: the exact key without the body (image, model, path, key headers).
+                found_probe = await self.semantic.probe(canonical, cache_key(body=None, **material))
+                if isinstance(found_probe, Probe):
+                    probe = found_probe
+                    hit = await self.semantic.find(probe, self.cache, request.headers)
+                    metrics.semantic("hit" if hit is not None else "miss")
+                    if hit is not None:
+                        return self._semantic_answer(request, body, probe, hit, record)
+                else:
+                    metrics.semantic(found_probe)
         deadline = asyncio.get_running_loop().time() + config.timeout_seconds
 
         async def work() -> Produced:
@@ -314,7 +338,7 @@ class Gateway(Server):
             self.metrics.coalesced.inc()
         elif self.cache is not None and rules.store and isinstance(produced.outcome, Answer):
             # Stored after the answer is on its way: a miss costs one Redis round trip, not two.
-            self._after_answer(self._store(key, produced))
+            self._after_answer(self._store(key, produced, probe))
         return await self._respond(request, produced.outcome, record, cache_state, sharers)
 
     def _canonical(self, request: web.Request, body: bytes) -> bytes | Failure | None:
@@ -351,7 +375,45 @@ class Gateway(Server):
             return False
         return same_variant(sharing, produced.made_for, request.headers)
 
-    async def _store(self, key: str, produced: Produced) -> None:
+    def _semantic_answer(
+        self, request: web.Request, body: bytes, probe: Probe, hit: SemanticHit, record: Record
+    ) -> web.Response:
+        assert self.semantic is not None
+        record.cache_hit = True
+        if hit.fill is not None:
+            self._after_answer(hit.fill(self.metrics.tier_fill))
+        if self.semantic.should_verify():
+            self._after_answer(self._verify(request, body, probe, hit))
+        return web.Response(
+            status=hit.entry.status,
+            body=hit.entry.body,
+            headers={
+                "Content-Type": hit.entry.content_type,
+                CACHE_HEADER: "hit",
+                CACHE_TIER_HEADER: "semantic",
+                CACHE_SIMILARITY_HEADER: f"{hit.similarity:.3f}",
+            },
+        )
+
+    async def _verify(
+        self, request: web.Request, body: bytes, probe: Probe, hit: SemanticHit
+    ) -> None:
+        """Ask the stage too; a different answer takes the stored input out of the index."""
+        assert self.semantic is not None
+        result = await self._call_stage(request, body)
+        if isinstance(result, OpenStream):
+            result.response.close()
+            self.metrics.verification("error")
+        elif isinstance(result, Answer) and 200 <= result.status <= 299:
+            same = same_answer(hit.entry.body, result.body)
+            self.metrics.verification("same" if same else "different")
+            if not same:
+                log.info("semantic false hit (similarity %.3f): forgotten", hit.similarity)
+                self.semantic.forget(probe, hit.key)
+        else:
+            self.metrics.verification("error")
+
+    async def _store(self, key: str, produced: Produced, probe: Probe | None = None) -> None:
         assert self.cache is not None
         answer = produced.outcome
         assert isinstance(answer, Answer)
@@ -375,6 +437,8 @@ class Gateway(Server):
             on_store=self.metrics.tier_store,
         )
         self.metrics.store(stored.value)
+        if stored is Store.STORED and probe is not None and self.semantic is not None:
+            self.semantic.remember(probe, key)
         if stored is Store.ERROR:
             log.debug("cache store skipped: %s", self.cache.last_error)
 

@@ -83,6 +83,20 @@ class GatewayMetrics:
             [*LABELS, "tier", "result"],
             registry=r,
         )
+        self._semantic = Counter(
+            "penstock_stage_semantic_lookups_total",
+            "Semantic lookups after an exact miss by result (hit, miss; no_text: the body has no"
+            " text to compare; error: the embedder failed or was slow)",
+            [*LABELS, "result"],
+            registry=r,
+        )
+        self._verifications = Counter(
+            "penstock_stage_semantic_verifications_total",
+            "Semantic hits also asked of the stage, by result (same; different: a false hit,"
+            " the input leaves the index; error: the stage call failed)",
+            [*LABELS, "result"],
+            registry=r,
+        )
         self.coalesced = Counter(
             "penstock_stage_coalesced_requests_total",
             "Requests answered by another identical in-flight request's stage call",
@@ -133,6 +147,12 @@ class GatewayMetrics:
 
     def tier_store(self, tier: str, result: str) -> None:
         self._tier_stores.labels(**self._labels, tier=tier, result=result).inc()
+
+    def semantic(self, result: str) -> None:
+        self._semantic.labels(**self._labels, result=result).inc()
+
+    def verification(self, result: str) -> None:
+        self._verifications.labels(**self._labels, result=result).inc()
 
     def tier_fill(self, tier: str, result: str) -> None:
         self.tier_store(tier, "fill" if result == "stored" else result)

@@ -1,0 +1,172 @@
+"""The semantic tier: an exact miss answered with the stored answer of a similar input.
+
+After an exact miss the request's text (``--semantic-text-field``, or a chat's last message) is
+embedded by the embedder stage, and the gateway's index finds stored inputs with an equal guard
+(penstock/semantic/guards.py: numbers, identifiers, negations, opposites, exact fields, the
+conversation before the last message, and the exact key's scope: image, model, method, path,
+key headers) and a cosine over the policy's thresholds. The index points at exact cache keys;
+the answer itself is read from the tiers, so a semantic hit is never older than its entry, and
+one the tiers dropped is forgotten. An answer is indexed once it was stored, so nothing a
+caller may not share (a private answer) is ever found. Every failure (embedder slow or down,
+no text) is a plain miss, counted.
+
+A sampled share of semantic hits (``--semantic-verify-fraction``) is also asked of the stage
+after the answer was sent; a different answer is a false hit: counted, and the input is taken
+out of the index so it never answers that way again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from penstock.dataplane.gateway.cache import Entry, Lookup
+from penstock.dataplane.gateway.config import GatewayConfig
+from penstock.dataplane.gateway.tiers import Fill, Tiers
+from penstock.dataplane.jsonbody import JsonBodyError, parse
+from penstock.dataplane.upstream import UpstreamClosed, UpstreamProtocolError, pool_for
+from penstock.semantic.guards import NotSemantic, semantic_input
+from penstock.semantic.index import SemanticIndex, Vector, unit
+from penstock.semantic.policy import Policy
+
+log = logging.getLogger("penstock.gateway")
+
+_CANDIDATES = 4  # most similar stored inputs the policy is asked about, per lookup
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A request's comparable form: its text, guard digest and embedding."""
+
+    text: str
+    guard: str
+    vector: Vector
+
+
+@dataclass(frozen=True)
+class SemanticHit:
+    entry: Entry
+    key: str
+    """The exact key of the stored input that answered."""
+    similarity: float
+    fill: Fill | None
+
+
+class EmbedError(Exception):
+    pass
+
+
+class SemanticTier:
+    def __init__(
+        self,
+        embedder_url: str,
+        policy: Policy,
+        *,
+        max_entries: int,
+        text_field: str = "text",
+        exact_fields: tuple[str, ...] = (),
+        verify_fraction: float = 0.0,
+        timeout: float = 1.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.policy = policy
+        self.index = SemanticIndex(max_entries)
+        self.text_field = text_field
+        self.exact_fields = exact_fields
+        self.verify_fraction = verify_fraction
+        self.timeout = timeout
+        self._pool, self._target = pool_for(embedder_url)
+        self._rng = rng or random.Random()
+
+    async def close(self) -> None:
+        self._pool.close()
+
+    async def _embed(self, text: str) -> Vector:
+        body = json.dumps({"text": text}).encode()
+        headers = [("Content-Type", "application/json"), ("Accept", "application/json")]
+        try:
+            async with asyncio.timeout(self.timeout):
+                response = await self._pool.request("POST", self._target, headers, body)
+                try:
+                    data = await response.read()
+                finally:
+                    response.release()
+        except TimeoutError:
+            raise EmbedError(f"the embedder did not answer within {self.timeout:g} s") from None
+        except (OSError, UpstreamClosed, UpstreamProtocolError) as error:
+            raise EmbedError(f"the embedder failed: {error}") from None
+        if response.status != 200:
+            raise EmbedError(f"the embedder answered HTTP {response.status}")
+        try:
+            return unit(json.loads(data)["embedding"])
+        except (ValueError, KeyError, TypeError) as error:
+            raise EmbedError(f"the embedder's answer has no embedding: {error!r}") from None
+
+    async def probe(self, canonical: bytes, scope: str) -> Probe | str:
+        """The request's probe, or why there is none ("no_text" or "error")."""
+        try:
+            value: Any = json.loads(canonical)
+            found = semantic_input(value, self.text_field, self.exact_fields, scope)
+        except (ValueError, NotSemantic):
+            return "no_text"
+        try:
+            vector = await self._embed(found.text)
+        except EmbedError as error:
+            log.debug("semantic lookup skipped: %s", error)
+            return "error"
+        return Probe(found.text, found.guard, vector)
+
+    async def find(
+        self, probe: Probe, tiers: Tiers, headers: Mapping[str, str]
+    ) -> SemanticHit | None:
+        """The stored answer of the most similar allowed input the tiers still hold."""
+        candidates = self.index.candidates(
+            probe.guard, probe.vector, self.policy.threshold, _CANDIDATES
+        )
+        for match in candidates:
+            if not self.policy.allows(match.text, probe.text, match.similarity):
+                continue
+            found = await tiers.get(match.key, headers)
+            if found.entry is not None:
+                self.index.touch(probe.guard, match.key)
+                return SemanticHit(found.entry, match.key, match.similarity, found.fill)
+            if found.lookup is Lookup.MISS:  # expired or evicted: it answers nothing now
+                self.index.remove(probe.guard, match.key)
+        return None
+
+    def remember(self, probe: Probe, key: str) -> None:
+        """Index an input whose answer the tiers stored under ``key``."""
+        self.index.add(probe.guard, key, probe.text, probe.vector)
+
+    def forget(self, probe: Probe, key: str) -> None:
+        self.index.remove(probe.guard, key)
+
+    def should_verify(self) -> bool:
+        return self.verify_fraction > 0 and self._rng.random() < self.verify_fraction
+
+
+def semantic_tier(config: GatewayConfig) -> SemanticTier | None:
+    if config.semantic_embedder_url is None:
+        return None
+    return SemanticTier(
+        config.semantic_embedder_url,
+        Policy(config.semantic_threshold, config.semantic_one_slot_threshold),
+        max_entries=config.semantic_max_entries,
+        text_field=config.semantic_text_field,
+        exact_fields=config.semantic_exact_fields,
+        verify_fraction=config.semantic_verify_fraction,
+        timeout=config.semantic_timeout_ms / 1000,
+    )
+
+
+def same_answer(stored: bytes, fresh: bytes) -> bool:
+    """Whether two JSON answers are the same document (key order and spacing aside)."""
+    try:
+        return parse(stored)[1] == parse(fresh)[1]
+    except JsonBodyError:
+        return stored == fresh

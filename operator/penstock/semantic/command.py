@@ -1,0 +1,77 @@
+"""``penstock cache``: tools for the stage caches.
+
+penstock cache eval --embedder URL [--pairs FILE] [--max-trap-rate 0.01] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import aiohttp
+
+from penstock.semantic.evaluate import DEFAULT_PAIRS, EvalError, http_embedder, report, run_eval
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="penstock cache", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    evaluate = sub.add_parser(
+        "eval",
+        help="hit rate and wrong-answer rate of the semantic cache per threshold",
+        description="Score a labelled set of input pairs (paraphrases that should hit, traps "
+        "that must not) with the semantic cache's guards and thresholds: thresholds are chosen "
+        "on the 'tune' split, the figures reported on 'test'. Exit 0, or 1 on unusable input.",
+    )
+    evaluate.add_argument(
+        "--embedder",
+        required=True,
+        metavar="URL",
+        help='an embedding stage: POST {"text": ...} answers {"embedding": [...]}',
+    )
+    evaluate.add_argument(
+        "--pairs",
+        type=Path,
+        default=DEFAULT_PAIRS,
+        metavar="FILE",
+        help="JSON lines {a, b, label: hit|trap, kind, split: tune|test}; default: the set"
+        " Penstock ships (344 pairs)",
+    )
+    evaluate.add_argument(
+        "--text-field",
+        default="text",
+        metavar="PATH",
+        help="the dotted path of the text in each body (default text; a body with messages"
+        " compares its last message and guards on the rest)",
+    )
+    evaluate.add_argument(
+        "--max-trap-rate",
+        type=float,
+        default=0.01,
+        metavar="SHARE",
+        help="most traps answered wrongly on 'tune' for thresholds to be chosen (default 0.01)",
+    )
+    evaluate.add_argument("--json", type=Path, metavar="FILE", help="also write the figures")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if not 0 <= args.max_trap_rate <= 1:
+        print("penstock cache eval: --max-trap-rate is a share in [0, 1]", file=sys.stderr)
+        return 1
+    try:
+        result = asyncio.run(
+            run_eval(args.pairs, http_embedder(args.embedder), args.max_trap_rate, args.text_field)
+        )
+    except (EvalError, OSError, aiohttp.ClientError, TimeoutError) as error:
+        print(f"penstock cache eval: {error}", file=sys.stderr)
+        return 1
+    sys.stdout.write(report(result))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    return 0
