@@ -23,6 +23,7 @@ from tests.kind.conftest import (
 
 ROOT = Path(__file__).resolve().parents[2]
 QUESTION = {"text": "How do I scale pods automatically based on CPU?"}
+REWORDED = "How can I scale pods automatically based on CPU?"
 
 
 def rag_pipeline() -> dict[str, Any]:
@@ -115,7 +116,13 @@ def test_rag_example_runs_as_non_root_on_read_only_roots_and_answers_from_the_ca
         assert answer["citations"] and all(c["title"] for c in answer["citations"]), answer
         again_status, _, again = post(port, QUESTION, timeout=60)
         assert again_status == 200 and again == body
+        # Reworded: retrieve's semantic tier answers it with the first question's documents
+        # (the embed stage's Service embeds it, across pods).
+        reworded, _, _ = post(port, {"text": REWORDED}, timeout=60)
+        assert reworded == 200
     after = gateway_metrics(cluster, ns, retrieve)
+    semantic_hits = "penstock_stage_semantic_lookups_total"
+    assert metric(after, semantic_hits, result="hit") >= 1, after
     # The second identical request was answered by retrieve's Redis sidecar, not by retrieve.
     hits = metric(after, "penstock_stage_cache_lookups_total", result="hit") - metric(
         before, "penstock_stage_cache_lookups_total", result="hit"

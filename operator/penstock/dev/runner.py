@@ -220,6 +220,21 @@ def plan(
         argv = ["redis-server", "--port", str(redis_port), "--bind", HOST, "--save", ""]
         argv += ["--appendonly", "no", "--protected-mode", "yes"]
         result.procs.append(Proc("redis", argv, workdir / "redis.log", None))
+    effective = {
+        stage.name: stage.model_copy(update={"cache": None}) if args.no_cache else stage
+        for stage in stages
+    }
+    gateway_ports = {  # before any gateway's flags: one stage's gateway may call another's
+        name: (free_port(), free_port())
+        for name, stage in effective.items()
+        if needs_gateway(spec, stage, RenderSettings())
+    }
+    front = {  # what clients of each stage call: its gateway, else the stage itself
+        name: f"http://{HOST}:{gateway_ports[name][0]}"
+        if name in gateway_ports
+        else f"http://{HOST}:{ports[name]}"
+        for name in ports
+    }
     for stage in stages:
         port = ports[stage.name]
         stage_url = f"http://{HOST}:{port}"
@@ -232,13 +247,14 @@ def plan(
                 stage_cwd(commands[stage.name], args.file),
             )
         )
-        effective = stage.model_copy(update={"cache": None}) if args.no_cache else stage
-        if needs_gateway(spec, effective, RenderSettings()):
-            listen, admin = free_port(), free_port()
-            semantic = effective.cache.semantic if effective.cache else None
-            embedder = f"http://{HOST}:{ports[semantic.embedder]}" if semantic else None
+        if stage.name in gateway_ports:
+            listen, admin = gateway_ports[stage.name]
+            chosen = effective[stage.name]
+            semantic = chosen.cache.semantic if chosen.cache else None
+            # Through the embedder's gateway, as in a cluster: its cache serves repeated texts.
+            embedder = front[semantic.embedder] if semantic else None
             argv = gateway_argv(
-                name, spec, effective, listen, admin, stage_url, redis_url, workdir, otlp, embedder
+                name, spec, chosen, listen, admin, stage_url, redis_url, workdir, otlp, embedder
             )
             result.procs.append(
                 Proc(
@@ -248,9 +264,7 @@ def plan(
                     f"http://{HOST}:{admin}/ready",
                 )
             )
-            result.urls[stage.name] = f"http://{HOST}:{listen}"
-        else:
-            result.urls[stage.name] = stage_url
+        result.urls[stage.name] = front[stage.name]
     pipeline_file = Path(args.file)
     result.streams = spec.stage(spec.output_stage).stream
     if args.no_stream and any(stage.stream for stage in spec.stages):
