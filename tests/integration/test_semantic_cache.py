@@ -6,6 +6,7 @@ false hit leaves the index."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -218,3 +219,26 @@ def test_cache_eval_on_the_shipped_set_meets_the_goal_on_data_it_did_not_choose_
         text=True,
     )
     assert done.returncode == 1 and "penstock cache eval:" in done.stderr
+
+
+def test_the_readme_eval_block_works_when_pasted(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[2]
+    readme = (root / "README.md").read_text()
+    section = readme.split("## Measure a semantic cache", 1)[1]
+    block = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    port = str(free_port())
+    block = block.replace("18123", port).replace("python examples/", f"python {root}/examples/")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, target in (("penstock", "-m penstock.cli"), ("python", "")):
+        shim = bin_dir / name
+        shim.write_text(f'#!/bin/sh\nexec {sys.executable} {target} "$@"\n')
+        shim.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    done = subprocess.run(
+        ["bash", "-e", "-c", block], cwd=tmp_path, env=env, capture_output=True, text=True,
+        timeout=400, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "chosen: threshold" in done.stdout
+    assert json.loads((tmp_path / "eval.json").read_text())["pairs"] >= 300

@@ -9,12 +9,20 @@ import argparse
 import asyncio
 import json
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import aiohttp
 
-from penstock.semantic.evaluate import DEFAULT_PAIRS, EvalError, http_embedder, report, run_eval
+from penstock.semantic.evaluate import (
+    DEFAULT_PAIRS,
+    Embed,
+    EvalError,
+    http_embedder,
+    report,
+    run_eval,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,8 +63,28 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SHARE",
         help="most traps answered wrongly on 'tune' for thresholds to be chosen (default 0.01)",
     )
+    evaluate.add_argument(
+        "--wait",
+        type=float,
+        default=0,
+        metavar="SECONDS",
+        help="wait this long for the embedder to answer first (default 0: it must be up)",
+    )
     evaluate.add_argument("--json", type=Path, metavar="FILE", help="also write the figures")
     return parser
+
+
+async def wait_for(embed: Embed, seconds: float) -> None:
+    """Until the embedder embeds a text, for at most ``seconds``; then its last error."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            await embed(["ready?"])
+            return
+        except (OSError, aiohttp.ClientError, EvalError, TimeoutError):
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.5)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -65,9 +93,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("penstock cache eval: --max-trap-rate is a share in [0, 1]", file=sys.stderr)
         return 1
     try:
-        result = asyncio.run(
-            run_eval(args.pairs, http_embedder(args.embedder), args.max_trap_rate, args.text_field)
-        )
+        embed = http_embedder(args.embedder)
+        if args.wait > 0:
+            asyncio.run(wait_for(embed, args.wait))
+        result = asyncio.run(run_eval(args.pairs, embed, args.max_trap_rate, args.text_field))
     except (EvalError, OSError, aiohttp.ClientError, TimeoutError) as error:
         print(f"penstock cache eval: {error}", file=sys.stderr)
         return 1
