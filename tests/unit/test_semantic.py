@@ -265,3 +265,21 @@ def test_the_gateway_is_told_the_semantic_settings_and_the_embedder_is_needed() 
     no_embedder = Placement("0:1", "0:2", "http://x", "ns", "redis://r")
     flags = dict(gateway_args("p", parsed, stage, PriceTable(), no_embedder).flags)
     assert "--semantic-embedder-url" not in flags
+
+
+async def test_an_embedder_that_changes_dimension_is_a_miss_not_a_crash() -> None:
+    from penstock.dataplane.gateway.semantic import Probe, SemanticTier
+
+    tier = SemanticTier("http://127.0.0.1:9", Policy(), max_entries=10)
+    answers = [vector(1, 0, 0), vector(1, 0)]
+
+    async def embed(text: str) -> Vector:
+        return answers.pop(0)
+
+    tier._embed = embed  # type: ignore[method-assign]
+    first = await tier.probe(b'{"text":"Why is the sky blue?"}', "scope")
+    assert isinstance(first, Probe)
+    tier.remember(first, "key")
+    assert await tier.probe(b'{"text":"What makes the sky blue?"}', "scope") == "error"
+    assert await tier.probe(b'{"q":1}', "scope") == "no_text"
+    await tier.close()

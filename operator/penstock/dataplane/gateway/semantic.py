@@ -119,6 +119,11 @@ class SemanticTier:
         except EmbedError as error:
             log.debug("semantic lookup skipped: %s", error)
             return "error"
+        if self.index.dimension not in (None, vector.shape[0]):  # the embedder changed models
+            log.debug(
+                "semantic lookup skipped: %d numbers, not %s", vector.shape[0], self.index.dimension
+            )
+            return "error"
         return Probe(found.text, found.guard, vector)
 
     async def find(
