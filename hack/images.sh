@@ -130,7 +130,7 @@ node_image_key() {
     echo "$KUBERNETES_VERSION $ETCD_VERSION $COREDNS_VERSION $KIND_VERSION $PAUSE_VERSION"
     echo "$NODE_ROOTFS_IMAGE $BASE_IMAGE"
     (cd "$ROOT/hack/kind/node" && find . -type f | sort | xargs sha256sum)
-    sha256sum "$ROOT/hack/images.sh"
+    sha256sum <"$ROOT/hack/images.sh"  # the content only: the same key from every clone's path
   } | short_hash
 }
 NODE_IMAGE="penstock/kind-node:$KUBERNETES_VERSION-$(node_image_key)"
@@ -210,6 +210,10 @@ ENTRYPOINT ["/usr/local/bin/penstock-node-entrypoint", "/sbin/init"]
 DOCKERFILE
   build_image "$NODE_IMAGE" "$dir"
   rm -rf "$dir"
+  # Only the current node image is kept (1.4 GB each): the cache stays bounded.
+  docker images --format '{{.Repository}}:{{.Tag}}' | grep '^penstock/kind-node:' |
+    grep -vxF "$NODE_IMAGE" | xargs -r docker rmi >/dev/null 2>&1 || true
+  docker image prune -f >/dev/null 2>&1 || true
   log "node image $NODE_IMAGE in $(elapsed "$t0")"
   echo "$NODE_IMAGE"
 }
