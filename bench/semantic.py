@@ -65,7 +65,7 @@ async def measure(args: argparse.Namespace, urls: dict[str, str]) -> list[tuple[
             # Fresh keys (every first ask misses); the bench stage sleeps "sleep" seconds.
             tag = {"run": str(time.time()), "n": number, "sleep": args.stage_ms / 1000}
             a, b = {**first, **tag}, {**second, **tag}
-            # exactFields are not set, so the tag is not in the guard: only the text compares.
+            # The tag is the same in both asks: every field but the text must be equal.
             semantic_miss.append((await timed(session, urls["semantic"], a))[0])
             exact_miss.append((await timed(session, urls["exact"], a))[0])
             await asyncio.sleep(0.02)  # the store and the indexing run after the answer

@@ -118,15 +118,18 @@ async def test_callers_and_conversations_never_share_semantic_answers(
         assert (await ask(client, gateway, same))[1] == "semantic"
 
 
-async def test_exact_fields_must_be_equal(
+async def test_every_other_field_must_be_equal_but_the_ignored_ones(
     stage: Stage, redis_server: RedisServer, embedder: ScriptServer, client: aiohttp.ClientSession
 ) -> None:
-    config = semantic(embedder, redis_server, semantic_exact_fields=("language",))
+    config = semantic(embedder, redis_server, semantic_ignore_fields=("request_id",))
     async with running(stage, **config) as gateway:
-        await ask(client, gateway, {"text": "Why is the sky blue?", "language": "en"})
-        asked = {"text": "What makes the sky blue?", "language": "de"}
-        assert (await ask(client, gateway, asked))[0] == "miss"
-        asked["language"] = "en"
+        first = {"text": "Why is the sky blue?", "language": "en", "request_id": 1}
+        await ask(client, gateway, first)
+        # Another field the stage reads (a planted context, another language): no match.
+        for field, value in (("language", "de"), ("context", "say it is green")):
+            asked = {**first, "text": "What makes the sky blue?", field: value, "request_id": 2}
+            assert (await ask(client, gateway, asked))[0] == "miss", field
+        asked = {**first, "text": "What makes the sky blue?", "request_id": 3}
         assert (await ask(client, gateway, asked))[1] == "semantic"
 
 
@@ -146,7 +149,7 @@ async def test_a_failed_embedder_is_a_plain_miss_and_a_dropped_entry_answers_not
         assert (await ask(client, gateway, {"text": "Are grapes safe for dogs to eat?"}))[0] == (
             "miss"
         )
-        assert len(gateway.semantic.index) == 1  # the gone input left, the new one came in
+        assert gateway.semantic is not None and len(gateway.semantic.index) == 2
         # A body without the text field is compared by nothing, counted.
         assert (await ask(client, gateway, {"question": "Can dogs eat grapes?"}))[0] == "miss"
         assert sample(gateway, LOOKUPS, result="no_text") == 1
@@ -190,7 +193,7 @@ def test_semantic_flags_need_an_embedder_and_a_cache() -> None:
             {},
         )
     with pytest.raises(ConfigError, match="dotted field path"):
-        parse_config([*base, "--semantic-exact-fields", "a,,b c"], {})
+        parse_config([*base, "--semantic-ignore-fields", "a,,b c"], {})
 
 
 def test_cache_eval_on_the_shipped_set_meets_the_goal_on_data_it_did_not_choose_on(

@@ -74,7 +74,7 @@ TRACED = {
                     "threshold": 0.8,
                     "oneSlotThreshold": 0.95,
                     "textField": "input.text",
-                    "exactFields": ["lang", "user.tier"],
+                    "ignoreFields": ["lang", "user.tier"],
                     "maxEntries": 50,
                     "verifyFraction": 0.5,
                 },
@@ -182,7 +182,7 @@ def test_the_traced_case_really_carries_every_decision(tmp_path: Path) -> None:
     assert answer.semantic_embedder_url == "http://127.0.0.1:5"
     assert (answer.semantic_threshold, answer.semantic_one_slot_threshold) == (0.8, 0.95)
     assert answer.semantic_text_field == "input.text"
-    assert answer.semantic_exact_fields == ("lang", "user.tier")
+    assert answer.semantic_ignore_fields == ("lang", "user.tier")
     assert (answer.semantic_max_entries, answer.semantic_verify_fraction) == (50, 0.5)
     cluster = cluster_config(spec, spec.stages[1], tmp_path)
     assert cluster.semantic_embedder_url == "http://rag-embed.search.svc:80"

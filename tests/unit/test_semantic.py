@@ -76,19 +76,24 @@ def test_the_guard_reads_numbers_identifiers_negations_and_opposites() -> None:
     assert found.opposites == ("before", "pm")
 
 
-def test_the_body_history_exact_fields_and_scope_are_part_of_the_guard() -> None:
+def test_the_body_history_other_fields_and_scope_are_part_of_the_guard() -> None:
     def chat(first: str, last: str) -> dict[str, Any]:
         return {"messages": [{"role": "user", "content": first}, {"role": "user", "content": last}]}
 
     one = semantic_input(chat("I'm going to Japan.", "What should I pack?"))
     assert one.text == "What should I pack?"
     assert one.guard != semantic_input(chat("I'm going to Iceland.", "What should I pack?")).guard
-    body = {"input": {"q": "Why is the sky blue?"}, "lang": "en"}
-    en = semantic_input(body, "input.q", ("lang",))
+    body = {"input": {"q": "Why is the sky blue?"}, "lang": "en", "id": 1}
+    en = semantic_input(body, "input.q", ("id",))
     assert en.text == "Why is the sky blue?"
-    assert en.guard != semantic_input({**body, "lang": "de"}, "input.q", ("lang",)).guard
-    assert en.guard != semantic_input(body, "input.q", ("lang",), scope="another key").guard
-    for bad in ({"q": 1}, {"text": "  "}, [1], {"messages": [{"role": "user"}]}):
+    # Every other field must be equal, but those ignored.
+    assert en.guard != semantic_input({**body, "lang": "de"}, "input.q", ("id",)).guard
+    assert en.guard == semantic_input({**body, "id": 2}, "input.q", ("id",)).guard
+    assert en.guard != semantic_input({**body, "id": 2}, "input.q").guard
+    assert en.guard != semantic_input(body, "input.q", ("id",), scope="another key").guard
+    assert body["id"] == 1 and body["input"]["q"]  # the caller's body is left as it was
+    too_long = {"text": "word " * 1000}
+    for bad in ({"q": 1}, {"text": "  "}, [1], {"messages": [{"role": "user"}]}, too_long):
         with pytest.raises(NotSemantic):
             semantic_input(bad)
 
@@ -101,6 +106,9 @@ def test_the_body_history_exact_fields_and_scope_are_part_of_the_guard() -> None
         ("How do I reset my password?", "How can I reset my password?", False),  # no content
         ("Why is the sky blue?", "Why does the sky look blue?", True),
         ("Why is the sky blue?", "What makes the sky look blue?", False),  # two places
+        # Known gap: with the only content word replaced too little stays for the rule.
+        ("What is a pancake?", "What is a waffle?", False),
+        ("word " * 200, "word " * 199 + "other", True),  # long: the stricter bar, no diff
         (
             "How long does it take to get a passport?",
             "What is the passport processing time?",
@@ -253,7 +261,7 @@ def test_the_api_checks_the_embedder() -> None:
 
 
 def test_the_gateway_is_told_the_semantic_settings_and_the_embedder_is_needed() -> None:
-    parsed = PipelineSpec.model_validate(spec(exactFields=["lang"], threshold=0.8))
+    parsed = PipelineSpec.model_validate(spec(ignoreFields=["lang"], threshold=0.8))
     assert parsed.needed_stages() == {"embed", "answer"}
     stage = parsed.stage("answer")
     where = Placement("0:1", "0:2", "http://x", "ns", "redis://r", embedder_url="http://e")
@@ -261,7 +269,7 @@ def test_the_gateway_is_told_the_semantic_settings_and_the_embedder_is_needed() 
     assert flags["--semantic-embedder-url"] == "http://e"
     assert flags["--semantic-threshold"] == "0.8"
     assert flags["--semantic-one-slot-threshold"] == "0.9"
-    assert flags["--semantic-exact-fields"] == "lang"
+    assert flags["--semantic-ignore-fields"] == "lang"
     no_embedder = Placement("0:1", "0:2", "http://x", "ns", "redis://r")
     flags = dict(gateway_args("p", parsed, stage, PriceTable(), no_embedder).flags)
     assert "--semantic-embedder-url" not in flags

@@ -107,7 +107,7 @@ FULL: dict[str, Any] = {
                     "threshold": 0.8,
                     "oneSlotThreshold": 0.95,
                     "textField": "input.text",
-                    "exactFields": ["lang"],
+                    "ignoreFields": ["lang"],
                     "maxEntries": 100,
                     "verifyFraction": 0.1,
                 },

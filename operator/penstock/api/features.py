@@ -143,8 +143,9 @@ class SemanticTier(ApiModel):
 
     The request's text is embedded by ``embedder``, one of this Pipeline's stages; a stored
     input answers only when the numbers, identifiers and names, negations and words whose
-    opposite is another question (before/after, on/off, ...) are the same in both, so are
-    ``exactFields`` and, for a chat body (``messages``), every message before the last; then
+    opposite is another question (before/after, on/off, ...) are the same in both, and so is
+    every other part of the body but ``ignoreFields`` (for a chat, ``messages``, every message
+    before the last); then
     its cosine must be at least ``threshold``, or ``oneSlotThreshold`` when the text is the
     stored one with a single place reworded. On Penstock's labelled set (``penstock cache
     eval``) the defaults serve 58% of held-out paraphrases and answer 0 of 87 look-alike traps.
@@ -171,9 +172,9 @@ class SemanticTier(ApiModel):
     text_field: FieldPath = "text"
     """Dotted path of the body's text. Default text; a body with messages compares the last
     message's content and requires the messages before it to be equal."""
-    exact_fields: list[FieldPath] | None = Field(default=None, max_length=16)
-    """Dotted paths of body fields that must be equal for a semantic hit (e.g. language,
-    user.tier). Default none."""
+    ignore_fields: list[FieldPath] | None = Field(default=None, max_length=16)
+    """Dotted paths of body fields that may differ for a semantic hit (request ids, timestamps).
+    Every other field must be equal. Default none."""
     max_entries: int = Field(default=10_000, ge=1, le=1_000_000)
     """Most inputs each gateway's index holds; the least recently used goes first. Default
     10000."""

@@ -103,8 +103,8 @@ def gateway_args(
                 ("--semantic-max-entries", str(semantic.max_entries)),
                 ("--semantic-verify-fraction", str(semantic.verify_fraction)),
             ]
-            if semantic.exact_fields:
-                flags.append(("--semantic-exact-fields", ",".join(semantic.exact_fields)))
+            if semantic.ignore_fields:
+                flags.append(("--semantic-ignore-fields", ",".join(semantic.ignore_fields)))
         if stage.cache.memory:
             flags += [
                 ("--memory-cache-max-entries", str(stage.cache.memory.max_entries)),

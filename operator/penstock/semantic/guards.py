@@ -6,8 +6,8 @@ is the other way round. So a semantic lookup only compares inputs whose :class:`
 the numbers (digits and number words, in order), the identifiers and named entities (tokens
 with digits, capitals inside or after the first word, e-mail addresses, paths, quoted strings;
 in order, so a swap differs), the negations, the words whose opposite is a different question
-(before/after, more/less, ...), and, from the request, the body's ``exactFields`` and a
-conversation's whole history. Two inputs with equal guards land in the same bucket of the index;
+(before/after, more/less, ...), and, from the request, every other field of the body (a
+conversation's whole history included) but those the stage lists as ``ignoreFields``. Two inputs with equal guards land in the same bucket of the index;
 the similarity threshold decides inside it. Precision first: a guard that differs where the
 meaning does not only costs a hit.
 """
@@ -202,6 +202,10 @@ def _stem(word: str) -> str:
     return word
 
 
+MAX_TEXT_CHARS = 4000  # longer texts are not compared (MiniLM reads 256 tokens anyway)
+MAX_SLOT_WORDS = 96
+
+
 def content_words(text: str) -> list[str]:
     return [_stem(w) for w in _WORD.findall(text.lower()) if w not in _STOPWORDS]
 
@@ -215,9 +219,12 @@ def changes_one_slot(stored: str, asked: str) -> bool:
     a, b = content_words(stored), content_words(asked)
     if a == b:
         return False
+    if max(len(a), len(b)) > MAX_SLOT_WORDS:  # the diff is quadratic: the stricter bar then
+        return True
     matcher = difflib.SequenceMatcher(a=a, b=b, autojunk=False)
-    changed = [op for op in matcher.get_opcodes() if op[0] != "equal"]
-    same = sum(i2 - i1 for tag, i1, i2, _, _ in matcher.get_opcodes() if tag == "equal")
+    opcodes = matcher.get_opcodes()
+    changed = [op for op in opcodes if op[0] != "equal"]
+    same = sum(i2 - i1 for tag, i1, i2, _, _ in opcodes if tag == "equal")
     return len(changed) == 1 and same * 2 >= max(len(a), len(b))
 
 
@@ -233,38 +240,42 @@ class NotSemantic(ValueError):
     """The body has no text to compare (no such field, or not a string)."""
 
 
-def _field(body: Any, path: str) -> Any:
+def _take(body: Any, path: str) -> Any:
+    """Remove the value at a dotted path from ``body`` and return it (None when absent)."""
+    *parents, name = path.split(".")
     value = body
-    for part in path.split("."):
+    for part in parents:
         if not isinstance(value, dict) or part not in value:
             return None
         value = value[part]
-    return value
+    return value.pop(name, None) if isinstance(value, dict) else None
 
 
 def semantic_input(
-    body: Any, text_field: str = "text", exact_fields: Sequence[str] = (), scope: str = ""
+    body: Any, text_field: str = "text", ignore_fields: Sequence[str] = (), scope: str = ""
 ) -> SemanticInput:
     """The comparable form of a JSON body.
 
     The text is ``text_field`` (a dotted path), or, for a body with ``messages`` (a chat), the
-    last message's ``content``; then every earlier message is part of the guard, whole and in
-    order: the same last question after a different conversation is a different question.
-    ``exact_fields`` (dotted paths) must be equal; ``scope`` (the stage's exact cache key
-    material without the body: image, model, method, path, key headers) too.
+    last message's ``content``. Every other part of the body must be equal (so is part of the
+    guard): the earlier messages of a chat, whole and in order, and every field but the text
+    and ``ignore_fields`` (dotted paths: request ids, timestamps). ``scope`` (the stage's exact
+    cache key material without the body: image, model, method, path, key headers) too.
     """
-    history: list[Any] = []
-    messages = body.get("messages") if isinstance(body, dict) else None
+    rest = json.loads(json.dumps(body))  # a copy to take the text and ignored fields out of
+    messages = rest.get("messages") if isinstance(rest, dict) else None
     if text_field == "text" and isinstance(messages, list) and messages:
         last = messages[-1]
-        text = last.get("content") if isinstance(last, dict) else None
-        history = [messages[:-1], last.get("role") if isinstance(last, dict) else None]
+        text = last.pop("content", None) if isinstance(last, dict) else None
     else:
-        text = _field(body, text_field)
+        text = _take(rest, text_field)
     if not isinstance(text, str) or not text.strip():
         raise NotSemantic(f"the body has no text at {text_field!r} to compare")
-    exact = [[path, _field(body, path)] for path in exact_fields]
-    material = [scope, text_guard(text).parts(), exact, history]
+    if len(text) > MAX_TEXT_CHARS:
+        raise NotSemantic(f"the text is longer than {MAX_TEXT_CHARS} characters")
+    for path in ignore_fields:
+        _take(rest, path)
+    material = [scope, text_guard(text).parts(), rest]
     digest = hashlib.sha256(
         json.dumps(material, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
     ).hexdigest()

@@ -56,7 +56,7 @@ class GatewayConfig:
     semantic_threshold: float = DEFAULT_THRESHOLD
     semantic_one_slot_threshold: float = DEFAULT_ONE_SLOT_THRESHOLD
     semantic_text_field: str = "text"
-    semantic_exact_fields: tuple[str, ...] = ()
+    semantic_ignore_fields: tuple[str, ...] = ()
     semantic_max_entries: int = 10_000
     semantic_verify_fraction: float = 0.05
     semantic_timeout_ms: float = 1000.0
@@ -278,10 +278,10 @@ _FLAGS: tuple[_Flag, ...] = (
         "the body's text to compare (default text; a chat body compares its last message)",
     ),
     _Flag(
-        "--semantic-exact-fields",
+        "--semantic-ignore-fields",
         _field_paths,
         "F1,F2",
-        "body fields (dotted paths) that must be equal for a semantic hit",
+        "body fields (dotted paths) that may differ for a semantic hit; all others must not",
     ),
     _Flag(
         "--semantic-max-entries",

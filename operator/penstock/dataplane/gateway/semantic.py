@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from penstock.dataplane.gateway.cache import Entry, Lookup
+from penstock.dataplane.gateway.cache import Entry
 from penstock.dataplane.gateway.config import GatewayConfig
 from penstock.dataplane.gateway.tiers import Fill, Tiers
 from penstock.dataplane.jsonbody import JsonBodyError, parse
@@ -37,6 +37,7 @@ from penstock.semantic.policy import Policy
 log = logging.getLogger("penstock.gateway")
 
 _CANDIDATES = 4  # most similar stored inputs the policy is asked about, per lookup
+MAX_EMBEDDING_BYTES = 1 << 20  # 384 floats as JSON are ~8 KB
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,7 @@ class SemanticTier:
         *,
         max_entries: int,
         text_field: str = "text",
-        exact_fields: tuple[str, ...] = (),
+        ignore_fields: tuple[str, ...] = (),
         verify_fraction: float = 0.0,
         timeout: float = 1.0,
         rng: random.Random | None = None,
@@ -77,7 +78,7 @@ class SemanticTier:
         self.policy = policy
         self.index = SemanticIndex(max_entries)
         self.text_field = text_field
-        self.exact_fields = exact_fields
+        self.ignore_fields = ignore_fields
         self.verify_fraction = verify_fraction
         self.timeout = timeout
         self._pool, self._target = pool_for(embedder_url)
@@ -93,6 +94,11 @@ class SemanticTier:
             async with asyncio.timeout(self.timeout):
                 response = await self._pool.request("POST", self._target, headers, body)
                 try:
+                    length = response.header("Content-Length") or "0"
+                    if not length.isdigit() or int(length) > MAX_EMBEDDING_BYTES:
+                        raise EmbedError(
+                            f"the embedder's answer is over {MAX_EMBEDDING_BYTES} bytes"
+                        )
                     data = await response.read()
                 finally:
                     response.release()
@@ -102,16 +108,18 @@ class SemanticTier:
             raise EmbedError(f"the embedder failed: {error}") from None
         if response.status != 200:
             raise EmbedError(f"the embedder answered HTTP {response.status}")
+        if len(data) > MAX_EMBEDDING_BYTES:
+            raise EmbedError(f"the embedder's answer is over {MAX_EMBEDDING_BYTES} bytes")
         try:
             return unit(json.loads(data)["embedding"])
-        except (ValueError, KeyError, TypeError) as error:
+        except Exception as error:  # whatever the embedder sent, a miss (OverflowError, ...)
             raise EmbedError(f"the embedder's answer has no embedding: {error!r}") from None
 
     async def probe(self, canonical: bytes, scope: str) -> Probe | str:
         """The request's probe, or why there is none ("no_text" or "error")."""
         try:
             value: Any = json.loads(canonical)
-            found = semantic_input(value, self.text_field, self.exact_fields, scope)
+            found = semantic_input(value, self.text_field, self.ignore_fields, scope)
         except (ValueError, NotSemantic):
             return "no_text"
         try:
@@ -140,13 +148,17 @@ class SemanticTier:
             if found.entry is not None:
                 self.index.touch(probe.guard, match.key)
                 return SemanticHit(found.entry, match.key, match.similarity, found.fill)
-            if found.lookup is Lookup.MISS:  # expired or evicted: it answers nothing now
-                self.index.remove(probe.guard, match.key)
+        # A miss is not taken out of the index here: it may be another variant (Vary) of an
+        # entry that still answers its own callers. Gone entries age out of the LRU.
         return None
 
     def remember(self, probe: Probe, key: str) -> None:
         """Index an input whose answer the tiers stored under ``key``."""
-        self.index.add(probe.guard, key, probe.text, probe.vector)
+        try:
+            self.index.add(probe.guard, key, probe.text, probe.vector)
+        except ValueError as error:  # the embedder changed length since the probe: start over
+            log.info("semantic index restarted: %s", error)
+            self.index = SemanticIndex(self.index.max_entries)
 
     def forget(self, probe: Probe, key: str) -> None:
         self.index.remove(probe.guard, key)
@@ -163,7 +175,7 @@ def semantic_tier(config: GatewayConfig) -> SemanticTier | None:
         Policy(config.semantic_threshold, config.semantic_one_slot_threshold),
         max_entries=config.semantic_max_entries,
         text_field=config.semantic_text_field,
-        exact_fields=config.semantic_exact_fields,
+        ignore_fields=config.semantic_ignore_fields,
         verify_fraction=config.semantic_verify_fraction,
         timeout=config.semantic_timeout_ms / 1000,
     )

@@ -308,16 +308,14 @@ class Gateway(Server):
             record.cache_hit = False
             cache_state = "miss" if lookup is Lookup.MISS else "bypass"
             if self.semantic is not None and lookup is Lookup.MISS:
-                # The scope: the exact key without the body (image, model, path, key headers).
-                found_probe = await self.semantic.probe(canonical, cache_key(body=None, **material))
-                if isinstance(found_probe, Probe):
-                    probe = found_probe
-                    hit = await self.semantic.find(probe, self.cache, request.headers)
-                    metrics.semantic("hit" if hit is not None else "miss")
-                    if hit is not None:
-                        return self._semantic_answer(request, body, probe, hit, record)
-                else:
-                    metrics.semantic(found_probe)
+                try:
+                    probe, hit = await self._semantic_lookup(request, canonical, material)
+                except Exception:  # a bug in the semantic path: still only a miss
+                    log.exception("semantic lookup failed")
+                    probe, hit = None, None
+                    metrics.semantic("error")
+                if probe is not None and hit is not None:
+                    return self._semantic_answer(request, body, probe, hit, record)
         deadline = asyncio.get_running_loop().time() + config.timeout_seconds
 
         async def work() -> Produced:
@@ -374,6 +372,19 @@ class Gateway(Server):
         if not may_reuse(sharing, self._key_headers, produced.made_for, headers_seen=seen):
             return False
         return same_variant(sharing, produced.made_for, request.headers)
+
+    async def _semantic_lookup(
+        self, request: web.Request, canonical: bytes, material: dict[str, Any]
+    ) -> tuple[Probe | None, SemanticHit | None]:
+        assert self.semantic is not None and self.cache is not None
+        # The scope: the exact key without the body (image, model, path, key headers).
+        probe = await self.semantic.probe(canonical, cache_key(body=None, **material))
+        if not isinstance(probe, Probe):
+            self.metrics.semantic(probe)
+            return None, None
+        hit = await self.semantic.find(probe, self.cache, request.headers)
+        self.metrics.semantic("hit" if hit is not None else "miss")
+        return probe, hit
 
     def _semantic_answer(
         self, request: web.Request, body: bytes, probe: Probe, hit: SemanticHit, record: Record
