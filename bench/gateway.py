@@ -29,6 +29,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -37,6 +38,8 @@ from typing import Any
 
 import aiohttp
 import redis.asyncio as aioredis
+
+import nginx  # bench/nginx.py, the reference hop (this script's directory is on sys.path)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -438,12 +441,214 @@ async def run_batching(args: argparse.Namespace) -> list[tuple[str, ...]]:
     return rows
 
 
+HOP_GOALS = {"p50": 2.0, "p99": 3.0, "cpu": 3.0}  # the gateway's added cost / nginx's
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.body = '{"run": 1, "i": 0}'
+wrk.headers["Content-Type"] = "application/json"
+"""
+
+
+async def wrk_rate(url: str, seconds: float, connections: int, script: Path) -> float:
+    """Closed-loop requests per second from wrk (one thread, ``connections`` connections)."""
+    proc = await asyncio.create_subprocess_exec(
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{seconds:g}s",
+        "-s",
+        str(script),
+        url,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    out, _ = await proc.communicate()
+    for line in out.decode().splitlines():
+        if line.startswith("Requests/sec:"):
+            return float(line.split()[1])
+    raise SystemExit(f"bench: wrk gave no rate for {url}: {out.decode()[-300:]}")
+
+
+async def run_hop(args: argparse.Namespace) -> tuple[list[tuple[str, ...]], str]:
+    """The gateway's hop against nginx's in one run: added latency and CPU per request
+    (interleaved, paced), closed-loop capacity in front of a static nginx stage (wrk), and a
+    memory-tier hit against the direct call to the trivial stage."""
+    stage_port, redis_port, static_port = free_port(), free_port(), free_port()
+    ngx_port, ngx_static = free_port(), free_port()
+    gw_port, gw_admin, mem_port, mem_admin = free_port(), free_port(), free_port(), free_port()
+    gs_port, gs_admin = free_port(), free_port()
+    redis_url = f"redis://127.0.0.1:{redis_port}/0"
+    stage_url = f"http://127.0.0.1:{stage_port}"
+    gateway = [sys.executable, "-m", "penstock.dataplane.gateway"]
+
+    def listen(port: int, admin: int) -> list[str]:
+        return ["--listen", f"127.0.0.1:{port}", "--admin-listen", f"127.0.0.1:{admin}"]
+
+    redis_cmd = ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1"]
+    rows: list[tuple[str, ...]] = []
+    with (
+        process([*redis_cmd, "--save", "", "--appendonly", "no"]),
+        process([sys.executable, "-c", STAGE_APP, str(stage_port)]),
+        nginx.nginx(ngx_port, upstream_port=stage_port) as ngx_worker,
+        nginx.nginx(static_port),
+        nginx.nginx(ngx_static, upstream_port=static_port) as ngx_static_worker,
+        process(
+            [*gateway, "--upstream", stage_url, *listen(gw_port, gw_admin), "--stage", "hop"]
+        ) as gw,
+        process(
+            [
+                *gateway,
+                "--upstream",
+                stage_url,
+                *listen(mem_port, mem_admin),
+                *("--stage", "hop-memory", "--redis-url", redis_url),
+                *("--memory-cache-max-entries", "1000"),
+            ]
+        ),
+        process(
+            [
+                *gateway,
+                "--upstream",
+                f"http://127.0.0.1:{static_port}",
+                *listen(gs_port, gs_admin),
+                "--stage",
+                "hop-static",
+            ]
+        ) as gw_static,
+    ):
+        connector = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            for admin in (gw_admin, mem_admin, gs_admin):
+                await wait_http(session, f"http://127.0.0.1:{admin}/ready")
+            await wait_http(session, f"http://127.0.0.1:{ngx_port}/healthz")
+            run_id = time.time_ns()
+
+            def poster(base: str, unique: bool) -> Callable[[int], Awaitable[None]]:
+                async def call(index: int) -> None:
+                    body = {"run": run_id, "i": index if unique else 0}
+                    async with session.post(base + "/", json=body) as response:
+                        await response.read()
+                        assert response.status == 200, response.status
+
+                return call
+
+            urls = [stage_url] + [f"http://127.0.0.1:{p}" for p in (ngx_port, gw_port)]
+            mem_url = f"http://127.0.0.1:{mem_port}"
+            for base in urls:
+                await paced(200, args.rate, poster(base, unique=True))
+            await poster(mem_url, unique=False)(0)
+            await asyncio.sleep(0.2)  # the memory tier is filled after the answer
+            cpu_before = [nginx.cpu_seconds(pid) for pid in (ngx_worker, gw.pid)]
+            direct, via_nginx, via_gateway, hit = await interleaved(
+                args.requests,
+                args.rate,
+                [*(poster(base, unique=True) for base in urls), poster(mem_url, unique=False)],
+            )
+            cpu = [
+                (nginx.cpu_seconds(pid) - before) / args.requests * 1000
+                for pid, before in zip((ngx_worker, gw.pid), cpu_before, strict=True)
+            ]
+            rates: list[float] = []
+            if shutil.which("wrk") is not None:
+                with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
+                    script.write(WRK_SCRIPT)
+                    script.flush()
+                    path = Path(script.name)
+                    ngx_rates, gw_rates = [], []
+                    for _ in range(args.hop_rounds):
+                        ngx_rates.append(
+                            await wrk_rate(f"http://127.0.0.1:{ngx_static}/", 3, 16, path)
+                        )
+                        gw_rates.append(await wrk_rate(f"http://127.0.0.1:{gs_port}/", 3, 16, path))
+                    rates = [
+                        sorted(ngx_rates)[len(ngx_rates) // 2],
+                        sorted(gw_rates)[len(gw_rates) // 2],
+                    ]
+            del ngx_static_worker, gw_static
+
+    def ms(value: float) -> str:
+        return f"{value * 1000:.3f}"
+
+    base50, base99 = percentile(direct, 50), percentile(direct, 99)
+    added = {}
+    for label, values in (("nginx", via_nginx), ("gateway", via_gateway)):
+        p50, p99 = percentile(values, 50), percentile(values, 99)
+        added[label] = (max(p50 - base50, 1e-6), max(p99 - base99, 1e-6))
+    ratio50 = added["gateway"][0] / added["nginx"][0]
+    ratio99 = added["gateway"][1] / added["nginx"][1]
+    cpu_ratio = cpu[1] / max(cpu[0], 1e-6)
+    rows.append(("direct to the stage (baseline)", ms(base50), ms(base99), "", ""))
+    for label, values, cpu_ms in (
+        ("nginx proxy_pass, keep-alive (1 worker)", via_nginx, cpu[0]),
+        ("gateway, no cache", via_gateway, cpu[1]),
+    ):
+        p50, p99 = percentile(values, 50), percentile(values, 99)
+        rows.append(
+            (
+                label,
+                f"{ms(p50)} (+{ms(p50 - base50)})",
+                f"{ms(p99)} (+{ms(p99 - base99)})",
+                f"{cpu_ms:.3f}",
+                "",
+            )
+        )
+    rows.append(
+        (
+            "gateway / nginx (added)",
+            f"{ratio50:.2f}x (goal <= {HOP_GOALS['p50']:g}x)",
+            f"{ratio99:.2f}x (goal <= {HOP_GOALS['p99']:g}x)",
+            f"{cpu_ratio:.2f}x (goal <= {HOP_GOALS['cpu']:g}x)",
+            "",
+        )
+    )
+    h50, h99 = percentile(hit, 50), percentile(hit, 99)
+    hit_ratio = h50 / base50
+    rows.append(
+        (
+            "gateway, memory-tier hit",
+            ms(h50),
+            ms(h99),
+            "",
+            f"{hit_ratio:.2f}x the direct call p50 (goal <= 1.5x)",
+        )
+    )
+    capacity = "capacity=skipped"
+    if rates:
+        cap_ratio = rates[1] / rates[0]
+        rows.append(
+            (
+                "closed loop, static stage behind (req/s)",
+                f"nginx {rates[0]:.0f}",
+                f"gateway {rates[1]:.0f}",
+                "",
+                f"{cap_ratio:.2f}x nginx's (goal >= 0.5x)",
+            )
+        )
+        capacity = f"capacity_ratio={cap_ratio:.2f}"
+    else:
+        rows.append(
+            ("closed loop capacity", "skipped: wrk not found", "", "", "(apt-get install wrk)")
+        )
+    summary = (
+        f"hop added_p50_ratio={ratio50:.2f} added_p99_ratio={ratio99:.2f}"
+        f" cpu_ratio={cpu_ratio:.2f} {capacity} hit_vs_direct={hit_ratio:.2f}"
+    )
+    return rows, summary
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=2000, help="requests per measurement")
     parser.add_argument("--rate", type=float, default=400, help="requests per second")
     parser.add_argument("--concurrent", type=int, default=50, help="identical requests at once")
     parser.add_argument("--no-batching", action="store_true", help="skip the embedding bench")
+    parser.add_argument(
+        "--only-hop", action="store_true", help="only the hop against nginx (needs nginx)"
+    )
+    parser.add_argument("--no-hop", action="store_true", help="skip the hop against nginx")
+    parser.add_argument(
+        "--hop-rounds", type=int, default=3, help="hop: closed-loop rounds per proxy (median)"
+    )
     parser.add_argument("--only-batching", action="store_true", help="only the embedding bench")
     parser.add_argument("--clients", type=int, default=32, help="batching: concurrent clients")
     parser.add_argument(
@@ -472,6 +677,18 @@ def main() -> int:
     os.environ.setdefault("PYTHONPATH", str(REPO / "operator"))
     if args.only_batching:
         return batching_table(args)
+    if not args.no_hop:
+        if not nginx.available():
+            print("hop: skipped (apt-get install nginx-light wrk for the reference hop)")
+        else:
+            hop_rows, summary = asyncio.run(run_hop(args))
+            print(f"hop bench: {args.requests} requests per case at {args.rate:g} req/s overall")
+            table(("case", "p50 ms", "p99 ms", "CPU ms/request", "ratio"), hop_rows)
+            print("ratios are against nginx's hop (or the direct call) measured in this same run")
+            print(summary)
+            print()
+        if args.only_hop:
+            return 0
     rows = asyncio.run(run(args))
     print(f"gateway bench: {args.requests} requests per case at {args.rate:g} req/s, loopback")
     table(("case", "p50 ms", "p99 ms", "ratio (p50 / p99)"), rows)

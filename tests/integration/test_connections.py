@@ -20,7 +20,7 @@ import uvloop
 from aiohttp import web
 
 from penstock.contract.topology import StageRoute, Topology
-from penstock.dataplane.connections import GuardedSite, Listener
+from penstock.dataplane.connections import Listener
 from penstock.dataplane.gateway.config import GatewayConfig, HostPort
 from penstock.dataplane.gateway.server import Gateway
 from penstock.dataplane.limits import ServerLimits
@@ -49,14 +49,11 @@ class Server:
     kind: str
     port: int
     admin_port: int
-    runners: list[web.AppRunner]
+    listeners: list[Listener]
     who: str
 
     def listener(self, admin: bool = False) -> Listener:
-        runner = self.runners[1 if admin else 0]
-        [site] = runner.sites
-        assert isinstance(site, GuardedSite)
-        return site.listener
+        return self.listeners[1 if admin else 0]
 
 
 @asynccontextmanager
@@ -76,7 +73,7 @@ async def serving(kind: str, limits: ServerLimits = LIMITS) -> AsyncIterator[Ser
             router = Router(RouterConfig(any_port, topology, any_port, limits=limits))
             await router.start()
             try:
-                yield Server(kind, router.port, router.admin_port, router._runners, "pipeline")
+                yield Server(kind, router.port, router.admin_port, router.listeners(), "pipeline")
             finally:
                 await router.stop()
         else:
@@ -98,7 +95,7 @@ async def serving(kind: str, limits: ServerLimits = LIMITS) -> AsyncIterator[Ser
                         break
                     await asyncio.sleep(0.01)
                 assert gateway.ready
-                yield Server(kind, gateway.port, gateway.admin_port, gateway._runners, "stage")
+                yield Server(kind, gateway.port, gateway.admin_port, gateway.listeners(), "stage")
             finally:
                 await gateway.stop()
     finally:

@@ -24,7 +24,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from http import HTTPStatus
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from aiohttp import web
 from aiohttp.streams import StreamReader
@@ -36,6 +36,15 @@ log = logging.getLogger("penstock.dataplane")
 
 FRESH, HEAD, BUSY, IDLE = "fresh", "head", "busy", "idle"
 _REFUSAL_LINGER = 1.0  # seconds a refused connection may take to read its 503
+
+
+class Tracked(Protocol):
+    """A connection a :class:`Listener` bounds: its transport and its deadline check."""
+
+    @property
+    def transport(self) -> Any: ...
+
+    def check(self, now: float) -> None: ...
 
 
 class _Handler(web.RequestHandler):
@@ -210,11 +219,11 @@ class Listener:
                 self.max_connections,
                 limits.max_connections,
             )
-        self.open: set[_Handler] = set()
+        self.open: set[Any] = set()  # Tracked connections
         # Not busy, longest first: who gives way to a new connection. First those that never
         # completed a request (fresh, or still sending a head), then kept-alive idle ones.
-        self.fresh: dict[_Handler, None] = {}
-        self.idle: dict[_Handler, None] = {}
+        self.fresh: dict[Any, None] = {}
+        self.idle: dict[Any, None] = {}
         self.refusing: set[asyncio.Transport] = set()  # refused, reading their 503
         self.refused = self.evicted = self.timed_out = 0
         self.refusal = identity.raw(
@@ -225,7 +234,10 @@ class Listener:
         self._sweeper: asyncio.Task[None] | None = None
         self._last_warning = 0.0
 
-    def factory(self, server: web.Server, **kwargs: Any) -> Callable[[], asyncio.Protocol]:
+    def factory(self, connection: Callable[[], Any]) -> Callable[[], asyncio.Protocol]:
+        """The protocol factory for the listening socket: ``connection()`` makes a Tracked
+        protocol that reports to this listener (made, unlist, lost)."""
+
         def make() -> asyncio.Protocol:
             if len(self.open) >= self.max_connections:
                 waiting = self.fresh or self.idle
@@ -238,26 +250,26 @@ class Listener:
                 self.lost(victim)
                 if victim.transport is not None:
                     victim.transport.close()
-            handler = _Handler(server, self, **kwargs)
+            handler = connection()
             self.open.add(handler)
             self.fresh[handler] = None
-            return handler
+            return cast(asyncio.Protocol, handler)
 
         return make
 
-    def made(self, handler: _Handler) -> None:
+    def made(self, handler: Any) -> None:
         if handler not in self.open and handler.transport is not None:
             handler.transport.close()  # evicted before its connection was made
 
-    def lost(self, handler: _Handler) -> None:
+    def lost(self, handler: Any) -> None:
         self.open.discard(handler)
         self.unlist(handler)
 
-    def unlist(self, handler: _Handler) -> None:
+    def unlist(self, handler: Any) -> None:
         self.fresh.pop(handler, None)
         self.idle.pop(handler, None)
 
-    def closed_for(self, reason: str, handler: _Handler) -> None:
+    def closed_for(self, reason: str, handler: Any) -> None:
         self.timed_out += 1
         self.lost(handler)
         log.debug("%s: closed %s", self.identity.describe, reason)
@@ -350,7 +362,8 @@ class GuardedSite(web.BaseSite):
         loop = asyncio.get_running_loop()
         server = self._runner.server
         assert server is not None
-        factory = self.listener.factory(server, loop=loop, **self._options)
+        listener, options = self.listener, self._options
+        factory = listener.factory(lambda: _Handler(server, listener, loop=loop, **options))
         self._server = await loop.create_server(
             factory, self._host, self._port, reuse_address=True, backlog=self._backlog
         )

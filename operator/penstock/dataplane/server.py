@@ -21,8 +21,10 @@ from opentelemetry.trace import NoOpTracer, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from penstock.dataplane.connections import GuardedSite, Listener
 from penstock.dataplane.errors import error_middleware
 from penstock.dataplane.flags import HostPort
+from penstock.dataplane.http1 import Handler, Site
 from penstock.dataplane.limits import Identity, ServerLimits
 from penstock.dataplane.serving import listen, stop_on_signals
 
@@ -77,6 +79,7 @@ class Server:
         self.port = 0
         self.admin_port = 0
         self._runners: list[web.AppRunner] = []
+        self._sites: list[Site] = []
 
     async def start(self) -> None:
         """Set up what the server needs and :meth:`open` its listeners."""
@@ -98,9 +101,17 @@ class Server:
         )
 
     async def open(
-        self, app: web.Application, public: HostPort, private: HostPort, limits: ServerLimits
+        self,
+        app: web.Application | Handler,
+        public: HostPort,
+        private: HostPort,
+        limits: ServerLimits,
+        *,
+        max_body_bytes: int = 0,
     ) -> None:
-        """Listen with the public app on ``public`` and the admin app on ``private``."""
+        """Listen with the public app on ``public`` and the admin app on ``private``. The
+        public app is an aiohttp application or a handler served by dataplane/http1 (whose
+        body bound is ``max_body_bytes``)."""
         admin = web.Application(
             middlewares=[
                 error_middleware(
@@ -113,9 +124,14 @@ class Server:
         admin.router.add_get("/metrics", self._metrics)
         admin.router.add_get("/live", self._live)
         admin.router.add_get("/ready", self._ready)
-        self.port = await listen(
-            app, public.host, public.port, self._runners, limits, self.identity
-        )
+        if isinstance(app, web.Application):
+            self.port = await listen(
+                app, public.host, public.port, self._runners, limits, self.identity
+            )
+        else:
+            site = Site(app, limits, self.identity, max_body_bytes)
+            self._sites.append(site)
+            self.port = await site.start(public.host, public.port)
         admin_limits = replace(
             limits, max_connections=min(limits.max_connections, ADMIN_MAX_CONNECTIONS)
         )
@@ -126,9 +142,19 @@ class Server:
     async def close(self) -> None:
         """Stop listening (in-flight requests finish within the runners' shutdown timeout)."""
         self.ready = False
+        for site in self._sites:
+            await site.stop()
+        self._sites = []
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners = []
+
+    def listeners(self) -> list[Listener]:
+        """The listeners' connection bookkeeping: the public port's, then the admin port's."""
+        found = [site.listener for site in self._sites]
+        for runner in self._runners:
+            found += [site.listener for site in runner.sites if isinstance(site, GuardedSite)]
+        return found
 
     def close_tracer(self) -> None:
         if self._provider is not None:

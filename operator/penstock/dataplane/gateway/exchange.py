@@ -8,7 +8,6 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from aiohttp import web
 from multidict import CIMultiDict
 
 from penstock.contract.wire import CACHE_HEADER
@@ -22,6 +21,8 @@ from penstock.dataplane.gateway.stage import (
     strip_headers,
 )
 from penstock.dataplane.gateway.telemetry import request_cost_usd
+from penstock.dataplane.http1 import Answer as Reply
+from penstock.dataplane.http1 import Request, Response, StreamResponse
 from penstock.dataplane.upstream import UpstreamClosed, UpstreamProtocolError
 
 log = logging.getLogger("penstock.gateway")
@@ -84,9 +85,9 @@ def outcome_of(status: int) -> str:
     return "stage_error"
 
 
-def failure_response(failure: Failure, record: Record, cache: str) -> web.Response:
+def failure_response(failure: Failure, record: Record, cache: str) -> Response:
     record.outcome = failure.outcome
-    response = web.Response(
+    response = Response(
         status=failure.status,
         body=failure.body(),
         content_type="application/json",
@@ -98,13 +99,13 @@ def failure_response(failure: Failure, record: Record, cache: str) -> web.Respon
 
 
 async def respond(
-    request: web.Request,
+    request: Request,
     result: Outcome | OpenStream,
     record: Record,
     cache_state: str,
     sharers: int,
     config: GatewayConfig,
-) -> web.StreamResponse:
+) -> Reply:
     """The caller's answer: the stage's (buffered or streamed) or the gateway's failure."""
     if isinstance(result, OpenStream):
         return await _stream(request, result, record, cache_state, config)
@@ -113,7 +114,7 @@ async def respond(
     if isinstance(result, Failure):
         return failure_response(result, record, cache_state)
     record.outcome = outcome_of(result.status)
-    response = web.Response(status=result.status, body=result.body)
+    response = Response(status=result.status, body=result.body)
     for name, value in result.headers:
         response.headers.add(name, value)
     response.headers[CACHE_HEADER] = cache_state
@@ -121,14 +122,14 @@ async def respond(
 
 
 async def _stream(
-    request: web.Request,
+    request: Request,
     opened: OpenStream,
     record: Record,
     cache_state: str,
     config: GatewayConfig,
-) -> web.StreamResponse:
+) -> Reply:
     upstream = opened.response
-    out = web.StreamResponse(status=upstream.status)
+    out = StreamResponse(status=upstream.status)
     forwarded = strip_headers(CIMultiDict(upstream.headers), NOT_FORWARDED_RESPONSE)
     for name, value in forwarded.items():
         out.headers.add(name, value)
@@ -146,8 +147,7 @@ async def _stream(
         record.outcome = "upstream_error"
         log.warning("stage %s stream broke: %s", stage, describe(error))
         upstream.close()
-        if request.transport is not None:
-            request.transport.close()  # the client sees a truncated response, not EOF
+        request.cut()  # the client sees a truncated response, not EOF
     except ConnectionError:
         record.outcome = "client_closed"
         upstream.close()
@@ -155,8 +155,7 @@ async def _stream(
         record.outcome = "gateway_error"
         log.exception("stage %s: unexpected error while streaming", stage)
         upstream.close()
-        if request.transport is not None:
-            request.transport.close()
+        request.cut()
     finally:
         upstream.release()
         record.cost = request_cost_usd(config.hourly_cost, time.perf_counter() - opened.started)

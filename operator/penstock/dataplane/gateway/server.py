@@ -14,8 +14,6 @@ import time
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
-import aiohttp
-from aiohttp import web
 from multidict import CIMultiDict
 from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.trace import SpanKind, Status, StatusCode
@@ -71,8 +69,10 @@ from penstock.dataplane.gateway.stage import (
 )
 from penstock.dataplane.gateway.telemetry import GatewayMetrics
 from penstock.dataplane.gateway.tiers import Tiers, cache_tiers
+from penstock.dataplane.http1 import Answer as Reply
+from penstock.dataplane.http1 import BodyTooLarge, Request, Response
 from penstock.dataplane.jsonbody import JsonBodyError, parse
-from penstock.dataplane.limits import Identity
+from penstock.dataplane.limits import BodyTimeout, Identity
 from penstock.dataplane.server import Server, build_tracer
 
 log = logging.getLogger("penstock.gateway")
@@ -129,9 +129,13 @@ class Gateway(Server):
                 timeout=config.timeout_seconds,
             )
             self._batcher.on_batch = self.metrics.batch_size.observe
-        proxy = self.public_app("every path of the stage", config.max_body_bytes)
-        proxy.router.add_route("*", "/{tail:.*}", self._handle)
-        await self.open(proxy, config.listen, config.admin_listen, config.limits)
+        await self.open(
+            self._handle,
+            config.listen,
+            config.admin_listen,
+            config.limits,
+            max_body_bytes=config.max_body_bytes,
+        )
         self._readiness = asyncio.get_running_loop().create_task(self._readiness_loop())
 
     async def stop(self) -> None:
@@ -199,7 +203,7 @@ class Gateway(Server):
 
     # ----------------------------------------------------------------- proxy
 
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
+    async def _handle(self, request: Request) -> Reply:
         started = time.perf_counter()
         record = Record()
         metrics = self.metrics
@@ -230,12 +234,7 @@ class Gateway(Server):
                     if response.status >= 500:
                         span.set_status(Status(StatusCode.ERROR, record.outcome))
                 return response
-        except web.HTTPException as error:  # raised by aiohttp while reading the request
-            message = f"request refused: {error.reason}"
-            outcome = "client_error" if error.status < 500 else "gateway_error"
-            failure = Failure(error.status, message, self.config.stage, outcome)
-            return failure_response(failure, record, "bypass")
-        except Exception as error:  # never aiohttp's text/plain 500 page
+        except Exception as error:  # a bug: a JSON 500 naming the stage, logged
             log.exception("stage %s: unexpected error serving %s", self.config.stage, request.path)
             message = f"gateway error in front of stage {self.config.stage!r}: {describe(error)}"
             failure = Failure(500, message, self.config.stage, "gateway_error")
@@ -250,7 +249,7 @@ class Gateway(Server):
     def _client_error(self, message: str) -> Failure:
         return Failure(400, message, self.config.stage, "client_error")
 
-    async def _serve(self, request: web.Request, record: Record) -> web.StreamResponse:
+    async def _serve(self, request: Request, record: Record) -> Reply:
         config = self.config
         if not self.ready:
             message = f"stage {config.stage!r} is not ready: {self.not_ready_reason}"
@@ -258,7 +257,7 @@ class Gateway(Server):
                 Failure(503, message, config.stage, "not_ready"), record, "bypass"
             )
         if request.method != "POST" or request.path != STAGE_ENDPOINT:
-            body_stream = request.content.iter_any() if request.body_exists else None
+            body_stream = request.body.iter_any() if request.body_exists else None
             result = await self._call_stage(request, body_stream, always_stream=True)
             return await self._respond(request, result, record, "bypass", sharers=1)
 
@@ -279,7 +278,7 @@ class Gateway(Server):
             "stage_image": config.stage_image,
             "model_version": config.model_version,
             "method": request.method,
-            "path": request.rel_url.raw_path_qs,
+            "path": request.target,
             "headers": request.headers,
             "key_headers": config.cache_key_headers,
         }
@@ -296,7 +295,7 @@ class Gateway(Server):
                 record.cache_hit = True
                 if found.fill is not None:
                     self._after_answer(found.fill(metrics.tier_fill))
-                return web.Response(
+                return Response(
                     status=entry.status,
                     body=entry.body,
                     headers={
@@ -339,7 +338,7 @@ class Gateway(Server):
             self._after_answer(self._store(key, produced, probe))
         return await self._respond(request, produced.outcome, record, cache_state, sharers)
 
-    def _canonical(self, request: web.Request, body: bytes) -> bytes | Failure | None:
+    def _canonical(self, request: Request, body: bytes) -> bytes | Failure | None:
         """The body's canonical JSON text (the key material), a 400, or None: not JSON, so
         passed through without a key (only when it is not declared JSON and not batched)."""
         content_type = request.headers.get("Content-Type")
@@ -358,7 +357,7 @@ class Gateway(Server):
             return self._client_error(f"request body {problem}")
         return None
 
-    def _may_take(self, key: str, produced: Produced, request: web.Request) -> bool:
+    def _may_take(self, key: str, produced: Produced, request: Request) -> bool:
         """May a follower have the answer the leader's call produced?"""
         outcome = produced.outcome
         if isinstance(outcome, OpenStream):  # streamed to the leader's client: call again
@@ -374,7 +373,7 @@ class Gateway(Server):
         return same_variant(sharing, produced.made_for, request.headers)
 
     async def _semantic_lookup(
-        self, request: web.Request, canonical: bytes, material: dict[str, Any]
+        self, request: Request, canonical: bytes, material: dict[str, Any]
     ) -> tuple[Probe | None, SemanticHit | None]:
         assert self.semantic is not None and self.cache is not None
         # The scope: the exact key without the body (image, model, path, key headers).
@@ -387,15 +386,15 @@ class Gateway(Server):
         return probe, hit
 
     def _semantic_answer(
-        self, request: web.Request, body: bytes, probe: Probe, hit: SemanticHit, record: Record
-    ) -> web.Response:
+        self, request: Request, body: bytes, probe: Probe, hit: SemanticHit, record: Record
+    ) -> Response:
         assert self.semantic is not None
         record.cache_hit = True
         if hit.fill is not None:
             self._after_answer(hit.fill(self.metrics.tier_fill))
         if self.semantic.should_verify():
             self._after_answer(self._verify(request, body, probe, hit))
-        return web.Response(
+        return Response(
             status=hit.entry.status,
             body=hit.entry.body,
             headers={
@@ -406,9 +405,7 @@ class Gateway(Server):
             },
         )
 
-    async def _verify(
-        self, request: web.Request, body: bytes, probe: Probe, hit: SemanticHit
-    ) -> None:
+    async def _verify(self, request: Request, body: bytes, probe: Probe, hit: SemanticHit) -> None:
         """Ask the stage too; a different answer takes the stored input out of the index."""
         assert self.semantic is not None
         result = await self._call_stage(request, body)
@@ -453,15 +450,15 @@ class Gateway(Server):
         if stored is Store.ERROR:
             log.debug("cache store skipped: %s", self.cache.last_error)
 
-    async def _read_body(self, request: web.Request) -> bytes | Failure:
+    async def _read_body(self, request: Request) -> bytes | Failure:
         limit = self.config.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
             return self._too_large()
         try:
-            return await request.read()  # the app's client_max_size is the same limit
-        except web.HTTPRequestEntityTooLarge:
+            return await request.body.read(limit)
+        except BodyTooLarge:
             return self._too_large()
-        except (aiohttp.ClientPayloadError, ConnectionError) as error:
+        except (BodyTimeout, ConnectionError) as error:
             message = f"request body could not be read: {describe(error)}"
             return Failure(400, message, self.config.stage, "client_error")
 
@@ -470,7 +467,7 @@ class Gateway(Server):
         message = f"request body is larger than {limit} bytes (--max-body-bytes)"
         return Failure(413, message, self.config.stage, "client_error")
 
-    def _upstream_headers(self, request: web.Request, streamed: bool) -> CIMultiDict[str]:
+    def _upstream_headers(self, request: Request, streamed: bool) -> CIMultiDict[str]:
         drop = NOT_FORWARDED_STREAMED if streamed else NOT_FORWARDED_REQUEST
         headers = strip_headers(request.headers, drop)
         forwarded = request.remote
@@ -483,14 +480,14 @@ class Gateway(Server):
 
     async def _call_stage(
         self,
-        request: web.Request,
+        request: Request,
         body: bytes | AsyncIterator[bytes] | None,
         *,
         always_stream: bool = False,
         deadline: float | None = None,
     ) -> Outcome | OpenStream:
         headers = self._upstream_headers(request, streamed=not isinstance(body, bytes))
-        path_qs = request.rel_url.raw_path_qs
+        path_qs = request.target
         return await self.stage.call(
             request.method, path_qs, headers, body, always_stream=always_stream, deadline=deadline
         )
@@ -503,10 +500,10 @@ class Gateway(Server):
 
     async def _respond(
         self,
-        request: web.Request,
+        request: Request,
         result: Outcome | OpenStream,
         record: Record,
         cache_state: str,
         sharers: int,
-    ) -> web.StreamResponse:
+    ) -> Reply:
         return await respond(request, result, record, cache_state, sharers, self.config)
