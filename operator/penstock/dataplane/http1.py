@@ -14,6 +14,7 @@ listeners (states fresh / head / busy / idle, each with its deadline; one sweep 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections import deque
@@ -170,6 +171,16 @@ class Request:
     def body_exists(self) -> bool:
         return not self.body.is_eof()
 
+    @property
+    def connected(self) -> bool:
+        connection = self._connection
+        return connection is not None and connection.transport is not None
+
+    @property
+    def answer_started(self) -> bool:
+        """Has the answer begun (so an error can only cut it, not replace it)?"""
+        return self._connection is not None and self._connection.started
+
     def cut(self) -> None:
         """Close the connection now: the client sees a truncated answer, never a complete one."""
         if self._connection is not None:
@@ -211,6 +222,14 @@ class Response:
 
     def force_close(self) -> None:
         self.keep_alive = False
+
+
+def json_response(
+    value: Any, *, status: int = 200, headers: Mapping[str, str] | None = None
+) -> Response:
+    response = Response(status=status, body=json.dumps(value).encode(), headers=headers)
+    response.headers["Content-Type"] = "application/json"
+    return response
 
 
 class StreamResponse:

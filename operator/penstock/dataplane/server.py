@@ -1,6 +1,7 @@
-"""The floor plan the gateway and the router share: a public app and an admin app (``/metrics``,
-``/live``, ``/ready``) on listeners of their own, a tracer of its own provider, start/stop and
-the command's serve loop. Each server is a thin subclass that adds its handlers."""
+"""The floor plan the gateway and the router share: a public handler on dataplane/http1 (the
+hot path) and an admin app on aiohttp (``/metrics``, ``/live``, ``/ready``), on listeners of
+their own; a tracer of its own provider, start/stop and the command's serve loop. Each server
+is a thin subclass that adds its handler."""
 
 from __future__ import annotations
 
@@ -93,25 +94,17 @@ class Server:
         """The fields of the /ready answer after its status."""
         return {}
 
-    def public_app(self, serves: str, max_body_bytes: int) -> web.Application:
-        """The serving app, its errors answered as JSON naming this server; add routes to it."""
-        return web.Application(
-            client_max_size=max_body_bytes,
-            middlewares=[error_middleware(self.identity.describe, serves, self.identity.fields)],
-        )
-
     async def open(
         self,
-        app: web.Application | Handler,
+        handler: Handler,
         public: HostPort,
         private: HostPort,
         limits: ServerLimits,
         *,
         max_body_bytes: int = 0,
     ) -> None:
-        """Listen with the public app on ``public`` and the admin app on ``private``. The
-        public app is an aiohttp application or a handler served by dataplane/http1 (whose
-        body bound is ``max_body_bytes``)."""
+        """Serve ``handler`` on ``public`` (dataplane/http1: the hot path, request bodies up
+        to ``max_body_bytes``) and the admin app on ``private`` (aiohttp: probes, scrapes)."""
         admin = web.Application(
             middlewares=[
                 error_middleware(
@@ -124,14 +117,9 @@ class Server:
         admin.router.add_get("/metrics", self._metrics)
         admin.router.add_get("/live", self._live)
         admin.router.add_get("/ready", self._ready)
-        if isinstance(app, web.Application):
-            self.port = await listen(
-                app, public.host, public.port, self._runners, limits, self.identity
-            )
-        else:
-            site = Site(app, limits, self.identity, max_body_bytes)
-            self._sites.append(site)
-            self.port = await site.start(public.host, public.port)
+        site = Site(handler, limits, self.identity, max_body_bytes)
+        self._sites.append(site)
+        self.port = await site.start(public.host, public.port)
         admin_limits = replace(
             limits, max_connections=min(limits.max_connections, ADMIN_MAX_CONNECTIONS)
         )

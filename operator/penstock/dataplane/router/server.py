@@ -29,8 +29,6 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-import aiohttp
-from aiohttp import web
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.trace import SpanKind, Status, StatusCode
@@ -39,7 +37,9 @@ from penstock.api import graph as stage_graph
 from penstock.contract.profile import Profile, StageTiming
 from penstock.contract.topology import StageRoute
 from penstock.contract.wire import ATTR_PIPELINE, ATTR_STAGE, CACHE_HEADER, PROFILE_HEADER
-from penstock.dataplane.errors import StageError, json_error
+from penstock.dataplane.errors import StageError
+from penstock.dataplane.http1 import Answer as Reply
+from penstock.dataplane.http1 import BodyTooLarge, Request, Response, json_response
 from penstock.dataplane.jsonbody import MAX_DEPTH, JsonBodyError
 from penstock.dataplane.jsonbody import parse as parse_json_body
 from penstock.dataplane.limits import (
@@ -95,9 +95,15 @@ def _endpoint(url: str) -> str:
     return url if urlsplit(url).path not in ("", "/") else url.rstrip("/") + "/"
 
 
-def _json_error(status: int, message: str, pipeline: str, stage: str | None = None) -> web.Response:
+def _json_error(
+    status: int,
+    message: str,
+    pipeline: str,
+    stage: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
     identity = {"pipeline": pipeline} if stage is None else {"pipeline": pipeline, "stage": stage}
-    return json_error(status, message, identity)
+    return json_response({"error": message, **identity}, status=status, headers=headers)
 
 
 class Router(Server):
@@ -142,9 +148,13 @@ class Router(Server):
     # ----------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
-        app = self.public_app("POST / (the pipeline input as JSON)", MAX_BODY_BYTES)
-        app.router.add_post("/", self._handle)
-        await self.open(app, self.config.listen, self.config.admin_listen, self.config.limits)
+        await self.open(
+            self._handle,
+            self.config.listen,
+            self.config.admin_listen,
+            self.config.limits,
+            max_body_bytes=MAX_BODY_BYTES,
+        )
         self.ready = True
 
     async def stop(self) -> None:
@@ -158,7 +168,9 @@ class Router(Server):
 
     # ----------------------------------------------------------------- requests
 
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
+    async def _handle(self, request: Request) -> Reply:
+        if request.path != "/" or request.method != "POST":
+            return self._no_route(request)
         started = time.perf_counter()
         outcome = "internal_error"
         try:
@@ -168,7 +180,7 @@ class Router(Server):
             outcome = "cancelled"
             raise
         except Exception:
-            if request.writer.output_size > 0:  # mid-answer: the error middleware cuts it
+            if request.answer_started:  # mid-answer: the server cuts it
                 raise
             pipeline = self.topology.pipeline
             log.exception("pipeline %s: internal error", pipeline)
@@ -177,7 +189,15 @@ class Router(Server):
             self.metrics.request(outcome)
             self.metrics.duration.observe(time.perf_counter() - started)
 
-    async def _serve(self, request: web.Request, started: float) -> tuple[web.StreamResponse, str]:
+    def _no_route(self, request: Request) -> Response:
+        who, pipeline = self.identity.describe, self.topology.pipeline
+        serves = "POST / (the pipeline input as JSON)"
+        message = f"{who} has no {request.method} {request.path}; it serves {serves}"
+        if request.path != "/":
+            return _json_error(404, message, pipeline)
+        return _json_error(405, message, pipeline, headers={"Allow": "POST"})
+
+    async def _serve(self, request: Request, started: float) -> tuple[Reply, str]:
         pipeline = self.topology.pipeline
         raw = await self._read_body(request)
         if isinstance(raw, tuple):
@@ -213,32 +233,29 @@ class Router(Server):
                 log.warning("pipeline %s: %s", pipeline, error.message)
                 outcome = "timeout" if error.status == 504 else "stage_error"
                 headers = {"Retry-After": error.retry_after} if error.retry_after else None
-                answer_error = json_error(
-                    error.status,
-                    error.message,
-                    {"pipeline": pipeline, "stage": error.stage},
-                    headers,
+                answer_error = _json_error(
+                    error.status, error.message, pipeline, error.stage, headers
                 )
                 return answer_error, outcome
             if not profile:
-                return web.Response(body=answer.body, content_type=JSON_TYPE), "ok"
+                return Response(body=answer.body, content_type=JSON_TYPE), "ok"
             wrapped = {"output": json.loads(answer.body), "profile": self._profile(run)}
-            return web.json_response(wrapped), "ok"
+            return json_response(wrapped), "ok"
 
-    async def _read_body(self, request: web.Request) -> bytes | tuple[web.Response, str]:
+    async def _read_body(self, request: Request) -> bytes | tuple[Response, str]:
         """The request body, or the answer when it cannot be had (too large, broken, gone)."""
         pipeline = self.topology.pipeline
         too_large = f"request body is larger than {MAX_BODY_BYTES} bytes"
         if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
             return _json_error(413, too_large, pipeline), "bad_request"
         try:
-            return await request.read()
-        except web.HTTPRequestEntityTooLarge:
+            return await request.body.read(MAX_BODY_BYTES)
+        except BodyTooLarge:
             return _json_error(413, too_large, pipeline), "bad_request"
         except BodyTimeout as error:
             return _json_error(408, str(error), pipeline), "bad_request"
-        except (aiohttp.ClientPayloadError, ConnectionResetError) as error:
-            if isinstance(error, ConnectionResetError) and request.transport is None:
+        except ConnectionError as error:
+            if not request.connected:
                 return _json_error(400, "client left", pipeline), "client_closed"
             message = f"request body could not be read: {error}"
             return _json_error(400, message, pipeline), "bad_request"
@@ -374,8 +391,8 @@ class Router(Server):
         return _Answer(body=data)
 
     async def _stream(
-        self, request: web.Request, upstream: UpstreamResponse, deadline: float | None
-    ) -> tuple[web.StreamResponse, str]:
+        self, request: Request, upstream: UpstreamResponse, deadline: float | None
+    ) -> tuple[Reply, str]:
         """Pass the output stage's body through as it arrives (see dataplane/router/stream.py)."""
         output = self.topology.output
         end = time.perf_counter() + self.topology.stages[output].timeout_seconds

@@ -16,10 +16,9 @@ import asyncio
 import logging
 import time
 
-from aiohttp import web
-
 from penstock.contract.wire import CACHE_HEADER
 from penstock.dataplane.errors import StageError
+from penstock.dataplane.http1 import Request, StreamResponse
 from penstock.dataplane.upstream import UpstreamClosed, UpstreamProtocolError, UpstreamResponse
 
 log = logging.getLogger("penstock.router")
@@ -34,8 +33,8 @@ def visible(value: str | None) -> str | None:
     return None
 
 
-def _headers(upstream: UpstreamResponse) -> web.StreamResponse:
-    out = web.StreamResponse(status=upstream.status)
+def _headers(upstream: UpstreamResponse) -> StreamResponse:
+    out = StreamResponse(status=upstream.status)
     content_type = visible(upstream.header("Content-Type"))
     if content_type:
         out.headers["Content-Type"] = content_type
@@ -47,19 +46,18 @@ def _headers(upstream: UpstreamResponse) -> web.StreamResponse:
     return out
 
 
-def _abort(request: web.Request) -> None:
+def _abort(request: Request) -> None:
     """Close the client connection after what was sent (no final chunk, no clean end)."""
-    if request.transport is not None:
-        request.transport.close()
+    request.cut()
 
 
 async def relay(
-    request: web.Request, upstream: UpstreamResponse, stage: str, end: float, pipeline: str
-) -> tuple[web.StreamResponse, str]:
+    request: Request, upstream: UpstreamResponse, stage: str, end: float, pipeline: str
+) -> tuple[StreamResponse, str]:
     """Stream ``upstream`` (the output stage's open answer) to the client until ``end`` (a
     ``time.perf_counter()`` deadline); returns the response and the outcome. Raises
     :class:`StageError` when the stream fails before its first chunk (nothing sent yet)."""
-    out: web.StreamResponse | None = None
+    out: StreamResponse | None = None
     try:
         async with asyncio.timeout(max(0.0, end - time.perf_counter())):
             async for chunk in upstream.iter_chunks():
@@ -92,6 +90,6 @@ async def relay(
         upstream.close()
         log.info("pipeline %s: client left the stream of stage %r: %s", pipeline, stage, error)
         _abort(request)
-        return out or web.StreamResponse(), "client_closed"
+        return out or StreamResponse(), "client_closed"
     finally:
         upstream.release()
