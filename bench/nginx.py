@@ -13,7 +13,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -28,7 +28,7 @@ def _binary() -> str:
     return shutil.which("nginx") or "/usr/sbin/nginx"
 
 
-def _config(root: Path, listen: int, upstream: str, location: str) -> str:
+def _config(root: Path, listen: int, upstreams: str, locations: str) -> str:
     return f"""
 worker_processes 1;
 daemon off;
@@ -42,32 +42,38 @@ http {{
   fastcgi_temp_path {root}/fastcgi;
   uwsgi_temp_path {root}/uwsgi;
   scgi_temp_path {root}/scgi;
-  {upstream}
+  {upstreams}
   server {{
     listen 127.0.0.1:{listen};
-    location / {{ {location} }}
+    {locations}
   }}
 }}
 """
 
 
+_PROXY = 'proxy_http_version 1.1; proxy_set_header Connection "";'
+
+
 @contextmanager
-def nginx(listen: int, *, upstream_port: int | None = None) -> Iterator[int]:
-    """nginx on 127.0.0.1:``listen``, proxying to ``upstream_port`` with keep-alive, or (without
-    one) answering :data:`STATIC_ANSWER` itself. Yields the worker's pid (whose CPU time is the
-    hop's)."""
-    upstream = ""
+def nginx(
+    listen: int, *, upstream_port: int | None = None, routes: Mapping[str, int] | None = None
+) -> Iterator[int]:
+    """nginx on 127.0.0.1:``listen``: proxying every path to ``upstream_port``, or each path
+    prefix of ``routes`` (``/a/`` -> port, the prefix stripped) to its port, with keep-alive;
+    with neither, answering :data:`STATIC_ANSWER` itself. Yields the worker's pid (whose CPU
+    time is the hop's)."""
+    upstreams, locations = "", ""
     if upstream_port is not None:
-        upstream = f"upstream stage {{ server 127.0.0.1:{upstream_port}; keepalive 64; }}"
-        location = (
-            'proxy_pass http://stage; proxy_http_version 1.1; proxy_set_header Connection "";'
-        )
-    else:
+        routes = {"/": upstream_port}
+    for number, (prefix, port) in enumerate((routes or {}).items()):
+        upstreams += f"upstream u{number} {{ server 127.0.0.1:{port}; keepalive 64; }}\n"
+        locations += f"location {prefix} {{ proxy_pass http://u{number}/; {_PROXY} }}\n"
+    if not locations:
         answer = STATIC_ANSWER.replace('"', '\\"')
-        location = f'default_type application/json; return 200 "{answer}";'
+        locations = f'location / {{ default_type application/json; return 200 "{answer}"; }}'
     with tempfile.TemporaryDirectory(prefix="bench-nginx-") as tmp:
         root = Path(tmp)
-        (root / "nginx.conf").write_text(_config(root, listen, upstream, location))
+        (root / "nginx.conf").write_text(_config(root, listen, upstreams, locations))
         proc = subprocess.Popen(
             [_binary(), "-c", str(root / "nginx.conf"), "-p", str(root)],
             stdout=subprocess.DEVNULL,

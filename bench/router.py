@@ -13,9 +13,11 @@ interleaved request by request, the table compares the end-to-end latency of
   - the router,
   - the critical path called directly in sequence by the client (a, b, d: the measured ideal),
   - all stages called in sequence (a, b, c, d: what a naive chain costs),
+  - the critical path called in sequence through nginx (one worker, keep-alive; bench/nginx.py,
+    when Debian's nginx-light is installed): the reference hop,
 against the ideal (sum of sleeps along the longest path), and gives the router's overhead per
-hop (stage call on the critical path) at p50/p99. Target: router <= critical path * 1.05
-+ 1 ms per hop.
+hop (stage call on the critical path) at p50/p99, and as a ratio to nginx's per hop.
+Target: router <= critical path * 1.05 + 1 ms per hop.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ import time
 from pathlib import Path
 
 import aiohttp
+
+import nginx  # bench/nginx.py, the reference hop (this script's directory is on sys.path)
 
 STAGE_SERVER = """
 import asyncio, json, sys
@@ -129,8 +133,17 @@ def run(args: argparse.Namespace) -> None:
         for name in "abcd":
             command += ["--stage-url", f"{name}=http://127.0.0.1:{ports[name]}"]
         router_proc = subprocess.Popen(command, stderr=subprocess.DEVNULL)
+        ngx_port = free_port()
+        routes = {f"/{name}/": port for name, port in ports.items()}
         try:
-            asyncio.run(measure(args, sleeps, urls, f"http://127.0.0.1:{router_port}/"))
+            router = f"http://127.0.0.1:{router_port}/"
+            if nginx.available():
+                with nginx.nginx(ngx_port, routes=routes):
+                    via = {name: f"http://127.0.0.1:{ngx_port}/{name}/" for name in ports}
+                    asyncio.run(measure(args, sleeps, urls, router, via))
+            else:
+                print("(nginx not found: apt-get install nginx-light for the reference hop)")
+                asyncio.run(measure(args, sleeps, urls, router, None))
         finally:
             router_proc.terminate()
             stage_proc.terminate()
@@ -139,19 +152,23 @@ def run(args: argparse.Namespace) -> None:
 
 
 async def measure(
-    args: argparse.Namespace, sleeps: dict[str, float], urls: dict[str, str], router: str
+    args: argparse.Namespace,
+    sleeps: dict[str, float],
+    urls: dict[str, str],
+    router: str,
+    via_nginx: dict[str, str] | None,
 ) -> None:
     connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60)
     async with aiohttp.ClientSession(connector=connector) as session:
         deadline = time.monotonic() + 30
-        for url in [*urls.values(), router]:
+        for url in [*urls.values(), router, *(via_nginx or {}).values()]:
             await wait_up(session, url, deadline)
         query = json.dumps({"q": "how fast is the router?"}).encode()
 
         async def through_router() -> None:
             await call(session, router, query)
 
-        async def chain(names: str) -> None:
+        async def chain(names: str, through: dict[str, str] = urls) -> None:
             # The envelope a stage gets from its dependencies, built by the client.
             outputs: dict[str, bytes] = {}
             deps = {"a": "", "b": "a", "c": "a", "d": "bc"}
@@ -163,13 +180,15 @@ async def measure(
                     body = b"".join([*parts, b"}"])
                 else:
                     body = query
-                outputs[name] = await call(session, urls[name], body)
+                outputs[name] = await call(session, through[name], body)
 
         cases = {
             "router (DAG, parallel)": through_router,
             "critical path direct (a,b,d)": lambda: chain("abd"),
             "all stages in sequence": lambda: chain("abcd"),
         }
+        if via_nginx is not None:
+            cases["critical path via nginx (a,b,d)"] = lambda: chain("abd", via_nginx)
         for _ in range(args.warmup):
             for run_case in cases.values():
                 await run_case()
@@ -199,6 +218,14 @@ async def measure(
     for q in (50, 99):
         overhead = (percentile(routed, q) - percentile(crit, q)) / hops
         print(f"router overhead per hop vs direct critical path, p{q}: {overhead:+.3f} ms")
+        if via_nginx is not None:
+            proxied = times["critical path via nginx (a,b,d)"]
+            reference = (percentile(proxied, q) - percentile(crit, q)) / hops
+            ratio = overhead / reference if reference > 0 else float("inf")
+            print(
+                f"  nginx's per hop (each stage through nginx), p{q}: {reference:+.3f} ms;"
+                f" router / nginx: {ratio:.2f}x"
+            )
     budget = percentile(crit, 50) * 1.05 + 1.0 * hops
     verdict = "MET" if percentile(routed, 50) <= budget else "MISSED"
     print(

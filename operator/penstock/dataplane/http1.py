@@ -25,7 +25,7 @@ from typing import Any, cast
 from urllib.parse import unquote
 
 import httptools
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict
 
 from penstock.dataplane.connections import BUSY, FRESH, HEAD, IDLE, Listener
 from penstock.dataplane.limits import BodyTimeout, Identity, ServerLimits
@@ -159,7 +159,7 @@ class Request:
         self.method = method
         self.target = target  # path and query as sent
         self.path = _path_of(target)  # percent-decoded, without the query
-        self.headers: CIMultiDictProxy[str] = CIMultiDictProxy(headers)
+        self.headers = headers  # the handler's to read
         self.version = version
         self.keep_alive = keep_alive
         self.remote = remote

@@ -8,8 +8,6 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from multidict import CIMultiDict
-
 from penstock.contract.wire import CACHE_HEADER
 from penstock.dataplane.gateway.answers import Answer, Failure, Outcome
 from penstock.dataplane.gateway.config import GatewayConfig
@@ -114,9 +112,7 @@ async def respond(
     if isinstance(result, Failure):
         return failure_response(result, record, cache_state)
     record.outcome = outcome_of(result.status)
-    response = Response(status=result.status, body=result.body)
-    for name, value in result.headers:
-        response.headers.add(name, value)
+    response = Response(status=result.status, body=result.body, headers=result.headers)
     response.headers[CACHE_HEADER] = cache_state
     return response
 
@@ -130,9 +126,7 @@ async def _stream(
 ) -> Reply:
     upstream = opened.response
     out = StreamResponse(status=upstream.status)
-    forwarded = strip_headers(CIMultiDict(upstream.headers), NOT_FORWARDED_RESPONSE)
-    for name, value in forwarded.items():
-        out.headers.add(name, value)
+    out.headers.extend(strip_headers(upstream.headers, NOT_FORWARDED_RESPONSE))
     out.headers[CACHE_HEADER] = cache_state
     if upstream.content_length is not None:
         out.content_length = upstream.content_length

@@ -14,7 +14,6 @@ import time
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
-from multidict import CIMultiDict
 from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
@@ -467,15 +466,20 @@ class Gateway(Server):
         message = f"request body is larger than {limit} bytes (--max-body-bytes)"
         return Failure(413, message, self.config.stage, "client_error")
 
-    def _upstream_headers(self, request: Request, streamed: bool) -> CIMultiDict[str]:
+    def _upstream_headers(self, request: Request, streamed: bool) -> list[tuple[str, str]]:
         drop = NOT_FORWARDED_STREAMED if streamed else NOT_FORWARDED_REQUEST
         headers = strip_headers(request.headers, drop)
+        replaced: dict[str, str] = {}
         forwarded = request.remote
         if forwarded:
-            previous = headers.get("X-Forwarded-For")
-            headers["X-Forwarded-For"] = f"{previous}, {forwarded}" if previous else forwarded
+            previous = request.headers.get("X-Forwarded-For")
+            replaced["x-forwarded-for"] = f"{previous}, {forwarded}" if previous else forwarded
         if self._tracing:
-            self._propagator.inject(headers)
+            self._propagator.inject(replaced)
+        if replaced:  # set, as a mapping would: every earlier value of the name goes
+            names = {name.lower() for name in replaced}
+            headers = [(name, value) for name, value in headers if name.lower() not in names]
+            headers += replaced.items()
         return headers
 
     async def _call_stage(

@@ -11,13 +11,10 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from multidict import CIMultiDict
-
 from penstock.api.features import HOP_BY_HOP_HEADERS
 from penstock.dataplane.gateway.answers import Answer, Failure, Outcome
 from penstock.dataplane.gateway.batching import BatchResponse
 from penstock.dataplane.gateway.config import GatewayConfig
-from penstock.dataplane.gateway.sharing import header_values
 from penstock.dataplane.upstream import (
     UpstreamClosed,
     UpstreamPool,
@@ -30,21 +27,33 @@ log = logging.getLogger("penstock.gateway")
 NOT_FORWARDED_REQUEST = frozenset({"host", "content-length", "expect"})
 NOT_FORWARDED_STREAMED = frozenset({"host", "expect"})  # a streamed body keeps its length
 NOT_FORWARDED_RESPONSE = frozenset({"content-length"})
+_SKIP = {
+    drop: HOP_BY_HOP_HEADERS | drop
+    for drop in (NOT_FORWARDED_REQUEST, NOT_FORWARDED_STREAMED, NOT_FORWARDED_RESPONSE)
+}
 
 
-def strip_headers(headers: Mapping[str, str], drop: frozenset[str]) -> CIMultiDict[str]:
-    """Headers without hop-by-hop ones (also those named in ``Connection``) and ``drop``.
+def strip_headers(
+    headers: Mapping[str, str] | list[tuple[str, str]], drop: frozenset[str]
+) -> list[tuple[str, str]]:
+    """Headers (a mapping or name/value pairs) without hop-by-hop ones (also those named in
+    ``Connection``) and ``drop`` (lower-case names).
 
-    Request header values stay as aiohttp decoded them (UTF-8, undecodable bytes as
+    Request header values stay as the server decoded them (UTF-8, undecodable bytes as
     surrogates): the upstream client writes them back as the exact bytes the caller sent.
     """
-    skip = HOP_BY_HOP_HEADERS | drop
-    connection = header_values(headers, "connection")
-    if connection:
-        skip = skip | {token.strip().lower() for value in connection for token in value.split(",")}
-    return CIMultiDict(
-        [(name, value) for name, value in headers.items() if name.lower() not in skip]
-    )
+    pairs = headers.items() if isinstance(headers, Mapping) else headers
+    skip = _SKIP.get(drop) or (HOP_BY_HOP_HEADERS | drop)
+    kept = [(name, value) for name, value in pairs if name.lower() not in skip]
+    if len(kept) == len(pairs) or not any(n.lower() == "connection" for n, _ in pairs):
+        return kept
+    named = {
+        token.strip().lower()
+        for name, value in pairs
+        if name.lower() == "connection"
+        for token in value.split(",")
+    }
+    return [(name, value) for name, value in kept if name.lower() not in named]
 
 
 def is_streaming(response: UpstreamResponse) -> bool:
@@ -95,7 +104,7 @@ class StageClient:
         self,
         method: str,
         path_qs: str,
-        headers: CIMultiDict[str],
+        headers: list[tuple[str, str]],
         body: bytes | AsyncIterator[bytes] | None,
         *,
         always_stream: bool = False,
@@ -112,7 +121,7 @@ class StageClient:
             deadline = asyncio.get_running_loop().time() + config.timeout_seconds
         try:
             async with asyncio.timeout_at(deadline):
-                response = await self._pool.request(method, target, list(headers.items()), body)
+                response = await self._pool.request(method, target, headers, body)
                 if always_stream or is_streaming(response):
                     opened = OpenStream(response, started)
                     response = None
@@ -139,7 +148,7 @@ class StageClient:
                 response.release()
         return Answer(
             response.status,
-            tuple(strip_headers(CIMultiDict(response.headers), NOT_FORWARDED_RESPONSE).items()),
+            tuple(strip_headers(response.headers, NOT_FORWARDED_RESPONSE)),
             data,
             held_seconds=time.perf_counter() - started,
         )
