@@ -449,24 +449,29 @@ wrk.headers["Content-Type"] = "application/json"
 """
 
 
-async def wrk_rate(url: str, seconds: float, connections: int, script: Path) -> float:
-    """Closed-loop requests per second from wrk (one thread, ``connections`` connections)."""
+async def wrk_rate(
+    url: str, seconds: float, connections: int, script: Path, pid: int
+) -> tuple[float, float]:
+    """Closed-loop requests per second from wrk (one thread, ``connections`` connections), and
+    the CPU ms per request process ``pid`` (the proxy) spent meanwhile."""
+    before = nginx.cpu_seconds(pid)
     proc = await asyncio.create_subprocess_exec(
-        "wrk",
-        "-t1",
-        f"-c{connections}",
-        f"-d{seconds:g}s",
-        "-s",
-        str(script),
-        url,
+        *("wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "-s", str(script), url),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL,
     )
     out, _ = await proc.communicate()
-    for line in out.decode().splitlines():
+    spent = nginx.cpu_seconds(pid) - before
+    text = out.decode()
+    rate = count = 0.0
+    for line in text.splitlines():
         if line.startswith("Requests/sec:"):
-            return float(line.split()[1])
-    raise SystemExit(f"bench: wrk gave no rate for {url}: {out.decode()[-300:]}")
+            rate = float(line.split()[1])
+        elif " requests in " in line:
+            count = float(line.split()[0])
+    if not rate or not count:
+        raise SystemExit(f"bench: wrk gave no rate for {url}: {text[-300:]}")
+    return rate, spent / count * 1000
 
 
 async def run_hop(args: argparse.Namespace) -> tuple[list[tuple[str, ...]], str]:
@@ -548,23 +553,28 @@ async def run_hop(args: argparse.Namespace) -> tuple[list[tuple[str, ...]], str]
                 (nginx.cpu_seconds(pid) - before) / args.requests * 1000
                 for pid, before in zip((ngx_worker, gw.pid), cpu_before, strict=True)
             ]
-            rates: list[float] = []
+            rates: list[tuple[float, float]] = []
             if shutil.which("wrk") is not None:
                 with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
                     script.write(WRK_SCRIPT)
                     script.flush()
                     path = Path(script.name)
-                    ngx_rates, gw_rates = [], []
+                    ngx_runs, gw_runs = [], []
                     for _ in range(args.hop_rounds):
-                        ngx_rates.append(
-                            await wrk_rate(f"http://127.0.0.1:{ngx_static}/", 3, 16, path)
+                        ngx_runs.append(
+                            await wrk_rate(
+                                f"http://127.0.0.1:{ngx_static}/", 3, 16, path, ngx_static_worker
+                            )
                         )
-                        gw_rates.append(await wrk_rate(f"http://127.0.0.1:{gs_port}/", 3, 16, path))
+                        gw_runs.append(
+                            await wrk_rate(
+                                f"http://127.0.0.1:{gs_port}/", 3, 16, path, gw_static.pid
+                            )
+                        )
                     rates = [
-                        sorted(ngx_rates)[len(ngx_rates) // 2],
-                        sorted(gw_rates)[len(gw_rates) // 2],
+                        sorted(ngx_runs)[len(ngx_runs) // 2],
+                        sorted(gw_runs)[len(gw_runs) // 2],
                     ]
-            del ngx_static_worker, gw_static
 
     def ms(value: float) -> str:
         return f"{value * 1000:.3f}"
@@ -614,17 +624,18 @@ async def run_hop(args: argparse.Namespace) -> tuple[list[tuple[str, ...]], str]
     )
     capacity = "capacity=skipped"
     if rates:
-        cap_ratio = rates[1] / rates[0]
+        (ngx_rate, ngx_cpu), (gw_rate, gw_cpu) = rates
+        cap_ratio = gw_rate / ngx_rate
         rows.append(
             (
-                "closed loop, static stage behind (req/s)",
-                f"nginx {rates[0]:.0f}",
-                f"gateway {rates[1]:.0f}",
-                "",
-                f"{cap_ratio:.2f}x nginx's (goal >= 0.5x)",
+                "closed loop, 16 connections, static stage (req/s)",
+                f"nginx {ngx_rate:.0f}",
+                f"gateway {gw_rate:.0f}",
+                f"{ngx_cpu:.3f} / {gw_cpu:.3f} ({gw_cpu / ngx_cpu:.2f}x)",
+                f"{cap_ratio:.2f}x nginx's req/s (goal >= 0.5x)",
             )
         )
-        capacity = f"capacity_ratio={cap_ratio:.2f}"
+        capacity = f"capacity_ratio={cap_ratio:.2f} loaded_cpu_ratio={gw_cpu / ngx_cpu:.2f}"
     else:
         rows.append(
             ("closed loop capacity", "skipped: wrk not found", "", "", "(apt-get install wrk)")

@@ -354,6 +354,7 @@ class Connection(asyncio.Protocol):
         self.answering: asyncio.Task[None] | None = None  # the answer in progress
         self.started = False  # the current answer has begun (only a cut can end it now)
         self.closing = False  # no further request on this connection
+        self._eof = False  # the client sent all it will send
 
     # -- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -385,19 +386,21 @@ class Connection(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._refuse(400, "protocol upgrades are not supported")
-        except httptools.HttpParserError as error:
-            detail = str(error).split("\n")[0].strip() or "malformed"
+            self._refuse(400, "bad HTTP request: protocol upgrades are not supported")
+        except (httptools.HttpParserError, _HeadTooLarge) as error:
+            # a bound hit in a callback arrives wrapped by httptools: say which bound
+            cause = error if isinstance(error, _HeadTooLarge) else error.__context__
+            if not isinstance(cause, _HeadTooLarge):
+                cause = error
+            detail = str(cause).split("\n")[0].strip() or "malformed"
             self._refuse(400, f"bad HTTP request: {detail[:120]}")
-        except _HeadTooLarge as error:
-            self._refuse(400, f"bad HTTP request: {error}")
 
     def eof_received(self) -> bool | None:
         if self._parsing is not None:
             self._parsing.body.fail(ConnectionResetError("the client closed the connection"))
         if self.answering is None:
             return False  # nothing to answer: close
-        self.closing = True  # answer what is in progress, then close
+        self._eof = True  # answer what was received, then close
         return True
 
     def pause_writing(self) -> None:
@@ -547,6 +550,9 @@ class Connection(asyncio.Protocol):
             self._begin(self._waiting.popleft())
             if not self._waiting:
                 self.resume_reading()
+            return
+        if self._eof:
+            transport.close()
             return
         if self._in_head:  # the next head is arriving: it has the header timeout
             self._state = HEAD
