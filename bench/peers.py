@@ -63,7 +63,8 @@ class Echo:
 
 @serve.deployment(max_ongoing_requests=256)
 class Embed:
-    def __init__(self) -> None:
+    def __init__(self, examples: str) -> None:
+        sys.path.insert(0, examples)  # a replica is a process of its own
         from minilm import MiniLM
         self.model = MiniLM(None)
 
@@ -79,7 +80,9 @@ class Embed:
 
 serve.run(Echo.bind(), name="echo", route_prefix="/echo")
 if sys.argv[2] == "1":
-    serve.run(Embed.bind(), name="embed", route_prefix="/embed")
+    serve.run(
+        Embed.bind(os.path.join(sys.argv[3], "examples", "rag")), name="embed", route_prefix="/embed"
+    )
 print("ready", flush=True)
 while True:
     time.sleep(3600)
