@@ -27,12 +27,10 @@ import importlib.util
 import os
 import shutil
 import socket
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +38,7 @@ import aiohttp
 import redis.asyncio as aioredis
 
 import nginx  # bench/nginx.py, the reference hop (this script's directory is on sys.path)
+from procs import process
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -70,28 +69,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-@contextmanager
-def process(
-    args: list[str], env: dict[str, str] | None = None
-) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(
-        args,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=None if os.environ.get("BENCH_VERBOSE") else subprocess.DEVNULL,
-        cwd=REPO,
-    )
-    try:
-        yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 async def wait_http(session: aiohttp.ClientSession, url: str, seconds: float = 20) -> None:
@@ -474,6 +451,17 @@ async def wrk_rate(
     return rate, spent / count * 1000
 
 
+def added_row(
+    label: str, values: list[float], baseline: list[float], cpu_ms: float
+) -> tuple[str, str, str, str]:
+    """A table row: p50 and p99 in ms with what they add to the baseline's, CPU ms/request."""
+    cells = [label]
+    for q in (50, 99):
+        value, base = percentile(values, q), percentile(baseline, q)
+        cells.append(f"{value * 1000:.3f} (+{(value - base) * 1000:.3f})")
+    return cells[0], cells[1], cells[2], f"{cpu_ms:.3f}"
+
+
 async def run_hop(args: argparse.Namespace) -> tuple[list[tuple[str, ...]], str]:
     """The gateway's hop against nginx's in one run: added latency and CPU per request
     (interleaved, paced), closed-loop capacity in front of a static nginx stage (wrk), and a
@@ -592,16 +580,7 @@ async def run_hop(args: argparse.Namespace) -> tuple[list[tuple[str, ...]], str]
         ("nginx proxy_pass, keep-alive (1 worker)", via_nginx, cpu[0]),
         ("gateway, no cache", via_gateway, cpu[1]),
     ):
-        p50, p99 = percentile(values, 50), percentile(values, 99)
-        rows.append(
-            (
-                label,
-                f"{ms(p50)} (+{ms(p50 - base50)})",
-                f"{ms(p99)} (+{ms(p99 - base99)})",
-                f"{cpu_ms:.3f}",
-                "",
-            )
-        )
+        rows.append((*added_row(label, values, direct, cpu_ms), ""))
     rows.append(
         (
             "gateway / nginx (added)",

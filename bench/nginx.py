@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+
+from procs import process
 
 STATIC_ANSWER = '{"echo": {"run": 1, "i": 0}}'
 
@@ -74,21 +75,8 @@ def nginx(
     with tempfile.TemporaryDirectory(prefix="bench-nginx-") as tmp:
         root = Path(tmp)
         (root / "nginx.conf").write_text(_config(root, listen, upstreams, locations))
-        proc = subprocess.Popen(
-            [_binary(), "-c", str(root / "nginx.conf"), "-p", str(root)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            worker = _worker_of(proc.pid)
-            yield worker
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        with process([_binary(), "-c", str(root / "nginx.conf"), "-p", str(root)]) as proc:
+            yield _worker_of(proc.pid)
 
 
 def _worker_of(master: int, seconds: float = 10) -> int:

@@ -32,6 +32,7 @@ import aiohttp
 from gateway import (
     REPO,
     STAGE_APP,
+    added_row,
     closed_loop,
     free_port,
     interleaved,
@@ -201,15 +202,7 @@ async def run(args: argparse.Namespace) -> tuple[list[tuple[str, ...]], list[tup
                 ("Penstock gateway (no cache)", via_gateway, cpu[0]),
                 ("Ray Serve 2.60 (proxy + replica)", via_ray, cpu[1]),
             ):
-                p50, p99 = percentile(values, 50), percentile(values, 99)
-                hop_rows.append(
-                    (
-                        label,
-                        f"{p50 * 1000:.3f} (+{(p50 - base50) * 1000:.3f})",
-                        f"{p99 * 1000:.3f} (+{(p99 - base99) * 1000:.3f})",
-                        f"{cpu_ms:.3f}",
-                    )
-                )
+                hop_rows.append(added_row(label, values, direct, cpu_ms))
             batch_rows: list[tuple[str, ...]] = []
             if not args.no_batching:
                 await wait_http(session, f"http://127.0.0.1:{batch_admin}/ready", seconds=120)

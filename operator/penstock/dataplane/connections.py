@@ -47,7 +47,57 @@ class Tracked(Protocol):
     def check(self, now: float) -> None: ...
 
 
-class _Handler(web.RequestHandler):
+class Deadlines:
+    """The sweep's rules for one connection, shared by the aiohttp handler (admin ports) and
+    dataplane/http1's connection (serving ports): a client not reading its answer, a body past
+    its timeout (``_check_body``), a fresh/head/idle connection past its deadline."""
+
+    _listener: Listener
+    _state: str
+    _deadline: float
+    _stalled: float
+
+    def _transport(self) -> Any:
+        raise NotImplementedError
+
+    def _head_begins(self) -> None:
+        """Bytes arrived: a fresh or idle connection is now receiving a request head."""
+        if self._state == IDLE:
+            self._state = HEAD
+            self._deadline = time.monotonic() + self._listener.limits.header_timeout
+        elif self._state == FRESH:
+            self._state = HEAD  # the deadline from the accept stays
+
+    def _check_body(self, now: float, limits: ServerLimits) -> None:
+        raise NotImplementedError
+
+    def check(self, now: float) -> None:
+        transport = self._transport()
+        if transport is None:
+            if self._state == FRESH and now >= self._deadline:
+                self._listener.lost(self)  # made by the factory, its connection never was
+            return
+        limits = self._listener.limits
+        if self._stalled and now - self._stalled >= limits.idle_timeout:
+            self._listener.closed_for("a client not reading its answer", self)
+            transport.abort()
+        elif self._state == BUSY:
+            self._check_body(now, limits)
+        elif now >= self._deadline:
+            if transport.get_write_buffer_size():  # an answer is still on its way out
+                self._stalled = self._stalled or now  # ... bounded by the rule above
+                return
+            if self._state == HEAD:
+                message = f"request head not received within {limits.header_timeout:g} s"
+                transport.write(self._listener.identity.raw(408, message))
+            self._listener.closed_for(f"a {self._state} connection timing out", self)
+            if transport.get_write_buffer_size():
+                transport.abort()  # the 408 could not even be handed to the kernel
+            else:
+                transport.close()
+
+
+class _Handler(Deadlines, web.RequestHandler):
     """aiohttp's connection handler, telling its listener what state it is in."""
 
     __slots__ = ("_body", "_body_deadline", "_deadline", "_listener", "_stalled", "_state")
@@ -61,6 +111,9 @@ class _Handler(web.RequestHandler):
         self._body_deadline = 0.0
         self._stalled = 0.0  # since when the client has not read our answer (0: it reads)
 
+    def _transport(self) -> Any:
+        return self.transport
+
     # -- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -71,11 +124,7 @@ class _Handler(web.RequestHandler):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._state == IDLE:
-            self._state = HEAD
-            self._deadline = time.monotonic() + self._listener.limits.header_timeout
-        elif self._state == FRESH:
-            self._state = HEAD  # the deadline from the accept stays
+        self._head_begins()
         super().data_received(data)
 
     def pause_writing(self) -> None:
@@ -112,38 +161,16 @@ class _Handler(web.RequestHandler):
         response.force_close()
         return response
 
-    # -- the sweep
-    def check(self, now: float) -> None:
-        transport = self.transport
-        if transport is None:
-            if self._state == FRESH and now >= self._deadline:
-                self._listener.lost(self)  # made by the factory, its connection never was
-            return
-        limits = self._listener.limits
-        if self._stalled and now - self._stalled >= limits.idle_timeout:
-            self._listener.closed_for("a client not reading its answer", self)
-            transport.abort()
-        elif self._state == BUSY:
-            body = self._body
-            if body is not None and now >= self._body_deadline:
-                self._body = None
-                if not body.is_eof():
-                    self._body_deadline = -1.0
-                    seconds = f"{limits.body_timeout:g}"
-                    body.set_exception(BodyTimeout(f"request body not received within {seconds} s"))
-                    self.close()  # no further request on this connection
-        elif now >= self._deadline:
-            if transport.get_write_buffer_size():  # an answer is still on its way out
-                self._stalled = self._stalled or now  # ... bounded by the rule above
-                return
-            if self._state == HEAD:
-                message = f"request head not received within {limits.header_timeout:g} s"
-                transport.write(self._listener.identity.raw(408, message))
-            self._listener.closed_for(f"a {self._state} connection timing out", self)
-            if transport.get_write_buffer_size():
-                transport.abort()  # the 408 could not even be handed to the kernel
-            else:
-                transport.close()
+    # -- the sweep (the rules: Deadlines.check)
+    def _check_body(self, now: float, limits: ServerLimits) -> None:
+        body = self._body
+        if body is not None and now >= self._body_deadline:
+            self._body = None
+            if not body.is_eof():
+                self._body_deadline = -1.0
+                seconds = f"{limits.body_timeout:g}"
+                body.set_exception(BodyTimeout(f"request body not received within {seconds} s"))
+                self.close()  # no further request on this connection
 
     # -- aiohttp's own error answers (bad HTTP, an exception escaping the app): JSON too
     def handle_error(

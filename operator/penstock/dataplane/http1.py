@@ -27,7 +27,7 @@ from urllib.parse import unquote
 import httptools
 from multidict import CIMultiDict
 
-from penstock.dataplane.connections import BUSY, FRESH, HEAD, IDLE, Listener
+from penstock.dataplane.connections import BUSY, FRESH, HEAD, IDLE, Deadlines, Listener
 from penstock.dataplane.limits import BodyTimeout, Identity, ServerLimits
 
 log = logging.getLogger("penstock.dataplane")
@@ -324,7 +324,7 @@ def _head(
     return (text + "\r\n\r\n").encode("utf-8", "surrogateescape")
 
 
-class Connection(asyncio.Protocol):
+class Connection(Deadlines, asyncio.Protocol):
     """One client connection: parses requests, runs the handler on each in turn, writes the
     answers in order, and tells its listener what state it is in."""
 
@@ -378,11 +378,7 @@ class Connection(asyncio.Protocol):
             self._writable.set()
 
     def data_received(self, data: bytes) -> None:
-        if self._state == IDLE:
-            self._state = HEAD
-            self._deadline = time.monotonic() + self._listener.limits.header_timeout
-        elif self._state == FRESH:
-            self._state = HEAD  # the deadline from the accept stays
+        self._head_begins()
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -608,39 +604,20 @@ class Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
-    # -- the listener's sweep
-    def check(self, now: float) -> None:
-        transport = self.transport
-        if transport is None:
-            if self._state == FRESH and now >= self._deadline:
-                self._listener.lost(self)  # made by the factory, its connection never was
-            return
-        limits = self._listener.limits
-        if self._stalled and now - self._stalled >= limits.idle_timeout:
-            self._listener.closed_for("a client not reading its answer", self)
-            transport.abort()
-        elif self._state == BUSY:
-            request = self._parsing
-            if request is not None and self._body_deadline and now >= self._body_deadline:
-                self._body_deadline = 0.0
-                self._body_timed_out = True
-                self.closing = True  # no further request on this connection
-                seconds = f"{limits.body_timeout:g}"
-                request.body.fail(BodyTimeout(f"request body not received within {seconds} s"))
-                self._parsing = None
-                self.pause_reading()
-        elif now >= self._deadline:
-            if transport.get_write_buffer_size():  # an answer is still on its way out
-                self._stalled = self._stalled or now  # ... bounded by the rule above
-                return
-            if self._state == HEAD:
-                message = f"request head not received within {limits.header_timeout:g} s"
-                transport.write(self._listener.identity.raw(408, message))
-            self._listener.closed_for(f"a {self._state} connection timing out", self)
-            if transport.get_write_buffer_size():
-                transport.abort()  # the 408 could not even be handed to the kernel
-            else:
-                transport.close()
+    # -- the listener's sweep (the rules: connections.Deadlines.check)
+    def _transport(self) -> asyncio.Transport | None:
+        return self.transport
+
+    def _check_body(self, now: float, limits: ServerLimits) -> None:
+        request = self._parsing
+        if request is not None and self._body_deadline and now >= self._body_deadline:
+            self._body_deadline = 0.0
+            self._body_timed_out = True
+            self.closing = True  # no further request on this connection
+            seconds = f"{limits.body_timeout:g}"
+            request.body.fail(BodyTimeout(f"request body not received within {seconds} s"))
+            self._parsing = None
+            self.pause_reading()
 
 
 class _HeadTooLarge(Exception):
