@@ -31,12 +31,24 @@ def condition(cluster: Cluster, name: str, namespace: str, type_: str) -> dict[s
 
 
 def wait_ready(cluster: Cluster, name: str, namespace: str, timeout: float = 120) -> dict[str, Any]:
-    wait_for(
-        lambda: condition(cluster, name, namespace, "Ready").get("status") == "True",
-        timeout=timeout,
-        what=f"Pipeline {namespace}/{name} Ready",
+    """The status once Ready for the current spec: after a change, the last status (Ready for
+    the previous generation) stays until the operator has reconciled and written the new one,
+    which comes after the children changed."""
+
+    def ready() -> dict[str, Any] | None:
+        body = cluster.get("pipeline", name, namespace) or {}
+        status: dict[str, Any] = body.get("status") or {}
+        current = status.get("observedGeneration") == body.get("metadata", {}).get("generation")
+        ready = any(
+            item["type"] == "Ready" and item["status"] == "True"
+            for item in status.get("conditions", [])
+        )
+        return status if current and ready else None
+
+    status: dict[str, Any] = wait_for(
+        ready, timeout=timeout, what=f"Pipeline {namespace}/{name} Ready for its generation"
     )
-    return pipeline_status(cluster, name, namespace)
+    return status
 
 
 def children(cluster: Cluster, name: str, namespace: str) -> dict[str, list[Any]]:
