@@ -261,7 +261,7 @@ class StreamResponse:
         if self.content_length is not None:
             framing.append(("Content-Length", str(self.content_length)))
         elif self._no_body:
-            pass
+            pass  # neither a length nor chunks: nothing follows the head
         elif request.version == "1.1":
             self._chunked = True
             framing.append(("Transfer-Encoding", "chunked"))
@@ -424,21 +424,15 @@ class Connection(Deadlines, asyncio.Protocol):
             raise _HeadTooLarge(f"the request target is longer than {MAX_FIELD_BYTES} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        # llhttp may hand one header over in pieces (a value split across reads): joined here.
+        # httptools joins a header split across reads: each call is one whole header.
         size = len(name) + len(value)
         self._head_bytes += size
         if size > MAX_FIELD_BYTES or self._head_bytes > MAX_HEAD_BYTES:
             raise _HeadTooLarge(f"a header is longer than {MAX_FIELD_BYTES} bytes")
-        if name:
-            if len(self._names) >= MAX_HEADERS:
-                raise _HeadTooLarge(f"more than {MAX_HEADERS} headers")
-            self._names.append(name.decode("latin-1"))
-            self._values.append(value.decode("utf-8", "surrogateescape"))
-        elif self._values:
-            joined = self._values[-1].encode("utf-8", "surrogateescape") + value
-            if len(joined) > MAX_FIELD_BYTES:
-                raise _HeadTooLarge(f"a header is longer than {MAX_FIELD_BYTES} bytes")
-            self._values[-1] = joined.decode("utf-8", "surrogateescape")
+        if len(self._names) >= MAX_HEADERS:
+            raise _HeadTooLarge(f"more than {MAX_HEADERS} headers")
+        self._names.append(name.decode("latin-1"))
+        self._values.append(value.decode("utf-8", "surrogateescape"))
 
     def on_headers_complete(self) -> None:
         self._in_head = False
