@@ -71,6 +71,11 @@ class Stage:
             assert request.transport is not None
             request.transport.close()
             await asyncio.sleep(1)
+        if isinstance(body, dict) and "tokens" in body:  # an LLM stage reporting its usage
+            used = body["tokens"]
+            if used.get("in_body"):
+                return web.json_response({"text": "ok", "usage": used["in_body"]})
+            return web.json_response({"text": "ok"}, headers={"X-Penstock-Usage": used["header"]})
         if isinstance(body, dict) and body.get("private"):
             return web.json_response({"mine": True}, headers={"Cache-Control": "private"})
         if isinstance(body, dict) and body.get("stream"):

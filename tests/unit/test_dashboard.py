@@ -58,6 +58,8 @@ def _families() -> Iterator[Metric]:
     gateway.lookup("hit")
     gateway.store("stored")
     gateway.batch_size.observe(4)
+    gateway.saved("cache", 0.1)
+    gateway.tokens(10, 20)
     yield from gateway.registry.collect()
     router = RouterMetrics(Topology("p", "n", "s", {"s": StageRoute("s", "http://127.0.0.1:1")}))
     router.request("ok")

@@ -13,16 +13,21 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from penstock.api.status import PipelineStatus, StageStatus
 from penstock.controller.prometheus import (
     PrometheusClient,
     PrometheusError,
+    Saved,
     escape_label_value,
     inflight_query,
     latency_query,
     observe_pipeline,
+    observe_savings,
     request_rate_query,
+    savings_query,
 )
 from penstock.controller.tuner import Observation
+from penstock.controller.tuning import add_savings
 
 # (status code, body) for a query string
 Answer = Callable[[str], tuple[int, bytes]]
@@ -220,3 +225,58 @@ def test_observe_pipeline_raises_when_a_query_fails(server: Server) -> None:
     )
     with pytest.raises(PrometheusError, match="HTTP 500"):
         observe_pipeline(PrometheusClient(server.url), "ns", "p", ["a"])
+
+
+def test_savings_become_per_hour_status_figures(server: Server) -> None:
+    def answer(query: str) -> tuple[int, bytes]:
+        if "saved_seconds" in query:
+            return 200, vector(
+                [
+                    ({"stage": "embed", "reason": "cache"}, "360"),
+                    ({"stage": "embed", "reason": "batching"}, "36"),
+                    ({"stage": "gone", "reason": "cache"}, "1"),
+                    ({"stage": "answer", "reason": "coalesced"}, "NaN"),
+                ]
+            )
+        return 200, vector(
+            [
+                ({"stage": "embed", "reason": "cache"}, "0.36"),
+                ({"stage": "embed", "reason": "batching"}, "0.036"),
+                ({"stage": "gone", "reason": "cache"}, "0.001"),
+            ]
+        )
+
+    server.answer = answer
+    saved = observe_savings(PrometheusClient(server.url), "search", "rag", "15m")
+    assert Saved("embed", "cache", 360.0, 0.36) in saved
+    assert Saved("answer", "coalesced", 0.0, 0.0) in saved  # NaN: nothing, not a number
+    assert server.queries == [
+        savings_query("penstock_stage_saved_seconds_total", "search", "rag", "15m"),
+        savings_query("penstock_stage_saved_usd_total", "search", "rag", "15m"),
+    ]
+    assert server.queries[0] == (
+        "3600 * sum by (stage, reason) (rate(penstock_stage_saved_seconds_total"
+        '{namespace="search",pipeline="rag"}[15m]))'
+    )
+    status = PipelineStatus(stages=[StageStatus(name="embed"), StageStatus(name="answer")])
+    add_savings(status, saved)
+    assert status.savings is not None
+    assert status.savings.usd_per_hour == "0.3960"  # the removed stage "gone" is left out
+    assert status.savings.stage_seconds_per_hour == 396.0
+    assert [(r.reason, r.usd_per_hour) for r in status.savings.by_reason] == [
+        ("cache", "0.3600"),
+        ("coalesced", "0.0000"),
+        ("batching", "0.0360"),
+    ]
+    assert status.stages[0].saved_hourly_cost == "0.3960"
+    assert status.model_dump(by_alias=True, exclude_none=True)["savings"]["byReason"][0] == {
+        "reason": "cache",
+        "usdPerHour": "0.3600",
+        "stageSecondsPerHour": 360.0,
+    }
+
+
+def test_no_savings_figures_means_no_savings_status() -> None:
+    status = PipelineStatus(stages=[StageStatus(name="embed")])
+    add_savings(status, [])
+    assert status.savings is None and status.stages[0].saved_hourly_cost is None

@@ -14,6 +14,7 @@ ConditionType = Literal[
     "Ready", "Valid", "Progressing", "Degraded", "MetricsAvailable", "Complete", "Failed"
 ]
 ConditionStatus = Literal["True", "False", "Unknown"]
+SavingReason = Literal["cache", "semantic", "coalesced", "batching"]
 
 
 class StatusModel(ApiModel):
@@ -58,6 +59,30 @@ class StageStatus(StatusModel):
     """Replicas the throughput tuner recommends."""
     hourly_cost: str | None = Field(default=None, max_length=32)
     """Cost of the stage's current replicas per hour, USD."""
+    saved_hourly_cost: str | None = Field(default=None, max_length=32)
+    """Replica cost per hour its gateways saved (cache hits, coalescing, batching), USD."""
+
+
+class SavingsByReason(StatusModel):
+    """What one optimization saved, per hour over the tuner's window."""
+
+    reason: SavingReason
+    """cache, semantic (hits), coalesced (shared in-flight calls) or batching."""
+    usd_per_hour: str = Field(max_length=32)
+    """Replica cost not spent per hour, USD."""
+    stage_seconds_per_hour: float = Field(ge=0)
+    """Stage replica-seconds not spent per hour."""
+
+
+class Savings(StatusModel):
+    """What the Pipeline's optimizations saved per hour, from its gateways' metrics."""
+
+    usd_per_hour: str = Field(max_length=32)
+    """Replica cost not spent per hour, all stages and reasons, USD."""
+    stage_seconds_per_hour: float = Field(ge=0)
+    """Stage replica-seconds not spent per hour."""
+    by_reason: list[SavingsByReason] = Field(default_factory=list, max_length=8)
+    """The same by optimization."""
 
 
 class PipelineStatus(StatusModel):
@@ -77,6 +102,8 @@ class PipelineStatus(StatusModel):
     """The chain of stages that determines end-to-end latency."""
     hourly_cost: str | None = Field(default=None, max_length=32)
     """Cost of all stages per hour, USD."""
+    savings: Savings | None = None
+    """What caching, coalescing and batching saved per hour (needs Prometheus)."""
     router_url: str | None = Field(default=None, max_length=512)
     """In-cluster URL of the pipeline's router."""
     warnings: list[str] | None = Field(default=None, max_length=64)

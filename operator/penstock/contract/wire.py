@@ -22,6 +22,11 @@ CACHE_TIER_HEADER = "X-Penstock-Cache-Tier"
 ``semantic``."""
 CACHE_SIMILARITY_HEADER = "X-Penstock-Cache-Similarity"
 """Response header on a semantic hit: the cosine similarity to the stored input, 3 decimals."""
+USAGE_HEADER = "X-Penstock-Usage"
+"""A stage's token usage for one answer: ``input_tokens=12, output_tokens=40`` (the GenAI
+names ``gen_ai.usage.input_tokens=...`` are accepted too). A JSON answer may carry a top-level
+``usage`` object instead (``input_tokens``/``output_tokens``, or ``prompt_tokens``/
+``completion_tokens`` as OpenAI-style servers write it)."""
 
 MANAGED_BY = "penstock-operator"
 """``app.kubernetes.io/managed-by`` of every object the operator creates; also its SSA field
@@ -71,3 +76,10 @@ ATTR_COST_CENTER = "penstock.cost_center"
 ATTR_CACHE_HIT = "penstock.cache.hit"
 ATTR_BATCH_SIZE = "penstock.batch.size"
 ATTR_COST_USD = "penstock.cost.usd"
+# What the request saved (penstock.dataplane.gateway.savings): replica-seconds, USD, and why.
+ATTR_SAVED_SECONDS = "penstock.saved.seconds"
+ATTR_SAVED_USD = "penstock.saved.usd"
+ATTR_SAVED_REASON = "penstock.saved.reason"
+# Token usage a stage reported, by the OpenTelemetry GenAI semantic conventions' names.
+ATTR_INPUT_TOKENS = "gen_ai.usage.input_tokens"
+ATTR_OUTPUT_TOKENS = "gen_ai.usage.output_tokens"

@@ -161,6 +161,41 @@ def inflight_query(namespace: str, pipeline: str, window: str = DEFAULT_WINDOW) 
     return f"sum by (stage) (avg_over_time({STAGE_INFLIGHT}{selector}[{window}]))"
 
 
+SAVED_SECONDS = "penstock_stage_saved_seconds_total"
+SAVED_USD = "penstock_stage_saved_usd_total"
+
+
+def savings_query(metric: str, namespace: str, pipeline: str, window: str = DEFAULT_WINDOW) -> str:
+    """Per stage and reason, per hour: 3600 x the per-second rate over the window."""
+    selector = pipeline_selector(namespace, pipeline)
+    return f"3600 * sum by (stage, reason) (rate({metric}{selector}[{window}]))"
+
+
+@dataclass(frozen=True)
+class Saved:
+    stage: str
+    reason: str
+    seconds_per_hour: float
+    usd_per_hour: float
+
+
+def observe_savings(
+    client: PrometheusClient, namespace: str, pipeline: str, window: str = DEFAULT_WINDOW
+) -> list[Saved]:
+    """What each stage's optimizations saved per hour (two instant queries)."""
+    figures: dict[tuple[str, str], list[float]] = {}
+    for index, metric in enumerate((SAVED_SECONDS, SAVED_USD)):
+        for sample in client.query(savings_query(metric, namespace, pipeline, window)):
+            stage, reason = sample.labels.get("stage"), sample.labels.get("reason")
+            if stage is None or reason is None:
+                continue
+            value = sample.value if math.isfinite(sample.value) and sample.value > 0 else 0.0
+            figures.setdefault((stage, reason), [0.0, 0.0])[index] = value
+    return [
+        Saved(stage, reason, pair[0], pair[1]) for (stage, reason), pair in sorted(figures.items())
+    ]
+
+
 def _by_stage(samples: Iterable[Sample]) -> dict[str, float | None]:
     figures: dict[str, float | None] = {}
     for sample in samples:

@@ -9,14 +9,32 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from penstock.api import PipelineSpec
-from penstock.api.status import PipelineStatus, StageStatus
+from penstock.api.cost import usd
+from penstock.api.status import (
+    PipelineStatus,
+    SavingReason,
+    Savings,
+    SavingsByReason,
+    StageStatus,
+)
 from penstock.controller.conditions import Verdict
-from penstock.controller.prometheus import PrometheusClient, PrometheusError, observe_pipeline
+from penstock.controller.prometheus import (
+    PrometheusClient,
+    PrometheusError,
+    Saved,
+    observe_pipeline,
+    observe_savings,
+)
 from penstock.controller.tuner import PipelineGraph, PipelineResult, Tuner
 from penstock.render.meta import stage_object_name
+
+# Savings are read over a longer window than the tuner's: a per-hour figure, not a control input.
+SAVINGS_WINDOW = "15m"
+REASONS: tuple[SavingReason, ...] = ("cache", "semantic", "coalesced", "batching")
 
 
 @dataclass(frozen=True)
@@ -24,6 +42,7 @@ class Tuning:
     result: PipelineResult | None
     metrics: Verdict
     """The MetricsAvailable condition."""
+    savings: tuple[Saved, ...] = ()
 
     @property
     def floors(self) -> dict[str, int]:
@@ -61,12 +80,14 @@ class ThroughputTuning:
         self.clock = clock
         self._ticked: dict[str, float] = {}
         self._verdict: dict[str, Verdict] = {}
+        self._savings: dict[str, tuple[Saved, ...]] = {}
 
     def forget(self, namespace: str, name: str) -> None:
         key = f"{namespace}/{name}"
         self.tuner.forget(key)
         self._ticked.pop(key, None)
         self._verdict.pop(key, None)
+        self._savings.pop(key, None)
 
     def run(
         self,
@@ -90,19 +111,21 @@ class ThroughputTuning:
         now = self.clock()
         last = self.tuner.last(key)
         if last is not None and now - self._ticked.get(key, 0.0) < self.interval:
-            return Tuning(last, self._verdict[key])
+            return Tuning(last, self._verdict[key], self._savings.get(key, ()))
         self._ticked[key] = now
         stages = [stage.name for stage in spec.stages]
         try:
             observed = observe_pipeline(
                 self.client, namespace, name, stages, _ready_replicas(name, spec, deployments)
             )
+            savings = tuple(observe_savings(self.client, namespace, name, SAVINGS_WINDOW))
         except PrometheusError as error:
             verdict = Verdict(
                 "MetricsAvailable", False, "QueryFailed", f"{error}; HPAs keep their last targets"
             )
             self._verdict[key] = verdict
-            return Tuning(last, verdict)
+            return Tuning(last, verdict, self._savings.get(key, ()))
+        self._savings[key] = savings
         previous = {item.name: item.recommended_replicas for item in previous_stages}
         result = self.tuner.tick(key, PipelineGraph.from_spec(spec), observed, previous)
         missing = [stage.name for stage in result.stages if stage.no_data]
@@ -118,7 +141,7 @@ class ThroughputTuning:
                 "MetricsAvailable", True, "MetricsFound", "every stage reports metrics"
             )
         self._verdict[key] = verdict
-        return Tuning(result, verdict)
+        return Tuning(result, verdict, savings)
 
 
 def _rounded(value: float | None, digits: int) -> float | None:
@@ -140,3 +163,34 @@ def add_tuner_figures(status: PipelineStatus, result: PipelineResult | None) -> 
         item.recommended_replicas = stage.recommended_replicas
     status.bottleneck = result.bottleneck or None
     status.critical_path = list(result.critical_path) or None
+
+
+def add_savings(status: PipelineStatus, savings: Sequence[Saved]) -> None:
+    """Per stage and per reason, what the gateways saved per hour (nothing without figures)."""
+    stages = {item.name: item for item in status.stages}
+    by_stage: dict[str, float] = {}
+    by_reason: dict[str, list[float]] = {}
+    for saved in savings:
+        if saved.stage not in stages:  # a stage the spec no longer has
+            continue
+        by_stage[saved.stage] = by_stage.get(saved.stage, 0.0) + saved.usd_per_hour
+        pair = by_reason.setdefault(saved.reason, [0.0, 0.0])
+        pair[0] += saved.seconds_per_hour
+        pair[1] += saved.usd_per_hour
+    if not by_reason:
+        return
+    for name, amount in by_stage.items():
+        stages[name].saved_hourly_cost = usd(Decimal(repr(amount)))
+    known = [reason for reason in REASONS if reason in by_reason]
+    status.savings = Savings(
+        usd_per_hour=usd(Decimal(repr(sum(pair[1] for pair in by_reason.values())))),
+        stage_seconds_per_hour=round(sum(pair[0] for pair in by_reason.values()), 1),
+        by_reason=[
+            SavingsByReason(
+                reason=reason,
+                usd_per_hour=usd(Decimal(repr(by_reason[reason][1]))),
+                stage_seconds_per_hour=round(by_reason[reason][0], 1),
+            )
+            for reason in known
+        ],
+    )

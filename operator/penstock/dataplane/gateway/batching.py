@@ -116,6 +116,8 @@ class Batcher:
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
         self.on_batch: Callable[[int], None] | None = None
+        # Called with (size, seconds) after a batch the stage answered (the savings model).
+        self.on_done: Callable[[int, float], None] | None = None
 
     def _has_slot(self) -> bool:
         return self.max_inflight is None or len(self._tasks) < self.max_inflight
@@ -207,7 +209,8 @@ class Batcher:
         except Exception as error:  # a bug or an unexpected client error: fail this batch only
             log.exception("stage %s: batch call failed", self._stage)
             response = Failure(502, f"batch call failed: {error}", self._stage, "upstream_error")
-        held = (time.perf_counter() - started) / size
+        took = time.perf_counter() - started
+        held = took / size
         if isinstance(response, Failure):
             failure = Failure(
                 response.status,
@@ -227,6 +230,8 @@ class Batcher:
                 outcomes = [bad] * size
             else:
                 outcomes = [_item_outcome(item, self._stage, held, size) for item in items]
+                if self.on_done is not None:
+                    self.on_done(size, took)
         for entry, outcome in zip(batch, outcomes, strict=True):
             if not entry.future.done():
                 entry.future.set_result(outcome)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from penstock.contract.wire import CACHE_HEADER
 from penstock.dataplane.gateway.answers import Answer, Failure, Outcome
 from penstock.dataplane.gateway.config import GatewayConfig
+from penstock.dataplane.gateway.savings import Saving
 from penstock.dataplane.gateway.sharing import NOTHING_SAID, Sharing, answer_sharing
 from penstock.dataplane.gateway.stage import (
     NOT_FORWARDED_RESPONSE,
@@ -19,6 +20,7 @@ from penstock.dataplane.gateway.stage import (
     strip_headers,
 )
 from penstock.dataplane.gateway.telemetry import request_cost_usd
+from penstock.dataplane.gateway.usage import TokenUsage
 from penstock.dataplane.http1 import Answer as Reply
 from penstock.dataplane.http1 import Request, Response, StreamResponse
 from penstock.dataplane.upstream import UpstreamClosed, UpstreamProtocolError
@@ -34,6 +36,8 @@ class Record:
     cache_hit: bool | None = None
     batch_size: int | None = None
     cost: float = 0.0
+    saving: Saving | None = None
+    usage: TokenUsage | None = None
 
 
 @dataclass

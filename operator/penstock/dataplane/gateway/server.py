@@ -22,7 +22,12 @@ from penstock.contract.wire import (
     ATTR_CACHE_HIT,
     ATTR_COST_CENTER,
     ATTR_COST_USD,
+    ATTR_INPUT_TOKENS,
+    ATTR_OUTPUT_TOKENS,
     ATTR_PIPELINE,
+    ATTR_SAVED_REASON,
+    ATTR_SAVED_SECONDS,
+    ATTR_SAVED_USD,
     ATTR_STAGE,
     CACHE_HEADER,
     CACHE_SIMILARITY_HEADER,
@@ -46,6 +51,7 @@ from penstock.dataplane.gateway.exchange import (
     failure_response,
     respond,
 )
+from penstock.dataplane.gateway.savings import SavingsEstimator
 from penstock.dataplane.gateway.semantic import (
     Probe,
     SemanticHit,
@@ -66,8 +72,9 @@ from penstock.dataplane.gateway.stage import (
     describe,
     strip_headers,
 )
-from penstock.dataplane.gateway.telemetry import GatewayMetrics
+from penstock.dataplane.gateway.telemetry import GatewayMetrics, request_cost_usd
 from penstock.dataplane.gateway.tiers import Tiers, cache_tiers
+from penstock.dataplane.gateway.usage import token_usage
 from penstock.dataplane.http1 import Answer as Reply
 from penstock.dataplane.http1 import BodyTooLarge, Request, Response
 from penstock.dataplane.jsonbody import JsonBodyError, parse
@@ -85,6 +92,7 @@ class Gateway(Server):
     def __init__(self, config: GatewayConfig, *, span_exporter: SpanExporter | None = None):
         self.config = config
         self.metrics = GatewayMetrics(config)
+        self.savings = SavingsEstimator()
         identity = Identity(f"the gateway of stage {config.stage!r}", {"stage": config.stage})
         tracer = build_tracer(
             "penstock.gateway",
@@ -128,6 +136,7 @@ class Gateway(Server):
                 timeout=config.timeout_seconds,
             )
             self._batcher.on_batch = self.metrics.batch_size.observe
+            self._batcher.on_done = self.savings.batch_done
         await self.open(
             self._handle,
             config.listen,
@@ -230,6 +239,22 @@ class Gateway(Server):
                     )
                     if record.batch_size is not None:
                         span.set_attribute(ATTR_BATCH_SIZE, record.batch_size)
+                    if record.saving is not None:
+                        saved = record.saving.seconds
+                        span.set_attributes(
+                            {
+                                ATTR_SAVED_REASON: record.saving.reason,
+                                ATTR_SAVED_SECONDS: saved,
+                                ATTR_SAVED_USD: request_cost_usd(self.config.hourly_cost, saved),
+                            }
+                        )
+                    if record.usage is not None:
+                        span.set_attributes(
+                            {
+                                ATTR_INPUT_TOKENS: record.usage.input_tokens,
+                                ATTR_OUTPUT_TOKENS: record.usage.output_tokens,
+                            }
+                        )
                     if response.status >= 500:
                         span.set_status(Status(StatusCode.ERROR, record.outcome))
                 return response
@@ -244,6 +269,10 @@ class Gateway(Server):
             metrics.request(record.outcome)
             if record.cost > 0:
                 metrics.cost.inc(record.cost)
+            if record.saving is not None:
+                metrics.saved(record.saving.reason, record.saving.seconds)
+            if record.usage is not None:
+                metrics.tokens(record.usage.input_tokens, record.usage.output_tokens)
 
     def _client_error(self, message: str) -> Failure:
         return Failure(400, message, self.config.stage, "client_error")
@@ -268,6 +297,7 @@ class Gateway(Server):
             return failure_response(canonical, record, "bypass")
         if canonical is None:  # not JSON: no key, so no cache and no coalescing
             result = await self._call_stage(request, body)
+            self._called(result, record)
             return await self._respond(request, result, record, "bypass", sharers=1)
 
         material: dict[str, Any] = {
@@ -292,6 +322,7 @@ class Gateway(Server):
             metrics.lookup(lookup.value)
             if lookup is Lookup.HIT and entry is not None:
                 record.cache_hit = True
+                record.saving = self.savings.hit("cache")
                 if found.fill is not None:
                     self._after_answer(found.fill(metrics.tier_fill))
                 return Response(
@@ -330,12 +361,26 @@ class Gateway(Server):
         if not leader:
             if not self._may_take(key, produced, request):  # its own call, in its own time
                 result = (await work()).outcome
+                self._called(result, record)
                 return await self._respond(request, result, record, cache_state, sharers=1)
             self.metrics.coalesced.inc()
-        elif self.cache is not None and rules.store and isinstance(produced.outcome, Answer):
-            # Stored after the answer is on its way: a miss costs one Redis round trip, not two.
-            self._after_answer(self._store(key, produced, probe))
+            if isinstance(produced.outcome, Answer):
+                record.saving = self.savings.coalesced(produced.outcome.held_seconds)
+        else:
+            self._called(produced.outcome, record)
+            if self.cache is not None and rules.store and isinstance(produced.outcome, Answer):
+                # Stored after the answer is on its way: a miss costs one Redis round trip.
+                self._after_answer(self._store(key, produced, probe))
         return await self._respond(request, produced.outcome, record, cache_state, sharers)
+
+    def _called(self, outcome: Outcome | OpenStream, record: Record) -> None:
+        """A stage call answered: feed the savings estimates; the tokens it reports."""
+        if not isinstance(outcome, Answer) or not 200 <= outcome.status <= 299:
+            return
+        self.savings.answered(outcome.held_seconds)
+        if outcome.batch_size is not None:
+            record.saving = self.savings.batched(outcome.held_seconds)
+        record.usage = token_usage(outcome.headers, outcome.body)
 
     def _canonical(self, request: Request, body: bytes) -> bytes | Failure | None:
         """The body's canonical JSON text (the key material), a 400, or None: not JSON, so
@@ -391,8 +436,10 @@ class Gateway(Server):
         record.cache_hit = True
         if hit.fill is not None:
             self._after_answer(hit.fill(self.metrics.tier_fill))
-        if self.semantic.should_verify():
+        if self.semantic.should_verify():  # the stage is asked anyway: nothing saved
             self._after_answer(self._verify(request, body, probe, hit))
+        else:
+            record.saving = self.savings.hit("semantic")
         return Response(
             status=hit.entry.status,
             body=hit.entry.body,

@@ -116,6 +116,25 @@ class GatewayMetrics:
             [*LABELS, "cost_center"],
             registry=r,
         ).labels(**labels, cost_center=config.cost_center)
+        self._saved_seconds = Counter(
+            "penstock_stage_saved_seconds_total",
+            "Stage replica-seconds not spent, by reason (cache, semantic, coalesced, batching)",
+            [*LABELS, "cost_center", "reason"],
+            registry=r,
+        )
+        self._saved_usd = Counter(
+            "penstock_stage_saved_usd_total",
+            "Replica cost not spent, by reason: saved seconds * hourly cost / 3600",
+            [*LABELS, "cost_center", "reason"],
+            registry=r,
+        )
+        self._tokens = Counter(
+            "penstock_stage_tokens_total",
+            "Tokens the stage reported using (X-Penstock-Usage or the answer's usage), by type"
+            " (input, output: gen_ai.token.type)",
+            [*LABELS, "cost_center", "type"],
+            registry=r,
+        )
         self.ready = Gauge(
             "penstock_stage_gateway_ready",
             "1 when the stage is healthy and warmed up",
@@ -128,6 +147,13 @@ class GatewayMetrics:
             for result in ("hit", "miss", "error")
         }
         self._request_children: dict[str, Counter] = {}
+        self._hourly_cost = config.hourly_cost
+        self._cost_center = config.cost_center
+        self._saved_children: dict[str, tuple[Counter, Counter]] = {}
+        self._token_children = {
+            kind: self._tokens.labels(**labels, cost_center=config.cost_center, type=kind)
+            for kind in ("input", "output")
+        }
 
     def request(self, outcome: str) -> None:
         child = self._request_children.get(outcome)
@@ -135,6 +161,26 @@ class GatewayMetrics:
             child = self._requests.labels(**self._labels, outcome=outcome)
             self._request_children[outcome] = child
         child.inc()
+
+    def saved(self, reason: str, seconds: float) -> float:
+        """Count a saving; returns its USD (what the span says too)."""
+        children = self._saved_children.get(reason)
+        if children is None:
+            labelled = {**self._labels, "cost_center": self._cost_center, "reason": reason}
+            children = (
+                self._saved_seconds.labels(**labelled),
+                self._saved_usd.labels(**labelled),
+            )
+            self._saved_children[reason] = children
+        usd = request_cost_usd(self._hourly_cost, seconds)
+        children[0].inc(seconds)
+        if usd > 0:
+            children[1].inc(usd)
+        return usd
+
+    def tokens(self, input_tokens: int, output_tokens: int) -> None:
+        self._token_children["input"].inc(input_tokens)
+        self._token_children["output"].inc(output_tokens)
 
     def lookup(self, result: str) -> None:
         self._lookup_children[result].inc()
