@@ -21,13 +21,14 @@ from penstock.controller.prometheus import (
     escape_label_value,
     inflight_query,
     latency_query,
+    observe_efficiency,
     observe_pipeline,
     observe_savings,
     request_rate_query,
     savings_query,
 )
 from penstock.controller.tuner import Observation
-from penstock.controller.tuning import add_savings
+from penstock.controller.tuning import add_efficiency, add_savings
 
 # (status code, body) for a query string
 Answer = Callable[[str], tuple[int, bytes]]
@@ -280,3 +281,26 @@ def test_no_savings_figures_means_no_savings_status() -> None:
     status = PipelineStatus(stages=[StageStatus(name="embed")])
     add_savings(status, [])
     assert status.savings is None and status.stages[0].saved_hourly_cost is None
+
+
+def test_cost_per_request_and_per_million_tokens(server: Server) -> None:
+    def answer(query: str) -> tuple[int, bytes]:
+        if "tokens_total" in query:
+            return 200, vector([({"stage": "answer"}, "2.5")])
+        if "requests_total" in query:
+            return 200, vector([({"stage": "answer"}, "0.0000125"), ({"stage": "embed"}, "NaN")])
+        return 200, vector([])
+
+    server.answer = answer
+    efficiency = observe_efficiency(PrometheusClient(server.url), "search", "rag", "15m")
+    assert len(server.queries) == 4
+    assert server.queries[3].startswith("1e6 * sum by (stage) (rate(penstock_stage_cost_usd_total")
+    status = PipelineStatus(stages=[StageStatus(name="answer"), StageStatus(name="embed")])
+    add_efficiency(status, efficiency)
+    answer_stage, embed = status.stages
+    assert (answer_stage.cost_per_request, answer_stage.cost_per_million_tokens) == (
+        "1.25e-05",
+        "2.5",
+    )
+    assert (embed.cost_per_request, embed.cost_per_million_tokens) == (None, None)
+    assert status.savings is None

@@ -61,6 +61,10 @@ class StageStatus(StatusModel):
     """Cost of the stage's current replicas per hour, USD."""
     saved_hourly_cost: str | None = Field(default=None, max_length=32)
     """Replica cost per hour its gateways saved (cache hits, coalescing, batching), USD."""
+    cost_per_request: str | None = Field(default=None, max_length=32)
+    """Attributed cost per request through its gateways, USD (3 significant digits)."""
+    cost_per_million_tokens: str | None = Field(default=None, max_length=32)
+    """Attributed cost per 1M tokens the stage reported using, USD (LLM stages)."""
 
 
 class SavingsByReason(StatusModel):

@@ -196,6 +196,46 @@ def observe_savings(
     ]
 
 
+@dataclass(frozen=True)
+class UnitCost:
+    per_request: float | None
+    """USD per request through the stage's gateways."""
+    per_million_tokens: float | None
+    """USD per 1M tokens the stage reported (input and output together)."""
+
+
+@dataclass(frozen=True)
+class Efficiency:
+    """What a Pipeline's stages saved and what a unit of their work cost, over a window."""
+
+    saved: tuple[Saved, ...] = ()
+    unit_costs: tuple[tuple[str, UnitCost], ...] = ()
+
+
+def unit_cost_queries(namespace: str, pipeline: str, window: str = DEFAULT_WINDOW) -> list[str]:
+    selector = pipeline_selector(namespace, pipeline)
+    cost = f"sum by (stage) (rate(penstock_stage_cost_usd_total{selector}[{window}]))"
+    return [
+        f"{cost} / sum by (stage) (rate({STAGE_REQUESTS}{selector}[{window}]))",
+        f"1e6 * {cost} / sum by (stage) (rate(penstock_stage_tokens_total{selector}[{window}]))",
+    ]
+
+
+def observe_efficiency(
+    client: PrometheusClient, namespace: str, pipeline: str, window: str = DEFAULT_WINDOW
+) -> Efficiency:
+    """Savings per hour, cost per request and per 1M tokens (four instant queries)."""
+    saved = tuple(observe_savings(client, namespace, pipeline, window))
+    per_request, per_tokens = (
+        _by_stage(client.query(query)) for query in unit_cost_queries(namespace, pipeline, window)
+    )
+    stages = sorted(set(per_request) | set(per_tokens))
+    return Efficiency(
+        saved,
+        tuple((stage, UnitCost(per_request.get(stage), per_tokens.get(stage))) for stage in stages),
+    )
+
+
 def _by_stage(samples: Iterable[Sample]) -> dict[str, float | None]:
     figures: dict[str, float | None] = {}
     for sample in samples:

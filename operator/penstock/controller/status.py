@@ -17,7 +17,7 @@ from penstock.api.cost import PriceTable, replica_hourly_cost, usd
 from penstock.api.status import PipelineStatus, StageStatus
 from penstock.api.validation import Result
 from penstock.controller.conditions import Verdict, set_conditions
-from penstock.controller.tuning import Tuning, add_savings, add_tuner_figures
+from penstock.controller.tuning import Tuning, add_efficiency, add_tuner_figures
 from penstock.render.meta import PipelineRef, stage_object_name
 from penstock.render.router import router_name, router_url
 
@@ -197,7 +197,7 @@ def valid_status(
         warnings=[str(problem) for problem in result.warnings] or None,
     )
     add_tuner_figures(status, tuning.result)
-    add_savings(status, tuning.savings)
+    add_efficiency(status, tuning.efficiency)
     return status
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
@@ -23,17 +23,19 @@ from penstock.api.status import (
 )
 from penstock.controller.conditions import Verdict
 from penstock.controller.prometheus import (
+    Efficiency,
     PrometheusClient,
     PrometheusError,
     Saved,
+    observe_efficiency,
     observe_pipeline,
-    observe_savings,
 )
 from penstock.controller.tuner import PipelineGraph, PipelineResult, Tuner
 from penstock.render.meta import stage_object_name
 
-# Savings are read over a longer window than the tuner's: a per-hour figure, not a control input.
-SAVINGS_WINDOW = "15m"
+# Savings and unit costs are read over a longer window than the tuner's: figures for people, not
+# a control input, so steadier is better.
+EFFICIENCY_WINDOW = "15m"
 REASONS: tuple[SavingReason, ...] = ("cache", "semantic", "coalesced", "batching")
 
 
@@ -42,7 +44,7 @@ class Tuning:
     result: PipelineResult | None
     metrics: Verdict
     """The MetricsAvailable condition."""
-    savings: tuple[Saved, ...] = ()
+    efficiency: Efficiency = field(default_factory=Efficiency)
 
     @property
     def floors(self) -> dict[str, int]:
@@ -80,14 +82,14 @@ class ThroughputTuning:
         self.clock = clock
         self._ticked: dict[str, float] = {}
         self._verdict: dict[str, Verdict] = {}
-        self._savings: dict[str, tuple[Saved, ...]] = {}
+        self._efficiency: dict[str, Efficiency] = {}
 
     def forget(self, namespace: str, name: str) -> None:
         key = f"{namespace}/{name}"
         self.tuner.forget(key)
         self._ticked.pop(key, None)
         self._verdict.pop(key, None)
-        self._savings.pop(key, None)
+        self._efficiency.pop(key, None)
 
     def run(
         self,
@@ -111,21 +113,21 @@ class ThroughputTuning:
         now = self.clock()
         last = self.tuner.last(key)
         if last is not None and now - self._ticked.get(key, 0.0) < self.interval:
-            return Tuning(last, self._verdict[key], self._savings.get(key, ()))
+            return Tuning(last, self._verdict[key], self._efficiency.get(key, Efficiency()))
         self._ticked[key] = now
         stages = [stage.name for stage in spec.stages]
         try:
             observed = observe_pipeline(
                 self.client, namespace, name, stages, _ready_replicas(name, spec, deployments)
             )
-            savings = tuple(observe_savings(self.client, namespace, name, SAVINGS_WINDOW))
+            efficiency = observe_efficiency(self.client, namespace, name, EFFICIENCY_WINDOW)
         except PrometheusError as error:
             verdict = Verdict(
                 "MetricsAvailable", False, "QueryFailed", f"{error}; HPAs keep their last targets"
             )
             self._verdict[key] = verdict
-            return Tuning(last, verdict, self._savings.get(key, ()))
-        self._savings[key] = savings
+            return Tuning(last, verdict, self._efficiency.get(key, Efficiency()))
+        self._efficiency[key] = efficiency
         previous = {item.name: item.recommended_replicas for item in previous_stages}
         result = self.tuner.tick(key, PipelineGraph.from_spec(spec), observed, previous)
         missing = [stage.name for stage in result.stages if stage.no_data]
@@ -141,7 +143,7 @@ class ThroughputTuning:
                 "MetricsAvailable", True, "MetricsFound", "every stage reports metrics"
             )
         self._verdict[key] = verdict
-        return Tuning(result, verdict, savings)
+        return Tuning(result, verdict, efficiency)
 
 
 def _rounded(value: float | None, digits: int) -> float | None:
@@ -163,6 +165,21 @@ def add_tuner_figures(status: PipelineStatus, result: PipelineResult | None) -> 
         item.recommended_replicas = stage.recommended_replicas
     status.bottleneck = result.bottleneck or None
     status.critical_path = list(result.critical_path) or None
+
+
+def _usd_small(amount: float | None) -> str | None:
+    # Per-request costs are micro-dollars: three significant digits, not four decimals.
+    return None if amount is None else f"{amount:.3g}"
+
+
+def add_efficiency(status: PipelineStatus, efficiency: Efficiency) -> None:
+    """Savings per hour, per stage and reason; cost per request and per 1M tokens per stage."""
+    stages = {item.name: item for item in status.stages}
+    for name, unit in efficiency.unit_costs:
+        if name in stages:
+            stages[name].cost_per_request = _usd_small(unit.per_request)
+            stages[name].cost_per_million_tokens = _usd_small(unit.per_million_tokens)
+    add_savings(status, efficiency.saved)
 
 
 def add_savings(status: PipelineStatus, savings: Sequence[Saved]) -> None:
