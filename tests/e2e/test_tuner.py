@@ -89,10 +89,11 @@ def _ok(url: str) -> bool:
         return False
 
 
-def _load(url: str, stop: threading.Event) -> None:
+def _load(url: str, stop: threading.Event, same: bool = False) -> None:
     count = 0
     while not stop.is_set():
-        body = json.dumps({"n": count}).encode()  # distinct bodies: no coalescing
+        # a count per thread (threads in step coalesce now and then); or one body, always shared
+        body = json.dumps({"n": "same" if same else count}).encode()
         request = urllib.request.Request(url, body, {"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=10) as response:
             response.read()
@@ -149,6 +150,8 @@ def test_tuner_reads_prometheus_and_raises_the_hpa_floor(
                         stage,
                         "--namespace",
                         namespace,
+                        "--hourly-cost",
+                        "3.6",
                     ],
                     f"gateway-{stage}.log",
                 )
@@ -191,10 +194,12 @@ def test_tuner_reads_prometheus_and_raises_the_hpa_floor(
         )
         prometheus = f"http://127.0.0.1:{prometheus_port}"
         wait_for(lambda: _ok(f"{prometheus}/-/ready"), timeout=60, what="Prometheus ready")
-        pool = ThreadPoolExecutor(max_workers=8)
+        pool = ThreadPoolExecutor(max_workers=11)
         for stage in ("front", "back"):
             for _ in range(4):
                 pool.submit(_load, targets[stage], stop)
+        for _ in range(3):  # identical concurrent requests: one stage call, the others saved
+            pool.submit(_load, targets["back"], stop, True)
 
         def rate_seen() -> bool:
             query = "sum(rate(penstock_stage_requests_total[1m]))"
@@ -222,13 +227,21 @@ def test_tuner_reads_prometheus_and_raises_the_hpa_floor(
             # The HPA is applied before the same reconcile writes the status: wait for it.
             status = (cluster.get("pipeline", "tuned", namespace) or {}).get("status", {})
             stages = {s["name"]: s for s in status.get("stages", [])}
-            return status if "observedRps" in stages.get("front", {}) else None
+            front = stages.get("front", {})
+            return status if "observedRps" in front and "savings" in status else None
 
         status = wait_for(observed, timeout=30, interval=0.5, what="the tuner's figures in status")
         front = next(s for s in status["stages"] if s["name"] == "front")
         assert front["observedRps"] > 0  # averaged over 2m, most of which was idle
         assert front["recommendedReplicas"] >= 2
         assert status["criticalPath"] == ["front", "back"]
+        # 50 ms per call at 3.6 USD/h: 5e-5 USD per request (less on back, where calls are shared)
+        assert 1e-5 < float(front["costPerRequest"]) < 2e-4
+        saved = {item["reason"]: item for item in status["savings"]["byReason"]}
+        assert saved["coalesced"]["stageSecondsPerHour"] > 0
+        assert float(saved["coalesced"]["usdPerHour"]) > 0
+        back = next(s for s in status["stages"] if s["name"] == "back")
+        assert float(back["savedHourlyCost"]) > 0
         metrics = next(c for c in status["conditions"] if c["type"] == "MetricsAvailable")
         assert metrics["status"] == "True"
         events = [
