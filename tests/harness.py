@@ -36,6 +36,7 @@ CRD_FILES = (CRD_FILE, ROOT / "crds" / "pipelineruns.penstock.dev.yaml")
 HOW = {
     "redis-server": "apt-get install redis-server",
     "openssl": "apt-get install openssl",
+    "chromium": "apt-get install chromium",
 }
 
 T = TypeVar("T")

@@ -16,6 +16,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -208,9 +209,16 @@ def _tags(items: list[dict[str, Any]]) -> dict[str, Any]:
     return {tag["key"]: tag["value"] for tag in items}
 
 
-def test_a_request_through_real_gateways_becomes_one_trace_in_jaeger(
-    processes: Processes, tmp_path: Path
-) -> None:
+@dataclass(frozen=True)
+class Stack:
+    query: str  # Jaeger's query API
+    router: str  # the router's serving URL
+    collector_ports: dict[str, int]  # rendered port -> the loopback port it listens on
+
+
+def start_stack(processes: Processes, tmp_path: Path) -> Stack:
+    """Jaeger, the namespace's collector, stage servers, their gateways and the router of
+    PIPELINE, each as rendered and each a process; returns once the router answers."""
     doc = yaml.safe_load(PIPELINE)
     spec = validate_document(doc).spec
     assert spec is not None
@@ -302,6 +310,14 @@ def test_a_request_through_real_gateways_becomes_one_trace_in_jaeger(
         ),
     )
     assert json.loads(body)["stage"] == "answer"
+    return Stack(query, f"http://127.0.0.1:{router_port}/", collector_ports)
+
+
+def test_a_request_through_real_gateways_becomes_one_trace_in_jaeger(
+    processes: Processes, tmp_path: Path
+) -> None:
+    stack = start_stack(processes, tmp_path)
+    query, collector_ports = stack.query, stack.collector_ports
 
     def trace() -> dict[str, Any] | None:
         processes.check_alive()

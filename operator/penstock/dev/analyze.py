@@ -3,7 +3,10 @@
 Input: a file of JSON lines, each a router response to a request sent with
 ``X-Penstock-Profile: 1`` (``{"output", "profile": {"stages", "critical_path", "total_ms"}}``, or
 the bare profile), optionally with ``"request": <the request body>``; or ``--url URL --requests N
---body FILE`` to collect them from a running router (``--save FILE`` keeps them).
+--body FILE`` to collect them from a running router (``--save FILE`` keeps them); or ``--jaeger
+URL --pipeline-ref NS/NAME [--since 1h] [--limit 500]`` to read them from the traces Jaeger holds
+of that Pipeline's router (penstock.dev.traces; ``--pipeline`` stays the YAML file, whose
+dependencies then give the critical path; the report adds the mean cost per request and stage).
 
 Figures (percentiles are nearest-rank: p50 of n values is the ceil(0.5 n)-th smallest):
 
@@ -26,6 +29,12 @@ Figures (percentiles are nearest-rank: p50 of n values is the ceil(0.5 n)-th sma
 Recommendations carry an expected saving per request, counted only while the stage is on the
 critical path (time off the critical path does not shorten the answer); savings under 0.5 ms or
 2% of the mean request time are not worth a change and are left out.
+
+``--compare BEFORE AFTER`` (two profile files, in place of FILE or ``--url``) prints both
+sets side by side instead: end to end and per stage p50/p95, and with ``--pipeline`` the
+cost per request and per stage; each with its change and a 95% bootstrap confidence
+interval of the change (``--bootstrap N`` resamples, ``--seed``), and "within noise" unless
+the interval excludes 0 (penstock.dev.compare).
 """
 
 from __future__ import annotations
@@ -41,7 +50,20 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from penstock.api import PipelineSpec
+from penstock.api.cost import PriceTable
 from penstock.contract.profile import Profile, StageTiming
+from penstock.dev import traces
+from penstock.dev.compare import (
+    DEFAULT_RESAMPLES,
+    DEFAULT_SEED,
+    MAX_RESAMPLES,
+    MIN_RESAMPLES,
+    compare,
+    comparison_json,
+    render_comparison,
+)
+from penstock.dev.costs import replica_rates
+from penstock.dev.html import load_prices, render_html, write_html
 from penstock.dev.profiles import (
     AnalyzeError,
     UsageError,
@@ -54,6 +76,7 @@ from penstock.dev.profiles import (
     read_bodies,
 )
 from penstock.dev.report import Report, StageFigures, as_json, render
+from penstock.dev.stats import percentile
 from penstock.errors import short_repr
 
 __all__ = [
@@ -74,15 +97,6 @@ MAX_REQUESTS = 100_000
 
 
 # --------------------------------------------------------------------------- figures
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """Nearest rank: the ceil(q n)-th smallest value (q in (0, 1])."""
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    rank = max(1, math.ceil(q * len(ordered)))
-    return ordered[rank - 1]
 
 
 def mean(values: Sequence[float]) -> float:
@@ -262,12 +276,20 @@ _EPILOG = """\
 Waiting time = stage start - request start - the latest finish of its dependencies.
 Percentiles are nearest-rank.
 
+--compare BEFORE AFTER: each figure of both sets, the change and its 95% confidence
+interval by bootstrap (--bootstrap N resamples of each set, --seed S: the same seed, the
+same output); a row is faster/slower (cheaper/dearer) only when the interval excludes 0.
+
+--jaeger URL --pipeline-ref NS/NAME [--since 1h] [--until 0s] [--limit 500]: the requests
+from --since ago to --until ago in Jaeger's traces of that Pipeline's router (stage times from the router's client
+spans, cache and cost from the gateways' spans; at most --limit traces, at most 10000).
+
 --wait SECONDS retries the first request while the router cannot be reached or answers
 502/503/504 (e.g. right after starting penstock dev), so a script need not poll first.
 
 exit status: 0 with a report; 1 when an input cannot be used (a file that is missing, not
-UTF-8, not JSON lines of profiles; a Pipeline that is invalid; a router or --metrics-url that
-cannot be reached or does not answer what it should), with one line 'penstock analyze:
+UTF-8, not JSON lines of profiles; a Pipeline that is invalid; a router, --jaeger or
+--metrics-url that cannot be reached or does not answer what it should), with one line 'penstock analyze:
 error: ...' on stderr; 2 for options that do not go together or are out of range."""
 
 
@@ -286,6 +308,36 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--save", help="also write the collected records here (JSON lines)")
     parser.add_argument("--pipeline", help="the Pipeline YAML: exact dependencies, unused stages")
     parser.add_argument(
+        "--jaeger",
+        metavar="URL",
+        help="instead of FILE or --url: read the requests from Jaeger's query API at URL"
+        " (e.g. http://jaeger:16686), one profile per traced request",
+    )
+    parser.add_argument(
+        "--pipeline-ref",
+        metavar="NS/NAME",
+        help="with --jaeger: the Pipeline whose router's traces to read (--pipeline stays the"
+        " YAML file)",
+    )
+    parser.add_argument(
+        "--since",
+        metavar="DURATION",
+        help=f"with --jaeger: how far back, e.g. 30m, 1h30m, 2d ({traces.DEFAULT_SINCE})",
+    )
+    parser.add_argument(
+        "--until",
+        metavar="DURATION",
+        help="with --jaeger: the window ends that long ago (default: now); with --save, two"
+        " windows become two files for --compare",
+    )
+    parser.add_argument(
+        "--limit",
+        type=int,
+        metavar="N",
+        help=f"with --jaeger: at most N traces ({traces.DEFAULT_LIMIT}; at most"
+        f" {traces.MAX_LIMIT})",
+    )
+    parser.add_argument(
         "--metrics-url",
         action="append",
         default=[],
@@ -299,13 +351,70 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="with --url: wait up to SECONDS for the router to answer (default 0: no wait)",
     )
+    parser.add_argument(
+        "--compare",
+        nargs=2,
+        metavar=("BEFORE", "AFTER"),
+        help="instead of FILE or --url: compare two profile files (p50/p95, cost per request with"
+        " --pipeline) with bootstrap confidence intervals of the change",
+    )
+    parser.add_argument(
+        "--bootstrap",
+        type=int,
+        metavar="N",
+        help=f"with --compare: resamples of each set ({DEFAULT_RESAMPLES}; {MIN_RESAMPLES} to"
+        f" {MAX_RESAMPLES})",
+    )
+    parser.add_argument(
+        "--seed", type=int, help=f"with --compare: seed of the resampling ({DEFAULT_SEED})"
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument(
+        "--html",
+        metavar="FILE",
+        help="also write a self-contained HTML page: a typical request's waterfall, per-stage"
+        " latency, cost per stage (needs --pipeline), recommendations",
+    )
+    parser.add_argument(
+        "--prices",
+        metavar="FILE",
+        help="with --pipeline: a price table YAML (as the operator's) for the costs",
+    )
     return parser
 
 
+def _check_compare(args: argparse.Namespace) -> None:
+    if not args.compare:
+        if args.bootstrap is not None or args.seed is not None:
+            raise UsageError("--bootstrap and --seed need --compare BEFORE AFTER")
+        return
+    given = [
+        flag
+        for flag, value in [
+            ("FILE", args.file),
+            ("--url", args.url),
+            ("--body", args.body),
+            ("--save", args.save),
+            ("--metrics-url", args.metrics_url),
+            ("--html", args.html),
+        ]
+        if value
+    ]
+    if given:
+        raise UsageError(f"--compare BEFORE AFTER does not go with {', '.join(given)}")
+    if args.bootstrap is not None and not MIN_RESAMPLES <= args.bootstrap <= MAX_RESAMPLES:
+        raise UsageError(
+            f"--bootstrap must be {MIN_RESAMPLES} to {MAX_RESAMPLES} (got {args.bootstrap})"
+        )
+    if args.seed is not None and args.seed < 0:
+        raise UsageError(f"--seed must be 0 or more (got {args.seed})")
+
+
 def _check_options(args: argparse.Namespace) -> None:
-    if bool(args.file) == bool(args.url):
-        raise UsageError("give either FILE or --url URL (with --body FILE)")
+    _check_compare(args)
+    traces.check_options(args)
+    if not (args.compare or args.jaeger) and bool(args.file) == bool(args.url):
+        raise UsageError("give either FILE or --url URL (with --body FILE), or --compare")
     if args.url and not args.body:
         raise UsageError("--url needs --body FILE (the request body)")
     if not 1 <= args.requests <= MAX_REQUESTS:
@@ -316,15 +425,46 @@ def _check_options(args: argparse.Namespace) -> None:
         raise UsageError(f"--wait must be 0 or more seconds (got {args.wait})")
     if args.wait and not args.url:
         raise UsageError("--wait needs --url (it waits for the router)")
+    if args.prices and not args.pipeline:
+        raise UsageError("--prices needs --pipeline FILE (it prices the Pipeline's stages)")
     for flag, url in [("--url", args.url), *[("--metrics-url", u) for u in args.metrics_url]]:
         parts = urlsplit(url) if url else None
         if parts is not None and (parts.scheme not in ("http", "https") or not parts.hostname):
             raise UsageError(f"{flag} must be an http(s) URL (got {short_repr(url)})")
 
 
+def _run_compare(
+    args: argparse.Namespace, spec: PipelineSpec | None, prices: PriceTable | None
+) -> int:
+    before, after = (load_profiles(path) for path in args.compare)
+    comparison = compare(
+        before,
+        after,
+        replica_rates(spec, prices),
+        resamples=DEFAULT_RESAMPLES if args.bootstrap is None else args.bootstrap,
+        seed=DEFAULT_SEED if args.seed is None else args.seed,
+        labels=(args.compare[0], args.compare[1]),
+    )
+    if args.json:
+        print(json.dumps(comparison_json(comparison), indent=2))
+    else:
+        print(render_comparison(comparison))
+    return 0
+
+
+def _write(path: str, text: str) -> None:
+    try:
+        Path(path).write_text(text)
+    except OSError as error:
+        raise AnalyzeError(f"cannot write {path}: {error.strerror or error}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     _check_options(args)
     spec = load_spec(args.pipeline) if args.pipeline else None
+    prices = load_prices(args.prices) if args.prices else None  # before a long --url run
+    if args.compare:
+        return _run_compare(args, spec, prices)
     if args.url:
         bodies = read_bodies(args.body, args.requests)
         started = time.monotonic()
@@ -334,21 +474,27 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         if args.save:
-            try:
-                Path(args.save).write_text("".join(json.dumps(r) + "\n" for r in records))
-            except OSError as error:
-                raise AnalyzeError(f"cannot write {args.save}: {error.strerror or error}") from None
+            _write(args.save, "".join(json.dumps(r) + "\n" for r in records))
         profiles = [parse_profile(r, f"{args.url} #{i}") for i, r in enumerate(records, 1)]
+    elif args.jaeger:
+        profiles = traces.read_profiles(args, spec)
+        if args.save:  # as router profile records: --compare reads them back
+            lines = "".join(json.dumps({"profile": p.to_document()}) + "\n" for p in profiles)
+            _write(args.save, lines)
     else:
         profiles = load_profiles(args.file)
     batch_sizes: dict[str, float] = {}
     for url in args.metrics_url:
         batch_sizes.update(parse_batch_metrics(fetch_text(url, args.timeout), url))
     report = analyze(profiles, spec, batch_sizes)
+    traces.add_costs(report, profiles)  # a no-op unless the profiles come from traces
     if args.json:
         print(json.dumps(as_json(report), indent=2))
     else:
         print(render(report))
+    if args.html:
+        page = render_html(report, profiles, spec, replica_rates(spec, prices))
+        write_html(args.html, page)
     return 0
 
 

@@ -22,6 +22,7 @@ class StageFigures:
     miss_p50_ms: float | None = None
     batch_mean_size: float | None = None
     batch_fill: float | None = None
+    cost_usd: float | None = None  # mean per request, from traces (analyze --jaeger)
 
     @property
     def hit_ratio(self) -> float | None:
@@ -41,6 +42,7 @@ class Report:
     repeated_requests: int | None
     unused_stages: list[str] = field(default_factory=list)
     recommendations: list[str] = field(default_factory=list)
+    cost_per_request_usd: float | None = None  # mean, from traces (analyze --jaeger)
 
     @property
     def repeat_ratio(self) -> float | None:
@@ -79,6 +81,11 @@ def render(report: Report) -> str:
         f"critical path: {' -> '.join(report.critical_path) or '-'}"
         f" ({report.critical_path_share:.0%} of requests)",
     ]
+    if report.cost_per_request_usd is not None:
+        per_stage = ", ".join(
+            f"{f.name} ${f.cost_usd:.6f}" for f in report.stages.values() if f.cost_usd is not None
+        )
+        lines.append(f"cost: ${report.cost_per_request_usd:.6f} per request ({per_stage})")
     if report.repeated_requests is None:
         lines.append("redundant calls: unknown (the records carry no request bodies)")
     else:
@@ -111,6 +118,7 @@ def as_json(report: Report) -> dict[str, Any]:
                 "cache_hit_ratio": f.hit_ratio,
                 "batch_mean_size": f.batch_mean_size,
                 "batch_fill": f.batch_fill,
+                "cost_usd": f.cost_usd,
             }
             for name, f in report.stages.items()
         },
@@ -119,4 +127,5 @@ def as_json(report: Report) -> dict[str, Any]:
         "repeated_requests": report.repeated_requests,
         "unused_stages": report.unused_stages,
         "recommendations": report.recommendations,
+        "cost_per_request_usd": report.cost_per_request_usd,
     }
