@@ -83,6 +83,7 @@ FULL: dict[str, Any] = {
             "batching": {"maxBatchSize": 4, "maxLatencyMs": 5, "path": "/batch"},
             "scaling": SCALING,
             "stream": False,
+            "input": "envelope",
             "cost": {"hourlyRate": "1.5"},
             "timeoutSeconds": 30,
             "nodeSelector": {"disk": "ssd"},

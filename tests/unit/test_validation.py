@@ -208,3 +208,56 @@ def test_valid_dags_validate_with_an_explicit_output(graph: dict[str, list[str]]
             consumed_by_output.add(node)
             pending += graph[node]
     assert len(unused) == len(graph) - len(consumed_by_output)
+
+
+def _streaming(**post: Any) -> dict[str, Any]:
+    return {
+        "output": "post",
+        "stages": [
+            {"name": "gen", "image": "x/gen:1", "stream": True},
+            {"name": "post", "image": "x/post:1", "dependsOn": ["gen"], "input": "stream", **post},
+        ],
+    }
+
+
+def test_input_stream_takes_one_streaming_source() -> None:
+    result = validate_spec(_streaming(stream=True))
+    assert result.spec is not None, result.errors
+    assert result.spec.stages[1].input == "stream"
+
+
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        (lambda s: s["stages"][0].update(stream=False), "its dependency 'gen' does not set stream"),
+        (
+            lambda s: s["stages"][1].update(cache={"enabled": True}),
+            "exactly one dependency and no cache or batching",
+        ),
+        (
+            lambda s: s["stages"][1].update(batching={"maxBatchSize": 4}),
+            "exactly one dependency and no cache or batching",
+        ),
+        (
+            lambda s: (
+                s["stages"].append({"name": "other", "image": "x/o:1"}),
+                s["stages"][1].update(dependsOn=["gen", "other"]),
+            ),
+            "exactly one dependency",
+        ),
+        (
+            lambda s: s["stages"].append(
+                {"name": "also", "image": "x/a:1", "dependsOn": ["gen"]}
+            ),
+            "nothing else may take its output (also taken by: also)",
+        ),
+        (lambda s: s["stages"][1].update(input="pipe"), "spec.stages[1].input"),
+    ],
+)
+def test_input_stream_problems_name_the_field(change: Any, needle: str) -> None:
+    spec = _streaming()
+    change(spec)
+    spec.setdefault("output", "post")
+    result = validate_spec(spec)
+    text = "; ".join(str(problem) for problem in result.errors)
+    assert result.spec is None and needle in text, text

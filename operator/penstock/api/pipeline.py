@@ -40,6 +40,17 @@ class Stage(ApiModel):
                 "a streaming stage cannot be batched",
             ),
             (
+                "!has(self.input) || self.input != 'stream' || (has(self.dependsOn)"
+                " && size(self.dependsOn) == 1)",
+                "a stage with input: stream has exactly one dependency, the stage streaming into it",
+            ),
+            (
+                "!has(self.input) || self.input != 'stream' || (!has(self.batching)"
+                " && (!has(self.cache) || !has(self.cache.enabled) || !self.cache.enabled))",
+                "a stage with input: stream is neither cached nor batched (its input is passed on"
+                " as it arrives)",
+            ),
+            (
                 "!(self.name in ['router', 'input'])",
                 "the stage names router and input are reserved (the router, the request envelope)",
             ),
@@ -76,7 +87,13 @@ class Stage(ApiModel):
     scaling: Scaling | None = None
     """Autoscaling bounds and targets. Default: 1 to 10 replicas at 70% utilization."""
     stream: bool = False
-    """The stage streams its response (chunked or SSE); it is passed through as produced."""
+    """The stage streams its response (chunked or SSE); it is passed through as produced: to the
+    client when it is the output, else to the dependant that takes it as input: stream."""
+    input: Literal["envelope", "stream"] = "envelope"
+    """envelope (default): the stage gets {"input": ..., "<dependency>": <its output>} once
+    every dependency answered. stream: its one dependency (a stream: true stage) is passed to it
+    as it is produced, as the request body (chunked HTTP, the upstream's bytes unchanged, its
+    Content-Type kept); a slow reader slows the producer, a failed reader stops it."""
     cost: Cost | None = None
     """Cost attribution overrides."""
     timeout_seconds: int = Field(default=30, ge=1, le=3600)

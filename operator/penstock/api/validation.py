@@ -266,6 +266,7 @@ def _value_problems(spec: PipelineSpec) -> list[Problem]:
             errors.append(
                 Problem(f"spec.stages[{index}].batching", "a streaming stage cannot be batched")
             )
+        errors += _stream_input_problems(spec, index)
         if stage.port in RESERVED_STAGE_PORTS:
             ports = ", ".join(map(str, sorted(RESERVED_STAGE_PORTS)))
             errors.append(
@@ -278,6 +279,38 @@ def _value_problems(spec: PipelineSpec) -> list[Problem]:
         errors += _duplicates(names, f"spec.stages[{index}].env", ".name", "variable")
     errors += _duplicates(spec.image_pull_secrets or [], "spec.imagePullSecrets", "", "Secret")
     return errors
+
+
+def _stream_input_problems(spec: PipelineSpec, index: int) -> list[Problem]:
+    """input: stream takes one stream: true dependency that no other stage needs whole."""
+    stage = spec.stages[index]
+    if stage.input != "stream":
+        return []
+    where = f"spec.stages[{index}].input"
+    if stage.batching or stage.cache_enabled or len(stage.dependencies) != 1:
+        return [
+            Problem(
+                where,
+                "input: stream needs exactly one dependency and no cache or batching (the input"
+                " is passed on as it arrives)",
+            )
+        ]
+    source = next((s for s in spec.stages if s.name == stage.dependencies[0]), None)
+    if source is None:
+        return []  # the unknown dependency is reported on its own
+    if not source.stream:
+        return [Problem(where, f"its dependency {source.name!r} does not set stream: true")]
+    others = [s.name for s in spec.stages if source.name in s.dependencies and s is not stage]
+    if others or spec.output_stage == source.name:
+        also = ", ".join(others) if others else "the pipeline's output"
+        return [
+            Problem(
+                where,
+                f"stage {source.name!r} streams into {stage.name!r}, so nothing else may take"
+                f" its output (also taken by: {also})",
+            )
+        ]
+    return []
 
 
 def _semantic_problems(spec: PipelineSpec, index: int) -> list[Problem]:

@@ -110,6 +110,8 @@ def gateway_args(
                 ("--memory-cache-max-entries", str(stage.cache.memory.max_entries)),
                 ("--memory-cache-max-bytes", str(int(parse_quantity(stage.cache.memory.max_size)))),
             ]
+    if stage.input == "stream":
+        flags.append(("--input-mode", "stream"))
     if stage.batching:
         flags += [
             ("--batch-max-size", str(stage.batching.max_batch_size)),

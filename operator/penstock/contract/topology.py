@@ -32,6 +32,8 @@ class StageRoute:
     depends_on: tuple[str, ...] = ()
     stream: bool = False
     timeout_seconds: float = 30.0
+    stream_input: bool = False
+    """input: stream: its one dependency's stream is its request body, as produced."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,7 @@ class Topology:
                 depends_on=tuple(stage.dependencies),
                 stream=stage.stream,
                 timeout_seconds=float(stage.timeout_seconds),
+                stream_input=stage.input == "stream",
             )
             for stage in spec.stages
         }
@@ -80,6 +83,7 @@ class Topology:
                     "dependsOn": list(stage.depends_on),
                     "url": stage.url,
                     "stream": stage.stream,
+                    "input": "stream" if stage.stream_input else "envelope",
                     "timeoutSeconds": _number(stage.timeout_seconds),
                 }
                 for stage in self.stages.values()
@@ -121,6 +125,21 @@ def check_graph(source: str, topology: Topology) -> Topology:
         raise TopologyError(
             f"{source}: output {topology.output!r} is not a stage (stages: {', '.join(stages)})"
         )
+    for stage in stages.values():
+        if not stage.stream_input:
+            continue
+        feeds = stages[stage.depends_on[0]] if len(stage.depends_on) == 1 else None
+        takers = [s.name for s in stages.values() if feeds and feeds.name in s.depends_on]
+        if (
+            feeds is None
+            or not feeds.stream
+            or takers != [stage.name]
+            or feeds.name == topology.output
+        ):
+            raise TopologyError(
+                f"{source}: stage {stage.name!r} has input: stream, so it needs exactly one"
+                " dependency, a stream: true stage whose output nothing else takes"
+            )
     return topology
 
 
@@ -155,12 +174,16 @@ def parse_topology(document: Any, source: str = "topology") -> Topology:
         timeout = raw.get("timeoutSeconds", 30)
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
             raise TopologyError(f"{where}: timeoutSeconds must be a positive number")
+        given = raw.get("input", "envelope")
+        if given not in ("envelope", "stream"):
+            raise TopologyError(f"{where}: input must be envelope or stream (got {given!r})")
         stages[name] = StageRoute(
             name=name,
             url=check_url(f"{where} ({name})", raw.get("url")),
             depends_on=tuple(deps),
             stream=bool(raw.get("stream", False)),
             timeout_seconds=float(timeout),
+            stream_input=given == "stream",
         )
     namespace = document.get("namespace") or ""
     topology = Topology(

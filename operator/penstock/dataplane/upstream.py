@@ -21,7 +21,10 @@ from urllib.parse import urlsplit
 
 import httptools
 
-_CHUNK_QUEUE_HIGH = 64  # pause reading the stage when this many chunks wait for the client
+# Pause reading the stage while this many chunks or bytes wait for the reader: what a slow reader
+# leaves unread stays in the kernel's socket buffers, and the stage's writes block.
+_CHUNK_QUEUE_HIGH = 64
+_QUEUE_HIGH_BYTES = 1 << 20
 _FIRST_CONNECT_PAUSE = 0.05  # seconds before a refused connection is tried again; doubles
 _LAST_CONNECT_PAUSE = 0.5
 
@@ -40,6 +43,7 @@ class _Pending:
     chunks: asyncio.Queue[bytes | BaseException | None] = field(default_factory=asyncio.Queue)
     received_any: bool = False
     complete: bool = False
+    queued_bytes: int = 0
 
 
 class _Connection(asyncio.Protocol):
@@ -111,8 +115,13 @@ class _Connection(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         assert self.pending is not None
-        self.pending.chunks.put_nowait(body)
-        if self.pending.chunks.qsize() >= _CHUNK_QUEUE_HIGH and self.transport and not self._paused:
+        pending = self.pending
+        pending.chunks.put_nowait(body)
+        pending.queued_bytes += len(body)
+        full = (
+            pending.chunks.qsize() >= _CHUNK_QUEUE_HIGH or pending.queued_bytes >= _QUEUE_HIGH_BYTES
+        )
+        if full and self.transport and not self._paused:
             self._paused = True
             self.transport.pause_reading()
 
@@ -137,6 +146,9 @@ class _Connection(asyncio.Protocol):
         self.close()
 
     def resume(self) -> None:
+        pending = self.pending
+        if pending is not None and pending.queued_bytes >= _QUEUE_HIGH_BYTES:
+            return
         if self._paused and self.transport is not None:
             self._paused = False
             self.transport.resume_reading()
@@ -159,9 +171,16 @@ class _Connection(asyncio.Protocol):
 class UpstreamResponse:
     """A stage answer whose headers have arrived; read or stream the body, then release."""
 
-    def __init__(self, connection: _Connection, pending: _Pending, keep_alive: bool) -> None:
+    def __init__(
+        self,
+        connection: _Connection,
+        pending: _Pending,
+        keep_alive: bool,
+        sending: asyncio.Future[None] | None = None,
+    ) -> None:
         self._connection = connection
         self._pending = pending
+        self._sending = sending  # a streamed request body still going out
         self._keep_alive = keep_alive
         self._released = False
         self.status = connection.status
@@ -184,6 +203,7 @@ class UpstreamResponse:
                 return
             if isinstance(item, BaseException):
                 raise item
+            self._pending.queued_bytes -= len(item)
             self._connection.resume()
             yield item
 
@@ -198,7 +218,11 @@ class UpstreamResponse:
         self._released = True
         connection = self._connection
         connection.pending = None
-        if self._pending.complete and self._keep_alive and not connection.closed:
+        sending = self._sending
+        if sending is not None and not sending.done():
+            sending.cancel()  # answered before its body was all sent: the connection cannot be reused
+            connection.close()
+        elif self._pending.complete and self._keep_alive and not connection.closed:
             connection.reused = True
             self._connection.pool.put_back(connection)
         else:
@@ -371,19 +395,36 @@ class UpstreamPool:
         pending = connection.start(head)
         transport = connection.transport
         assert transport is not None
-        try:
+
+        async def send_body() -> None:
             async for chunk in body:
                 if chunk:
                     transport.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
                     await connection.drain()
             if chunked:
                 transport.write(b"0\r\n\r\n")
+
+        # Full duplex: the answer may begin while the body still streams (a stage that reads its
+        # input as it is produced answers as it goes); the body goes on in its own task.
+        sending = asyncio.ensure_future(send_body())
+        try:
+            await asyncio.wait({sending, pending.headers_done}, return_when=asyncio.FIRST_COMPLETED)
+            if sending.done():
+                sending.result()  # the body failed before the answer began: raise it
             await pending.headers_done
         except BaseException:
+            sending.cancel()
             connection.pending = None
             connection.close()
             raise
-        return UpstreamResponse(connection, pending, keep_alive)
+
+        # A body that fails later cuts the exchange: the stage sees a truncated request.
+        def body_done(task: asyncio.Future[None]) -> None:
+            if not task.cancelled() and task.exception() is not None:
+                connection.close()
+
+        sending.add_done_callback(body_done)
+        return UpstreamResponse(connection, pending, keep_alive, sending)
 
     def close(self) -> None:
         for connection in list(self._all):

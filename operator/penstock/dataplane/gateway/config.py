@@ -63,6 +63,7 @@ class GatewayConfig:
     batch_max_size: int = 8
     batch_max_latency_ms: float = 5.0
     batch_path: str | None = None
+    input_mode: str = "envelope"
     batch_max_inflight: int = 2
     batch_max_queue: int | None = None
     warmup_requests: int = 0
@@ -91,11 +92,20 @@ class GatewayConfig:
         return self.batch_path is not None
 
     @property
+    def stream_input(self) -> bool:
+        """input: stream: POST / goes to the stage as it arrives, never read whole."""
+        return self.input_mode == "stream"
+
+    @property
     def limits(self) -> ServerLimits:
         """The listeners' bounds (see dataplane/connections)."""
+        # A streamed input arrives while its producer generates: it may take the stage's time.
+        body_timeout = self.body_timeout_seconds
+        if self.stream_input:
+            body_timeout = max(body_timeout, self.timeout_seconds)
         return ServerLimits(
             self.header_timeout_seconds,
-            self.body_timeout_seconds,
+            body_timeout,
             self.idle_timeout_seconds,
             self.max_connections,
         )
@@ -181,6 +191,13 @@ def _headers(text: str) -> tuple[str, ...]:
         if not _TOKEN.match(name):
             raise ValueError(f"{name!r} is not a header name")
     return tuple(sorted(set(names)))
+
+
+def _input_mode(text: str) -> str:
+    text = text.strip()
+    if text not in ("envelope", "stream"):
+        raise ValueError(f"{text!r} is not envelope or stream")
+    return text
 
 
 def _text(text: str) -> str:
@@ -310,6 +327,13 @@ _FLAGS: tuple[_Flag, ...] = (
     ),
     _Flag("--batch-path", _path, "PATH", "the stage's batch endpoint; enables batching"),
     _Flag(
+        "--input-mode",
+        _input_mode,
+        "MODE",
+        "envelope (default): POST / is read whole (cache, coalescing, batching); stream: passed"
+        " to the stage as it arrives (input: stream)",
+    ),
+    _Flag(
         "--batch-max-inflight",
         _positive_int,
         "N",
@@ -414,6 +438,8 @@ def parse_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) 
             "--batch-max-size/--batch-max-latency-ms/--batch-max-inflight/--batch-max-queue"
             " need --batch-path"
         )
+    if values.get("input_mode") == "stream" and ("batch_path" in values or "redis_url" in values):
+        raise ConfigError("--input-mode stream goes with neither --batch-path nor --redis-url")
     if "memory_cache_max_bytes" in values and "memory_cache_max_entries" not in values:
         raise ConfigError("--memory-cache-max-bytes needs --memory-cache-max-entries")
     password = env.get(ENV_REDIS_PASSWORD, "")

@@ -284,7 +284,8 @@ class Gateway(Server):
             return failure_response(
                 Failure(503, message, config.stage, "not_ready"), record, "bypass"
             )
-        if request.method != "POST" or request.path != STAGE_ENDPOINT:
+        # Other paths, and a streamed input (input: stream), go through as they arrive.
+        if request.method != "POST" or request.path != STAGE_ENDPOINT or config.stream_input:
             body_stream = request.body.iter_any() if request.body_exists else None
             result = await self._call_stage(request, body_stream, always_stream=True)
             return await self._respond(request, result, record, "bypass", sharers=1)

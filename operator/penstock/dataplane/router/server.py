@@ -25,6 +25,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -53,7 +54,13 @@ from penstock.dataplane.router.topology import (
     envelope_body,
 )
 from penstock.dataplane.server import Server, build_tracer
-from penstock.dataplane.upstream import UpstreamResponse, pool_for, tls_context
+from penstock.dataplane.upstream import (
+    UpstreamClosed,
+    UpstreamProtocolError,
+    UpstreamResponse,
+    pool_for,
+    tls_context,
+)
 
 log = logging.getLogger("penstock.router")
 
@@ -85,6 +92,8 @@ class _Run:
     started: dict[str, float] = field(default_factory=dict)
     ended: dict[str, float] = field(default_factory=dict)
     cache: dict[str, str | None] = field(default_factory=dict)
+    broken: dict[str, StageError] = field(default_factory=dict)
+    """Streams into a dependant that broke (the dependant then fails for its source's fault)."""
 
     def ms(self, at: float) -> float:
         return round((at - self.t0) * 1000, 3)
@@ -132,6 +141,15 @@ class Router(Server):
         needed = self.topology.needed()
         # Stages in file order: a stable launch order, and the profile lists them so.
         self._needed = [name for name in self.topology.stages if name in needed]
+        # input: stream: the dependant starts once its source's answer begins, not when it ends.
+        self._streams_into = {
+            stage.depends_on[0]: name
+            for name, stage in self.topology.stages.items()
+            if stage.stream_input and name in needed
+        }
+        self._launched_by_graph = [
+            name for name in self._needed if not self.topology.stages[name].stream_input
+        ]
         self._endpoints = {
             name: _endpoint(stage.url) for name, stage in self.topology.stages.items()
         }
@@ -280,14 +298,21 @@ class Router(Server):
         outputs: dict[str, bytes] = {}
         answers: dict[str, _Answer] = {}
         running: dict[asyncio.Task[_Answer], str] = {}
+
+        def launch(stage: StageRoute, body: bytes | AsyncIterator[bytes], kind: str) -> None:
+            stream = stage.name in self._streams_into or (stage.name == output and stage.stream)
+            call = self._call(stage, body, run, context, stream, kind)
+            running[asyncio.create_task(call)] = stage.name
+
         try:
             while True:
-                for name in stage_graph.ready(self._graph, self._needed, outputs, running.values()):
+                begun = [*running.values(), *answers]  # a streaming source has no output
+                graph_ready = stage_graph.ready(
+                    self._graph, self._launched_by_graph, outputs, begun
+                )
+                for name in graph_ready:
                     stage = self.topology.stages[name]
-                    body = envelope_body(stage.depends_on, raw_input, outputs)
-                    stream = name == output and stage.stream
-                    task = asyncio.create_task(self._call(stage, body, run, context, stream))
-                    running[task] = name
+                    launch(stage, envelope_body(stage.depends_on, raw_input, outputs), JSON_TYPE)
                 if not running:
                     return answers[output]
                 timeout = None if deadline is None else max(0.0, deadline - time.perf_counter())
@@ -308,23 +333,68 @@ class Router(Server):
                     try:
                         answer = task.result()
                     except StageError:
+                        source = self.topology.stages[name].depends_on
+                        if source and source[0] in run.broken:  # the input broke, not the reader
+                            raise run.broken[source[0]] from None
                         raise
                     except Exception as error:  # a bug, not a stage's fault; still no hang
                         raise StageError(name, f"stage {name!r}: {error!r}") from error
                     answers[name] = answer
-                    outputs[name] = answer.body
+                    into = self._streams_into.get(name)
+                    if into is not None and answer.response is not None:
+                        opened = answer.response
+                        kind = visible(opened.header("Content-Type")) or "application/octet-stream"
+                        launch(
+                            self.topology.stages[into], self._relay_input(name, opened, run), kind
+                        )
+                    else:
+                        outputs[name] = answer.body
         finally:
             for task in running:
                 task.cancel()
             if running:
                 await asyncio.gather(*running, return_exceptions=True)
 
+    async def _relay_input(
+        self, name: str, upstream: UpstreamResponse, run: _Run
+    ) -> AsyncIterator[bytes]:
+        """Stage ``name``'s streamed answer, chunk by chunk, as its dependant's request body.
+
+        Consumed by the request to the dependant as fast as it takes it: a slow reader slows
+        the source (socket buffers only in between). Within the source's timeoutSeconds."""
+        stage = self.topology.stages[name]
+        end = run.started[name] + stage.timeout_seconds
+        try:
+            async with asyncio.timeout(max(0.0, end - time.perf_counter())):
+                async for chunk in upstream.iter_chunks():
+                    yield chunk
+        except TimeoutError:
+            run.broken[name] = StageError(
+                name,
+                f"stage {name!r} did not finish its stream within its timeoutSeconds"
+                f" ({stage.timeout_seconds:g} s)",
+                504,
+            )
+            raise
+        except (UpstreamClosed, UpstreamProtocolError, OSError) as error:
+            run.broken[name] = StageError(name, f"stream of stage {name!r} broke: {error}")
+            raise
+        finally:  # a reader that stopped (failed, cut off) closes the source: it stops producing
+            run.ended[name] = time.perf_counter()
+            upstream.release()
+
     async def _call(
-        self, stage: StageRoute, body: bytes, run: _Run, context: Context | None, stream: bool
+        self,
+        stage: StageRoute,
+        body: bytes | AsyncIterator[bytes],
+        run: _Run,
+        context: Context | None,
+        stream: bool,
+        content_type: str = JSON_TYPE,
     ) -> _Answer:
         name = stage.name
         with self._tracer.start_as_current_span(f"stage {name}", kind=SpanKind.CLIENT) as span:
-            headers = {"Content-Type": JSON_TYPE, "Accept": "*/*" if stream else JSON_TYPE}
+            headers = {"Content-Type": content_type, "Accept": "*/*" if stream else JSON_TYPE}
             self._propagator.inject(headers, context=context)
             if span.is_recording():
                 span.set_attributes({ATTR_PIPELINE: self.topology.pipeline, ATTR_STAGE: name})
@@ -342,7 +412,7 @@ class Router(Server):
     async def _post(
         self,
         stage: StageRoute,
-        body: bytes,
+        body: bytes | AsyncIterator[bytes],
         headers: dict[str, str],
         run: _Run,
         stream: bool,
