@@ -113,6 +113,16 @@ FULL: dict[str, Any] = {
                     "verifyFraction": 0.1,
                 },
             },
+            "batching": {
+                "maxBatchSize": 4,
+                "pack": {
+                    "promptField": "question",
+                    "answerField": "answer",
+                    "template": "Answer each: {items}",
+                    "itemTemplate": "Q{number}: {prompt}",
+                    "maxPromptBytes": 4096,
+                },
+            },
         },
     ],
 }

@@ -236,6 +236,30 @@ class Cache(ApiModel):
         return self
 
 
+class Pack(ApiModel):
+    """Prompt packing: a batch becomes ONE call of the stage's POST / with the prompts numbered
+    in one prompt; the answer is split back per caller."""
+
+    prompt_field: str = Field(default="prompt", min_length=1, max_length=128)
+    """Field of the request body holding the prompt. Default prompt."""
+    answer_field: str = Field(default="text", min_length=1, max_length=128)
+    """Field of the stage's JSON answer holding the generated text. Default text."""
+    template: str = Field(
+        default=(
+            "Answer each of the {count} numbered requests below on its own. Reply with a JSON"
+            " array of {count} strings, the answers in order, and nothing else.\n\n{items}"
+        ),
+        max_length=4096,
+        pattern=r"\{items\}",
+    )
+    """The packed prompt: {items} becomes the numbered prompts, {count} their number. The answer
+    is read as a JSON array anywhere in the text, else as a numbered list."""
+    item_template: str = Field(default="{number}. {prompt}", max_length=1024, pattern=r"\{prompt\}")
+    """One item of {items}: {number} (from 1) and {prompt}. Default "{number}. {prompt}"."""
+    max_prompt_bytes: int = Field(default=16384, ge=64, le=1 << 20)
+    """Largest packed prompt in bytes; the items beyond it go alone. Default 16384."""
+
+
 class Batching(ApiModel):
     """Dynamic batching: the gateway groups concurrent requests into one call of the batch path."""
 
@@ -244,7 +268,11 @@ class Batching(ApiModel):
     max_latency_ms: int = Field(default=10, ge=0, le=60000)
     """Longest time the first request of a batch waits for others. Default 10."""
     path: str = Field(default="/batch", max_length=256, pattern=r"^/")
-    """Stage path taking a JSON array of inputs and returning an array of outputs. Default /batch."""
+    """Stage path taking a JSON array of inputs and returning an array of outputs. Default /batch.
+    Not used with pack."""
+    pack: Pack | None = None
+    """Prompt packing for LLM stages: the batch is one prompt to POST / (maxBatchSize items at
+    most); items whose part of the answer is missing or does not parse are sent alone."""
 
 
 class Scaling(ApiModel):

@@ -116,8 +116,18 @@ def gateway_args(
         flags += [
             ("--batch-max-size", str(stage.batching.max_batch_size)),
             ("--batch-max-latency-ms", str(stage.batching.max_latency_ms)),
-            ("--batch-path", stage.batching.path),
         ]
+        pack = stage.batching.pack
+        if pack is None:
+            flags.append(("--batch-path", stage.batching.path))
+        else:
+            flags += [
+                ("--pack-template", pack.template),
+                ("--pack-item-template", pack.item_template),
+                ("--pack-prompt-field", pack.prompt_field),
+                ("--pack-answer-field", pack.answer_field),
+                ("--pack-max-prompt-bytes", str(pack.max_prompt_bytes)),
+            ]
     if spec.tracing_enabled and spec.tracing and where.otlp_endpoint:
         flags += [
             ("--otlp-endpoint", where.otlp_endpoint),

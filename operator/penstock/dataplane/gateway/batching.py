@@ -73,7 +73,8 @@ def _item_outcome(item: Any, stage: str, held: float, size: int) -> Outcome:
         return Failure(502, message, stage, "upstream_error", held, size)
 
 
-Send = Callable[[list[Any]], Awaitable[BatchResponse | Failure]]
+# A batch path's raw answer, a failure of the whole batch, or (prompt packing) one outcome per item.
+Send = Callable[[list[Any]], Awaitable[BatchResponse | Failure | list[Outcome]]]
 
 
 @dataclass(slots=True)
@@ -204,6 +205,7 @@ class Batcher:
             self.on_batch(size)
         started = time.perf_counter()
         outcomes: list[Outcome]
+        response: BatchResponse | Failure | list[Outcome]
         try:
             response = await self._send([entry.payload for entry in batch])
         except Exception as error:  # a bug or an unexpected client error: fail this batch only
@@ -211,7 +213,11 @@ class Batcher:
             response = Failure(502, f"batch call failed: {error}", self._stage, "upstream_error")
         took = time.perf_counter() - started
         held = took / size
-        if isinstance(response, Failure):
+        if isinstance(response, list):
+            outcomes = response
+            if self.on_done is not None:
+                self.on_done(size, took)
+        elif isinstance(response, Failure):
             failure = Failure(
                 response.status,
                 response.message,

@@ -28,6 +28,7 @@ from penstock.dataplane.flags import (
     parse_host_port,
     pick,
 )
+from penstock.dataplane.gateway.packing import PackSettings
 from penstock.dataplane.limits import LIMIT_FLAGS, ServerLimits, parse_limit
 from penstock.semantic.policy import DEFAULT_ONE_SLOT_THRESHOLD, DEFAULT_THRESHOLD
 
@@ -64,6 +65,11 @@ class GatewayConfig:
     batch_max_latency_ms: float = 5.0
     batch_path: str | None = None
     input_mode: str = "envelope"
+    pack_template: str | None = None
+    pack_item_template: str = PackSettings.item_template
+    pack_prompt_field: str = PackSettings.prompt_field
+    pack_answer_field: str = PackSettings.answer_field
+    pack_max_prompt_bytes: int = PackSettings.max_prompt_bytes
     batch_max_inflight: int = 2
     batch_max_queue: int | None = None
     warmup_requests: int = 0
@@ -89,7 +95,20 @@ class GatewayConfig:
 
     @property
     def batching(self) -> bool:
-        return self.batch_path is not None
+        return self.batch_path is not None or self.pack_template is not None
+
+    @property
+    def pack(self) -> PackSettings | None:
+        """Prompt packing (batching.pack): batches become one packed call of POST /."""
+        if self.pack_template is None:
+            return None
+        return PackSettings(
+            self.pack_prompt_field,
+            self.pack_answer_field,
+            self.pack_template,
+            self.pack_item_template,
+            self.pack_max_prompt_bytes,
+        )
 
     @property
     def stream_input(self) -> bool:
@@ -191,6 +210,18 @@ def _headers(text: str) -> tuple[str, ...]:
         if not _TOKEN.match(name):
             raise ValueError(f"{name!r} is not a header name")
     return tuple(sorted(set(names)))
+
+
+def _pack_template(text: str) -> str:
+    if "{items}" not in text:
+        raise ValueError("the template must contain {items} (where the numbered prompts go)")
+    return text
+
+
+def _item_template(text: str) -> str:
+    if "{prompt}" not in text:
+        raise ValueError("the item template must contain {prompt}")
+    return text
 
 
 def _input_mode(text: str) -> str:
@@ -327,6 +358,27 @@ _FLAGS: tuple[_Flag, ...] = (
     ),
     _Flag("--batch-path", _path, "PATH", "the stage's batch endpoint; enables batching"),
     _Flag(
+        "--pack-template",
+        _pack_template,
+        "TEXT",
+        "pack batches into one prompt of POST / ({count} and {items} filled in); enables"
+        " batching without a batch path",
+    ),
+    _Flag(
+        "--pack-item-template",
+        _item_template,
+        "TEXT",
+        "one packed item ({number}, {prompt}; default '{number}. {prompt}')",
+    ),
+    _Flag("--pack-prompt-field", _text, "NAME", "request field of the prompt (default prompt)"),
+    _Flag("--pack-answer-field", _text, "NAME", "answer field of the text (default text)"),
+    _Flag(
+        "--pack-max-prompt-bytes",
+        _positive_int,
+        "N",
+        "largest packed prompt; items beyond go alone (default 16384)",
+    ),
+    _Flag(
         "--input-mode",
         _input_mode,
         "MODE",
@@ -433,10 +485,18 @@ def parse_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) 
         except OSError as error:
             raise ConfigError(f"--warmup-body: cannot read {body_file}: {error}") from None
     batch_only = ("batch_max_size", "batch_max_latency_ms", "batch_max_inflight", "batch_max_queue")
-    if "batch_path" not in values and any(name in values for name in batch_only):
+    batches = "batch_path" in values or "pack_template" in values
+    if not batches and any(name in values for name in batch_only):
         raise ConfigError(
             "--batch-max-size/--batch-max-latency-ms/--batch-max-inflight/--batch-max-queue"
-            " need --batch-path"
+            " need --batch-path or --pack-template"
+        )
+    if "batch_path" in values and "pack_template" in values:
+        raise ConfigError("--batch-path and --pack-template do not go together")
+    pack_only = [name for name in values if name.startswith("pack_") and name != "pack_template"]
+    if pack_only and "pack_template" not in values:
+        raise ConfigError(
+            "--pack-item-template/--pack-*-field/--pack-max-prompt-bytes need --pack-template"
         )
     if values.get("input_mode") == "stream" and ("batch_path" in values or "redis_url" in values):
         raise ConfigError("--input-mode stream goes with neither --batch-path nor --redis-url")

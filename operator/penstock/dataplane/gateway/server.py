@@ -34,7 +34,7 @@ from penstock.contract.wire import (
     CACHE_TIER_HEADER,
 )
 from penstock.dataplane.gateway.answers import Answer, Failure, Outcome
-from penstock.dataplane.gateway.batching import Batcher, BatchResponse
+from penstock.dataplane.gateway.batching import Batcher, BatchResponse, Send
 from penstock.dataplane.gateway.cache import (
     Entry,
     Lookup,
@@ -51,6 +51,7 @@ from penstock.dataplane.gateway.exchange import (
     failure_response,
     respond,
 )
+from penstock.dataplane.gateway.packing import Packer
 from penstock.dataplane.gateway.savings import SavingsEstimator
 from penstock.dataplane.gateway.semantic import (
     Probe,
@@ -126,8 +127,18 @@ class Gateway(Server):
         self.cache = cache_tiers(config)
         self.semantic = semantic_tier(config) if self.cache is not None else None
         if config.batching:
+            send: Send = self._send_batch
+            if config.pack is not None:
+                packer = Packer(
+                    self._call_alone,
+                    config.pack,
+                    stage=config.stage,
+                    on_pack=self.metrics.pack_items.observe,
+                    on_fallback=self.metrics.pack_fallback,
+                )
+                send = packer.send
             self._batcher = Batcher(
-                self._send_batch,
+                send,
                 stage=config.stage,
                 max_size=config.batch_max_size,
                 max_latency=config.batch_max_latency_ms / 1000,
@@ -549,6 +560,20 @@ class Gateway(Server):
         if self._tracing:
             self._propagator.inject(headers)
         return await self.stage.send_batch(items, headers)
+
+    async def _call_alone(self, body: bytes) -> Outcome:
+        """One POST / of a body the packer could not, or did, pack (never streamed back)."""
+        headers = [("Content-Type", "application/json")]
+        if self._tracing:
+            carrier: dict[str, str] = {}
+            self._propagator.inject(carrier)
+            headers += carrier.items()
+        result = await self.stage.call("POST", STAGE_ENDPOINT, headers, body)
+        if isinstance(result, OpenStream):  # packing needs the whole text
+            result.response.close()
+            message = f"stage {self.config.stage!r} streamed its answer to a packed call"
+            return Failure(502, message, self.config.stage, "upstream_error")
+        return result
 
     async def _respond(
         self,

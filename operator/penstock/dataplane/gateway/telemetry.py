@@ -110,6 +110,20 @@ class GatewayMetrics:
             buckets=BATCH_BUCKETS,
             registry=r,
         ).labels(**labels)
+        self.pack_items = Histogram(
+            "penstock_stage_pack_items",
+            "Requests packed into one prompt of the stage (batching.pack)",
+            LABELS,
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        ).labels(**labels)
+        self._pack_fallbacks = Counter(
+            "penstock_stage_pack_fallbacks_total",
+            "Packed requests sent alone after all, by reason (missing: no part of the packed"
+            " answer; too_large; not_packable: no string prompt; error: the packed call failed)",
+            [*LABELS, "reason"],
+            registry=r,
+        )
         self.cost = Counter(
             "penstock_stage_cost_usd_total",
             "Replica cost attributed to requests: hourly cost / 3600 * seconds held",
@@ -177,6 +191,9 @@ class GatewayMetrics:
         if usd > 0:
             children[1].inc(usd)
         return usd
+
+    def pack_fallback(self, reason: str) -> None:
+        self._pack_fallbacks.labels(**self._labels, reason=reason).inc()
 
     def tokens(self, input_tokens: int, output_tokens: int) -> None:
         self._token_children["input"].inc(input_tokens)

@@ -1,0 +1,223 @@
+"""Prompt packing (``batching.pack``): concurrent requests to an LLM stage become ONE call.
+
+The batcher (batching.py) collects concurrent requests as for any batch; instead of a batch
+path, the packer writes their prompts into one prompt (``template``, each prompt through
+``itemTemplate``, numbered), sends it to the stage's own ``POST /`` in the first request's body
+(only ``promptField`` replaced), and splits the generated text (``answerField`` of the answer)
+back: a JSON array anywhere in the text, else a numbered list (``1. ...``, ``2) ...``). Each
+caller gets the stage's answer with ``answerField`` set to its own part.
+
+Requests are packed only with requests whose bodies are the same apart from the prompt (the same
+model options). Every item whose part is missing or empty, whose body has no string prompt, that
+would overflow ``maxPromptBytes``, or whose packed call failed, is sent alone with its own body:
+a caller gets the answer a single call gives, never a neighbour's. The fallbacks are counted by
+reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from penstock.dataplane.gateway.answers import Answer, Failure, Outcome
+
+_JSON = (("Content-Type", "application/json"),)
+_NUMBERED = re.compile(r"^\s*(?:\*\*)?(\d{1,4})(?:\*\*)?[.):](?:\*\*)?(?:\s+(.*))?$")
+
+Call = Callable[[bytes], Awaitable[Outcome]]
+
+
+@dataclass(frozen=True)
+class PackSettings:
+    prompt_field: str = "prompt"
+    answer_field: str = "text"
+    template: str = (
+        "Answer each of the {count} numbered requests below on its own. Reply with a JSON"
+        " array of {count} strings, the answers in order, and nothing else.\n\n{items}"
+    )
+    item_template: str = "{number}. {prompt}"
+    max_prompt_bytes: int = 16384
+
+
+def build_prompt(prompts: Sequence[str], settings: PackSettings) -> tuple[str, int]:
+    """The packed prompt of the first prompts that fit ``max_prompt_bytes``, and how many."""
+    lines: list[str] = []
+    for number, prompt in enumerate(prompts, 1):
+        line = settings.item_template.replace("{number}", str(number)).replace("{prompt}", prompt)
+        candidate = _fill(settings.template, len(lines) + 1, [*lines, line])
+        if len(candidate.encode()) > settings.max_prompt_bytes and lines:
+            break
+        lines.append(line)
+    return _fill(settings.template, len(lines), lines), len(lines)
+
+
+def _fill(template: str, count: int, lines: list[str]) -> str:
+    return template.replace("{count}", str(count)).replace("{items}", "\n".join(lines))
+
+
+def _as_text(value: Any) -> str | None:
+    if isinstance(value, str):
+        return value.strip() or None
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int | float):
+        return str(value)
+    return None
+
+
+def split_answer(text: str, count: int) -> list[str | None]:
+    """Part i of a packed answer for each of ``count`` items (None: missing or empty)."""
+    start, end = text.find("["), text.rfind("]")
+    if 0 <= start < end:
+        try:
+            items = json.loads(text[start : end + 1])
+        except (ValueError, RecursionError):
+            items = None
+        if isinstance(items, list) and items:
+            parts = [_as_text(item) for item in items[:count]]
+            return parts + [None] * (count - len(parts))
+    found: dict[int, list[str]] = {}
+    doubtful: set[int] = set()  # numbered twice: which one is the answer is not known
+    current: list[str] | None = None
+    for line in text.splitlines():
+        match = _NUMBERED.match(line)
+        if match:
+            number = int(match.group(1))
+            if number in found or not 1 <= number <= count:
+                doubtful.add(number)
+                current = None
+            else:
+                current = found[number] = [match.group(2) or ""]
+        elif current is not None and line.strip():
+            current.append(line.strip())
+    return [
+        None if n in doubtful or n not in found else (" ".join(found[n]).strip() or None)
+        for n in range(1, count + 1)
+    ]
+
+
+@dataclass
+class _Item:
+    index: int
+    body: bytes
+    document: dict[str, Any] | None  # the parsed body when it can be packed
+    prompt: str | None
+
+
+def _parse(index: int, body: bytes, field: str) -> _Item:
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError):
+        return _Item(index, body, None, None)
+    if not isinstance(document, dict) or not isinstance(document.get(field), str):
+        return _Item(index, body, None, None)
+    return _Item(index, body, document, document[field])
+
+
+def _rest_key(item: _Item, field: str) -> str:
+    """What must be the same for two requests to share a call: the body minus the prompt."""
+    assert item.document is not None
+    rest = {key: value for key, value in item.document.items() if key != field}
+    return json.dumps(rest, sort_keys=True, separators=(",", ":"))
+
+
+class Packer:
+    """The batcher's sender for packed prompts: items in, one outcome per item out."""
+
+    def __init__(
+        self,
+        call: Call,
+        settings: PackSettings,
+        *,
+        stage: str,
+        on_pack: Callable[[int], None] | None = None,
+        on_fallback: Callable[[str], None] | None = None,
+    ) -> None:
+        self._call = call
+        self.settings = settings
+        self._stage = stage
+        self._on_pack = on_pack or (lambda _count: None)
+        self._on_fallback = on_fallback or (lambda _reason: None)
+
+    async def send(self, bodies: list[bytes]) -> list[Outcome]:
+        field = self.settings.prompt_field
+        items = [_parse(index, body, field) for index, body in enumerate(bodies)]
+        outcomes: list[Outcome | None] = [None] * len(items)
+        groups: dict[str, list[_Item]] = {}
+        alone: list[tuple[_Item, str]] = []
+        for item in items:
+            if item.document is None:
+                alone.append((item, "not_packable"))
+            else:
+                groups.setdefault(_rest_key(item, field), []).append(item)
+        work = [self._pack(group, outcomes, alone) for group in groups.values()]
+        await asyncio.gather(*work)
+        await asyncio.gather(*(self._single(item, reason, outcomes) for item, reason in alone))
+        assert all(outcome is not None for outcome in outcomes)
+        return [outcome for outcome in outcomes if outcome is not None]
+
+    async def _pack(
+        self, group: list[_Item], outcomes: list[Outcome | None], alone: list[tuple[_Item, str]]
+    ) -> None:
+        if len(group) == 1:  # nothing to pack with: its own call, as it came
+            alone.append((group[0], "alone"))
+            return
+        prompts = [item.prompt or "" for item in group]
+        prompt, fitted = build_prompt(prompts, self.settings)
+        alone.extend((item, "too_large") for item in group[fitted:])
+        group = group[:fitted]
+        if len(group) == 1:
+            alone.append((group[0], "alone"))
+            return
+        first = group[0].document
+        assert first is not None
+        body = json.dumps({**first, self.settings.prompt_field: prompt}).encode()
+        started = time.perf_counter()
+        result = await self._call(body)
+        held = (time.perf_counter() - started) / len(group)
+        self._on_pack(len(group))
+        answer = self._answer_document(result)
+        if answer is None:
+            alone.extend((item, "error") for item in group)
+            return
+        parts = split_answer(str(answer[self.settings.answer_field]), len(group))
+        for item, part in zip(group, parts, strict=True):
+            if part is None:
+                alone.append((item, "missing"))
+                continue
+            text = json.dumps({**answer, self.settings.answer_field: part}, ensure_ascii=False)
+            outcomes[item.index] = Answer(
+                200, _JSON, text.encode(), held_seconds=held, batch_size=len(group)
+            )
+
+    def _answer_document(self, result: Outcome) -> dict[str, Any] | None:
+        if not isinstance(result, Answer) or not 200 <= result.status <= 299:
+            return None
+        try:
+            document = json.loads(result.body)
+        except (ValueError, RecursionError):
+            return None
+        if not isinstance(document, dict) or not isinstance(
+            document.get(self.settings.answer_field), str
+        ):
+            return None
+        return document
+
+    async def _single(self, item: _Item, reason: str, outcomes: list[Outcome | None]) -> None:
+        if reason != "alone":
+            self._on_fallback(reason)
+        result = await self._call(item.body)
+        if isinstance(result, Answer):
+            result = Answer(
+                result.status, result.headers, result.body, result.held_seconds, batch_size=1
+            )
+        elif isinstance(result, Failure):
+            result = Failure(
+                result.status, result.message, self._stage, result.outcome, result.held_seconds, 1
+            )
+        outcomes[item.index] = result

@@ -1,0 +1,144 @@
+"""Prompt packing: building the packed prompt, splitting the answer, and the packer's fallbacks
+(the stage call is a fake boundary here; tests/integration/test_gateway_packing.py has a real one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from typing import Any
+
+import pytest
+
+from penstock.dataplane.gateway.answers import Answer, Failure, Outcome
+from penstock.dataplane.gateway.packing import Packer, PackSettings, build_prompt, split_answer
+
+SETTINGS = PackSettings(template="Answer {count}:\n{items}", max_prompt_bytes=200)
+
+
+def test_build_prompt_numbers_the_items() -> None:
+    prompt, used = build_prompt(["a?", "b?"], SETTINGS)
+    assert (prompt, used) == ("Answer 2:\n1. a?\n2. b?", 2)
+
+
+def test_build_prompt_stops_before_the_byte_limit() -> None:
+    prompt, used = build_prompt(["x" * 90, "y" * 90, "z" * 90], SETTINGS)
+    assert used == 2 and len(prompt.encode()) <= 200
+    # A first item larger than the limit is still sent (alone, by the packer).
+    assert build_prompt(["x" * 500], SETTINGS)[1] == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "parts"),
+    [
+        ('["one", "two", "three"]', ["one", "two", "three"]),
+        ('Sure! Here you go:\n["one", "two", "three"]\nAnything else?', ["one", "two", "three"]),
+        ('["one", "", 3]', ["one", None, "3"]),
+        ('["only one"]', ["only one", None, None]),
+        ("1. one\n2. two\n3. three", ["one", "two", "three"]),
+        ("1) one\ncontinued\n3) three", ["one continued", None, "three"]),
+        ("**1.** bold\n**2.** also", ["bold", "also", None]),
+        ("1. a\n1. again\n2. b\n9. beyond", [None, "b", None]),  # which 1. is it?
+        ("no structure at all", [None, None, None]),
+        ("1. pi is\n3.14 or so\n2. two", ["pi is 3.14 or so", "two", None]),
+        ("[not json", [None, None, None]),
+    ],
+)
+def test_split_answer(text: str, parts: list[str | None]) -> None:
+    assert split_answer(text, 3) == parts
+
+
+class FakeStage:
+    """Answers a packed prompt with numbered answers, leaving out the items in ``drop``."""
+
+    def __init__(self, drop: frozenset[str] = frozenset(), status: int = 200) -> None:
+        self.bodies: list[dict[str, Any]] = []
+        self.drop = drop
+        self.status = status
+
+    async def call(self, body: bytes) -> Outcome:
+        document = json.loads(body)
+        self.bodies.append(document)
+        prompt = str(document["prompt"])
+        lines = re.findall(r"^(\d+)\. (.*)$", prompt, re.M)
+        if lines:
+            text = "\n".join(f"{n}. answer to {q}" for n, q in lines if q not in self.drop)
+        else:
+            text = f"answer to {prompt}"
+        answer = {"text": text, "model": "fake"}
+        return Answer(self.status, (), json.dumps(answer).encode(), held_seconds=0.01)
+
+
+def packer(stage: FakeStage, seen: list[Any]) -> Packer:
+    return Packer(
+        stage.call,
+        SETTINGS,
+        stage="llm",
+        on_pack=lambda count: seen.append(("pack", count)),
+        on_fallback=lambda reason: seen.append(("fallback", reason)),
+    )
+
+
+def bodies(*prompts: str, **rest: Any) -> list[bytes]:
+    return [json.dumps({"prompt": p, **rest}).encode() for p in prompts]
+
+
+def texts(outcomes: list[Outcome]) -> list[str]:
+    return [json.loads(o.body)["text"] for o in outcomes if isinstance(o, Answer)]
+
+
+def test_one_call_answers_every_caller_with_its_own_part() -> None:
+    stage, seen = FakeStage(), []
+    outcomes = asyncio.run(packer(stage, seen).send(bodies("a", "b", "c", max_tokens=5)))
+    assert texts(outcomes) == ["answer to a", "answer to b", "answer to c"]
+    assert len(stage.bodies) == 1 and stage.bodies[0]["max_tokens"] == 5
+    assert seen == [("pack", 3)]
+    assert all(isinstance(o, Answer) and o.batch_size == 3 for o in outcomes)
+    assert json.loads(outcomes[0].body)["model"] == "fake"  # the rest of the answer is kept
+
+
+def test_a_missing_part_is_asked_alone() -> None:
+    stage, seen = FakeStage(drop=frozenset({"b"})), []
+    outcomes = asyncio.run(packer(stage, seen).send(bodies("a", "b", "c")))
+    assert texts(outcomes) == ["answer to a", "answer to b", "answer to c"]
+    assert [b["prompt"] for b in stage.bodies][1:] == ["b"]
+    assert ("fallback", "missing") in seen
+
+
+def test_different_options_are_never_packed_together() -> None:
+    stage, seen = FakeStage(), []
+    items = [*bodies("a", "b", temperature=0), *bodies("c", temperature=1)]
+    outcomes = asyncio.run(packer(stage, seen).send(items))
+    assert texts(outcomes) == ["answer to a", "answer to b", "answer to c"]
+    assert sorted(b.get("temperature") for b in stage.bodies) == [0, 1]
+    assert seen == [("pack", 2)]  # c went alone: nothing to pack it with, not a fallback
+
+
+def test_bodies_without_a_string_prompt_go_alone() -> None:
+    stage, seen = FakeStage(), []
+    items = [*bodies("a", "b"), json.dumps({"prompt": ["x"]}).encode()]
+    outcomes = asyncio.run(packer(stage, seen).send(items))
+    assert len(outcomes) == 3 and ("fallback", "not_packable") in seen
+
+
+def test_a_failed_packed_call_falls_back_and_failures_stay_per_item() -> None:
+    stage, seen = FakeStage(status=500), []
+    outcomes = asyncio.run(packer(stage, seen).send(bodies("a", "b")))
+    assert seen.count(("fallback", "error")) == 2
+    assert [o.status for o in outcomes] == [500, 500]  # each caller gets its own answer
+
+
+def test_items_beyond_the_byte_limit_go_alone() -> None:
+    stage, seen = FakeStage(), []
+    outcomes = asyncio.run(packer(stage, seen).send(bodies("x" * 90, "y" * 90, "z" * 90)))
+    assert texts(outcomes)[2] == "answer to " + "z" * 90
+    assert ("fallback", "too_large") in seen
+
+
+def test_a_failure_is_the_items_own() -> None:
+    async def failing(_body: bytes) -> Outcome:
+        return Failure(504, "slow", "llm", "timeout")
+
+    outcomes = asyncio.run(Packer(failing, SETTINGS, stage="llm").send(bodies("a")))
+    assert isinstance(outcomes[0], Failure) and outcomes[0].batch_size == 1
