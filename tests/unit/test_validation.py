@@ -246,9 +246,7 @@ def test_input_stream_takes_one_streaming_source() -> None:
             "exactly one dependency",
         ),
         (
-            lambda s: s["stages"].append(
-                {"name": "also", "image": "x/a:1", "dependsOn": ["gen"]}
-            ),
+            lambda s: s["stages"].append({"name": "also", "image": "x/a:1", "dependsOn": ["gen"]}),
             "nothing else may take its output (also taken by: also)",
         ),
         (lambda s: s["stages"][1].update(input="pipe"), "spec.stages[1].input"),
