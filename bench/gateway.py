@@ -26,7 +26,6 @@ import asyncio
 import importlib.util
 import os
 import shutil
-import socket
 import sys
 import tempfile
 import time
@@ -38,7 +37,7 @@ import aiohttp
 import redis.asyncio as aioredis
 
 import nginx  # bench/nginx.py, the reference hop (this script's directory is on sys.path)
-from procs import process
+from procs import free_port, process
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -63,12 +62,6 @@ app.router.add_get("/count", count)
 app.router.add_get("/healthz", healthz)
 web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def wait_http(session: aiohttp.ClientSession, url: str, seconds: float = 20) -> None:

@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import socket
 import sys
 import time
 
 import aiohttp
 
-from procs import process  # bench/procs.py (this script's directory is on sys.path)
+from procs import free_port, process  # bench/procs.py (this script's directory is on sys.path)
 
 STAGE = """
 import asyncio, json, re, sys
@@ -57,12 +56,6 @@ app.router.add_get("/calls", count)
 app.router.add_get("/healthz", healthz)
 web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def gateway(port: int, stage: int, packed: bool) -> list[str]:

@@ -4,6 +4,7 @@ happens; their stderr shown with BENCH_VERBOSE=1."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,3 +33,10 @@ def process(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+def free_port() -> int:
+    """A loopback port free right now (for a process to listen on)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

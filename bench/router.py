@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,7 @@ from pathlib import Path
 import aiohttp
 
 import nginx  # bench/nginx.py, the reference hop (this script's directory is on sys.path)
+from procs import free_port  # bench/procs.py
 
 STAGE_SERVER = """
 import asyncio, json, sys
@@ -73,12 +73,6 @@ spec:
     - {name: c, image: bench/c:1, dependsOn: [a]}
     - {name: d, image: bench/d:1, dependsOn: [b, c]}
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
 import statistics
 import sys
 import tempfile
@@ -30,7 +29,7 @@ from pathlib import Path
 
 import aiohttp
 
-from procs import process  # bench/procs.py (this script's directory is on sys.path)
+from procs import free_port, process  # bench/procs.py (this script's directory is on sys.path)
 
 STAGES = """
 import asyncio, json, sys
@@ -109,12 +108,6 @@ spec:
     - {name: gen, image: bench/gen:1}
     - {name: post, image: bench/post:1, dependsOn: [gen], stream: true}
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def router_command(pipeline: Path, port: int, gen: int, post: int) -> list[str]:
