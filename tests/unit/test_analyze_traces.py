@@ -291,6 +291,28 @@ def test_costs_go_into_the_report() -> None:
     assert "cost:" not in render(plain)
 
 
+def test_savings_and_tokens_go_into_the_report() -> None:
+    base = captured()
+    set_tag(span(base, GATEWAY["answer"]), "gen_ai.usage.input_tokens", 300)
+    set_tag(span(base, GATEWAY["answer"]), "gen_ai.usage.output_tokens", 100)
+    set_tag(span(base, GATEWAY["retrieve"]), "penstock.saved.usd", "odd")  # no reason: ignored
+    hit, miss = copy.deepcopy(base), shifted(base, 100_000, "b")
+    set_tag(span(hit, GATEWAY["retrieve"]), "penstock.saved.reason", "cache")
+    set_tag(span(hit, GATEWAY["retrieve"]), "penstock.saved.usd", 0.0002)
+    profiles = profiles_from_jaeger(document(hit, miss), "search", "qa")
+    report = analyze(profiles)
+    traces.add_costs(report, profiles)
+    assert report.saved_per_request_usd == {"cache": pytest.approx(0.0001)}
+    assert report.stages["retrieve"].saved_usd == pytest.approx(0.0001)
+    answer = report.stages["answer"]
+    assert answer.tokens_per_request == 400
+    assert answer.cost_per_million_tokens_usd == pytest.approx(COSTS["answer"] / 400 * 1e6)
+    text = render(report)
+    assert "saved: $0.000100 per request by the gateways (cache $0.000100)" in text
+    assert "tokens: answer 400 per request, $0.1683 per 1M tokens" in text
+    assert as_json(report)["saved_per_request_usd"] == {"cache": pytest.approx(0.0001)}
+
+
 def StageProfile() -> TracedProfile:
     timing = StageTiming("answer", 0.0, 1.0, None)
     return TracedProfile({"answer": timing}, ("answer",), 1.0)

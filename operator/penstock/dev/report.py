@@ -23,6 +23,9 @@ class StageFigures:
     batch_mean_size: float | None = None
     batch_fill: float | None = None
     cost_usd: float | None = None  # mean per request, from traces (analyze --jaeger)
+    saved_usd: float | None = None  # mean per request its gateway saved, from traces
+    tokens_per_request: float | None = None  # tokens it reported, mean per request
+    cost_per_million_tokens_usd: float | None = None
 
     @property
     def hit_ratio(self) -> float | None:
@@ -43,6 +46,7 @@ class Report:
     unused_stages: list[str] = field(default_factory=list)
     recommendations: list[str] = field(default_factory=list)
     cost_per_request_usd: float | None = None  # mean, from traces (analyze --jaeger)
+    saved_per_request_usd: dict[str, float] | None = None  # mean by reason, from traces
 
     @property
     def repeat_ratio(self) -> float | None:
@@ -86,6 +90,16 @@ def render(report: Report) -> str:
             f"{f.name} ${f.cost_usd:.6f}" for f in report.stages.values() if f.cost_usd is not None
         )
         lines.append(f"cost: ${report.cost_per_request_usd:.6f} per request ({per_stage})")
+    if report.saved_per_request_usd:
+        reasons = ", ".join(f"{r} ${v:.6f}" for r, v in report.saved_per_request_usd.items())
+        total = sum(report.saved_per_request_usd.values())
+        lines.append(f"saved: ${total:.6f} per request by the gateways ({reasons})")
+    for f in report.stages.values():
+        if f.cost_per_million_tokens_usd is not None and f.tokens_per_request is not None:
+            lines.append(
+                f"tokens: {f.name} {f.tokens_per_request:.0f} per request,"
+                f" ${f.cost_per_million_tokens_usd:.4f} per 1M tokens"
+            )
     if report.repeated_requests is None:
         lines.append("redundant calls: unknown (the records carry no request bodies)")
     else:
@@ -119,6 +133,9 @@ def as_json(report: Report) -> dict[str, Any]:
                 "batch_mean_size": f.batch_mean_size,
                 "batch_fill": f.batch_fill,
                 "cost_usd": f.cost_usd,
+                "saved_usd": f.saved_usd,
+                "tokens_per_request": f.tokens_per_request,
+                "cost_per_million_tokens_usd": f.cost_per_million_tokens_usd,
             }
             for name, f in report.stages.items()
         },
@@ -128,4 +145,5 @@ def as_json(report: Report) -> dict[str, Any]:
         "unused_stages": report.unused_stages,
         "recommendations": report.recommendations,
         "cost_per_request_usd": report.cost_per_request_usd,
+        "saved_per_request_usd": report.saved_per_request_usd,
     }

@@ -55,7 +55,16 @@ from penstock.api import PipelineSpec
 from penstock.api import graph as stage_graph
 from penstock.api.types import DNS1123_LABEL
 from penstock.contract.profile import Profile, StageTiming
-from penstock.contract.wire import ATTR_CACHE_HIT, ATTR_COST_USD, ATTR_PIPELINE, ATTR_STAGE
+from penstock.contract.wire import (
+    ATTR_CACHE_HIT,
+    ATTR_COST_USD,
+    ATTR_INPUT_TOKENS,
+    ATTR_OUTPUT_TOKENS,
+    ATTR_PIPELINE,
+    ATTR_SAVED_REASON,
+    ATTR_SAVED_USD,
+    ATTR_STAGE,
+)
 from penstock.dev.profiles import MAX_ANSWER_BYTES, AnalyzeError, UsageError
 from penstock.dev.report import Report
 from penstock.errors import bounded, short_repr
@@ -74,6 +83,10 @@ class TracedProfile(Profile):
     """A profile read from a trace, with what its gateways attributed in USD per stage."""
 
     costs: Mapping[str, float] = field(default_factory=dict)
+    saved: Mapping[str, tuple[str, float]] = field(default_factory=dict)
+    """Per stage: why and how many USD its gateway saved (penstock.saved.*), when it did."""
+    tokens: Mapping[str, int] = field(default_factory=dict)
+    """Per stage: the tokens it reported (gen_ai.usage.input_tokens + output_tokens)."""
 
 
 @dataclass
@@ -299,6 +312,28 @@ class _Call:
     end_ms: float
     hit: bool | None = None  # the gateway span's penstock.cache.hit
     cost: float = 0.0
+    saved: tuple[str, float] | None = None  # penstock.saved.reason, penstock.saved.usd
+    tokens: int = 0
+
+
+def _saved(span: _Span) -> tuple[str, float] | None:
+    """What the gateway span says it saved; a malformed figure is left out, not an error (it
+    only adds to the report)."""
+    reason, amount = span.tags.get(ATTR_SAVED_REASON), span.tags.get(ATTR_SAVED_USD)
+    if not isinstance(reason, str) or not reason.isidentifier():
+        return None
+    if isinstance(amount, bool) or not isinstance(amount, int | float) or not math.isfinite(amount):
+        return None
+    return reason, max(0.0, float(amount))
+
+
+def _tokens(span: _Span) -> int:
+    total = 0
+    for name in (ATTR_INPUT_TOKENS, ATTR_OUTPUT_TOKENS):
+        value = span.tags.get(name, 0)
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 10**9:
+            total += value
+    return total
 
 
 def _critical_path(
@@ -360,6 +395,8 @@ def convert(
                     if served.kind == "server":
                         timing.hit = _hit(served, f"{at} span {served.span_id}")
                         timing.cost += _cost(served, f"{at} span {served.span_id}")
+                        timing.saved = _saved(served) or timing.saved
+                        timing.tokens += _tokens(served)
                 calls.setdefault(name, timing)  # the router calls a stage once per request
             if not calls:  # every request calls its output stage at least
                 incomplete += 1
@@ -391,6 +428,8 @@ def convert(
                 _critical_path(ends, starts, spec),
                 total,
                 costs={name: calls[name].cost for name in names},
+                saved={name: saved for name in names if (saved := calls[name].saved)},
+                tokens={name: calls[name].tokens for name in names if calls[name].tokens},
             )
         )
     return Conversion(profiles, len(traces), failed, foreign, incomplete)
@@ -420,14 +459,29 @@ def profiles_from_jaeger(
 
 
 def add_costs(report: Report, profiles: Sequence[Profile]) -> None:
-    """Mean USD per request, over all and per stage, when the traces carry any cost."""
-    costs = [p.costs for p in profiles if isinstance(p, TracedProfile)]
-    if not profiles or not any(costs):
+    """Mean USD per request (over all and per stage), what the gateways saved per request and
+    why, and USD per 1M tokens of the stages that report tokens, when the traces carry them."""
+    traced = [p for p in profiles if isinstance(p, TracedProfile)]
+    if not profiles or not traced:
         return
-    report.cost_per_request_usd = sum(sum(c.values()) for c in costs) / len(profiles)
+    count = len(profiles)
+    if any(p.costs for p in traced):
+        report.cost_per_request_usd = sum(sum(p.costs.values()) for p in traced) / count
+    saved: dict[str, float] = {}
+    for profile in traced:
+        for reason, amount in profile.saved.values():
+            saved[reason] = saved.get(reason, 0.0) + amount / count
+    report.saved_per_request_usd = dict(sorted(saved.items())) or None
     for name, figures in report.stages.items():
         # per request of the report, not per call: the stages' figures add up to the total
-        figures.cost_usd = sum(c.get(name, 0.0) for c in costs) / len(profiles)
+        cost = sum(p.costs.get(name, 0.0) for p in traced)
+        if report.cost_per_request_usd is not None:
+            figures.cost_usd = cost / count
+        figures.saved_usd = sum(p.saved[name][1] for p in traced if name in p.saved) / count
+        tokens = sum(p.tokens.get(name, 0) for p in traced)
+        if tokens:
+            figures.tokens_per_request = tokens / count
+            figures.cost_per_million_tokens_usd = cost / tokens * 1e6
 
 
 # --------------------------------------------------------------------------- HTTP
