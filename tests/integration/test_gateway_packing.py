@@ -30,6 +30,7 @@ class Llm:
 
     def __init__(self) -> None:
         self.prompts: list[str] = []
+        self.callers: list[str] = []
         self.drop: set[str] = set()
         self.port = 0
 
@@ -37,6 +38,7 @@ class Llm:
         body = await request.json()
         prompt = body["question"]
         self.prompts.append(prompt)
+        self.callers.append(request.headers.get("Authorization", ""))
         await asyncio.sleep(0.05)
         asked = re.findall(r"^Q(\d+): (.*)$", prompt, re.M)
         if asked:
@@ -106,8 +108,11 @@ def rendered_config(llm: Llm) -> GatewayConfig:
     return replace(config, health_interval_seconds=0.1, admin_listen=HostPort("127.0.0.1", 0))
 
 
-async def ask(session: aiohttp.ClientSession, gateway: Gateway, body: Any) -> Any:
-    async with session.post(f"http://127.0.0.1:{gateway.port}/", json=body) as response:
+async def ask(
+    session: aiohttp.ClientSession, gateway: Gateway, body: Any, caller: str = "Bearer a"
+) -> Any:
+    url = f"http://127.0.0.1:{gateway.port}/"
+    async with session.post(url, json=body, headers={"Authorization": caller}) as response:
         assert response.status == 200, await response.text()
         return await response.json()
 
@@ -138,5 +143,21 @@ async def test_concurrent_prompts_share_one_call_and_get_their_own_answers(llm: 
         assert llm.prompts[0].startswith("Answer each:\nQ1: q0\nQ2: q1")
         assert sample(gateway, "penstock_stage_pack_items_sum") == 8
         assert sample(gateway, "penstock_stage_pack_fallbacks_total", reason="missing") == 1
+        assert set(llm.callers) == {"Bearer a"}  # the caller's key headers reach the stage
+        # Two callers at once: one packed call each, never one prompt for both.
+        llm.prompts.clear()
+        llm.callers.clear()
+        async with aiohttp.ClientSession() as session:
+            asked = [
+                ask(session, gateway, {"question": f"{who}{i}"}, f"Bearer {who}")
+                for i in range(3)
+                for who in ("x", "y")
+            ]
+            answers = await asyncio.gather(*asked)
+        assert [a["answer"] for a in answers] == [f"re: {w}{i}" for i in range(3) for w in "xy"]
+        assert sorted(llm.callers) == ["Bearer x", "Bearer y"]
+        for caller, prompt in zip(llm.callers, llm.prompts, strict=True):
+            other = "y" if caller == "Bearer x" else "x"
+            assert f"Q1: {caller[-1]}0" in prompt and other not in prompt.replace("Answer", "")
     finally:
         await gateway.stop()

@@ -12,7 +12,14 @@ from typing import Any
 import pytest
 
 from penstock.dataplane.gateway.answers import Answer, Failure, Outcome
-from penstock.dataplane.gateway.packing import Packer, PackSettings, build_prompt, split_answer
+from penstock.dataplane.gateway.packing import (
+    CallerHeaders,
+    Packer,
+    PackItem,
+    PackSettings,
+    build_prompt,
+    split_answer,
+)
 
 SETTINGS = PackSettings(template="Answer {count}:\n{items}", max_prompt_bytes=200)
 
@@ -54,12 +61,14 @@ class FakeStage:
 
     def __init__(self, drop: frozenset[str] = frozenset(), status: int = 200) -> None:
         self.bodies: list[dict[str, Any]] = []
+        self.identities: list[CallerHeaders] = []
         self.drop = drop
         self.status = status
 
-    async def call(self, body: bytes) -> Outcome:
+    async def call(self, body: bytes, identity: CallerHeaders = ()) -> Outcome:
         document = json.loads(body)
         self.bodies.append(document)
+        self.identities.append(identity)
         prompt = str(document["prompt"])
         lines = re.findall(r"^(\d+)\. (.*)$", prompt, re.M)
         if lines:
@@ -137,8 +146,23 @@ def test_items_beyond_the_byte_limit_go_alone() -> None:
 
 
 def test_a_failure_is_the_items_own() -> None:
-    async def failing(_body: bytes) -> Outcome:
+    async def failing(_body: bytes, _identity: CallerHeaders) -> Outcome:
         return Failure(504, "slow", "llm", "timeout")
 
     outcomes = asyncio.run(Packer(failing, SETTINGS, stage="llm").send(bodies("a")))
     assert isinstance(outcomes[0], Failure) and outcomes[0].batch_size == 1
+
+
+def test_callers_never_share_a_call() -> None:
+    stage, seen = FakeStage(), []
+    alice = (("authorization", "Bearer alice"),)
+    bob = (("authorization", "Bearer bob"),)
+    items = [
+        PackItem(body, who)
+        for body, who in zip(bodies("a", "b", "c", "d"), [alice, bob] * 2, strict=True)
+    ]
+    outcomes = asyncio.run(packer(stage, seen).send(items))
+    assert texts(outcomes) == ["answer to a", "answer to b", "answer to c", "answer to d"]
+    assert sorted(stage.identities) == sorted([alice, bob])  # one packed call each
+    packed = {who: body["prompt"] for who, body in zip(stage.identities, stage.bodies, strict=True)}
+    assert "a" in packed[alice] and "c" in packed[alice] and "b" not in packed[alice]

@@ -7,8 +7,10 @@ path, the packer writes their prompts into one prompt (``template``, each prompt
 back: a JSON array anywhere in the text, else a numbered list (``1. ...``, ``2) ...``). Each
 caller gets the stage's answer with ``answerField`` set to its own part.
 
-Requests are packed only with requests whose bodies are the same apart from the prompt (the same
-model options). Every item whose part is missing or empty, whose body has no string prompt, that
+Requests are packed only with requests of the same caller (the same values of the cache's key
+headers, Authorization among them: one caller's prompt can steer the whole packed answer, so it
+must only ever share a call with its own) whose bodies are the same apart from the prompt (the
+same model options); those headers go to the stage with the call. Every item whose part is missing or empty, whose body has no string prompt, that
 would overflow ``maxPromptBytes``, or whose packed call failed, is sent alone with its own body:
 a caller gets the answer a single call gives, never a neighbour's. The fallbacks are counted by
 reason.
@@ -29,7 +31,15 @@ from penstock.dataplane.gateway.answers import Answer, Failure, Outcome
 _JSON = (("Content-Type", "application/json"),)
 _NUMBERED = re.compile(r"^\s*(?:\*\*)?(\d{1,4})(?:\*\*)?[.):](?:\*\*)?(?:\s+(.*))?$")
 
-Call = Callable[[bytes], Awaitable[Outcome]]
+CallerHeaders = tuple[tuple[str, str], ...]
+"""The caller's key headers (name, value), as sent to the stage."""
+Call = Callable[[bytes, CallerHeaders], Awaitable[Outcome]]
+
+
+@dataclass(frozen=True)
+class PackItem:
+    body: bytes
+    identity: CallerHeaders = ()
 
 
 @dataclass(frozen=True)
@@ -105,25 +115,28 @@ def split_answer(text: str, count: int) -> list[str | None]:
 class _Item:
     index: int
     body: bytes
+    identity: CallerHeaders
     document: dict[str, Any] | None  # the parsed body when it can be packed
     prompt: str | None
 
 
-def _parse(index: int, body: bytes, field: str) -> _Item:
+def _parse(index: int, item: PackItem | bytes, field: str) -> _Item:
+    body, identity = (item, ()) if isinstance(item, bytes) else (item.body, item.identity)
     try:
         document = json.loads(body)
     except (ValueError, RecursionError):
-        return _Item(index, body, None, None)
+        return _Item(index, body, identity, None, None)
     if not isinstance(document, dict) or not isinstance(document.get(field), str):
-        return _Item(index, body, None, None)
-    return _Item(index, body, document, document[field])
+        return _Item(index, body, identity, None, None)
+    return _Item(index, body, identity, document, document[field])
 
 
-def _rest_key(item: _Item, field: str) -> str:
-    """What must be the same for two requests to share a call: the body minus the prompt."""
+def _group_key(item: _Item, field: str) -> str:
+    """What must be the same for two requests to share a call: the caller and the body minus
+    the prompt."""
     assert item.document is not None
     rest = {key: value for key, value in item.document.items() if key != field}
-    return json.dumps(rest, sort_keys=True, separators=(",", ":"))
+    return json.dumps([item.identity, rest], sort_keys=True, separators=(",", ":"))
 
 
 class Packer:
@@ -144,9 +157,9 @@ class Packer:
         self._on_pack = on_pack or (lambda _count: None)
         self._on_fallback = on_fallback or (lambda _reason: None)
 
-    async def send(self, bodies: list[bytes]) -> list[Outcome]:
+    async def send(self, batch: Sequence[PackItem | bytes]) -> list[Outcome]:
         field = self.settings.prompt_field
-        items = [_parse(index, body, field) for index, body in enumerate(bodies)]
+        items = [_parse(index, item, field) for index, item in enumerate(batch)]
         outcomes: list[Outcome | None] = [None] * len(items)
         groups: dict[str, list[_Item]] = {}
         alone: list[tuple[_Item, str]] = []
@@ -154,7 +167,7 @@ class Packer:
             if item.document is None:
                 alone.append((item, "not_packable"))
             else:
-                groups.setdefault(_rest_key(item, field), []).append(item)
+                groups.setdefault(_group_key(item, field), []).append(item)
         work = [self._pack(group, outcomes, alone) for group in groups.values()]
         await asyncio.gather(*work)
         await asyncio.gather(*(self._single(item, reason, outcomes) for item, reason in alone))
@@ -178,7 +191,7 @@ class Packer:
         assert first is not None
         body = json.dumps({**first, self.settings.prompt_field: prompt}).encode()
         started = time.perf_counter()
-        result = await self._call(body)
+        result = await self._call(body, group[0].identity)
         held = (time.perf_counter() - started) / len(group)
         self._on_pack(len(group))
         answer = self._answer_document(result)
@@ -211,7 +224,7 @@ class Packer:
     async def _single(self, item: _Item, reason: str, outcomes: list[Outcome | None]) -> None:
         if reason != "alone":
             self._on_fallback(reason)
-        result = await self._call(item.body)
+        result = await self._call(item.body, item.identity)
         if isinstance(result, Answer):
             result = Answer(
                 result.status, result.headers, result.body, result.held_seconds, batch_size=1

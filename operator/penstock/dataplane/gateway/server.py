@@ -51,7 +51,7 @@ from penstock.dataplane.gateway.exchange import (
     failure_response,
     respond,
 )
-from penstock.dataplane.gateway.packing import Packer
+from penstock.dataplane.gateway.packing import CallerHeaders, Packer, PackItem
 from penstock.dataplane.gateway.savings import SavingsEstimator
 from penstock.dataplane.gateway.semantic import (
     Probe,
@@ -361,7 +361,8 @@ class Gateway(Server):
 
         async def work() -> Produced:
             if self._batcher is not None:
-                return Produced(await self._batcher.submit(body, deadline), request.headers)
+                item = body if config.pack is None else PackItem(body, self._identity(request))
+                return Produced(await self._batcher.submit(item, deadline), request.headers)
             outcome = await self._call_stage(request, body, deadline=deadline)
             return Produced(outcome, request.headers)
 
@@ -561,9 +562,15 @@ class Gateway(Server):
             self._propagator.inject(headers)
         return await self.stage.send_batch(items, headers)
 
-    async def _call_alone(self, body: bytes) -> Outcome:
-        """One POST / of a body the packer could not, or did, pack (never streamed back)."""
-        headers = [("Content-Type", "application/json")]
+    def _identity(self, request: Request) -> CallerHeaders:
+        """The caller, as far as the answer may depend on it: its cache key headers."""
+        found = ((name, request.headers.get(name)) for name in self.config.cache_key_headers)
+        return tuple((name, value) for name, value in found if value is not None)
+
+    async def _call_alone(self, body: bytes, identity: CallerHeaders) -> Outcome:
+        """One POST / of a packed prompt or of a body sent alone (never streamed back), with
+        its caller's key headers."""
+        headers = [("Content-Type", "application/json"), *identity]
         if self._tracing:
             carrier: dict[str, str] = {}
             self._propagator.inject(carrier)
