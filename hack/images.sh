@@ -226,7 +226,7 @@ jaeger_release() { local m="${JAEGER_VERSION#v1.}"; echo "2.$(( ${m%%.*} - 63 ))
 prometheus_release() { local m="${PROMETHEUS_VERSION#v0.}" mm; mm="${m%%.*}"; echo "${mm:0:1}.$((10#${mm:1})).${m#*.}"; }
 JAEGER_IMAGE="penstock/jaeger:$(jaeger_release)"
 PROMETHEUS_IMAGE="penstock/prometheus:$(prometheus_release)"
-RAG_STAGES=(retrieve embed rerank generate)
+RAG_STAGES=(retrieve embed rerank generate check)
 rag_image() { echo "penstock/examples-rag-$1:$PENSTOCK_IMAGE_TAG"; }
 
 penstock_images() { # every image `make images` builds, one per line

@@ -76,10 +76,10 @@ class Dev:
     output: list[str]
 
 
-def start_dev(*extra: str) -> Dev:
+def start_dev(*extra: str, pipeline: str = PIPELINE) -> Dev:
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "penstock.dev.runner", PIPELINE, "--port", str(port), *extra],
+        [sys.executable, "-m", "penstock.dev.runner", pipeline, "--port", str(port), *extra],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -203,6 +203,36 @@ def test_streamed_answer_then_clean_stop() -> None:
         assert len(tokens) > 10
         done = text.split("event: done\ndata: ", 1)[1].splitlines()[0]
         assert json.loads(done)["citations"][0]["id"] == "batching"
+        stop_dev(streaming)
+    finally:
+        if streaming.process.poll() is None:
+            os.killpg(streaming.process.pid, signal.SIGKILL)
+
+
+def test_generate_streams_into_check_which_streams_claims() -> None:
+    """examples/rag/pipeline-stream.yaml: check reads generate's tokens as they are written
+    (input: stream) and answers each claim with its citation, then the checked summary."""
+    streaming = start_dev(pipeline="examples/rag/pipeline-stream.yaml")
+    try:
+        request = urllib.request.Request(
+            streaming.url,
+            json.dumps(QUESTION).encode(),
+            {"Content-Type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            assert response.headers["Content-Type"].startswith("text/event-stream")
+            text = response.read().decode()
+        claims = [
+            json.loads(line.removeprefix("data: "))
+            for line in text.splitlines()
+            if line.startswith('data: {"claim"')
+        ]
+        assert [claim["citation"] for claim in claims] == [1, 2, 3], text
+        assert "Horizontal Pod Autoscaler" in claims[0]["claim"]
+        done = json.loads(text.split("event: done\ndata: ", 1)[1].splitlines()[0])
+        assert done["citations"][0]["id"] == "hpa"
+        assert done["claims"] == claims and done["uncited"] == []
         stop_dev(streaming)
     finally:
         if streaming.process.poll() is None:
