@@ -42,7 +42,10 @@ def test_build_prompt_stops_before_the_byte_limit() -> None:
         ('["one", "two", "three"]', ["one", "two", "three"]),
         ('Sure! Here you go:\n["one", "two", "three"]\nAnything else?', ["one", "two", "three"]),
         ('["one", "", 3]', ["one", None, "3"]),
-        ('["only one"]', ["only one", None, None]),
+        ('["only one"]', [None, None, None]),  # whose one is it? nobody's
+        ('["A", "B1", "B2", "C"]', [None, None, None]),
+        ('```json\n["one", "two", "three"]\n```', ["one", "two", "three"]),
+        ("1. 42\n2. [3, 4]\n3. x", ["42", "[3, 4]", "x"]),  # brackets inside a numbered list
         ("1. one\n2. two\n3. three", ["one", "two", "three"]),
         ("1) one\ncontinued\n3) three", ["one continued", None, "three"]),
         ("**1.** bold\n**2.** also", ["bold", "also", None]),
@@ -89,8 +92,12 @@ def packer(stage: FakeStage, seen: list[Any]) -> Packer:
     )
 
 
-def bodies(*prompts: str, **rest: Any) -> list[bytes]:
-    return [json.dumps({"prompt": p, **rest}).encode() for p in prompts]
+ALICE: CallerHeaders = (("authorization", "Bearer alice"),)
+
+
+def bodies(*prompts: str, **rest: Any) -> list[PackItem]:
+    """One caller's requests."""
+    return [PackItem(json.dumps({"prompt": p, **rest}).encode(), ALICE) for p in prompts]
 
 
 def texts(outcomes: list[Outcome]) -> list[str]:
@@ -126,7 +133,7 @@ def test_different_options_are_never_packed_together() -> None:
 
 def test_bodies_without_a_string_prompt_go_alone() -> None:
     stage, seen = FakeStage(), []
-    items = [*bodies("a", "b"), json.dumps({"prompt": ["x"]}).encode()]
+    items = [*bodies("a", "b"), PackItem(json.dumps({"prompt": ["x"]}).encode(), ALICE)]
     outcomes = asyncio.run(packer(stage, seen).send(items))
     assert len(outcomes) == 3 and ("fallback", "not_packable") in seen
 
@@ -150,7 +157,7 @@ def test_a_failure_is_the_items_own() -> None:
         return Failure(504, "slow", "llm", "timeout")
 
     outcomes = asyncio.run(Packer(failing, SETTINGS, stage="llm").send(bodies("a")))
-    assert isinstance(outcomes[0], Failure) and outcomes[0].batch_size == 1
+    assert isinstance(outcomes[0], Failure) and outcomes[0].status == 504
 
 
 def test_callers_never_share_a_call() -> None:
@@ -158,11 +165,45 @@ def test_callers_never_share_a_call() -> None:
     alice = (("authorization", "Bearer alice"),)
     bob = (("authorization", "Bearer bob"),)
     items = [
-        PackItem(body, who)
-        for body, who in zip(bodies("a", "b", "c", "d"), [alice, bob] * 2, strict=True)
+        PackItem(item.body, who)
+        for item, who in zip(bodies("a", "b", "c", "d"), [alice, bob] * 2, strict=True)
     ]
     outcomes = asyncio.run(packer(stage, seen).send(items))
     assert texts(outcomes) == ["answer to a", "answer to b", "answer to c", "answer to d"]
     assert sorted(stage.identities) == sorted([alice, bob])  # one packed call each
     packed = {who: body["prompt"] for who, body in zip(stage.identities, stage.bodies, strict=True)}
     assert "a" in packed[alice] and "c" in packed[alice] and "b" not in packed[alice]
+
+
+def test_callers_that_cannot_be_told_apart_are_never_packed() -> None:
+    stage, seen = FakeStage(), []
+    anonymous = [PackItem(item.body, (("accept", "*/*"),)) for item in bodies("a", "b", "c")]
+    outcomes = asyncio.run(packer(stage, seen).send(anonymous))
+    assert texts(outcomes) == ["answer to a", "answer to b", "answer to c"]
+    assert [b["prompt"] for b in stage.bodies] == ["a", "b", "c"] and not seen
+
+
+def test_an_overloaded_stage_is_not_asked_again_per_item() -> None:
+    stage, seen = FakeStage(status=503), []
+    outcomes = asyncio.run(packer(stage, seen).send(bodies("a", "b", "c")))
+    assert len(stage.bodies) == 1 and [o.status for o in outcomes] == [503] * 3
+
+
+def test_a_part_keeps_the_sharing_rules_and_not_the_calls_usage() -> None:
+    async def call(body: bytes, _identity: CallerHeaders) -> Outcome:
+        text = json.dumps({"text": '["x", "y"]', "usage": {"output_tokens": 9}})
+        return Answer(200, (("Cache-Control", "private"),), text.encode())
+
+    outcomes = asyncio.run(Packer(call, SETTINGS, stage="llm").send(bodies("a", "b")))
+    assert isinstance(outcomes[0], Answer)
+    assert ("Cache-Control", "private") in outcomes[0].headers
+    assert json.loads(outcomes[0].body) == {"text": "x"}
+
+
+def test_a_lone_surrogate_in_the_answer_fails_nobody() -> None:
+    async def call(body: bytes, _identity: CallerHeaders) -> Outcome:
+        return Answer(200, (), b'{"text": "[\\"cut \\ud83d\\", \\"ok\\"]"}')
+
+    outcomes = asyncio.run(Packer(call, SETTINGS, stage="llm").send(bodies("a", "b")))
+    assert [o.status for o in outcomes] == [200, 200]
+    assert json.loads(outcomes[1].body)["text"] == "ok"

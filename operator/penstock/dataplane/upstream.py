@@ -91,6 +91,8 @@ class _Connection(asyncio.Protocol):
             if self.closed:
                 raise UpstreamClosed("the stage closed the connection")
             await self._writable.wait()
+        if self.closed:  # woken by connection_lost: nobody reads what would be written
+            raise UpstreamClosed("the stage closed the connection")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -219,11 +221,14 @@ class UpstreamResponse:
         connection = self._connection
         connection.pending = None
         sending = self._sending
+        body_sent = sending is None or (
+            sending.done() and not sending.cancelled() and sending.exception() is None
+        )
         if sending is not None and not sending.done():
             sending.cancel()  # answered before its body was all sent: the connection cannot be reused
-            connection.close()
-        elif self._pending.complete and self._keep_alive and not connection.closed:
+        if body_sent and self._pending.complete and self._keep_alive and not connection.closed:
             connection.reused = True
+            connection.resume()  # a reader that stopped early may have left reading paused
             self._connection.pool.put_back(connection)
         else:
             connection.close()
@@ -397,12 +402,17 @@ class UpstreamPool:
         assert transport is not None
 
         async def send_body() -> None:
-            async for chunk in body:
-                if chunk:
-                    transport.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
-                    await connection.drain()
-            if chunked:
-                transport.write(b"0\r\n\r\n")
+            try:
+                async for chunk in body:
+                    if chunk:
+                        transport.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
+                        await connection.drain()
+                if chunked:
+                    transport.write(b"0\r\n\r\n")
+            finally:  # a generator body learns at once that nobody takes more of it
+                close = getattr(body, "aclose", None)
+                if close is not None:
+                    await close()
 
         # Full duplex: the answer may begin while the body still streams (a stage that reads its
         # input as it is produced answers as it goes); the body goes on in its own task.
@@ -410,6 +420,8 @@ class UpstreamPool:
         try:
             await asyncio.wait({sending, pending.headers_done}, return_when=asyncio.FIRST_COMPLETED)
             if sending.done():
+                if sending.cancelled():  # not by us: whoever produced the body stopped it
+                    raise UpstreamClosed("the request body was cancelled before it was sent")
                 sending.result()  # the body failed before the answer began: raise it
             await pending.headers_done
         except BaseException:
@@ -420,8 +432,9 @@ class UpstreamPool:
 
         # A body that fails later cuts the exchange: the stage sees a truncated request.
         def body_done(task: asyncio.Future[None]) -> None:
-            if not task.cancelled() and task.exception() is not None:
-                connection.close()
+            # Failed, or cancelled by anyone: an answer still arriving is not a complete one.
+            if task.cancelled() or task.exception() is not None:
+                connection._fail(UpstreamClosed("the request body could not be sent whole"))
 
         sending.add_done_callback(body_done)
         return UpstreamResponse(connection, pending, keep_alive, sending)

@@ -498,8 +498,13 @@ def parse_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) 
         raise ConfigError(
             "--pack-item-template/--pack-*-field/--pack-max-prompt-bytes need --pack-template"
         )
-    if values.get("input_mode") == "stream" and ("batch_path" in values or "redis_url" in values):
-        raise ConfigError("--input-mode stream goes with neither --batch-path nor --redis-url")
+    streamed_input = values.get("input_mode") == "stream"
+    if streamed_input and any(
+        name in values for name in ("batch_path", "pack_template", "redis_url")
+    ):
+        raise ConfigError(
+            "--input-mode stream goes with none of --batch-path, --pack-template, --redis-url"
+        )
     if "memory_cache_max_bytes" in values and "memory_cache_max_entries" not in values:
         raise ConfigError("--memory-cache-max-bytes needs --memory-cache-max-entries")
     password = env.get(ENV_REDIS_PASSWORD, "")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -27,6 +28,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from penstock.dataplane.gateway.answers import Answer, Failure, Outcome
+
+log = logging.getLogger("penstock.gateway.packing")
 
 _JSON = (("Content-Type", "application/json"),)
 _NUMBERED = re.compile(r"^\s*(?:\*\*)?(\d{1,4})(?:\*\*)?[.):](?:\*\*)?(?:\s+(.*))?$")
@@ -80,17 +83,33 @@ def _as_text(value: Any) -> str | None:
     return None
 
 
-def split_answer(text: str, count: int) -> list[str | None]:
-    """Part i of a packed answer for each of ``count`` items (None: missing or empty)."""
+def _array(text: str, count: int) -> list[str | None] | None:
+    """The parts when the answer is a JSON array of exactly ``count`` items (prose around it
+    allowed, but no numbered line before it); [] when an array is there but unusable; None when
+    there is no array."""
     start, end = text.find("["), text.rfind("]")
-    if 0 <= start < end:
-        try:
-            items = json.loads(text[start : end + 1])
-        except (ValueError, RecursionError):
-            items = None
-        if isinstance(items, list) and items:
-            parts = [_as_text(item) for item in items[:count]]
-            return parts + [None] * (count - len(parts))
+    if not 0 <= start < end:
+        return None
+    if any(_NUMBERED.match(line) for line in text[:start].splitlines()):
+        return None  # a numbered list whose items hold brackets
+    try:
+        items = json.loads(text[start : end + 1])
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(items, list):
+        return None
+    if len(items) != count:  # which item is whose is not known: none is taken
+        return []
+    return [_as_text(item) for item in items]
+
+
+def split_answer(text: str, count: int) -> list[str | None]:
+    """Part i of a packed answer for each of ``count`` items (None: missing, empty or not known
+    for certain). A JSON array must have exactly ``count`` items; a numbered list is read
+    otherwise, and a number seen twice or out of range leaves that part unknown."""
+    parts = _array(text, count)
+    if parts is not None:
+        return parts or [None] * count
     found: dict[int, list[str]] = {}
     doubtful: set[int] = set()  # numbered twice: which one is the answer is not known
     current: list[str] | None = None
@@ -166,13 +185,30 @@ class Packer:
         for item in items:
             if item.document is None:
                 alone.append((item, "not_packable"))
+            elif not any(name != "accept" for name, _ in item.identity):
+                # No credential or tenant header: callers cannot be told apart, so no prompt
+                # may share a call (behind the router, stages see no Authorization).
+                alone.append((item, "anonymous"))
             else:
                 groups.setdefault(_group_key(item, field), []).append(item)
-        work = [self._pack(group, outcomes, alone) for group in groups.values()]
+        work = [self._pack_safely(group, outcomes, alone) for group in groups.values()]
         await asyncio.gather(*work)
         await asyncio.gather(*(self._single(item, reason, outcomes) for item, reason in alone))
         assert all(outcome is not None for outcome in outcomes)
         return [outcome for outcome in outcomes if outcome is not None]
+
+    async def _pack_safely(
+        self, group: list[_Item], outcomes: list[Outcome | None], alone: list[tuple[_Item, str]]
+    ) -> None:
+        """A group's packed call; a bug in it sends that group's items alone, no one else's."""
+        try:
+            await self._pack(group, outcomes, alone)
+        except Exception:
+            log.exception("stage %s: packing failed; its items go alone", self._stage)
+            for item in group:
+                outcomes[item.index] = None
+                if all(queued is not item for queued, _ in alone):
+                    alone.append((item, "error"))
 
     async def _pack(
         self, group: list[_Item], outcomes: list[Outcome | None], alone: list[tuple[_Item, str]]
@@ -194,18 +230,28 @@ class Packer:
         result = await self._call(body, group[0].identity)
         held = (time.perf_counter() - started) / len(group)
         self._on_pack(len(group))
+        if _overloaded(result):  # asking each alone would multiply the load: each gets it
+            for item in group:
+                outcomes[item.index] = _per_item(result, self._stage)
+            return
         answer = self._answer_document(result)
-        if answer is None:
+        if answer is None or not isinstance(result, Answer):
             alone.extend((item, "error") for item in group)
             return
+        # The stage's sharing rules (Cache-Control, Vary) hold for every part; the call's token
+        # usage belongs to no single part (the call's own metrics counted it once).
+        kept = tuple(
+            (name, value) for name, value in result.headers if name.lower() in _SHARING_HEADERS
+        )
+        answer.pop("usage", None)
         parts = split_answer(str(answer[self.settings.answer_field]), len(group))
         for item, part in zip(group, parts, strict=True):
             if part is None:
                 alone.append((item, "missing"))
                 continue
-            text = json.dumps({**answer, self.settings.answer_field: part}, ensure_ascii=False)
+            text = json.dumps({**answer, self.settings.answer_field: part})
             outcomes[item.index] = Answer(
-                200, _JSON, text.encode(), held_seconds=held, batch_size=len(group)
+                200, (*_JSON, *kept), text.encode(), held_seconds=held, batch_size=len(group)
             )
 
     def _answer_document(self, result: Outcome) -> dict[str, Any] | None:
@@ -222,15 +268,22 @@ class Packer:
         return document
 
     async def _single(self, item: _Item, reason: str, outcomes: list[Outcome | None]) -> None:
-        if reason != "alone":
+        if reason not in ("alone", "anonymous"):
             self._on_fallback(reason)
-        result = await self._call(item.body, item.identity)
-        if isinstance(result, Answer):
-            result = Answer(
-                result.status, result.headers, result.body, result.held_seconds, batch_size=1
-            )
-        elif isinstance(result, Failure):
-            result = Failure(
-                result.status, result.message, self._stage, result.outcome, result.held_seconds, 1
-            )
-        outcomes[item.index] = result
+        # Its own call, not a batch's share: no batching saving is counted for it.
+        outcomes[item.index] = await self._call(item.body, item.identity)
+
+
+_SHARING_HEADERS = frozenset({"cache-control", "vary", "expires", "pragma"})
+_OVERLOADED = frozenset({429, 503, 504})
+
+
+def _overloaded(result: Outcome) -> bool:
+    return result.status in _OVERLOADED
+
+
+def _per_item(result: Outcome, stage: str) -> Outcome:
+    if isinstance(result, Failure):
+        return result
+    message = f"stage {stage!r} answered HTTP {result.status} to a packed call"
+    return Failure(result.status, message, stage, "upstream_error", result.held_seconds)

@@ -570,7 +570,9 @@ class Gateway(Server):
     async def _call_alone(self, body: bytes, identity: CallerHeaders) -> Outcome:
         """One POST / of a packed prompt or of a body sent alone (never streamed back), with
         its caller's key headers."""
-        headers = [("Content-Type", "application/json"), *identity]
+        # Accept is part of who asked, not of the call: a packed call is read whole, as JSON.
+        headers = [("Content-Type", "application/json")]
+        headers += [(name, value) for name, value in identity if name.lower() != "accept"]
         if self._tracing:
             carrier: dict[str, str] = {}
             self._propagator.inject(carrier)

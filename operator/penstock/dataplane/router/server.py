@@ -245,6 +245,13 @@ class Router(Server):
                         span.set_status(Status(StatusCode.ERROR, "stream aborted"))
                     return response, outcome
             except StageError as error:
+                source = (
+                    self.topology.stages[error.stage].depends_on
+                    if error.stage in self.topology.stages
+                    else ()
+                )
+                if error.stage == self.topology.output and source and source[0] in run.broken:
+                    error = run.broken[source[0]]  # the streamed output broke for its input's fault
                 if span.is_recording():
                     span.set_status(Status(StatusCode.ERROR, error.message))
                     span.set_attribute(ATTR_STAGE, error.stage)
@@ -298,6 +305,7 @@ class Router(Server):
         outputs: dict[str, bytes] = {}
         answers: dict[str, _Answer] = {}
         running: dict[asyncio.Task[_Answer], str] = {}
+        succeeded = False
 
         def launch(stage: StageRoute, body: bytes | AsyncIterator[bytes], kind: str) -> None:
             stream = stage.name in self._streams_into or (stage.name == output and stage.stream)
@@ -314,6 +322,7 @@ class Router(Server):
                     stage = self.topology.stages[name]
                     launch(stage, envelope_body(stage.depends_on, raw_input, outputs), JSON_TYPE)
                 if not running:
+                    succeeded = True
                     return answers[output]
                 timeout = None if deadline is None else max(0.0, deadline - time.perf_counter())
                 done, _ = await asyncio.wait(
@@ -331,6 +340,8 @@ class Router(Server):
                 for task in done:
                     name = running.pop(task)
                     try:
+                        if task.cancelled():  # not by us (we are running): a bug, still no hang
+                            raise StageError(name, f"the call of stage {name!r} was cancelled")
                         answer = task.result()
                     except StageError:
                         source = self.topology.stages[name].depends_on
@@ -354,6 +365,12 @@ class Router(Server):
                 task.cancel()
             if running:
                 await asyncio.gather(*running, return_exceptions=True)
+            for name in self._streams_into:
+                # A source whose reader failed, or never started to read: closed, so it stops
+                # (release is idempotent; a stream read whole went back to the pool already).
+                stream = answers[name].response if name in answers else None
+                if stream is not None and not succeeded:
+                    stream.close()
 
     async def _relay_input(
         self, name: str, upstream: UpstreamResponse, run: _Run
@@ -364,10 +381,17 @@ class Router(Server):
         the source (socket buffers only in between). Within the source's timeoutSeconds."""
         stage = self.topology.stages[name]
         end = run.started[name] + stage.timeout_seconds
+        chunks = upstream.iter_chunks()
         try:
-            async with asyncio.timeout(max(0.0, end - time.perf_counter())):
-                async for chunk in upstream.iter_chunks():
-                    yield chunk
+            while True:
+                # Only the wait for the source is timed, never a yield: the reader's time is its
+                # own, and a timeout must not land in the task that pulls this generator.
+                try:
+                    async with asyncio.timeout(max(0.0, end - time.perf_counter())):
+                        chunk = await anext(chunks)
+                except StopAsyncIteration:
+                    return
+                yield chunk
         except TimeoutError:
             run.broken[name] = StageError(
                 name,
@@ -402,6 +426,13 @@ class Router(Server):
             try:
                 answer = await self._post(stage, body, headers, run, stream)
             except StageError as error:
+                source = (
+                    self.topology.stages[error.stage].depends_on
+                    if error.stage in self.topology.stages
+                    else ()
+                )
+                if error.stage == self.topology.output and source and source[0] in run.broken:
+                    error = run.broken[source[0]]  # the streamed output broke for its input's fault
                 if span.is_recording():
                     span.set_status(Status(StatusCode.ERROR, error.message))
                 raise
