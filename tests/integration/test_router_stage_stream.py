@@ -300,3 +300,59 @@ def test_topology_documents_round_trip_and_are_checked() -> None:
     crowded = replace(plan, stages={**plan.stages, "other": third})
     with pytest.raises(TopologyError, match="'post' has input: stream"):
         parse_topology(crowded.to_document())
+
+
+async def test_a_source_timing_out_under_a_slow_reader_still_gets_an_answer() -> None:
+    # The source needs 5 s but may take 1 s; the reader is slow. The client gets a clear 504
+    # (no request left unanswered) and the source is stopped.
+    gen = Generator(tokens=100, pause=0.05)
+    reader = Reader(stream_out=False, pause=0.2)
+    async with serving(gen.handle) as gen_url, serving(reader.handle) as post_url:
+        plan = topology(gen_url, post_url, stream_out=False)
+        plan = replace(
+            plan,
+            stages={
+                "gen": replace(plan.stages["gen"], timeout_seconds=1.0),
+                "post": replace(plan.stages["post"], timeout_seconds=3.0),
+            },
+        )
+        async with router_for(plan) as url, aiohttp.ClientSession() as session:
+            started = time.monotonic()
+            async with session.post(url, json={}) as answer:
+                assert answer.status == 504
+                error = await answer.json()
+            assert time.monotonic() - started < 4
+            await asyncio.sleep(0.3)
+    assert error["stage"] in ("gen", "post") and "timeoutSeconds" in error["error"]
+    assert gen.client_left
+
+
+async def test_a_reader_that_cannot_be_reached_stops_the_source() -> None:
+    gen = Generator(tokens=100, pause=0.01)
+    async with serving(gen.handle) as gen_url:
+        plan = topology(gen_url, "http://127.0.0.1:1", stream_out=False)
+        plan = replace(
+            plan, stages={**plan.stages, "post": replace(plan.stages["post"], timeout_seconds=1)}
+        )
+        async with (
+            router_for(plan) as url,
+            aiohttp.ClientSession() as session,
+            session.post(url, json={}) as answer,
+        ):
+            assert answer.status == 502
+            assert (await answer.json())["stage"] == "post"
+        await asyncio.sleep(0.3)
+    assert gen.client_left and len(gen.written) < 100
+
+
+async def test_a_broken_source_of_a_streamed_output_is_named() -> None:
+    gen = Generator(tokens=10, pause=0.02, break_after=0)
+    reader = Reader(stream_out=True)
+    async with (
+        pipeline(gen, reader) as url,
+        aiohttp.ClientSession() as session,
+        session.post(url, json={}) as answer,
+    ):
+        assert answer.status == 502
+        error = await answer.json()
+    assert error["stage"] == "gen", error
