@@ -259,3 +259,11 @@ def test_input_stream_problems_name_the_field(change: Any, needle: str) -> None:
     result = validate_spec(spec)
     text = "; ".join(str(problem) for problem in result.errors)
     assert result.spec is None and needle in text, text
+
+
+def test_a_stream_reader_shorter_than_its_source_is_warned() -> None:
+    spec = _streaming(stream=True, timeoutSeconds=5)
+    spec["stages"][0]["timeoutSeconds"] = 60
+    result = validate_spec(spec)
+    assert result.spec is not None
+    assert any("timeoutSeconds" in problem.path for problem in result.warnings), result.warnings

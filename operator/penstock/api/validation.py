@@ -193,6 +193,18 @@ def _graph_problems(spec: PipelineSpec) -> tuple[list[Problem], list[Problem]]:
         )
         return errors, warnings
     needed = spec.needed_stages()
+    timeouts = {stage.name: stage.timeout_seconds for stage in spec.stages}
+    for index, stage in enumerate(spec.stages):
+        source = stage.dependencies[0] if stage.input == "stream" and stage.dependencies else None
+        if source in timeouts and stage.timeout_seconds < timeouts[source]:
+            warnings.append(
+                Problem(
+                    f"spec.stages[{index}].timeoutSeconds",
+                    f"{stage.timeout_seconds} s is less than its source {source!r} may take"
+                    f" ({timeouts[source]} s): a stage with input: stream reads while its"
+                    " source produces, so its timeout must cover the source's too",
+                )
+            )
     for index, name in enumerate(names):
         if name not in needed:
             warnings.append(
