@@ -41,9 +41,10 @@ spec:
 
 
 def test_validate_examples_succeeds() -> None:
-    result = run("validate", *map(str, sorted((ROOT / "examples").rglob("*.yaml"))))
+    files = sorted((ROOT / "examples").rglob("*.yaml"))
+    result = run("validate", *map(str, files))
     assert result.returncode == 0, result.stderr
-    assert result.stdout.count(": valid") == 4  # three Pipelines and a PipelineRun
+    assert result.stdout.count(": valid") == len(files)  # one document each, all valid
 
 
 def test_validate_names_document_field_and_value(tmp_path: Path) -> None:
