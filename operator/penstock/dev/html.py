@@ -33,6 +33,7 @@ from penstock.contract.profile import Profile
 from penstock.dev.costs import stage_costs
 from penstock.dev.profiles import AnalyzeError
 from penstock.dev.report import Report
+from penstock.dev.stats import percentile
 from penstock.errors import bounded
 
 __all__ = ["CRITICAL_COLOUR", "OTHER_COLOUR", "load_prices", "render_html", "typical", "write_html"]
@@ -70,14 +71,6 @@ ul.recs li { margin: 4px 0; }
 
 def _e(text: object) -> str:
     return html.escape(str(text), quote=True)
-
-
-def _percentile(values: Sequence[float], q: float) -> float:
-    """Nearest rank, as penstock.dev.analyze.percentile (not imported: analyze imports us)."""
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    return ordered[max(1, math.ceil(q * len(ordered))) - 1]
 
 
 def _ms(value: float) -> str:
@@ -142,12 +135,7 @@ def _summary(report: Report) -> str:
     )
     rows = []
     for f in report.stages.values():
-        hit = "-" if f.hit_ratio is None else f"{f.hit_ratio:.0%}"
-        fill = "-"
-        if f.batch_fill is not None:
-            fill = f"{f.batch_fill:.0%}"
-        elif f.batch_mean_size is not None:
-            fill = f"{f.batch_mean_size:.1f}/batch"
+        hit, fill = f.hit_label, f.fill_label
         rows.append(
             f"<tr><td>{_e(f.name)}</td><td>{f.calls}</td><td>{_ms(f.mean_ms)}</td>"
             f"<td>{_ms(f.p50_ms)}</td><td>{_ms(f.p95_ms)}</td><td>{f.critical_share:.0%}</td>"
@@ -261,7 +249,7 @@ def _distributions(report: Report, profiles: Sequence[Profile]) -> str:
     if not names:
         return '<h2 id="distributions">Stage latency</h2><p class="note">No stages.</p>'
     quantiles = {
-        name: [_percentile(durations[name], q) for q in (0.05, 0.25, 0.5, 0.75, 0.95)]
+        name: [percentile(durations[name], q) for q in (0.05, 0.25, 0.5, 0.75, 0.95)]
         for name in names
     }
     height = _TOP + _ROW_H * len(names) + 6

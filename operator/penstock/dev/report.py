@@ -32,6 +32,20 @@ class StageFigures:
         looked = self.cache_hits + self.cache_misses
         return self.cache_hits / looked if looked else None
 
+    @property
+    def hit_label(self) -> str:
+        """The cache hit column: a percentage, or - without lookups."""
+        return "-" if self.hit_ratio is None else f"{self.hit_ratio:.0%}"
+
+    @property
+    def fill_label(self) -> str:
+        """The batch fill column: of maxBatchSize when known, else the mean batch size."""
+        if self.batch_fill is not None:
+            return f"{self.batch_fill:.0%}"
+        if self.batch_mean_size is not None:
+            return f"{self.batch_mean_size:.1f}/batch"
+        return "-"
+
 
 @dataclass
 class Report:
@@ -67,12 +81,7 @@ def render(report: Report) -> str:
         f"{'wait':>8}{'cache hit':>11}{'batch fill':>12}",
     ]
     for figures in report.stages.values():
-        hit = "-" if figures.hit_ratio is None else f"{figures.hit_ratio:.0%}"
-        fill = "-"
-        if figures.batch_fill is not None:
-            fill = f"{figures.batch_fill:.0%}"
-        elif figures.batch_mean_size is not None:
-            fill = f"{figures.batch_mean_size:.1f}/batch"
+        hit, fill = figures.hit_label, figures.fill_label
         lines.append(
             f"{figures.name:<16}{figures.calls:>6}{figures.mean_ms:>9.1f}{figures.p50_ms:>9.1f}"
             f"{figures.p95_ms:>9.1f}{figures.critical_share:>10.0%}{figures.wait_mean_ms:>8.1f}"
