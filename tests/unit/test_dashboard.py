@@ -20,6 +20,7 @@ from penstock.api.status import PipelineStatus
 from penstock.contract.topology import StageRoute, Topology
 from penstock.controller import metrics as operator_metrics
 from penstock.dataplane.gateway.config import GatewayConfig, HostPort
+from penstock.dataplane.gateway.savings import Saving
 from penstock.dataplane.gateway.telemetry import GatewayMetrics
 from penstock.dataplane.router import RouterMetrics
 
@@ -58,7 +59,7 @@ def _families() -> Iterator[Metric]:
     gateway.lookup("hit")
     gateway.store("stored")
     gateway.batch_size.observe(4)
-    gateway.saved("cache", 0.1)
+    gateway.saved(Saving("cache", 0.1, 0.0001))
     gateway.tokens(10, 20)
     yield from gateway.registry.collect()
     router = RouterMetrics(Topology("p", "n", "s", {"s": StageRoute("s", "http://127.0.0.1:1")}))

@@ -58,7 +58,7 @@ def test_hits_save_nothing_before_the_stage_answered() -> None:
     estimator.answered(0.4)
     saving = estimator.hit("semantic")
     assert saving is not None and saving.seconds == pytest.approx(0.3)
-    assert SavingsEstimator.coalesced(0.0) is None
+    assert estimator.coalesced(0.0) is None
 
 
 @pytest.mark.parametrize(
@@ -88,3 +88,10 @@ def test_token_usage(
 
 def test_a_deeply_nested_answer_is_no_usage() -> None:
     assert token_usage([], b'{"usage": ' + b"[" * 100_000 + b"]" * 100_000 + b"}") is None
+
+
+def test_a_saving_is_priced_at_the_replica_rate() -> None:
+    estimator = SavingsEstimator(hourly_cost_usd=3.6)  # 0.001 USD per replica-second
+    estimator.answered(0.5)
+    saving = estimator.hit("cache")
+    assert saving is not None and saving.usd == pytest.approx(0.0005)

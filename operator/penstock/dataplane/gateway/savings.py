@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from penstock.dataplane.gateway.telemetry import request_cost_usd
+
 # Each new observation weighs as much as the last ~1000 together: the means follow a stage that
 # slows down or speeds up without being thrown by one slow call.
 _MEMORY = 1000.0
@@ -72,12 +74,15 @@ class BatchModel:
 class Saving:
     reason: str
     seconds: float
+    usd: float
+    """``seconds`` priced like the cost (telemetry.request_cost_usd)."""
 
 
 class SavingsEstimator:
     """Per gateway: the running figures a saving is computed from."""
 
-    def __init__(self) -> None:
+    def __init__(self, hourly_cost_usd: float = 0.0) -> None:
+        self.hourly_cost_usd = hourly_cost_usd
         self.call = RunningMean()
         """Seconds one answer held a replica (for an item of a batch: its share)."""
         self.batches = BatchModel()
@@ -93,15 +98,17 @@ class SavingsEstimator:
         """A cache (or semantic) hit: one call's mean time saved."""
         if not self.call.count:
             return None
-        return Saving(reason, self.call.value)
+        return self._saving(reason, self.call.value)
 
-    @staticmethod
-    def coalesced(held_seconds: float) -> Saving | None:
-        return Saving("coalesced", held_seconds) if held_seconds > 0 else None
+    def coalesced(self, held_seconds: float) -> Saving | None:
+        return self._saving("coalesced", held_seconds) if held_seconds > 0 else None
 
     def batched(self, held_seconds: float) -> Saving | None:
         """An item whose share of its batch was ``held_seconds``."""
         alone = self.batches.single_item_seconds()
         if alone is None or alone <= held_seconds:
             return None
-        return Saving("batching", alone - held_seconds)
+        return self._saving("batching", alone - held_seconds)
+
+    def _saving(self, reason: str, seconds: float) -> Saving:
+        return Saving(reason, seconds, request_cost_usd(self.hourly_cost_usd, seconds))

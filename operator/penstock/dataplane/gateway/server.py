@@ -73,7 +73,7 @@ from penstock.dataplane.gateway.stage import (
     describe,
     strip_headers,
 )
-from penstock.dataplane.gateway.telemetry import GatewayMetrics, request_cost_usd
+from penstock.dataplane.gateway.telemetry import GatewayMetrics
 from penstock.dataplane.gateway.tiers import Tiers, cache_tiers
 from penstock.dataplane.gateway.usage import token_usage
 from penstock.dataplane.http1 import Answer as Reply
@@ -93,7 +93,7 @@ class Gateway(Server):
     def __init__(self, config: GatewayConfig, *, span_exporter: SpanExporter | None = None):
         self.config = config
         self.metrics = GatewayMetrics(config)
-        self.savings = SavingsEstimator()
+        self.savings = SavingsEstimator(config.hourly_cost)
         identity = Identity(f"the gateway of stage {config.stage!r}", {"stage": config.stage})
         tracer = build_tracer(
             "penstock.gateway",
@@ -251,12 +251,11 @@ class Gateway(Server):
                     if record.batch_size is not None:
                         span.set_attribute(ATTR_BATCH_SIZE, record.batch_size)
                     if record.saving is not None:
-                        saved = record.saving.seconds
                         span.set_attributes(
                             {
                                 ATTR_SAVED_REASON: record.saving.reason,
-                                ATTR_SAVED_SECONDS: saved,
-                                ATTR_SAVED_USD: request_cost_usd(self.config.hourly_cost, saved),
+                                ATTR_SAVED_SECONDS: record.saving.seconds,
+                                ATTR_SAVED_USD: record.saving.usd,
                             }
                         )
                     if record.usage is not None:
@@ -281,7 +280,7 @@ class Gateway(Server):
             if record.cost > 0:
                 metrics.cost.inc(record.cost)
             if record.saving is not None:
-                metrics.saved(record.saving.reason, record.saving.seconds)
+                metrics.saved(record.saving)
             if record.usage is not None:
                 metrics.tokens(record.usage.input_tokens, record.usage.output_tokens)
 

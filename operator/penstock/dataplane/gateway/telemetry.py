@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from penstock.contract.wire import (
@@ -12,6 +14,9 @@ from penstock.contract.wire import (
     STAGE_REQUESTS,
 )
 from penstock.dataplane.gateway.config import GatewayConfig
+
+if TYPE_CHECKING:  # savings.py prices with request_cost_usd from here
+    from penstock.dataplane.gateway.savings import Saving
 
 LABELS = ("namespace", "pipeline", "stage")
 
@@ -161,7 +166,6 @@ class GatewayMetrics:
             for result in ("hit", "miss", "error")
         }
         self._request_children: dict[str, Counter] = {}
-        self._hourly_cost = config.hourly_cost
         self._cost_center = config.cost_center
         self._saved_children: dict[str, tuple[Counter, Counter]] = {}
         self._token_children = {
@@ -176,21 +180,18 @@ class GatewayMetrics:
             self._request_children[outcome] = child
         child.inc()
 
-    def saved(self, reason: str, seconds: float) -> float:
-        """Count a saving; returns its USD (what the span says too)."""
-        children = self._saved_children.get(reason)
+    def saved(self, saving: Saving) -> None:
+        children = self._saved_children.get(saving.reason)
         if children is None:
-            labelled = {**self._labels, "cost_center": self._cost_center, "reason": reason}
+            labelled = {**self._labels, "cost_center": self._cost_center, "reason": saving.reason}
             children = (
                 self._saved_seconds.labels(**labelled),
                 self._saved_usd.labels(**labelled),
             )
-            self._saved_children[reason] = children
-        usd = request_cost_usd(self._hourly_cost, seconds)
-        children[0].inc(seconds)
-        if usd > 0:
-            children[1].inc(usd)
-        return usd
+            self._saved_children[saving.reason] = children
+        children[0].inc(saving.seconds)
+        if saving.usd > 0:
+            children[1].inc(saving.usd)
 
     def pack_fallback(self, reason: str) -> None:
         self._pack_fallbacks.labels(**self._labels, reason=reason).inc()
