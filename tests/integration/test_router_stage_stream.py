@@ -120,16 +120,27 @@ async def serving(handler: Any) -> AsyncIterator[str]:
 
 
 def topology(
-    gen_url: str, post_url: str, *, budget_ms: int | None = None, stream_out: bool = True
+    gen_url: str,
+    post_url: str,
+    *,
+    budget_ms: int | None = None,
+    stream_out: bool = True,
+    gen_timeout: float = 30.0,
+    post_timeout: float = 30.0,
 ) -> Topology:
     return Topology(
         pipeline="chat",
         namespace="ns",
         output="post",
         stages={
-            "gen": StageRoute("gen", gen_url, stream=True),
+            "gen": StageRoute("gen", gen_url, stream=True, timeout_seconds=gen_timeout),
             "post": StageRoute(
-                "post", post_url, depends_on=("gen",), stream=stream_out, stream_input=True
+                "post",
+                post_url,
+                depends_on=("gen",),
+                stream=stream_out,
+                timeout_seconds=post_timeout,
+                stream_input=True,
             ),
         },
         latency_budget_ms=budget_ms,
@@ -308,14 +319,7 @@ async def test_a_source_timing_out_under_a_slow_reader_still_gets_an_answer() ->
     gen = Generator(tokens=100, pause=0.05)
     reader = Reader(stream_out=False, pause=0.2)
     async with serving(gen.handle) as gen_url, serving(reader.handle) as post_url:
-        plan = topology(gen_url, post_url, stream_out=False)
-        plan = replace(
-            plan,
-            stages={
-                "gen": replace(plan.stages["gen"], timeout_seconds=1.0),
-                "post": replace(plan.stages["post"], timeout_seconds=3.0),
-            },
-        )
+        plan = topology(gen_url, post_url, stream_out=False, gen_timeout=1, post_timeout=3)
         async with router_for(plan) as url, aiohttp.ClientSession() as session:
             started = time.monotonic()
             async with session.post(url, json={}) as answer:
@@ -330,10 +334,7 @@ async def test_a_source_timing_out_under_a_slow_reader_still_gets_an_answer() ->
 async def test_a_reader_that_cannot_be_reached_stops_the_source() -> None:
     gen = Generator(tokens=100, pause=0.01)
     async with serving(gen.handle) as gen_url:
-        plan = topology(gen_url, "http://127.0.0.1:1", stream_out=False)
-        plan = replace(
-            plan, stages={**plan.stages, "post": replace(plan.stages["post"], timeout_seconds=1)}
-        )
+        plan = topology(gen_url, "http://127.0.0.1:1", stream_out=False, post_timeout=1)
         async with (
             router_for(plan) as url,
             aiohttp.ClientSession() as session,
