@@ -124,6 +124,31 @@ FULL: dict[str, Any] = {
                 },
             },
         },
+        {
+            "name": "c",
+            "image": "c:1",
+            "variants": [
+                {
+                    "name": "light",
+                    "image": "c-light:1",
+                    "imagePullPolicy": "IfNotPresent",
+                    "command": ["serve"],
+                    "args": ["--small"],
+                    "env": [{"name": "SIZE", "value": "small"}],
+                    "resources": {"requests": {"cpu": "250m"}},
+                    "model": {"uri": "https://models.example/small.gguf"},
+                    "scaling": SCALING,
+                    "cost": {"hourlyRate": "0.1"},
+                    "timeoutSeconds": 5,
+                    "nodeSelector": {"disk": "ssd"},
+                    "tolerations": [{"key": "k", "operator": "Exists"}],
+                    "weight": 3,
+                    "latencyMs": 40,
+                },
+                {"name": "heavy"},
+            ],
+            "variantPolicy": {"type": "budget", "minConfidence": 0.7, "reserveMs": 100},
+        },
     ],
 }
 # Maps whose keys are data, not field names.

@@ -40,6 +40,25 @@ class Condition(StatusModel):
     """When the status last flipped (RFC 3339)."""
 
 
+class VariantStatus(StatusModel):
+    """What the operator observed of one variant of a stage."""
+
+    name: str = Field(max_length=63)
+    """Variant name."""
+    desired_replicas: int = Field(default=0, ge=0)
+    """Replicas the variant's Deployment asks for."""
+    ready_replicas: int = Field(default=0, ge=0)
+    """Replicas ready to serve."""
+    hourly_cost: str | None = Field(default=None, max_length=32)
+    """Cost of the variant's current replicas per hour, USD."""
+    served_share: float | None = Field(default=None, ge=0, le=1)
+    """Share of the stage's answers this variant gave (router, 15 minutes)."""
+    escalated_share: float | None = Field(default=None, ge=0, le=1)
+    """Share of its calls a cascade went on from (low confidence or failed), 15 minutes."""
+    cost_per_request: str | None = Field(default=None, max_length=32)
+    """Attributed cost per request through its gateways, USD (3 significant digits)."""
+
+
 class StageStatus(StatusModel):
     """What the operator observed of one stage."""
 
@@ -65,6 +84,8 @@ class StageStatus(StatusModel):
     """Attributed cost per request through its gateways, USD (3 significant digits)."""
     cost_per_million_tokens: str | None = Field(default=None, max_length=32)
     """Attributed cost per 1M tokens the stage reported using, USD (LLM stages)."""
+    variants: list[VariantStatus] | None = Field(default=None, max_length=8)
+    """A stage with variants: each one's figures (the stage's are their sums)."""
 
 
 class SavingsByReason(StatusModel):

@@ -279,6 +279,7 @@ def _value_problems(spec: PipelineSpec) -> list[Problem]:
                 Problem(f"spec.stages[{index}].batching", "a streaming stage cannot be batched")
             )
         errors += _stream_input_problems(spec, index)
+        errors += _variant_problems(spec, index)
         if stage.port in RESERVED_STAGE_PORTS:
             ports = ", ".join(map(str, sorted(RESERVED_STAGE_PORTS)))
             errors.append(
@@ -323,6 +324,89 @@ def _stream_input_problems(spec: PipelineSpec, index: int) -> list[Problem]:
             )
         ]
     return []
+
+
+def _variant_problems(spec: PipelineSpec, index: int) -> list[Problem]:
+    """variants: unique names, object names that collide with no other stage's, a policy that
+    can work; each variant's own fields as the stage's are checked."""
+    stage = spec.stages[index]
+    where = f"spec.stages[{index}]"
+    if not stage.variants:
+        if stage.variant_policy is not None:
+            return [Problem(f"{where}.variantPolicy", "variantPolicy needs variants")]
+        return []
+    problems: list[Problem] = []
+    names = [variant.name for variant in stage.variants]
+    problems += _duplicates(names, f"{where}.variants", ".name", "variant")
+    components = {
+        workload.component: workload.stage.name
+        for other in spec.stages
+        if other is not stage
+        for workload in other.workloads()
+    }
+    for number, variant in enumerate(stage.variants):
+        at = f"{where}.variants[{number}]"
+        component = f"{stage.name}-{variant.name}"
+        if component in components:
+            problems.append(
+                Problem(
+                    f"{at}.name",
+                    f"its objects would be named like those of stage"
+                    f" {components[component]!r} ({component}): rename the variant or the stage",
+                )
+            )
+        problems += [
+            Problem(p, m) for p, m in resource_problems(variant.resources, f"{at}.resources")
+        ]
+        scaling = variant.scaling
+        if (
+            scaling
+            and scaling.max_replicas is not None
+            and scaling.min_replicas > scaling.max_replicas
+        ):
+            problems.append(
+                Problem(
+                    f"{at}.scaling.minReplicas",
+                    f"{scaling.min_replicas} is larger than maxReplicas {scaling.max_replicas}",
+                )
+            )
+        env = [var.name for var in variant.env or []]
+        problems += _duplicates(env, f"{at}.env", ".name", "variable")
+    if stage.input == "stream":
+        problems.append(
+            Problem(
+                f"{where}.variants",
+                "a stage with input: stream has no variants (its streamed input cannot be sent"
+                " twice)",
+            )
+        )
+    policy = stage.policy
+    if policy.type == "budget" and spec.latency_budget_ms is None:
+        problems.append(
+            Problem(
+                f"{where}.variantPolicy.type",
+                "budget picks a variant by the request's remaining latency budget: set"
+                " spec.latencyBudgetMs",
+            )
+        )
+    if policy.type == "weighted" and not any(variant.weight for variant in stage.variants):
+        problems.append(
+            Problem(f"{where}.variants", "variantPolicy weighted needs a variant with weight > 0")
+        )
+    embedders = [
+        other.name
+        for other in spec.stages
+        if other.cache and other.cache.semantic and other.cache.semantic.embedder == stage.name
+    ]
+    if embedders:
+        problems.append(
+            Problem(
+                f"{where}.variants",
+                f"stage {stage.name!r} embeds for the semantic cache of {', '.join(embedders)}:"
+                " an embedder has one workload, no variants (its vectors must be comparable)",
+            )
+        )
+    return problems
 
 
 def _semantic_problems(spec: PipelineSpec, index: int) -> list[Problem]:

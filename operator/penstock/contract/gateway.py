@@ -59,14 +59,21 @@ class GatewayArgs:
 
 
 def gateway_args(
-    pipeline: str, spec: PipelineSpec, stage: Stage, prices: PriceTable, where: Placement
+    pipeline: str,
+    spec: PipelineSpec,
+    stage: Stage,
+    prices: PriceTable,
+    where: Placement,
+    variant: str | None = None,
 ) -> GatewayArgs:
+    """stage: as the workload runs it (a variant's: Stage.as_variant), variant: its name."""
     flags: list[tuple[str, str]] = [
         ("--listen", where.listen),
         ("--admin-listen", where.admin_listen),
         ("--upstream", where.upstream),
         ("--pipeline", pipeline),
         ("--stage", stage.name),
+        *([("--variant", variant)] if variant else []),
         ("--namespace", where.namespace),
         ("--cost-center", spec.cost_center),
         # One replica's USD per hour, as the status prices it.

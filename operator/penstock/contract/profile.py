@@ -20,10 +20,33 @@ from penstock.contract.wire import PROFILE_HEADER
 from penstock.errors import PenstockError, short_repr
 
 MAX_STAGES = 1000
+MAX_ATTEMPTS = 16
 
 
 class ProfileError(PenstockError):
     """A malformed profile; the message names where and what."""
+
+
+VARIANT_OUTCOMES = ("served", "low_confidence", "failed")
+
+
+@dataclass(frozen=True)
+class VariantAttempt:
+    """One call of a stage variant: served (its answer was used), low_confidence (a cascade
+    went on to the next), failed; with the confidence it reported, if any."""
+
+    variant: str
+    outcome: str
+    duration_ms: float
+    confidence: float | None = None
+
+    def to_document(self) -> dict[str, Any]:
+        return {
+            "variant": self.variant,
+            "outcome": self.outcome,
+            "duration_ms": round(self.duration_ms, 3),
+            "confidence": self.confidence,
+        }
 
 
 @dataclass(frozen=True)
@@ -32,10 +55,18 @@ class StageTiming:
     start_ms: float
     end_ms: float
     cache: str | None
+    attempts: tuple[VariantAttempt, ...] = ()
+    """A stage with variants: the variants called, in order (the last one answered)."""
 
     @property
     def duration_ms(self) -> float:
         return self.end_ms - self.start_ms
+
+    @property
+    def variant(self) -> str | None:
+        """The variant whose answer was used (None: the stage has no variants, or all failed)."""
+        last = self.attempts[-1] if self.attempts else None
+        return last.variant if last and last.outcome == "served" else None
 
 
 @dataclass(frozen=True)
@@ -48,19 +79,24 @@ class Profile:
     def to_document(self) -> dict[str, Any]:
         """The ``profile`` object of the router's answer (parse_profile reads it back)."""
         return {
-            "stages": [
-                {
-                    "name": timing.name,
-                    "start_ms": timing.start_ms,
-                    "end_ms": timing.end_ms,
-                    "duration_ms": round(timing.duration_ms, 3),
-                    "cache": timing.cache,
-                }
-                for timing in self.stages.values()
-            ],
+            "stages": [_timing_document(timing) for timing in self.stages.values()],
             "critical_path": list(self.critical_path),
             "total_ms": self.total_ms,
         }
+
+
+def _timing_document(timing: StageTiming) -> dict[str, Any]:
+    document: dict[str, Any] = {
+        "name": timing.name,
+        "start_ms": timing.start_ms,
+        "end_ms": timing.end_ms,
+        "duration_ms": round(timing.duration_ms, 3),
+        "cache": timing.cache,
+    }
+    if timing.attempts:
+        document["variant"] = timing.variant
+        document["attempts"] = [attempt.to_document() for attempt in timing.attempts]
+    return document
 
 
 def _number(value: Any) -> float | None:
@@ -87,7 +123,32 @@ def _timing(item: Any, where: str) -> StageTiming:
     cache = item.get("cache")
     if cache is not None and not isinstance(cache, str):
         raise ProfileError(f"{where}.cache must be a string (got {short_repr(cache)})")
-    return StageTiming(name, start, end, cache)
+    raw_attempts = item.get("attempts") or []
+    if not isinstance(raw_attempts, list) or len(raw_attempts) > MAX_ATTEMPTS:
+        raise ProfileError(f"{where}.attempts must be a list of at most {MAX_ATTEMPTS} objects")
+    attempts = tuple(
+        _attempt(attempt, f"{where}.attempts[{index}]")
+        for index, attempt in enumerate(raw_attempts)
+    )
+    return StageTiming(name, start, end, cache, attempts)
+
+
+def _attempt(item: Any, where: str) -> VariantAttempt:
+    if not isinstance(item, Mapping):
+        raise ProfileError(f"{where} must be an object (got {short_repr(item)})")
+    variant, outcome = _name(item.get("variant")), item.get("outcome")
+    duration = _number(item.get("duration_ms"))
+    if variant is None or outcome not in VARIANT_OUTCOMES or duration is None:
+        raise ProfileError(
+            f"{where} needs a variant, an outcome ({', '.join(VARIANT_OUTCOMES)}) and a finite"
+            " duration_ms"
+        )
+    confidence = item.get("confidence")
+    if confidence is not None:
+        confidence = _number(confidence)
+        if confidence is None or not 0 <= confidence <= 1:
+            raise ProfileError(f"{where}.confidence must be a number in [0, 1] or null")
+    return VariantAttempt(variant, outcome, duration, confidence)
 
 
 def parse_profile(record: Any, where: str) -> Profile:

@@ -28,6 +28,14 @@ names ``gen_ai.usage.input_tokens=...`` are accepted too). A JSON answer may car
 ``usage`` object instead (``input_tokens``/``output_tokens``, or ``prompt_tokens``/
 ``completion_tokens`` as OpenAI-style servers write it)."""
 
+CONFIDENCE_HEADER = "X-Penstock-Confidence"
+"""Response header of a stage variant: how sure it is of this answer, a number from 0 to 1. A
+cascade (variantPolicy cascade) calls the next variant when it is below minConfidence; a
+variant that sends none (or no number in [0, 1]) is taken to be confident."""
+VARIANT_HEADER = "X-Penstock-Variant"
+"""Response header of the router: ``<stage>=<variant>`` for each stage with variants, the
+variant whose answer was used (comma-separated)."""
+
 MANAGED_BY = "penstock-operator"
 """``app.kubernetes.io/managed-by`` of every object the operator creates; also its SSA field
 manager."""
@@ -47,6 +55,10 @@ STAGE_REQUESTS = "penstock_stage_requests_total"
 STAGE_REQUEST_DURATION = "penstock_stage_request_duration_seconds"
 STAGE_INFLIGHT = "penstock_stage_inflight_requests"
 STAGE_BATCH_SIZE = "penstock_stage_batch_size"
+VARIANT_CALLS = "penstock_router_variant_calls_total"
+"""The router's calls of stage variants, by outcome: served (its answer was used),
+low_confidence (escalated: below minConfidence), failed."""
+VARIANT_CALL_DURATION = "penstock_router_variant_call_duration_seconds"
 STAGE_REQUESTS_PER_SECOND = "penstock_stage_requests_per_second"
 """The Pods metric a custom-metrics adapter derives from STAGE_REQUESTS for the HPA."""
 DURATION_BUCKETS = (
@@ -72,6 +84,9 @@ DURATION_BUCKETS = (
 # Span attributes of the gateway's and the router's spans.
 ATTR_PIPELINE = "penstock.pipeline"
 ATTR_STAGE = "penstock.stage"
+ATTR_VARIANT = "penstock.variant"
+ATTR_VARIANT_ATTEMPTS = "penstock.variant.attempts"
+"""The router's stage span: how many variants were called (a cascade's escalations + 1)."""
 ATTR_COST_CENTER = "penstock.cost_center"
 ATTR_CACHE_HIT = "penstock.cache.hit"
 ATTR_BATCH_SIZE = "penstock.batch.size"

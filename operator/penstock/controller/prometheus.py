@@ -16,7 +16,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from penstock.contract.wire import STAGE_INFLIGHT, STAGE_REQUEST_DURATION, STAGE_REQUESTS
+from penstock.contract.wire import (
+    STAGE_INFLIGHT,
+    STAGE_REQUEST_DURATION,
+    STAGE_REQUESTS,
+    VARIANT_CALLS,
+)
 from penstock.controller.tuner import Observation
 
 DEFAULT_WINDOW = "2m"
@@ -205,11 +210,56 @@ class UnitCost:
 
 
 @dataclass(frozen=True)
+class VariantFigures:
+    stage: str
+    variant: str
+    served_share: float | None = None
+    """Share of the stage's answers it gave."""
+    escalated_share: float | None = None
+    """Share of its calls a cascade went on from."""
+    cost_per_request: float | None = None
+
+
+@dataclass(frozen=True)
 class Efficiency:
     """What a Pipeline's stages saved and what a unit of their work cost, over a window."""
 
     saved: tuple[Saved, ...] = ()
     unit_costs: tuple[tuple[str, UnitCost], ...] = ()
+    variants: tuple[VariantFigures, ...] = ()
+
+
+def variant_queries(namespace: str, pipeline: str, window: str = DEFAULT_WINDOW) -> list[str]:
+    """Per stage and variant: served share, escalated share, cost per request."""
+    selector = pipeline_selector(namespace, pipeline)
+    served = selector[:-1] + ',outcome="served"}'
+    passed = selector[:-1] + ',outcome!="served"}'
+    by = "sum by (stage, variant)"
+    cost = f"{by} (rate(penstock_stage_cost_usd_total{selector}[{window}]))"
+    return [
+        f"{by} (rate({VARIANT_CALLS}{served}[{window}])) / on (stage) group_left"
+        f" sum by (stage) (rate({VARIANT_CALLS}{served}[{window}]))",
+        f"{by} (rate({VARIANT_CALLS}{passed}[{window}]))"
+        f" / {by} (rate({VARIANT_CALLS}{selector}[{window}]))",
+        f"{cost} / {by} (rate({STAGE_REQUESTS}{selector}[{window}]))",
+    ]
+
+
+def observe_variants(
+    client: PrometheusClient, namespace: str, pipeline: str, window: str = DEFAULT_WINDOW
+) -> tuple[VariantFigures, ...]:
+    figures: dict[tuple[str, str], list[float | None]] = {}
+    for index, query in enumerate(variant_queries(namespace, pipeline, window)):
+        for sample in client.query(query):
+            stage, variant = sample.labels.get("stage"), sample.labels.get("variant")
+            if not stage or not variant:
+                continue
+            value = sample.value if math.isfinite(sample.value) and sample.value >= 0 else None
+            figures.setdefault((stage, variant), [None, None, None])[index] = value
+    return tuple(
+        VariantFigures(stage, variant, *values)
+        for (stage, variant), values in sorted(figures.items())
+    )
 
 
 def unit_cost_queries(namespace: str, pipeline: str, window: str = DEFAULT_WINDOW) -> list[str]:
@@ -222,9 +272,14 @@ def unit_cost_queries(namespace: str, pipeline: str, window: str = DEFAULT_WINDO
 
 
 def observe_efficiency(
-    client: PrometheusClient, namespace: str, pipeline: str, window: str = DEFAULT_WINDOW
+    client: PrometheusClient,
+    namespace: str,
+    pipeline: str,
+    window: str = DEFAULT_WINDOW,
+    variants: bool = False,
 ) -> Efficiency:
-    """Savings per hour, cost per request and per 1M tokens (four instant queries)."""
+    """Savings per hour, cost per request and per 1M tokens (four instant queries), and with
+    variants their figures (three more)."""
     saved = tuple(observe_savings(client, namespace, pipeline, window))
     per_request, per_tokens = (
         _by_stage(client.query(query)) for query in unit_cost_queries(namespace, pipeline, window)
@@ -233,6 +288,7 @@ def observe_efficiency(
     return Efficiency(
         saved,
         tuple((stage, UnitCost(per_request.get(stage), per_tokens.get(stage))) for stage in stages),
+        observe_variants(client, namespace, pipeline, window) if variants else (),
     )
 
 

@@ -173,9 +173,9 @@ class Reconciler:
         # list for the Pipeline), and not in its first reconcile: its Deployments are new.
         pods: dict[str, list[dict[str, Any]]] = {}
         rolling = [
-            stage.name
-            for stage in spec.stages
-            if (deployment := deployments.get(stage_object_name(ref.name, stage.name)))
+            workload.stage.name
+            for workload in spec.workloads()
+            if (deployment := deployments.get(stage_object_name(ref.name, workload.component)))
             and not rolled_out(deployment)
         ]
         if rolling and previous.observed_generation is not None:

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from penstock.api import PipelineSpec
 from penstock.api.cost import PriceTable, replica_hourly_cost, usd
-from penstock.api.status import PipelineStatus, StageStatus
+from penstock.api.status import PipelineStatus, StageStatus, VariantStatus
 from penstock.api.validation import Result
 from penstock.controller.conditions import Verdict, set_conditions
 from penstock.controller.tuning import Tuning, add_efficiency, add_tuner_figures
@@ -115,14 +115,34 @@ def stage_statuses(
     stages, not_ready, stuck = [], [], []
     total = Decimal(0)
     for stage in spec.stages:
-        deployment = deployments.get(stage_object_name(pipeline, stage.name))
-        desired, ready, rolled_out, stuck_reason = _deployment_state(deployment)
-        # A new Deployment starts at one replica until the HPA lifts it to minReplicas:
-        # the stage is not ready before its minimum capacity serves.
-        floor = stage.scaling_or_default.min_replicas
-        if deployment is not None and desired < floor:
-            desired, rolled_out = floor, False
-        cost = replica_hourly_cost(stage, prices) * max(desired, 0)
+        desired = ready = 0
+        rolled_out, stuck_reason = True, None
+        cost = Decimal(0)
+        variants = []
+        for workload in stage.workloads():
+            deployment = deployments.get(stage_object_name(pipeline, workload.component))
+            w_desired, w_ready, w_rolled_out, w_stuck = _deployment_state(deployment)
+            # A new Deployment starts at one replica until the HPA lifts it to minReplicas:
+            # the stage is not ready before its minimum capacity serves.
+            floor = workload.stage.scaling_or_default.min_replicas
+            if deployment is not None and w_desired < floor:
+                w_desired, w_rolled_out = floor, False
+            w_cost = replica_hourly_cost(workload.stage, prices) * max(w_desired, 0)
+            desired, ready, cost = desired + w_desired, ready + w_ready, cost + w_cost
+            rolled_out = rolled_out and w_rolled_out
+            if w_stuck and not stuck_reason:
+                stuck_reason = (
+                    w_stuck if workload.variant is None else f"{workload.variant}: {w_stuck}"
+                )
+            if workload.variant is not None:
+                variants.append(
+                    VariantStatus(
+                        name=workload.variant,
+                        desired_replicas=w_desired,
+                        ready_replicas=w_ready,
+                        hourly_cost=usd(w_cost),
+                    )
+                )
         total += cost
         stages.append(
             StageStatus(
@@ -130,6 +150,7 @@ def stage_statuses(
                 desired_replicas=desired,
                 ready_replicas=ready,
                 hourly_cost=usd(cost),
+                variants=variants or None,
             )
         )
         if not rolled_out:

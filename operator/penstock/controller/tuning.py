@@ -60,11 +60,12 @@ class Tuning:
 def _ready_replicas(
     pipeline: str, spec: PipelineSpec, deployments: Mapping[str, Any]
 ) -> dict[str, int]:
-    ready = {}
-    for stage in spec.stages:
-        deployment = deployments.get(stage_object_name(pipeline, stage.name))
+    ready: dict[str, int] = {}
+    for workload in spec.workloads():  # a stage with variants: all of them together
+        deployment = deployments.get(stage_object_name(pipeline, workload.component))
         if deployment is not None:
-            ready[stage.name] = int(deployment.get("status", {}).get("readyReplicas", 0))
+            replicas = int(deployment.get("status", {}).get("readyReplicas", 0))
+            ready[workload.stage.name] = ready.get(workload.stage.name, 0) + replicas
     return ready
 
 
@@ -120,7 +121,13 @@ class ThroughputTuning:
             observed = observe_pipeline(
                 self.client, namespace, name, stages, _ready_replicas(name, spec, deployments)
             )
-            efficiency = observe_efficiency(self.client, namespace, name, EFFICIENCY_WINDOW)
+            efficiency = observe_efficiency(
+                self.client,
+                namespace,
+                name,
+                EFFICIENCY_WINDOW,
+                variants=any(stage.variants for stage in spec.stages),
+            )
         except PrometheusError as error:
             verdict = Verdict(
                 "MetricsAvailable", False, "QueryFailed", f"{error}; HPAs keep their last targets"
@@ -179,6 +186,18 @@ def add_efficiency(status: PipelineStatus, efficiency: Efficiency) -> None:
         if name in stages:
             stages[name].cost_per_request = _usd_small(unit.per_request)
             stages[name].cost_per_million_tokens = _usd_small(unit.per_million_tokens)
+    for figures in efficiency.variants:
+        stage = stages.get(figures.stage)
+        variant = (
+            next((v for v in stage.variants or () if v.name == figures.variant), None)
+            if stage
+            else None
+        )
+        if variant is None:  # a variant the spec no longer has
+            continue
+        variant.served_share = _rounded(figures.served_share, 3)
+        variant.escalated_share = _rounded(figures.escalated_share, 3)
+        variant.cost_per_request = _usd_small(figures.cost_per_request)
     add_savings(status, efficiency.saved)
 
 

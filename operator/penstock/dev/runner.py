@@ -45,10 +45,12 @@ import yaml
 
 from penstock.api import PipelineSpec, Stage
 from penstock.api.cost import PriceTable
+from penstock.api.pipeline import Workload
 from penstock.api.validation import validate_document
 from penstock.contract.gateway import Placement, gateway_args
+from penstock.contract.topology import target
 from penstock.dev.processes import DevError, Proc, exited, failure, start, stop_all, wait_ready
-from penstock.render.gateway import needs_gateway
+from penstock.render.gateway import needs_gateway, warmup_key
 from penstock.render.settings import RenderSettings
 from penstock.safeyaml import DocumentError, load_yaml_file
 
@@ -169,13 +171,14 @@ def gateway_argv(
     warmup_dir: Path,
     otlp_endpoint: str | None = None,
     embedder_url: str | None = None,
+    variant: str | None = None,
 ) -> list[str]:
     """The gateway's command line: the flags the operator passes as environment variables
     (penstock.contract.gateway), with local addresses and files, priced by the default table."""
     warmup_file = None
     warmup = stage.model.warmup if stage.model else None
     if warmup is not None and warmup.requests > 0:
-        body = warmup_dir / f"warmup-{stage.name}.json"
+        body = warmup_dir / warmup_key(Workload(stage, variant).component)
         body.write_text(warmup.body_document())
         warmup_file = str(body)
     where = Placement(
@@ -188,7 +191,7 @@ def gateway_argv(
         otlp_endpoint=otlp_endpoint,
         embedder_url=embedder_url,
     )
-    args = gateway_args(name, spec, stage, PriceTable(), where)
+    args = gateway_args(name, spec, stage, PriceTable(), where, variant)
     return [sys.executable, "-m", "penstock.cli", "gateway", *args.to_argv()]
 
 
@@ -205,14 +208,19 @@ def plan(
     for stage in spec.stages:
         if stage.name not in needed:
             result.notes.append(f"stage {stage.name} is not started: the output does not need it")
-    # Check every annotation first: one clear error before anything runs.
-    stages = [stage for stage in spec.stages if stage.name in needed]
+    # Check every annotation first: one clear error before anything runs. A stage with
+    # variants runs each (annotation penstock.dev/dev-command-<stage>-<variant>).
+    workloads = {
+        target(workload.stage.name, workload.variant): workload
+        for workload in spec.workloads()
+        if workload.stage.name in needed
+    }
     commands = {}
     ports = {}
-    for stage in stages:
-        ports[stage.name] = free_port()
-        commands[stage.name] = stage_command(annotations, stage.name, ports[stage.name])
-    uses_cache = not args.no_cache and any(stage.cache_enabled for stage in stages)
+    for key, workload in workloads.items():
+        ports[key] = free_port()
+        commands[key] = stage_command(annotations, workload.component, ports[key])
+    uses_cache = not args.no_cache and any(w.stage.cache_enabled for w in workloads.values())
     redis_url = None
     if uses_cache:
         redis_port = free_port()
@@ -221,50 +229,61 @@ def plan(
         argv += ["--appendonly", "no", "--protected-mode", "yes"]
         result.procs.append(Proc("redis", argv, workdir / "redis.log", None))
     effective = {
-        stage.name: stage.model_copy(update={"cache": None}) if args.no_cache else stage
-        for stage in stages
+        key: w.stage.model_copy(update={"cache": None}) if args.no_cache else w.stage
+        for key, w in workloads.items()
     }
     gateway_ports = {  # before any gateway's flags: one stage's gateway may call another's
-        name: (free_port(), free_port())
-        for name, stage in effective.items()
+        key: (free_port(), free_port())
+        for key, stage in effective.items()
         if needs_gateway(spec, stage, RenderSettings())
     }
     front = {  # what clients of each stage call: its gateway, else the stage itself
-        name: f"http://{HOST}:{gateway_ports[name][0]}"
-        if name in gateway_ports
-        else f"http://{HOST}:{ports[name]}"
-        for name in ports
+        key: f"http://{HOST}:{gateway_ports[key][0]}"
+        if key in gateway_ports
+        else f"http://{HOST}:{ports[key]}"
+        for key in ports
     }
-    for stage in stages:
-        port = ports[stage.name]
+    for key, workload in workloads.items():
+        port = ports[key]
+        component = workload.component
         stage_url = f"http://{HOST}:{port}"
         result.procs.append(
             Proc(
-                f"stage {stage.name}",
-                commands[stage.name],
-                workdir / f"stage-{stage.name}.log",
+                f"stage {key}",
+                commands[key],
+                workdir / f"stage-{component}.log",
                 f"{stage_url}/healthz",
-                stage_cwd(commands[stage.name], args.file),
+                stage_cwd(commands[key], args.file),
             )
         )
-        if stage.name in gateway_ports:
-            listen, admin = gateway_ports[stage.name]
-            chosen = effective[stage.name]
+        if key in gateway_ports:
+            listen, admin = gateway_ports[key]
+            chosen = effective[key]
             semantic = chosen.cache.semantic if chosen.cache else None
             # Through the embedder's gateway, as in a cluster: its cache serves repeated texts.
             embedder = front[semantic.embedder] if semantic else None
             argv = gateway_argv(
-                name, spec, chosen, listen, admin, stage_url, redis_url, workdir, otlp, embedder
+                name,
+                spec,
+                chosen,
+                listen,
+                admin,
+                stage_url,
+                redis_url,
+                workdir,
+                otlp,
+                embedder,
+                workload.variant,
             )
             result.procs.append(
                 Proc(
-                    f"gateway {stage.name}",
+                    f"gateway {key}",
                     argv,
-                    workdir / f"gateway-{stage.name}.log",
+                    workdir / f"gateway-{component}.log",
                     f"http://{HOST}:{admin}/ready",
                 )
             )
-        result.urls[stage.name] = front[stage.name]
+        result.urls[key] = front[key]
     pipeline_file = Path(args.file)
     result.streams = spec.stage(spec.output_stage).stream
     if args.no_stream and any(stage.stream for stage in spec.stages):

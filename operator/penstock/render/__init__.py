@@ -26,15 +26,16 @@ def render_children(
 ) -> list[dict[str, Any]]:
     """Every object the operator keeps applied for this Pipeline (the Secret aside).
 
-    replica_floors: per stage, the throughput tuner's recommended replicas (HPA minReplicas).
+    replica_floors: per workload (a stage, or <stage>-<variant>), the throughput tuner's
+    recommended replicas (HPA minReplicas).
     """
     floors = replica_floors or {}
     config = topology(ref, spec)
     manifests: list[dict[str, Any]] = [config]
-    for stage in spec.stages:
-        manifests.append(stage_deployment(ref, spec, stage, settings))
-        manifests.append(stage_service(ref, spec, stage, settings))
-        manifests.append(stage_hpa(ref, spec, stage, floors.get(stage.name)))
+    for workload in spec.workloads():
+        manifests.append(stage_deployment(ref, spec, workload, settings))
+        manifests.append(stage_service(ref, spec, workload, settings))
+        manifests.append(stage_hpa(ref, spec, workload, floors.get(workload.component)))
     manifests.append(router_deployment(ref, spec, settings, config["data"]["topology.json"]))
     manifests.append(router_service(ref, spec))
     manifests.append(router_hpa(ref, spec))

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from penstock.api import PipelineSpec, Stage
+from penstock.api.pipeline import Workload
 from penstock.api.types import parse_quantity
 from penstock.contract.gateway import Placement, gateway_args
 from penstock.contract.wire import ADMIN_PORT, GATEWAY_PORT, REDIS_PORT
@@ -21,8 +22,9 @@ WARMUP_DIR = "/etc/penstock/warmup"
 WARMUP_VOLUME = "warmup"
 
 
-def warmup_key(stage: str) -> str:
-    return f"warmup-{stage}.json"
+def warmup_key(component: str) -> str:
+    """The ConfigMap key of a workload's warmup body (component: <stage>[-<variant>])."""
+    return f"warmup-{component}.json"
 
 
 def needs_gateway(spec: PipelineSpec, stage: Stage, settings: RenderSettings) -> bool:
@@ -45,7 +47,12 @@ def _embedder_url(namespace: str, pipeline: str, stage: Stage) -> str | None:
 
 
 def _env(
-    pipeline: str, namespace: str, spec: PipelineSpec, stage: Stage, settings: RenderSettings
+    pipeline: str,
+    namespace: str,
+    spec: PipelineSpec,
+    stage: Stage,
+    settings: RenderSettings,
+    variant: str | None,
 ) -> list[dict[str, Any]]:
     where = Placement(
         listen=f"0.0.0.0:{GATEWAY_PORT}",
@@ -53,13 +60,13 @@ def _env(
         upstream=f"http://127.0.0.1:{stage.port}",
         namespace=namespace,
         redis_url=f"redis://127.0.0.1:{REDIS_PORT}/0",
-        warmup_body_file=f"{WARMUP_DIR}/{warmup_key(stage.name)}",
+        warmup_body_file=f"{WARMUP_DIR}/{warmup_key(Workload(stage, variant).component)}",
         otlp_endpoint=collector_endpoint(namespace),
         shared_cache=True,
         embedder_url=_embedder_url(namespace, pipeline, stage),
     )
     env: list[dict[str, Any]] = []
-    env += gateway_args(pipeline, spec, stage, settings.prices, where).to_env()
+    env += gateway_args(pipeline, spec, stage, settings.prices, where, variant).to_env()
     if spec.tracing_enabled:
         env.append(resource_attributes(namespace, spec))
     if stage.cache and stage.cache.enabled:
@@ -90,7 +97,12 @@ def _resources(stage: Stage) -> dict[str, Any]:
 
 
 def gateway_container(
-    pipeline: str, namespace: str, spec: PipelineSpec, stage: Stage, settings: RenderSettings
+    pipeline: str,
+    namespace: str,
+    spec: PipelineSpec,
+    stage: Stage,
+    settings: RenderSettings,
+    variant: str | None = None,
 ) -> dict[str, Any]:
     container: dict[str, Any] = {
         "name": "gateway",
@@ -101,7 +113,7 @@ def gateway_container(
             {"name": "http", "containerPort": GATEWAY_PORT, "protocol": "TCP"},
             {"name": "admin", "containerPort": ADMIN_PORT, "protocol": "TCP"},
         ],
-        "env": _env(pipeline, namespace, spec, stage, settings),
+        "env": _env(pipeline, namespace, spec, stage, settings, variant),
         "resources": _resources(stage),
         "livenessProbe": {
             "httpGet": {"path": "/live", "port": "admin"},

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from penstock.api import PipelineSpec, Stage
+from penstock.api.pipeline import Workload
 from penstock.contract.wire import STAGE_REQUESTS_PER_SECOND
-from penstock.render.meta import PipelineRef, labels, metadata, stage_object_name
+from penstock.render.meta import PipelineRef, metadata, stage_object_name, workload_labels
 from penstock.render.workload import autoscaler
 
 
@@ -28,16 +29,17 @@ def _throughput_metric(stage: Stage) -> list[dict[str, Any]]:
 
 
 def stage_hpa(
-    ref: PipelineRef, spec: PipelineSpec, stage: Stage, floor: int | None = None
+    ref: PipelineRef, spec: PipelineSpec, workload: Workload, floor: int | None = None
 ) -> dict[str, Any]:
     """floor: the throughput tuner's recommendation, raising minReplicas within the bounds."""
+    stage = workload.stage
     scaling = stage.scaling_or_default
     min_replicas = scaling.min_replicas
     if floor is not None:
         min_replicas = min(max(min_replicas, floor), scaling.effective_max_replicas)
-    name = stage_object_name(ref.name, stage.name)
+    name = stage_object_name(ref.name, workload.component)
     return autoscaler(
-        metadata(ref, name, labels(ref.name, spec, stage.name, stage.name)),
+        metadata(ref, name, workload_labels(ref.name, spec, workload)),
         scaling,
         min_replicas,
         _throughput_metric(stage),

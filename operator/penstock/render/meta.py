@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from penstock.api import API_VERSION, KIND, PipelineSpec
+from penstock.api.pipeline import Workload
 from penstock.contract.wire import MANAGED_BY
 
 FIELD_MANAGER = MANAGED_BY
@@ -47,7 +48,13 @@ def selector_labels(pipeline: str, component: str) -> dict[str, str]:
     }
 
 
-def labels(pipeline: str, spec: PipelineSpec, component: str, stage: str | None) -> dict[str, str]:
+def labels(
+    pipeline: str,
+    spec: PipelineSpec,
+    component: str,
+    stage: str | None,
+    variant: str | None = None,
+) -> dict[str, str]:
     """The DESIGN.md label contract; cost tools and Grafana group by these."""
     result = {
         "app.kubernetes.io/name": "penstock",
@@ -59,6 +66,8 @@ def labels(pipeline: str, spec: PipelineSpec, component: str, stage: str | None)
     }
     if stage is not None:
         result["penstock.dev/stage"] = stage
+    if variant is not None:
+        result["penstock.dev/variant"] = variant
     return dict(sorted(result.items()))
 
 
@@ -86,6 +95,10 @@ def metadata(
 
 
 SERVICE_PORT = 80  # every Service of a Pipeline: stages and router
+
+
+def workload_labels(pipeline: str, spec: PipelineSpec, workload: Workload) -> dict[str, str]:
+    return labels(pipeline, spec, workload.component, workload.stage.name, workload.variant)
 
 
 def stage_url(ref: PipelineRef, stage: str) -> str:

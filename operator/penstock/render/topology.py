@@ -7,7 +7,8 @@ import json
 from typing import Any
 
 from penstock.api import PipelineSpec
-from penstock.contract.topology import Topology
+from penstock.contract.topology import Topology, target
+from penstock.render.gateway import warmup_key
 from penstock.render.meta import PipelineRef, labels, metadata, object_name, stage_url
 
 
@@ -16,14 +17,18 @@ def topology_name(pipeline: str) -> str:
 
 
 def topology(ref: PipelineRef, spec: PipelineSpec) -> dict[str, Any]:
-    urls = {stage.name: stage_url(ref, stage.name) for stage in spec.stages}
+    urls = {
+        target(workload.stage.name, workload.variant): stage_url(ref, workload.component)
+        for workload in spec.workloads()
+    }
     document = Topology.from_spec(ref.name, ref.namespace, spec, urls).to_document()
     data = {"topology.json": json.dumps(document, indent=2, sort_keys=True) + "\n"}
-    for stage in spec.stages:
-        warmup = stage.model.warmup if stage.model else None
+    for workload in spec.workloads():
+        model = workload.stage.model
+        warmup = model.warmup if model else None
         if warmup and warmup.requests:
             # Mounted into the gateway as its warmup request body.
-            data[f"warmup-{stage.name}.json"] = warmup.body_document()
+            data[warmup_key(workload.component)] = warmup.body_document()
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",

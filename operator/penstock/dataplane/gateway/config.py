@@ -77,6 +77,7 @@ class GatewayConfig:
     warmup_path: str = "/"
     pipeline: str = ""
     stage: str = "stage"
+    variant: str | None = None
     namespace: str = ""
     cost_center: str = ""
     hourly_cost: float = 0.0
@@ -403,6 +404,12 @@ _FLAGS: tuple[_Flag, ...] = (
     _Flag("--warmup-path", _path, "PATH", "where warmup requests go (default /)"),
     _Flag("--pipeline", _text, "NAME", "pipeline name (metric label, span attribute)"),
     _Flag("--stage", _text, "NAME", "stage name (metric label, span attribute, error messages)"),
+    _Flag(
+        "--variant",
+        _text,
+        "NAME",
+        "the stage variant it fronts (metric label, span attribute, cache key)",
+    ),
     _Flag("--namespace", _text, "NS", "namespace (metric label)"),
     _Flag("--cost-center", _text, "NAME", "cost center (cost metric label, span attribute)"),
     _Flag(

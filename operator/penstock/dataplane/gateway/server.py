@@ -29,6 +29,7 @@ from penstock.contract.wire import (
     ATTR_SAVED_SECONDS,
     ATTR_SAVED_USD,
     ATTR_STAGE,
+    ATTR_VARIANT,
     CACHE_HEADER,
     CACHE_SIMILARITY_HEADER,
     CACHE_TIER_HEADER,
@@ -104,6 +105,7 @@ class Gateway(Server):
                 "service.namespace": config.namespace,
                 ATTR_PIPELINE: config.pipeline,
                 ATTR_STAGE: config.stage,
+                **({ATTR_VARIANT: config.variant} if config.variant else {}),
             },
             config.otlp_endpoint,
             config.sampling_ratio,
@@ -314,7 +316,8 @@ class Gateway(Server):
         material: dict[str, Any] = {
             "namespace": config.namespace,
             "pipeline": config.pipeline,
-            "stage": config.stage,
+            # Variants of a stage never share entries (the shared tier is the stage's).
+            "stage": config.stage if not config.variant else f"{config.stage}/{config.variant}",
             "stage_image": config.stage_image,
             "model_version": config.model_version,
             "method": request.method,

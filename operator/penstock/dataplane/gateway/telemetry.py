@@ -18,7 +18,7 @@ from penstock.dataplane.gateway.config import GatewayConfig
 if TYPE_CHECKING:  # savings.py prices with request_cost_usd from here
     from penstock.dataplane.gateway.savings import Saving
 
-LABELS = ("namespace", "pipeline", "stage")
+LABEL_NAMES = ("namespace", "pipeline", "stage")
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
@@ -43,82 +43,86 @@ class GatewayMetrics:
     def __init__(self, config: GatewayConfig) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         labels = {"namespace": config.namespace, "pipeline": config.pipeline, "stage": config.stage}
+        # A variant's gateway adds its label; a stage without variants has none (no empty one).
+        names = LABEL_NAMES + (("variant",) if config.variant else ())
+        if config.variant:
+            labels["variant"] = config.variant
         r = self.registry
         self._requests = Counter(
             STAGE_REQUESTS,
             "Requests through the stage gateway, by outcome",
-            [*LABELS, "outcome"],
+            [*names, "outcome"],
             registry=r,
         )
         self.duration = Histogram(
             STAGE_REQUEST_DURATION,
             "Time from request to complete response at the stage gateway",
-            LABELS,
+            names,
             buckets=DURATION_BUCKETS,
             registry=r,
         ).labels(**labels)
         self.inflight = Gauge(
             STAGE_INFLIGHT,
             "Requests being served by the stage gateway",
-            LABELS,
+            names,
             registry=r,
         ).labels(**labels)
         self._lookups = Counter(
             "penstock_stage_cache_lookups_total",
             "Cache lookups by result (error: Redis unavailable, slow or entry corrupt)",
-            [*LABELS, "result"],
+            [*names, "result"],
             registry=r,
         )
         self._stores = Counter(
             "penstock_stage_cache_stores_total",
             "Cache stores by result (stored, too_large, error)",
-            [*LABELS, "result"],
+            [*names, "result"],
             registry=r,
         )
         self._tier_lookups = Counter(
             "penstock_stage_cache_tier_lookups_total",
             "Lookups in each cache tier (memory, pod) by result; a lookup goes on to the next"
             " tier until one hits",
-            [*LABELS, "tier", "result"],
+            [*names, "tier", "result"],
             registry=r,
         )
         self._tier_stores = Counter(
             "penstock_stage_cache_tier_stores_total",
             "Stores into each cache tier by result (fill: copied from a later tier's hit)",
-            [*LABELS, "tier", "result"],
+            [*names, "tier", "result"],
             registry=r,
         )
         self._semantic = Counter(
             "penstock_stage_semantic_lookups_total",
             "Semantic lookups after an exact miss by result (hit, miss; no_text: the body has no"
             " text to compare; error: the embedder failed or was slow)",
-            [*LABELS, "result"],
+            [*names, "result"],
             registry=r,
         )
         self._verifications = Counter(
             "penstock_stage_semantic_verifications_total",
             "Semantic hits also asked of the stage, by result (same; different: a false hit,"
             " the input leaves the index; error: the stage call failed)",
-            [*LABELS, "result"],
+            [*names, "result"],
             registry=r,
         )
         self.coalesced = Counter(
             "penstock_stage_coalesced_requests_total",
             "Requests answered by another identical in-flight request's stage call",
-            LABELS,
+            names,
             registry=r,
         ).labels(**labels)
         self.batch_size = Histogram(
             STAGE_BATCH_SIZE,
             "Items per batch sent to the stage's batch endpoint",
-            LABELS,
+            names,
             buckets=BATCH_BUCKETS,
             registry=r,
         ).labels(**labels)
         self.pack_items = Histogram(
             "penstock_stage_pack_items",
             "Requests packed into one prompt of the stage (batching.pack)",
-            LABELS,
+            names,
             buckets=BATCH_BUCKETS,
             registry=r,
         ).labels(**labels)
@@ -126,38 +130,38 @@ class GatewayMetrics:
             "penstock_stage_pack_fallbacks_total",
             "Packed requests sent alone after all, by reason (missing: no part of the packed"
             " answer; too_large; not_packable: no string prompt; error: the packed call failed)",
-            [*LABELS, "reason"],
+            [*names, "reason"],
             registry=r,
         )
         self.cost = Counter(
             "penstock_stage_cost_usd_total",
             "Replica cost attributed to requests: hourly cost / 3600 * seconds held",
-            [*LABELS, "cost_center"],
+            [*names, "cost_center"],
             registry=r,
         ).labels(**labels, cost_center=config.cost_center)
         self._saved_seconds = Counter(
             "penstock_stage_saved_seconds_total",
             "Stage replica-seconds not spent, by reason (cache, semantic, coalesced, batching)",
-            [*LABELS, "cost_center", "reason"],
+            [*names, "cost_center", "reason"],
             registry=r,
         )
         self._saved_usd = Counter(
             "penstock_stage_saved_usd_total",
             "Replica cost not spent, by reason: saved seconds * hourly cost / 3600",
-            [*LABELS, "cost_center", "reason"],
+            [*names, "cost_center", "reason"],
             registry=r,
         )
         self._tokens = Counter(
             "penstock_stage_tokens_total",
             "Tokens the stage reported using (X-Penstock-Usage or the answer's usage), by type"
             " (input, output: gen_ai.token.type)",
-            [*LABELS, "cost_center", "type"],
+            [*names, "cost_center", "type"],
             registry=r,
         )
         self.ready = Gauge(
             "penstock_stage_gateway_ready",
             "1 when the stage is healthy and warmed up",
-            LABELS,
+            names,
             registry=r,
         ).labels(**labels)
         self._labels = labels

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from penstock.contract import wire
-from penstock.contract.topology import Topology, TopologyError
+from penstock.contract.topology import Topology, TopologyError, target
 from penstock.contract.wire import ADMIN_PORT, PROFILE_HEADER, ROUTER_ENV_PREFIX
 from penstock.dataplane.flags import ConfigError, FlagParser, HostPort, http_url, parse_host_port
 from penstock.dataplane.flags import pick as pick_flag
@@ -156,13 +156,19 @@ def parse_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) 
 
 def with_stage_urls(topology: Topology, urls: Mapping[str, str]) -> Topology:
     """The topology with some stages' URLs replaced (``--stage-url`` over ``topology.json``)."""
-    unknown = sorted(set(urls) - set(topology.stages))
+    known = {name for stage in topology.stages.values() for name in stage.targets()}
+    unknown = sorted(set(urls) - known)
     if unknown:
         raise TopologyError(
             f"--stage-url names no stage of pipeline {topology.pipeline!r}: {', '.join(unknown)}"
+            " (a variant is <stage>/<variant>)"
         )
-    stages = {
-        name: replace(stage, url=urls.get(name, stage.url))
-        for name, stage in topology.stages.items()
-    }
+    stages = {}
+    for name, stage in topology.stages.items():
+        variants = tuple(
+            replace(variant, url=urls.get(target(name, variant.name), variant.url))
+            for variant in stage.variants
+        )
+        url = stage.url if stage.variants else urls.get(name, stage.url)
+        stages[name] = replace(stage, url=url, variants=variants)
     return replace(topology, stages=stages)

@@ -24,7 +24,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,12 +34,21 @@ from urllib.parse import urlsplit
 
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace.export import SpanExporter
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from penstock.api import graph as stage_graph
-from penstock.contract.profile import Profile, StageTiming
-from penstock.contract.topology import StageRoute
-from penstock.contract.wire import ATTR_PIPELINE, ATTR_STAGE, CACHE_HEADER, PROFILE_HEADER
+from penstock.contract.profile import Profile, StageTiming, VariantAttempt
+from penstock.contract.topology import StageRoute, VariantRoute, target
+from penstock.contract.wire import (
+    ATTR_PIPELINE,
+    ATTR_STAGE,
+    ATTR_VARIANT,
+    ATTR_VARIANT_ATTEMPTS,
+    CACHE_HEADER,
+    CONFIDENCE_HEADER,
+    PROFILE_HEADER,
+    VARIANT_HEADER,
+)
 from penstock.dataplane.errors import StageError
 from penstock.dataplane.http1 import Answer as Reply
 from penstock.dataplane.http1 import BodyTooLarge, Request, Response, json_response
@@ -74,14 +85,29 @@ MAX_BODY_BYTES = 16 << 20
 CONNECT_RETRY_SECONDS = 5.0
 
 
-def connect_retry_seconds(stage: StageRoute) -> float:
-    return min(CONNECT_RETRY_SECONDS, stage.timeout_seconds * 0.8)
+def connect_retry_seconds(timeout_seconds: float) -> float:
+    return min(CONNECT_RETRY_SECONDS, timeout_seconds * 0.8)
+
+
+# policy budget: a variant's expected latency is the 90th percentile of its last calls.
+LATENCY_WINDOW = 64
+LATENCY_MIN_SAMPLES = 8
 
 
 @dataclass
 class _Answer:
     body: bytes = b""
     response: UpstreamResponse | None = None  # an open streaming response
+    confidence: float | None = None  # X-Penstock-Confidence, when the stage sent a valid one
+
+
+def confidence_of(value: str | None) -> float | None:
+    """The X-Penstock-Confidence value: a number in [0, 1], else None (not reported)."""
+    try:
+        number = float((value or "").strip())
+    except ValueError:
+        return None
+    return number if 0.0 <= number <= 1.0 else None
 
 
 @dataclass
@@ -94,9 +120,18 @@ class _Run:
     cache: dict[str, str | None] = field(default_factory=dict)
     broken: dict[str, StageError] = field(default_factory=dict)
     """Streams into a dependant that broke (the dependant then fails for its source's fault)."""
+    attempts: dict[str, list[VariantAttempt]] = field(default_factory=dict)
+    """Per stage with variants: the variants called, in order; the last one's answer served."""
 
     def ms(self, at: float) -> float:
         return round((at - self.t0) * 1000, 3)
+
+
+def _served_variants(run: _Run) -> str:
+    """The X-Penstock-Variant value: <stage>=<variant> of each stage with variants."""
+    return ",".join(
+        f"{stage}={tried[-1].variant}" for stage, tried in run.attempts.items() if tried
+    )
 
 
 def _endpoint(url: str) -> str:
@@ -150,17 +185,24 @@ class Router(Server):
         self._launched_by_graph = [
             name for name in self._needed if not self.topology.stages[name].stream_input
         ]
-        self._endpoints = {
-            name: _endpoint(stage.url) for name, stage in self.topology.stages.items()
+        # What is called: each stage, or each variant of it (<stage>/<variant>).
+        targets = {
+            name: route
+            for stage in self.topology.stages.values()
+            for name, route in stage.targets().items()
         }
+        self._endpoints = {name: _endpoint(url) for name, (url, _) in targets.items()}
         # One keep-alive pool per stage Service (a small llhttp client: see dataplane/upstream);
         # https:// stages over TLS, verified against --stage-ca-file or the system CA bundle.
         tls = None
         if any(urlsplit(url).scheme == "https" for url in self._endpoints.values()):
             tls = tls_context(config.stage_ca_file)
         self._pools = {
-            name: pool_for(url, tls, connect_retry_seconds(self.topology.stages[name]))
-            for name, url in self._endpoints.items()
+            name: pool_for(self._endpoints[name], tls, connect_retry_seconds(timeout))
+            for name, (_, timeout) in targets.items()
+        }
+        self._latencies: dict[str, deque[float]] = {
+            name: deque(maxlen=LATENCY_WINDOW) for name in targets
         }
 
     # ----------------------------------------------------------------- lifecycle
@@ -262,10 +304,12 @@ class Router(Server):
                     error.status, error.message, pipeline, error.stage, headers
                 )
                 return answer_error, outcome
+            served = _served_variants(run)
+            headers = {VARIANT_HEADER: served} if served else None
             if not profile:
-                return Response(body=answer.body, content_type=JSON_TYPE), "ok"
+                return Response(body=answer.body, content_type=JSON_TYPE, headers=headers), "ok"
             wrapped = {"output": json.loads(answer.body), "profile": self._profile(run)}
-            return json_response(wrapped), "ok"
+            return json_response(wrapped, headers=headers), "ok"
 
     async def _read_body(self, request: Request) -> bytes | tuple[Response, str]:
         """The request body, or the answer when it cannot be had (too large, broken, gone)."""
@@ -288,7 +332,11 @@ class Router(Server):
     def _profile(self, run: _Run) -> dict[str, Any]:
         stages = {
             name: StageTiming(
-                name, run.ms(run.started[name]), run.ms(run.ended[name]), run.cache.get(name)
+                name,
+                run.ms(run.started[name]),
+                run.ms(run.ended[name]),
+                run.cache.get(name),
+                tuple(run.attempts.get(name, ())),
             )
             for name in self._needed
             if name in run.ended
@@ -424,7 +472,12 @@ class Router(Server):
                 span.set_attributes({ATTR_PIPELINE: self.topology.pipeline, ATTR_STAGE: name})
             run.started[name] = time.perf_counter()
             try:
-                answer = await self._post(stage, body, headers, run, stream)
+                if stage.variants:
+                    answer = await self._call_variants(stage, body, headers, run, stream, span)
+                else:
+                    answer = await self._post(
+                        stage, name, stage.timeout_seconds, body, headers, run, stream
+                    )
             except StageError as error:
                 source = (
                     self.topology.stages[error.stage].depends_on
@@ -440,35 +493,111 @@ class Router(Server):
                 run.ended[name] = time.perf_counter()
             return answer
 
-    async def _post(
+    def _variant_order(self, stage: StageRoute, run: _Run) -> tuple[VariantRoute, ...]:
+        """The variants to call, in order, by the stage's variantPolicy."""
+        variants = stage.variants
+        if stage.policy == "weighted":
+            return (random.choices(variants, weights=[v.weight for v in variants])[0],)
+        if stage.policy == "budget":
+            budget = self.topology.latency_budget_ms
+            if budget is None:
+                return (variants[-1],)
+            spent_ms = (time.perf_counter() - run.t0) * 1000
+            room_ms = budget - spent_ms - stage.reserve_ms
+            fits = [v for v in variants if self._expected_ms(stage, v) <= room_ms]
+            return (fits[-1] if fits else variants[0],)
+        return variants
+
+    def _expected_ms(self, stage: StageRoute, variant: VariantRoute) -> float:
+        seen = self._latencies[target(stage.name, variant.name)]
+        if len(seen) >= LATENCY_MIN_SAMPLES:
+            return 1000 * sorted(seen)[int(0.9 * (len(seen) - 1))]
+        return float(variant.latency_ms or 0)
+
+    async def _call_variants(
         self,
         stage: StageRoute,
         body: bytes | AsyncIterator[bytes],
         headers: dict[str, str],
         run: _Run,
         stream: bool,
+        span: Span,
     ) -> _Answer:
-        name, url = stage.name, self._endpoints[stage.name]
-        pool, target = self._pools[name]
+        """Call the variants the policy picks; a cascade goes on past a failure or an answer
+        below minConfidence, and the last one called answers (or fails) for the stage."""
+        assert isinstance(body, bytes)  # input: stream stages have no variants (validated)
+        order = self._variant_order(stage, run)
+        attempts = run.attempts.setdefault(stage.name, [])
         try:
-            async with asyncio.timeout(stage.timeout_seconds):
-                response = await pool.request("POST", target, list(headers.items()), body)
+            for index, variant in enumerate(order):
+                last = index == len(order) - 1
+                name = target(stage.name, variant.name)
+                began = time.perf_counter()
                 try:
-                    run.cache[name] = visible(response.header(CACHE_HEADER))
+                    answer = await self._post(
+                        stage, name, variant.timeout_seconds, body, headers, run, stream
+                    )
+                except StageError as error:
+                    seconds = time.perf_counter() - began
+                    self.metrics.variant_call(stage.name, variant.name, "failed", seconds)
+                    attempts.append(VariantAttempt(variant.name, "failed", seconds * 1000))
+                    if last:
+                        raise
+                    log.info("%s; trying the next variant", error.message)
+                    continue
+                seconds = time.perf_counter() - began
+                self._latencies[name].append(seconds)
+                confidence = answer.confidence
+                low = confidence is not None and confidence < stage.min_confidence
+                outcome = "low_confidence" if low and not last else "served"
+                self.metrics.variant_call(stage.name, variant.name, outcome, seconds)
+                attempts.append(VariantAttempt(variant.name, outcome, seconds * 1000, confidence))
+                if outcome == "served":
+                    return answer
+                if answer.response is not None:  # a stream that will not be read: closed
+                    answer.response.close()
+            raise AssertionError("the last variant serves or fails")  # pragma: no cover
+        finally:
+            if span.is_recording() and attempts:
+                span.set_attributes(
+                    {ATTR_VARIANT: attempts[-1].variant, ATTR_VARIANT_ATTEMPTS: len(attempts)}
+                )
+
+    async def _post(
+        self,
+        stage: StageRoute,
+        name: str,
+        timeout_seconds: float,
+        body: bytes | AsyncIterator[bytes],
+        headers: dict[str, str],
+        run: _Run,
+        stream: bool,
+    ) -> _Answer:
+        """POST to ``name``: the stage, or one of its variants (<stage>/<variant>)."""
+        url = self._endpoints[name]
+        pool, path = self._pools[name]
+        stage_name = stage.name
+        who = repr(stage_name)
+        if name != stage_name:
+            who += f" (variant {name.split('/', 1)[1]!r})"
+        try:
+            async with asyncio.timeout(timeout_seconds):
+                response = await pool.request("POST", path, list(headers.items()), body)
+                try:
+                    run.cache[stage_name] = visible(response.header(CACHE_HEADER))
                     if not 200 <= response.status <= 299:
                         detail = (await response.read())[:300].decode("utf-8", "replace")
-                        message = (
-                            f"stage {name!r} answered HTTP {response.status}: {detail.strip()}"
-                        )
+                        message = f"stage {who} answered HTTP {response.status}: {detail.strip()}"
                         if response.status in OVERLOADED:
                             # Backpressure reaches the client: it should slow down, not give up.
                             given = (response.header("Retry-After") or "").strip()
                             delta = given.isascii() and given.isdigit() and len(given) < 8
                             retry_after = given if delta else "1"
-                            raise StageError(name, message, 503, retry_after)
-                        raise StageError(name, message)
+                            raise StageError(stage_name, message, 503, retry_after)
+                        raise StageError(stage_name, message)
+                    confidence = confidence_of(response.header(CONFIDENCE_HEADER))
                     if stream:
-                        return _Answer(response=response)
+                        return _Answer(response=response, confidence=confidence)
                     data = await response.read()
                 except BaseException:
                     response.release()
@@ -476,20 +605,19 @@ class Router(Server):
                 response.release()
         except TimeoutError:
             raise StageError(
-                name,
-                f"stage {name!r} did not answer within its timeoutSeconds"
-                f" ({stage.timeout_seconds:g} s)",
+                stage_name,
+                f"stage {who} did not answer within its timeoutSeconds ({timeout_seconds:g} s)",
                 504,
             ) from None
         except OSError as error:
             raise StageError(
-                name, f"stage {name!r} at {url} failed: {type(error).__name__}: {error}"
+                stage_name, f"stage {who} at {url} failed: {type(error).__name__}: {error}"
             ) from None
         try:
             json.loads(data)
         except ValueError as error:
-            raise StageError(name, f"stage {name!r} answered invalid JSON: {error}") from None
-        return _Answer(body=data)
+            raise StageError(stage_name, f"stage {who} answered invalid JSON: {error}") from None
+        return _Answer(body=data, confidence=confidence)
 
     async def _stream(
         self, request: Request, upstream: UpstreamResponse, deadline: float | None

@@ -19,6 +19,7 @@ from penstock.contract.topology import (
     check_graph,
     check_url,
     parse_topology,
+    target,
 )
 from penstock.safeyaml import DocumentError, load_yaml_file
 
@@ -73,15 +74,19 @@ def pipeline_topology(document: Any, stage_urls: Mapping[str, str], source: str)
     if not result.valid or result.spec is None:
         raise TopologyError(f"{source}: invalid Pipeline: {result.summary()}")
     spec = result.spec
-    names = [stage.name for stage in spec.stages]
+    targets = {
+        target(workload.stage.name, workload.variant): workload.stage.name
+        for workload in spec.workloads()
+    }
+    names = list(targets)
     unknown = sorted(set(stage_urls) - set(names))
     if unknown:
         raise TopologyError(
             f"--stage-url names no stage of {source}: {', '.join(unknown)}"
-            f" (stages: {', '.join(names)})"
+            f" (stages: {', '.join(names)}; a variant is <stage>/<variant>)"
         )
     needed = spec.needed_stages()
-    missing = [name for name in names if name in needed and name not in stage_urls]
+    missing = [name for name in names if targets[name] in needed and name not in stage_urls]
     if missing:
         raise TopologyError(
             f"no --stage-url for stage {missing[0]!r}"
