@@ -76,6 +76,9 @@ class Stage:
             if used.get("in_body"):
                 return web.json_response({"text": "ok", "usage": used["in_body"]})
             return web.json_response({"text": "ok"}, headers={"X-Penstock-Usage": used["header"]})
+        if isinstance(body, dict) and "confidence" in body:  # a cascade's light variant
+            headers = {"X-Penstock-Confidence": body["confidence"]}
+            return web.json_response({"unsure": body, "call": self.calls["/"]}, headers=headers)
         if isinstance(body, dict) and body.get("private"):
             return web.json_response({"mine": True}, headers={"Cache-Control": "private"})
         if isinstance(body, dict) and body.get("stream"):

@@ -95,6 +95,36 @@ async def test_without_redis_the_memory_tier_alone_caches(
     assert stage.calls["/"] == 1
 
 
+async def test_a_hit_carries_the_confidence_the_stage_answered_with(
+    stage: Stage, redis_server: RedisServer, client: aiohttp.ClientSession
+) -> None:
+    # A cascade escalates on a low X-Penstock-Confidence: a cached answer must keep it, from
+    # each tier, or the router would take a cached unsure answer for a confident one.
+    async def confidence(gateway: object, body: object) -> tuple[str, str | None, str | None]:
+        async with client.post(url(gateway), json=body) as response:  # type: ignore[arg-type]
+            await response.read()
+            return (
+                response.headers["X-Penstock-Cache"],
+                response.headers.get("X-Penstock-Cache-Tier"),
+                response.headers.get("X-Penstock-Confidence"),
+            )
+
+    unsure, garbled = {"confidence": "0.25"}, {"confidence": "very\tsure"}
+    async with running(stage, redis_url=redis_server.url, **MEMORY) as first:
+        assert await confidence(first, unsure) == ("miss", None, "0.25")
+        await first.stored()
+        assert await confidence(first, unsure) == ("hit", "memory", "0.25")
+        assert await confidence(first, garbled) == ("miss", None, "very\tsure")
+        await first.stored()
+        assert await confidence(first, garbled) == ("hit", "memory", None)  # not a number
+        assert await confidence(first, {"q": "sure"}) == ("miss", None, None)
+        await first.stored()
+        assert await confidence(first, {"q": "sure"}) == ("hit", "memory", None)
+    async with running(stage, redis_url=redis_server.url, **MEMORY) as second:
+        assert await confidence(second, unsure) == ("hit", "pod", "0.25")  # from Redis
+    assert stage.calls["/"] == 3
+
+
 @pytest.fixture
 def shared_redis() -> Iterator[RedisServer]:
     server = RedisServer()

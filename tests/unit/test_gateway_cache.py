@@ -17,6 +17,7 @@ from penstock.dataplane.gateway.cache import (
     decode_entry,
     encode_entry,
     encode_variants,
+    stored_confidence,
     variant_key,
 )
 from penstock.dataplane.jsonbody import canonical
@@ -84,6 +85,35 @@ def test_envelope_round_trip() -> None:
     assert decode_entry(encode_entry(entry)) == entry
     empty = Entry(204, "text/plain", b"")
     assert decode_entry(encode_entry(empty)) == empty
+
+
+def test_an_entry_keeps_its_confidence() -> None:
+    plain = Entry(200, "application/json", b"{}")
+    unsure = Entry(200, "application/json", b"{}", confidence="0.25")
+    assert encode_entry(plain)[:4] == b"PSC1"  # entries without one are stored as before
+    assert encode_entry(unsure)[:4] == b"PSC2"
+    assert decode_entry(encode_entry(unsure)) == unsure
+    assert decode_entry(encode_entry(plain)).confidence is None  # type: ignore[union-attr]
+    damaged = encode_entry(unsure).replace(b"\n0.25", b"\nxxxx")
+    with pytest.raises(CorruptEntry):
+        decode_entry(damaged)
+
+
+@pytest.mark.parametrize(
+    ("sent", "stored"),
+    [
+        ("0.25", "0.25"),
+        (" 1 ", "1"),
+        ("1e-3", "1e-3"),
+        ("", None),
+        (None, None),
+        ("sure", None),
+        ("0.5\nX-Evil: 1", None),
+        ("9" * 40, None),
+    ],
+)
+def test_only_a_short_number_is_stored_as_confidence(sent: str | None, stored: str | None) -> None:
+    assert stored_confidence(sent) == stored
 
 
 def test_truncated_entry_is_rejected() -> None:

@@ -22,10 +22,15 @@ class Answer:
 
     @property
     def content_type(self) -> str:
-        for name, value in self.headers:
-            if name.lower() == "content-type":
+        return self.header("content-type") or "application/octet-stream"
+
+    def header(self, name: str) -> str | None:
+        """The first value of header ``name`` (case-insensitive), or None."""
+        name = name.lower()
+        for key, value in self.headers:
+            if key.lower() == name:
                 return value
-        return "application/octet-stream"
+        return None
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import struct
 import time
 from collections.abc import Iterable, Mapping
@@ -32,6 +33,9 @@ log = logging.getLogger("penstock.gateway.cache")
 # every value of a key header, and honours Vary; entries stored under older rules are never read.
 KEY_PREFIX = "penstock:cache:v3:"
 _MAGIC = b"PSC1"
+# PSC2: the content-type field is "<content type>\n<X-Penstock-Confidence value>" (an answer's
+# confidence is part of it: a cascade must see it on a hit too). PSC1 entries read as before.
+_CONFIDENT_MAGIC = b"PSC2"
 _VARY_MAGIC = b"PSV1"
 _SIGNED_MAGIC = b"PSS1"  # + HMAC-SHA256 of the envelope under the Pipeline's key + the envelope
 # magic, status, content-type length, body length, sha256 digest
@@ -100,6 +104,17 @@ class Entry:
     status: int
     content_type: str
     body: bytes
+    confidence: str | None = None
+    """The stage's X-Penstock-Confidence value (stored_confidence checked it), replayed on hits."""
+
+
+_CONFIDENCE_VALUE = re.compile(r"[0-9][0-9.eE+-]{0,31}")
+
+
+def stored_confidence(value: str | None) -> str | None:
+    """The X-Penstock-Confidence value worth storing: a short number, else None."""
+    value = (value or "").strip()
+    return value if _CONFIDENCE_VALUE.fullmatch(value) else None
 
 
 @dataclass(frozen=True)
@@ -135,9 +150,13 @@ def _checksum(status: int, content_type: bytes, body: bytes) -> bytes:
 
 def encode_entry(entry: Entry) -> bytes:
     """Envelope: fixed header (magic, status, lengths, sha256) + content type + body."""
-    content_type = entry.content_type.encode("latin-1", "replace")[:65535]
+    content_type = entry.content_type.encode("latin-1", "replace")[:65000]
+    magic = _MAGIC
+    if entry.confidence is not None:
+        magic = _CONFIDENT_MAGIC
+        content_type += b"\n" + entry.confidence.encode("ascii")
     header = _HEADER.pack(
-        _MAGIC,
+        magic,
         entry.status,
         len(content_type),
         len(entry.body),
@@ -166,7 +185,7 @@ def decode_entry(data: bytes) -> Entry | Variants:
     if len(data) < _HEADER.size:
         raise CorruptEntry(f"entry of {len(data)} bytes is shorter than its header")
     magic, status, type_length, body_length, digest = _HEADER.unpack_from(data)
-    if magic != _MAGIC:
+    if magic not in (_MAGIC, _CONFIDENT_MAGIC):
         raise CorruptEntry("entry has an unknown format marker")
     expected = _HEADER.size + type_length + body_length
     if len(data) != expected:
@@ -177,7 +196,13 @@ def decode_entry(data: bytes) -> Entry | Variants:
         raise CorruptEntry("entry checksum does not match its content")
     if not 200 <= status <= 299:
         raise CorruptEntry(f"entry has non-2xx status {status}")
-    return Entry(status, content_type.decode("latin-1"), body)
+    confidence = None
+    if magic == _CONFIDENT_MAGIC:
+        content_type, _, value = content_type.rpartition(b"\n")
+        confidence = stored_confidence(value.decode("latin-1"))
+        if confidence is None:
+            raise CorruptEntry("entry has an unreadable confidence")
+    return Entry(status, content_type.decode("latin-1"), body, confidence)
 
 
 def signing_key(secret: str) -> bytes:

@@ -33,6 +33,7 @@ from penstock.contract.wire import (
     CACHE_HEADER,
     CACHE_SIMILARITY_HEADER,
     CACHE_TIER_HEADER,
+    CONFIDENCE_HEADER,
 )
 from penstock.dataplane.gateway.answers import Answer, Failure, Outcome
 from penstock.dataplane.gateway.batching import Batcher, BatchResponse, Send
@@ -41,6 +42,7 @@ from penstock.dataplane.gateway.cache import (
     Lookup,
     Store,
     cache_key,
+    stored_confidence,
 )
 from penstock.dataplane.gateway.coalesce import Coalescer
 from penstock.dataplane.gateway.config import GatewayConfig
@@ -86,6 +88,14 @@ from penstock.dataplane.server import Server, build_tracer
 log = logging.getLogger("penstock.gateway")
 
 STAGE_ENDPOINT = "/"
+
+
+def hit_headers(entry: Entry, extra: dict[str, str]) -> dict[str, str]:
+    """A cached answer's headers: its content type and confidence, as the stage sent them."""
+    headers = {"Content-Type": entry.content_type, CACHE_HEADER: "hit", **extra}
+    if entry.confidence is not None:
+        headers[CONFIDENCE_HEADER] = entry.confidence
+    return headers
 
 
 class Gateway(Server):
@@ -342,11 +352,7 @@ class Gateway(Server):
                 return Response(
                     status=entry.status,
                     body=entry.body,
-                    headers={
-                        "Content-Type": entry.content_type,
-                        CACHE_HEADER: "hit",
-                        CACHE_TIER_HEADER: found.tier or "",
-                    },
+                    headers=hit_headers(entry, {CACHE_TIER_HEADER: found.tier or ""}),
                 )
             record.cache_hit = False
             cache_state = "miss" if lookup is Lookup.MISS else "bypass"
@@ -458,12 +464,13 @@ class Gateway(Server):
         return Response(
             status=hit.entry.status,
             body=hit.entry.body,
-            headers={
-                "Content-Type": hit.entry.content_type,
-                CACHE_HEADER: "hit",
-                CACHE_TIER_HEADER: "semantic",
-                CACHE_SIMILARITY_HEADER: f"{hit.similarity:.3f}",
-            },
+            headers=hit_headers(
+                hit.entry,
+                {
+                    CACHE_TIER_HEADER: "semantic",
+                    CACHE_SIMILARITY_HEADER: f"{hit.similarity:.3f}",
+                },
+            ),
         )
 
     async def _verify(self, request: Request, body: bytes, probe: Probe, hit: SemanticHit) -> None:
@@ -496,7 +503,8 @@ class Gateway(Server):
         seen = answer.batch_size is None
         if not may_reuse(sharing, self._key_headers, produced.made_for, headers_seen=seen):
             return  # the stage said this answer must not be shared, or it is a caller's own
-        entry = Entry(answer.status, answer.content_type, answer.body)
+        confidence = stored_confidence(answer.header(CONFIDENCE_HEADER))
+        entry = Entry(answer.status, answer.content_type, answer.body, confidence)
         stored = await self.cache.put(
             key,
             entry,
