@@ -22,9 +22,16 @@ Figures (percentiles are nearest-rank: p50 of n values is the ceil(0.5 n)-th sma
   earlier one (needs ``"request"`` in the records; ``--url`` adds it);
 - cache hit ratio per stage from the profile's ``cache`` field: ``hit / (hit + miss)``
   (``bypass`` and absent values do not count);
+- per variant of a stage with variants (the profile's ``attempts``): calls, served, escalated for
+  low confidence, failed, answers at or above the stage's minConfidence, mean and p50;
 - batch fill per stage, with ``--metrics-url`` (a gateway's admin ``/metrics``, repeatable): mean
   of ``penstock_stage_batch_size`` over the batch's ``maxBatchSize`` (needs ``--pipeline``; the
   mean size alone otherwise).
+
+Cascades: when a stage's light variant (its first) answered with confidence at or above
+minConfidence in most of its calls under another policy (weighted, budget), a cascade is
+recommended with its expected mean (light + escalated share x heavy); when a cascade escalates
+most requests, the heavy variant alone is. At least 10 calls of each variant are needed.
 
 Recommendations carry an expected saving per request, counted only while the stage is on the
 critical path (time off the critical path does not shorten the answer); savings under 0.5 ms or
@@ -75,7 +82,7 @@ from penstock.dev.profiles import (
     parse_profile,
     read_bodies,
 )
-from penstock.dev.report import Report, StageFigures, as_json, render
+from penstock.dev.report import Report, StageFigures, VariantFigures, as_json, render
 from penstock.dev.stats import percentile
 from penstock.errors import short_repr
 
@@ -94,6 +101,7 @@ __all__ = [
     "waits",
 ]
 MAX_REQUESTS = 100_000
+MIN_VARIANT_CALLS = 10  # of each variant, before a cascade is recommended for or against
 
 
 # --------------------------------------------------------------------------- figures
@@ -164,6 +172,8 @@ def analyze(
         )
         for name in names
     }
+    for name, figures in stages.items():
+        figures.variants = variant_figures(profiles, name, spec)
     for name, size in (batch_sizes or {}).items():
         if name in stages:
             stages[name].batch_mean_size = size
@@ -196,8 +206,88 @@ def analyze(
     return report
 
 
+def variant_figures(
+    profiles: Sequence[Profile], name: str, spec: PipelineSpec | None
+) -> dict[str, VariantFigures]:
+    """Per variant of stage ``name``, lightest first (the Pipeline's order, else by mean)."""
+    stage = next((s for s in spec.stages if s.name == name), None) if spec else None
+    threshold = stage.policy.min_confidence if stage else 0.5
+    attempts = [a for p in profiles if name in p.stages for a in p.stages[name].attempts]
+    if not attempts:
+        return {}
+    durations: dict[str, list[float]] = defaultdict(list)
+    outcomes: dict[str, Counter[str]] = defaultdict(Counter)
+    for attempt in attempts:
+        durations[attempt.variant].append(attempt.duration_ms)
+        outcomes[attempt.variant][attempt.outcome] += 1
+        confident = attempt.confidence is None or attempt.confidence >= threshold
+        outcomes[attempt.variant]["confident"] += attempt.outcome != "failed" and confident
+    figures = [
+        VariantFigures(
+            name=variant,
+            calls=len(times),
+            served=outcomes[variant]["served"],
+            low_confidence=outcomes[variant]["low_confidence"],
+            failed=outcomes[variant]["failed"],
+            confident=outcomes[variant]["confident"],
+            mean_ms=mean(times),
+            p50_ms=percentile(times, 0.5),
+        )
+        for variant, times in durations.items()
+    ]
+    declared = [v.name for v in stage.variants] if stage and stage.variants else []
+    figures.sort(
+        key=lambda f: (declared.index(f.name), 0.0) if f.name in declared else (99, f.mean_ms)
+    )
+    return {f.name: f for f in figures}
+
+
+def recommend_variants(
+    figures: StageFigures, spec: PipelineSpec | None
+) -> tuple[float, str] | None:
+    """For or against a cascade of the stage's variants (saving per request, text)."""
+    if len(figures.variants) < 2:
+        return None
+    variants = list(figures.variants.values())
+    light, heavy = variants[0], variants[-1]
+    if min(light.calls, heavy.calls) < MIN_VARIANT_CALLS:
+        return None
+    stage = next((s for s in spec.stages if s.name == figures.name), None) if spec else None
+    escalations = light.low_confidence + light.failed
+    cascading = stage.policy.type == "cascade" if stage else escalations > 0
+    if cascading:
+        escalated = escalations / light.calls
+        if escalated <= 0.5:
+            return None
+        saving = max(0.0, (figures.mean_ms - heavy.mean_ms) * figures.critical_share)
+        return saving, (
+            f"{heavy.name} alone for {figures.name}: the cascade escalated {escalated:.0%} of"
+            f" {light.calls} calls of {light.name} ({light.low_confidence} low confidence,"
+            f" {light.failed} failed), so {light.name} mostly adds its {light.mean_ms:.1f} ms;"
+            f" the stage took {figures.mean_ms:.1f} ms mean vs {heavy.mean_ms:.1f} ms for"
+            f" {heavy.name} (or lower variantPolicy.minConfidence)"
+        )
+    kept = light.confident_share
+    if kept < 0.5:
+        return None
+    expected_ms = light.mean_ms + (1 - kept) * heavy.mean_ms
+    heavy_now = heavy.calls / figures.calls if figures.calls else 0.0
+    if expected_ms >= figures.mean_ms and 1 - kept >= heavy_now:
+        return None
+    saving = max(0.0, (figures.mean_ms - expected_ms) * figures.critical_share)
+    return saving, (
+        f"variantPolicy {{type: cascade}} for {figures.name}: {light.name} answered confidently"
+        f" in {kept:.0%} of its {light.calls} calls, so a cascade would call {heavy.name} on"
+        f" ~{1 - kept:.0%} of requests (now {heavy_now:.0%}) and take ~{expected_ms:.1f} ms"
+        f" mean ({light.mean_ms:.1f} + {1 - kept:.0%} x {heavy.mean_ms:.1f}) vs"
+        f" {figures.mean_ms:.1f} ms now"
+    )
+
+
 def recommend(report: Report, spec: PipelineSpec | None) -> list[str]:
     """Concrete changes, biggest expected saving first."""
+    # Savings too small to act on (under 0.5 ms or 2% of the mean request) are left out.
+    floor = max(0.5, 0.02 * report.total_mean_ms)
     scored: list[tuple[float, str]] = []
     cached = {stage.name for stage in spec.stages if stage.cache_enabled} if spec else set()
     batched = {stage.name for stage in spec.stages if stage.batching} if spec else set()
@@ -239,6 +329,11 @@ def recommend(report: Report, spec: PipelineSpec | None) -> list[str]:
                     f" p95); halving its time would save up to ~{saving:.1f} ms per request",
                 )
             )
+        cascade = recommend_variants(figures, spec)
+        if cascade is not None:
+            # A cascade also saves the heavy variant's cost: kept when its time saving is small.
+            saving, text = cascade
+            scored.append((saving if saving >= floor else 0.0, text))
         if figures.batch_fill is not None and figures.batch_fill < 0.5:
             scored.append(
                 (
@@ -265,8 +360,6 @@ def recommend(report: Report, spec: PipelineSpec | None) -> list[str]:
                 " but its replicas still cost)",
             )
         )
-    # Savings too small to act on (under 0.5 ms or 2% of the mean request) are left out.
-    floor = max(0.5, 0.02 * report.total_mean_ms)
     kept = [(saving, text) for saving, text in scored if saving == 0.0 or saving >= floor]
     kept.sort(key=lambda item: -item[0])
     return [text for _, text in kept]

@@ -7,6 +7,29 @@ from typing import Any
 
 
 @dataclass
+class VariantFigures:
+    """One variant of a stage, from the profiles' attempts (calls are attempts, not requests)."""
+
+    name: str
+    calls: int
+    served: int
+    low_confidence: int
+    failed: int
+    confident: int  # answers at or above minConfidence, or with none reported
+    mean_ms: float
+    p50_ms: float
+
+    @property
+    def served_share(self) -> float:
+        return self.served / self.calls if self.calls else 0.0
+
+    @property
+    def confident_share(self) -> float:
+        """Of its calls, the answers a cascade would have kept (a failure is not one)."""
+        return self.confident / self.calls if self.calls else 0.0
+
+
+@dataclass
 class StageFigures:
     name: str
     calls: int
@@ -26,6 +49,8 @@ class StageFigures:
     saved_usd: float | None = None  # mean per request its gateway saved, from traces
     tokens_per_request: float | None = None  # tokens it reported, mean per request
     cost_per_million_tokens_usd: float | None = None
+    variants: dict[str, VariantFigures] = field(default_factory=dict)
+    """A stage with variants: each one's figures, lightest first (the Pipeline's order)."""
 
     @property
     def hit_ratio(self) -> float | None:
@@ -109,6 +134,14 @@ def render(report: Report) -> str:
                 f"tokens: {f.name} {f.tokens_per_request:.0f} per request,"
                 f" ${f.cost_per_million_tokens_usd:.4f} per 1M tokens"
             )
+    for f in report.stages.values():
+        if f.variants:
+            each = "; ".join(
+                f"{v.name} {v.calls} calls, served {v.served_share:.0%}"
+                f" ({v.low_confidence} low confidence, {v.failed} failed), {v.mean_ms:.1f} ms mean"
+                for v in f.variants.values()
+            )
+            lines.append(f"variants of {f.name}: {each}")
     if report.repeated_requests is None:
         lines.append("redundant calls: unknown (the records carry no request bodies)")
     else:
@@ -145,6 +178,18 @@ def as_json(report: Report) -> dict[str, Any]:
                 "saved_usd": f.saved_usd,
                 "tokens_per_request": f.tokens_per_request,
                 "cost_per_million_tokens_usd": f.cost_per_million_tokens_usd,
+                "variants": {
+                    v.name: {
+                        "calls": v.calls,
+                        "served": v.served,
+                        "low_confidence": v.low_confidence,
+                        "failed": v.failed,
+                        "confident": v.confident,
+                        "mean_ms": v.mean_ms,
+                        "p50_ms": v.p50_ms,
+                    }
+                    for v in f.variants.values()
+                },
             }
             for name, f in report.stages.items()
         },

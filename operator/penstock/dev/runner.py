@@ -209,7 +209,7 @@ def plan(
         if stage.name not in needed:
             result.notes.append(f"stage {stage.name} is not started: the output does not need it")
     # Check every annotation first: one clear error before anything runs. A stage with
-    # variants runs each (annotation penstock.dev/dev-command-<stage>-<variant>).
+    # variants runs each (annotation penstock.dev/dev-command.<stage>-<variant>).
     workloads = {
         target(workload.stage.name, workload.variant): workload
         for workload in spec.workloads()
