@@ -6,6 +6,7 @@ reads the router's profile as written."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from pathlib import Path
@@ -17,10 +18,18 @@ import yaml
 from penstock.api import PipelineSpec, Stage
 from penstock.api.validation import validate_document, validate_spec
 from penstock.contract import wire
-from penstock.contract.profile import Profile, StageTiming, parse_profile
-from penstock.contract.topology import parse_topology
+from penstock.contract.profile import (
+    MAX_ATTEMPTS,
+    Profile,
+    ProfileError,
+    StageTiming,
+    VariantAttempt,
+    parse_profile,
+)
+from penstock.contract.topology import TopologyError, VariantRoute, parse_topology
 from penstock.dataplane.gateway.config import GatewayConfig, parse_config
-from penstock.dataplane.router.topology import pipeline_topology
+from penstock.dataplane.router.topology import parse_stage_urls, pipeline_topology
+from penstock.dev.processes import DevError
 from penstock.dev.runner import build_parser, gateway_argv, plan
 from penstock.render import PipelineRef, RenderSettings
 from penstock.render.gateway import gateway_container
@@ -28,6 +37,8 @@ from penstock.render.topology import topology
 from tests.support import pipeline_examples
 
 ROOT = Path(__file__).resolve().parents[2]
+# A Pipeline whose stage answer has variants light and heavy (rendered in test_render.py too).
+VARIANTS = Path(__file__).parent / "fixtures" / "variants.yaml"
 UID = "00000000-0000-4000-8000-000000000001"
 # Where a gateway runs and what it talks to: set by the environment, not by the Pipeline.
 PLACEMENT = (
@@ -105,9 +116,11 @@ def _examples() -> list[tuple[str, PipelineSpec, Stage]]:
 CASES = _examples()
 
 
-def cluster_config(spec: PipelineSpec, stage: Stage, tmp_path: Path) -> GatewayConfig:
+def cluster_config(
+    spec: PipelineSpec, stage: Stage, tmp_path: Path, variant: str | None = None
+) -> GatewayConfig:
     """What the gateway container of the rendered Deployment reads from its environment."""
-    container = gateway_container("rag", "search", spec, stage, RenderSettings())
+    container = gateway_container("rag", "search", spec, stage, RenderSettings(), variant)
     env = {item["name"]: item.get("value", "from-a-secret") for item in container["env"]}
     body_var = wire.env_name(wire.GATEWAY_ENV_PREFIX, "--warmup-body")
     if body_var in env:  # mounted from the topology ConfigMap in the pod: put it here
@@ -118,7 +131,9 @@ def cluster_config(spec: PipelineSpec, stage: Stage, tmp_path: Path) -> GatewayC
     return parse_config([], environ=env)
 
 
-def dev_config(spec: PipelineSpec, stage: Stage, tmp_path: Path) -> GatewayConfig:
+def dev_config(
+    spec: PipelineSpec, stage: Stage, tmp_path: Path, variant: str | None = None
+) -> GatewayConfig:
     argv = gateway_argv(
         "rag",
         spec,
@@ -130,6 +145,7 @@ def dev_config(spec: PipelineSpec, stage: Stage, tmp_path: Path) -> GatewayConfi
         tmp_path,
         "http://127.0.0.1:4318",
         "http://127.0.0.1:5" if stage.cache and stage.cache.semantic else None,
+        variant,
     )
     return parse_config(argv[argv.index("gateway") + 1 :], environ={})
 
@@ -218,7 +234,11 @@ def test_the_router_runs_the_same_topology_in_a_cluster_and_from_a_pipeline_file
     ref = PipelineRef(doc["metadata"]["name"], doc["metadata"].get("namespace") or "default", UID)
     written = topology(ref, spec)["data"]["topology.json"]
     in_cluster = parse_topology(json.loads(written), "topology.json")
-    urls = {name: route.url for name, route in in_cluster.stages.items()}
+    urls = {  # --stage-url NAME=URL, a variant's NAME <stage>/<variant>
+        name: url
+        for route in in_cluster.stages.values()
+        for name, (url, _) in route.targets().items()
+    }
     assert pipeline_topology(doc, urls, str(path)) == in_cluster
     assert json.loads(written) == in_cluster.to_document()
     assert in_cluster.output == spec.output_stage
@@ -267,3 +287,323 @@ def test_penstock_dev_sends_traces_where_told_as_the_cluster_does(
     assert router[router.index("--sampling-ratio") + 1] == "0.5"
     gateway = parse_config(procs["gateway answer"][4:], environ={})
     assert (gateway.otlp_endpoint, gateway.sampling_ratio) == ("http://127.0.0.1:4318", 0.5)
+
+
+# ----------------------------------------------------------------------------- variants
+
+
+def _variant_pipeline() -> tuple[dict[str, Any], PipelineSpec]:
+    doc = yaml.safe_load(VARIANTS.read_text())
+    spec = validate_document(doc).spec
+    assert spec is not None
+    return doc, spec
+
+
+def _variant_topology() -> dict[str, Any]:
+    _, spec = _variant_pipeline()
+    written = topology(PipelineRef("qa", "demo", UID), spec)["data"]["topology.json"]
+    document: dict[str, Any] = json.loads(written)
+    return document
+
+
+def test_a_variant_stage_reads_back_from_topology_json_as_the_operator_wrote_it() -> None:
+    document = _variant_topology()
+    parsed = parse_topology(copy.deepcopy(document), "topology.json")
+    assert parsed.to_document() == document
+    answer = parsed.stages["answer"]
+    light, heavy = "http://qa-answer-light.demo.svc:80", "http://qa-answer-heavy.demo.svc:80"
+    # light sets timeoutSeconds 5, heavy inherits the stage's 20; both set latencyMs.
+    assert answer.variants == (
+        VariantRoute("light", light, 5.0, 1, 40),
+        VariantRoute("heavy", heavy, 20.0, 1, 400),
+    )
+    assert (answer.url, answer.policy, answer.min_confidence, answer.reserve_ms) == (
+        "",
+        "budget",
+        0.5,
+        100,
+    )
+    assert answer.targets() == {"answer/light": (light, 5.0), "answer/heavy": (heavy, 20.0)}
+    assert "url" not in document["stages"][1]
+    assert parsed.stages["retrieve"].variants == ()
+    assert parsed.stages["retrieve"].targets() == {
+        "retrieve": ("http://qa-retrieve.demo.svc:80", 30.0)
+    }
+
+
+def test_the_router_runs_a_variant_stage_alike_from_the_pipeline_file_and_stage_urls() -> None:
+    doc, _ = _variant_pipeline()
+    in_cluster = parse_topology(_variant_topology(), "topology.json")
+    urls = {
+        target: url
+        for route in in_cluster.stages.values()
+        for target, (url, _) in route.targets().items()
+    }
+    assert set(urls) == {"retrieve", "answer/light", "answer/heavy"}
+    doc["metadata"]["namespace"] = "demo"
+    assert pipeline_topology(doc, urls, str(VARIANTS)) == in_cluster
+    with pytest.raises(TopologyError, match="no --stage-url for stage 'answer/heavy'"):
+        pipeline_topology(doc, {k: v for k, v in urls.items() if k != "answer/heavy"}, "qa")
+    with pytest.raises(TopologyError, match="names no stage of qa: answer"):
+        pipeline_topology(doc, {**urls, "answer": "http://127.0.0.1:1"}, "qa")
+
+
+def _answer_stage(document: dict[str, Any]) -> dict[str, Any]:
+    stage: dict[str, Any] = document["stages"][1]
+    assert stage["name"] == "answer"
+    return stage
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            lambda s: s["variants"][0].pop("url"),
+            "topology.json: stages[1].variants[0] (answer/light): url must be a string (got None)",
+        ),
+        (
+            lambda s: s["variants"][1].update(url="ftp://x"),
+            "topology.json: stages[1].variants[1] (answer/heavy): 'ftp://x' is not an http(s)",
+        ),
+        (
+            lambda s: s["variants"][1].update(weight=-1),
+            "topology.json: stages[1].variants[1]: weight must be a non-negative integer",
+        ),
+        (
+            lambda s: s["variants"][0].update(weight=True),
+            "topology.json: stages[1].variants[0]: weight must be a non-negative integer",
+        ),
+        (
+            lambda s: s["variants"][1].update(name="light"),
+            "topology.json: stages[1].variants[1]: duplicate variant name 'light'",
+        ),
+        (
+            lambda s: s["variants"][0].update(name=""),
+            "topology.json: stages[1].variants[0]: must be an object with a non-empty 'name'",
+        ),
+        (
+            lambda s: s["variants"][0].update(timeoutSeconds=0),
+            "topology.json: stages[1].variants[0]: timeoutSeconds must be a positive number",
+        ),
+        (
+            lambda s: s["variants"][0].update(latencyMs=1.5),
+            "topology.json: stages[1].variants[0]: latencyMs must be a positive integer",
+        ),
+        (
+            lambda s: s["variants"].pop(),
+            "topology.json: stages[1]: variants must be a list of at least two variants",
+        ),
+        (
+            lambda s: s["variantPolicy"].update(type="random"),
+            "topology.json: stages[1]: variantPolicy.type must be one of cascade, budget, weighted",
+        ),
+        (
+            lambda s: s["variantPolicy"].update(minConfidence=1.5),
+            "topology.json: stages[1]: variantPolicy.minConfidence must be a number in [0, 1]",
+        ),
+        (
+            lambda s: s["variantPolicy"].update(reserveMs=-5),
+            "topology.json: stages[1]: variantPolicy.reserveMs must be a non-negative integer",
+        ),
+        (
+            lambda s: (
+                s["variantPolicy"].update(type="weighted"),
+                [variant.update(weight=0) for variant in s["variants"]],
+            ),
+            "topology.json: stages[1]: variantPolicy weighted needs a variant with weight > 0",
+        ),
+    ],
+)
+def test_a_bad_variant_in_topology_json_is_named(change: Any, message: str) -> None:
+    document = _variant_topology()
+    change(_answer_stage(document))
+    with pytest.raises(TopologyError) as caught:
+        parse_topology(document, "topology.json")
+    assert message in str(caught.value)
+
+
+def test_a_stage_with_input_stream_in_topology_json_has_no_variants() -> None:
+    document = _variant_topology()
+    document["stages"][0]["stream"] = True
+    _answer_stage(document)["input"] = "stream"
+    with pytest.raises(TopologyError) as caught:
+        parse_topology(document, "topology.json")
+    assert str(caught.value) == (
+        "topology.json: stage 'answer' has input: stream, so it cannot have variants (a streamed"
+        " input cannot be sent twice)"
+    )
+    del _answer_stage(document)["variants"]
+    _answer_stage(document)["url"] = "http://127.0.0.1:1"
+    assert parse_topology(document, "topology.json").stages["answer"].stream_input
+
+
+def _cascade(*attempts: VariantAttempt) -> Profile:
+    return Profile(
+        {
+            "retrieve": StageTiming("retrieve", 0.0, 2.0, "miss"),
+            "answer": StageTiming("answer", 2.0, 52.5, None, attempts),
+        },
+        ("retrieve", "answer"),
+        53.0,
+    )
+
+
+def test_a_profile_with_variant_attempts_reads_back_as_the_router_wrote_it() -> None:
+    profile = _cascade(
+        VariantAttempt("light", "low_confidence", 10.25, 0.2),
+        VariantAttempt("heavy", "served", 40.125),
+    )
+    answer = json.loads(json.dumps({"output": {"text": "x"}, "profile": profile.to_document()}))
+    assert parse_profile(answer, "answer") == profile
+    written = answer["profile"]["stages"]
+    assert "variant" not in written[0] and "attempts" not in written[0]
+    assert written[1]["variant"] == "heavy"
+    assert written[1]["attempts"] == [
+        {"variant": "light", "outcome": "low_confidence", "duration_ms": 10.25, "confidence": 0.2},
+        {"variant": "heavy", "outcome": "served", "duration_ms": 40.125, "confidence": None},
+    ]
+    assert profile.stages["answer"].variant == "heavy"
+    assert profile.stages["retrieve"].variant is None
+
+
+@pytest.mark.parametrize(
+    ("attempts", "variant"),
+    [
+        ((VariantAttempt("light", "served", 3.0, 0.9),), "light"),
+        ((VariantAttempt("light", "failed", 3.0), VariantAttempt("heavy", "failed", 9.0)), None),
+        (
+            (VariantAttempt("light", "low_confidence", 3.0, 0.1), VariantAttempt("heavy", "failed", 9.0)),
+            None,
+        ),
+        ((VariantAttempt("light", "low_confidence", 3.0, 0.1),), None),
+        ((), None),
+    ],
+)  # fmt: skip
+def test_the_variant_that_answered_is_the_last_attempt_if_it_served(
+    attempts: tuple[VariantAttempt, ...], variant: str | None
+) -> None:
+    profile = _cascade(*attempts)
+    assert profile.stages["answer"].variant == variant
+    document = parse_profile(json.loads(json.dumps(profile.to_document())), "answer")
+    assert document.stages["answer"].variant == variant
+    assert document.stages["answer"].attempts == attempts
+
+
+def _with_attempts(attempts: Any) -> dict[str, Any]:
+    document = _cascade(VariantAttempt("heavy", "served", 40.0)).to_document()
+    document["stages"][1]["attempts"] = attempts
+    return {"profile": document}
+
+
+ATTEMPT = {"variant": "light", "outcome": "served", "duration_ms": 1.0}
+
+
+@pytest.mark.parametrize(
+    ("attempts", "message"),
+    [
+        (
+            [{**ATTEMPT, "outcome": "skipped"}],
+            "answer: profile.stages[1].attempts[0] needs a variant, an outcome (served,"
+            " low_confidence, failed) and a finite duration_ms",
+        ),
+        ([{**ATTEMPT, "variant": ""}], "profile.stages[1].attempts[0] needs a variant"),
+        ([ATTEMPT, {**ATTEMPT, "duration_ms": "1"}], "profile.stages[1].attempts[1] needs a"),
+        (
+            [{**ATTEMPT, "confidence": 1.5}],
+            "answer: profile.stages[1].attempts[0].confidence must be a number in [0, 1] or null",
+        ),
+        ([{**ATTEMPT, "confidence": True}], "attempts[0].confidence must be a number in [0, 1]"),
+        (["served"], "answer: profile.stages[1].attempts[0] must be an object (got 'served')"),
+        (
+            [ATTEMPT] * (MAX_ATTEMPTS + 1),
+            "answer: profile.stages[1].attempts must be a list of at most 16 objects",
+        ),
+        ({"light": ATTEMPT}, "profile.stages[1].attempts must be a list of at most 16 objects"),
+    ],
+)
+def test_a_bad_variant_attempt_in_a_profile_is_named(attempts: Any, message: str) -> None:
+    with pytest.raises(ProfileError) as caught:
+        parse_profile(_with_attempts(attempts), "answer")
+    assert message in str(caught.value)
+
+
+def test_as_many_attempts_as_allowed_read_back() -> None:
+    profile = parse_profile(_with_attempts([ATTEMPT] * MAX_ATTEMPTS), "answer")
+    assert len(profile.stages["answer"].attempts) == MAX_ATTEMPTS == 16
+
+
+@pytest.mark.parametrize("variant", ["light", "heavy"])
+def test_the_cluster_and_penstock_dev_configure_a_variant_gateway_alike(
+    variant: str, tmp_path: Path
+) -> None:
+    _, spec = _variant_pipeline()
+    [workload] = [w for w in spec.workloads() if w.variant == variant]
+    cluster = cluster_config(spec, workload.stage, tmp_path, variant)
+    local = dev_config(spec, workload.stage, tmp_path, variant)
+    assert _stage_decisions(cluster) == _stage_decisions(local)
+    assert cluster.warmup_body == local.warmup_body == b'{"text": "warmup"}'
+    assert (cluster.stage, cluster.variant) == ("answer", variant)
+    assert cluster.stage_image == workload.stage.image
+    plain = dev_config(spec, spec.stages[0], tmp_path)
+    assert (plain.stage, plain.variant) == ("retrieve", None)
+
+
+def _dev_document() -> dict[str, Any]:
+    doc: dict[str, Any] = yaml.safe_load(VARIANTS.read_text())
+    doc["metadata"]["annotations"] = {
+        f"penstock.dev/dev-command.{component}": f"python {component}.py --port {{port}}"
+        for component in ("retrieve", "answer-light", "answer-heavy")
+    }
+    return doc
+
+
+def test_penstock_dev_runs_each_variant_and_tells_the_router_where(tmp_path: Path) -> None:
+    doc = _dev_document()
+    spec = validate_document(doc).spec
+    assert spec is not None
+    result = plan(doc, spec, build_parser().parse_args(["qa.yaml"]), tmp_path)
+    procs = {proc.name: proc for proc in result.procs}
+    assert sorted(procs) == [
+        "gateway answer/heavy",
+        "gateway answer/light",
+        "router",
+        "stage answer/heavy",
+        "stage answer/light",
+        "stage retrieve",
+    ]
+    assert list(result.urls) == ["retrieve", "answer/light", "answer/heavy"]
+    for variant in ("light", "heavy"):
+        stage = procs[f"stage answer/{variant}"]
+        assert stage.argv[1] == f"answer-{variant}.py"
+        assert stage.log == tmp_path / f"stage-answer-{variant}.log"
+        gateway = procs[f"gateway answer/{variant}"]
+        assert gateway.log == tmp_path / f"gateway-answer-{variant}.log"
+        config = parse_config(gateway.argv[4:], environ={})
+        assert (config.stage, config.variant) == ("answer", variant)
+        # The gateway fronts its own variant's process; the router calls the gateway.
+        port = stage.argv[stage.argv.index("--port") + 1]
+        assert config.upstream == f"http://127.0.0.1:{port}"
+        assert result.urls[f"answer/{variant}"] == f"http://{config.listen}"
+        assert config.warmup_body == b'{"text": "warmup"}'
+        assert (tmp_path / f"warmup-answer-{variant}.json").exists()
+    assert "gateway retrieve" not in procs  # no cache, batching, tracing or warmup
+    router = procs["router"].argv
+    flags = [router[i + 1] for i, arg in enumerate(router) if arg == "--stage-url"]
+    assert flags == [f"{target}={url}" for target, url in result.urls.items()]
+    # The router accepts them: one URL per variant, none for the stage itself.
+    routes = pipeline_topology(doc, parse_stage_urls(flags), "qa.yaml").stages["answer"]
+    assert [(v.name, v.url) for v in routes.variants] == [
+        ("light", result.urls["answer/light"]),
+        ("heavy", result.urls["answer/heavy"]),
+    ]
+
+
+def test_penstock_dev_names_the_annotation_a_variant_lacks(tmp_path: Path) -> None:
+    doc = _dev_document()
+    del doc["metadata"]["annotations"]["penstock.dev/dev-command.answer-heavy"]
+    spec = validate_document(doc).spec
+    assert spec is not None
+    with pytest.raises(DevError) as caught:
+        plan(doc, spec, build_parser().parse_args(["qa.yaml"]), tmp_path)
+    assert "stage 'answer-heavy' has no dev command" in str(caught.value)
+    assert "penstock.dev/dev-command.answer-heavy" in str(caught.value)

@@ -13,11 +13,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from penstock.api.status import PipelineStatus, StageStatus
+from penstock.api.status import PipelineStatus, StageStatus, VariantStatus
 from penstock.controller.prometheus import (
+    Efficiency,
     PrometheusClient,
     PrometheusError,
     Saved,
+    VariantFigures,
     escape_label_value,
     inflight_query,
     latency_query,
@@ -26,6 +28,7 @@ from penstock.controller.prometheus import (
     observe_savings,
     request_rate_query,
     savings_query,
+    variant_queries,
 )
 from penstock.controller.tuner import Observation
 from penstock.controller.tuning import add_efficiency, add_savings
@@ -304,3 +307,105 @@ def test_cost_per_request_and_per_million_tokens(server: Server) -> None:
     )
     assert (embed.cost_per_request, embed.cost_per_million_tokens) == (None, None)
     assert status.savings is None
+
+
+def test_variant_queries_follow_the_router_and_gateway_metrics() -> None:
+    selector = 'namespace="search",pipeline="qa"'
+    calls = "penstock_router_variant_calls_total"
+    by = "sum by (stage, variant)"
+    assert variant_queries("search", "qa", "15m") == [
+        f'{by} (rate({calls}{{{selector},outcome="served"}}[15m])) / on (stage) group_left'
+        f' sum by (stage) (rate({calls}{{{selector},outcome="served"}}[15m]))',
+        f'{by} (rate({calls}{{{selector},outcome!="served"}}[15m]))'
+        f" / {by} (rate({calls}{{{selector}}}[15m]))",
+        f"{by} (rate(penstock_stage_cost_usd_total{{{selector}}}[15m]))"
+        f" / {by} (rate(penstock_stage_requests_total{{{selector}}}[15m]))",
+    ]
+
+
+def _variant_answer(query: str) -> tuple[int, bytes]:
+    """Prometheus as it would answer for stage answer's variants light and heavy."""
+    if "variant" not in query:  # the per-stage figures: not the subject here
+        return 200, vector([])
+    if "group_left" in query:  # served share
+        series = [
+            ({"stage": "answer", "variant": "light"}, "0.6251"),
+            ({"stage": "answer", "variant": "heavy"}, "0.3749"),
+        ]
+    elif 'outcome!="served"' in query:  # escalated share; heavy never escalates (0/0 is NaN)
+        series = [
+            ({"stage": "answer", "variant": "light"}, "0.3333333"),
+            ({"stage": "answer", "variant": "heavy"}, "NaN"),
+        ]
+    else:  # cost per request; a stage without variants has no variant label
+        series = [
+            ({"stage": "answer", "variant": "light"}, "0.0000123456"),
+            ({"stage": "answer", "variant": "heavy"}, "0.0004"),
+            ({"stage": "retrieve"}, "0.5"),
+            ({"stage": "answer", "variant": "gone"}, "-1"),
+        ]
+    return 200, vector(series)
+
+
+def test_variant_figures_are_queried_only_for_a_pipeline_with_variants(server: Server) -> None:
+    server.answer = _variant_answer
+    plain = observe_efficiency(PrometheusClient(server.url), "search", "qa", "15m")
+    assert len(server.queries) == 4 and plain.variants == ()
+    assert not any("variant" in query for query in server.queries)
+    server.queries.clear()
+    efficiency = observe_efficiency(
+        PrometheusClient(server.url), "search", "qa", "15m", variants=True
+    )
+    assert server.queries[4:] == variant_queries("search", "qa", "15m")
+    assert efficiency.variants == (
+        VariantFigures("answer", "gone", None, None, None),  # a negative figure is no figure
+        VariantFigures("answer", "heavy", 0.3749, None, 0.0004),
+        VariantFigures("answer", "light", 0.6251, 0.3333333, 0.0000123456),
+    )
+
+
+def test_variant_figures_fill_the_variants_of_the_stage_status(server: Server) -> None:
+    server.answer = _variant_answer
+    efficiency = observe_efficiency(
+        PrometheusClient(server.url), "search", "qa", "15m", variants=True
+    )
+    status = PipelineStatus(
+        stages=[
+            StageStatus(name="retrieve"),
+            StageStatus(
+                name="answer", variants=[VariantStatus(name="light"), VariantStatus(name="heavy")]
+            ),
+        ]
+    )
+    add_efficiency(status, efficiency)
+    retrieve, answer = status.stages
+    assert retrieve.variants is None
+    assert answer.variants is not None
+    light, heavy = answer.variants
+    assert (light.served_share, light.escalated_share, light.cost_per_request) == (
+        0.625,
+        0.333,
+        "1.23e-05",
+    )
+    assert (heavy.served_share, heavy.escalated_share, heavy.cost_per_request) == (
+        0.375,
+        None,
+        "0.0004",
+    )
+    assert [v.name for v in answer.variants] == ["light", "heavy"]  # "gone" is not added
+    dumped = status.model_dump(by_alias=True, exclude_none=True)["stages"][1]["variants"][0]
+    assert dumped == {
+        "name": "light",
+        "desiredReplicas": 0,
+        "readyReplicas": 0,
+        "servedShare": 0.625,
+        "escalatedShare": 0.333,
+        "costPerRequest": "1.23e-05",
+    }
+
+
+def test_variant_figures_of_a_stage_without_variants_in_status_are_left_out() -> None:
+    status = PipelineStatus(stages=[StageStatus(name="answer")])
+    figures = (VariantFigures("answer", "light", 0.5, 0.5, 0.01),)
+    add_efficiency(status, Efficiency(variants=figures))
+    assert status.stages[0].variants is None

@@ -14,10 +14,14 @@ from typing import Any
 import pytest
 import yaml
 
+from penstock.api import PipelineSpec
 from penstock.api.cost import PriceTable
+from penstock.api.validation import validate_spec
 from penstock.controller.kube import KubeError
 from penstock.controller.reconcile import Reconciler
 from penstock.controller.settings import OperatorSettings
+from penstock.controller.status import stage_statuses
+from penstock.controller.tuning import ThroughputTuning, _ready_replicas
 from penstock.render import RenderSettings
 from penstock.render.collector import COLLECTOR_NAME
 
@@ -581,3 +585,174 @@ def test_a_failed_preload_is_in_the_status_from_one_pod_list(
     lists.clear()
     reconciler.reconcile(_current(kube))
     assert "Pod" not in lists  # nothing rolling out: no pod is read
+
+
+# ----------------------------------------------------------------------------- variants
+
+VARIANT_SPEC: dict[str, Any] = {
+    "output": "answer",
+    "stages": [
+        {"name": "retrieve", "image": "r:1", "cost": {"hourlyRate": "0.50"}},
+        {
+            "name": "answer",
+            "image": "a:1",
+            "dependsOn": ["retrieve"],
+            "cost": {"hourlyRate": "2.00"},
+            "variants": [
+                {"name": "light", "cost": {"hourlyRate": "0.10"}, "scaling": {"minReplicas": 2}},
+                {"name": "heavy"},  # the stage's price and scaling
+            ],
+        },
+    ],
+}
+
+
+def _variant_spec() -> PipelineSpec:
+    result = validate_spec(VARIANT_SPEC)
+    assert result.spec is not None, result.summary()
+    return result.spec
+
+
+def _deployment(replicas: int, ready: int, stuck: str | None = None) -> dict[str, Any]:
+    conditions = (
+        [{"type": "Progressing", "reason": "ProgressDeadlineExceeded", "message": stuck}]
+        if stuck
+        else []
+    )
+    return {
+        "metadata": {"generation": 1},
+        "spec": {"replicas": replicas},
+        "status": {
+            "observedGeneration": 1,
+            "readyReplicas": ready,
+            "updatedReplicas": replicas,
+            "conditions": conditions,
+        },
+    }
+
+
+def _variant_rows(stage: Any) -> list[tuple[str, int, int, str | None]]:
+    return [(v.name, v.desired_replicas, v.ready_replicas, v.hourly_cost) for v in stage.variants]
+
+
+def test_a_stage_with_variants_sums_their_replicas_and_cost() -> None:
+    deployments = {
+        "qa-router": _deployment(1, 1),
+        "qa-retrieve": _deployment(1, 1),
+        "qa-answer-light": _deployment(3, 3),
+        "qa-answer-heavy": _deployment(1, 1),
+    }
+    stages, not_ready, stuck, total = stage_statuses(
+        "qa", _variant_spec(), deployments, PriceTable()
+    )
+    retrieve, answer = stages
+    assert retrieve.variants is None
+    assert (retrieve.desired_replicas, retrieve.ready_replicas, retrieve.hourly_cost) == (
+        1,
+        1,
+        "0.5000",
+    )
+    assert _variant_rows(answer) == [("light", 3, 3, "0.3000"), ("heavy", 1, 1, "2.0000")]
+    assert (answer.desired_replicas, answer.ready_replicas, answer.hourly_cost) == (4, 4, "2.3000")
+    assert (not_ready, stuck, total) == ([], [], Decimal("2.80"))
+    assert _ready_replicas("qa", _variant_spec(), deployments) == {"retrieve": 1, "answer": 4}
+
+
+def test_a_stage_is_ready_when_every_variant_is() -> None:
+    deployments = {
+        "qa-router": _deployment(1, 1),
+        "qa-retrieve": _deployment(1, 1),
+        # New: one replica until the HPA lifts it to light's minReplicas 2, so not rolled out.
+        "qa-answer-light": _deployment(1, 1),
+        "qa-answer-heavy": _deployment(2, 1, stuck="ReplicaSet has timed out progressing"),
+    }
+    stages, not_ready, stuck, total = stage_statuses(
+        "qa", _variant_spec(), deployments, PriceTable()
+    )
+    answer = stages[1]
+    assert _variant_rows(answer) == [("light", 2, 1, "0.2000"), ("heavy", 2, 1, "4.0000")]
+    assert (answer.desired_replicas, answer.ready_replicas, answer.hourly_cost) == (4, 2, "4.2000")
+    assert not_ready == ["answer"]
+    assert stuck == ["answer: heavy: ReplicaSet has timed out progressing"]
+    assert total == Decimal("4.70")
+    del deployments["qa-answer-heavy"]  # not created yet
+    stages, not_ready, _, _ = stage_statuses("qa", _variant_spec(), deployments, PriceTable())
+    assert _variant_rows(stages[1])[1] == ("heavy", 0, 0, "0.0000")
+    assert (stages[1].desired_replicas, stages[1].ready_replicas) == (2, 1)
+    assert not_ready == ["answer"]
+
+
+def _variant_pipeline(kube: FakeKube) -> dict[str, Any]:
+    fixture = ROOT / "tests" / "unit" / "fixtures" / "variants.yaml"
+    body: dict[str, Any] = yaml.safe_load(fixture.read_text())
+    body["metadata"].update(namespace="demo", uid="qa-uid", generation=1)
+    kube.objects[("Pipeline", "demo", "qa")] = body
+    return body
+
+
+def test_reconcile_runs_each_variant_and_reports_it_in_status(world: Any) -> None:
+    kube, reconciler, _ = world
+    reconciler.reconcile(_variant_pipeline(kube))
+    names = {(kind, name) for kind, _, name in kube.objects}
+    for kind in ("Deployment", "Service", "HorizontalPodAutoscaler"):
+        assert {(kind, "qa-answer-light"), (kind, "qa-answer-heavy")} <= names
+        assert (kind, "qa-answer") not in names
+    _set_ready(kube)
+    kube.objects[("Deployment", "demo", "qa-answer-light")]["spec"]["replicas"] = 3
+    kube.objects[("Deployment", "demo", "qa-answer-light")]["status"].update(
+        readyReplicas=3, updatedReplicas=3
+    )
+    reconciler.reconcile(copy.deepcopy(kube.objects[("Pipeline", "demo", "qa")]))
+    status = kube.objects[("Pipeline", "demo", "qa")]["status"]
+    answer = next(stage for stage in status["stages"] if stage["name"] == "answer")
+    assert [(v["name"], v["desiredReplicas"], v["readyReplicas"]) for v in answer["variants"]] == [
+        ("light", 3, 3),
+        ("heavy", 1, 1),
+    ]
+    assert (answer["desiredReplicas"], answer["readyReplicas"]) == (4, 4)
+    assert status["conditions"][0]["status"] == "True"  # Ready: every variant serves
+
+
+def test_a_removed_variant_loses_its_children(world: Any) -> None:
+    kube, reconciler, _ = world
+    body = _variant_pipeline(kube)
+    reconciler.reconcile(body)
+    body = copy.deepcopy(kube.objects[("Pipeline", "demo", "qa")])
+    answer = body["spec"]["stages"][1]
+    answer["variants"].append({"name": "tiny"})
+    body["metadata"]["generation"] = 2
+    reconciler.reconcile(body)
+    assert ("Deployment", "demo", "qa-answer-tiny") in kube.objects
+    answer["variants"] = [v for v in answer["variants"] if v["name"] != "light"]
+    body["metadata"]["generation"] = 3
+    reconciler.reconcile(body)
+    for kind in ("Deployment", "Service", "HorizontalPodAutoscaler"):
+        assert (kind, "demo", "qa-answer-light") not in kube.objects
+        assert (kind, "demo", "qa-answer-heavy") in kube.objects
+
+
+class RecordingPrometheus(StubPrometheus):
+    def __init__(self, rps: dict[str, float]) -> None:
+        super().__init__(rps)
+        self.queries: list[str] = []
+
+    def query(self, promql: str, at: float | None = None) -> list[Any]:
+        self.queries.append(promql)
+        return super().query(promql, at)
+
+
+@pytest.mark.parametrize("variants", [True, False])
+def test_the_tuner_asks_for_variant_figures_only_when_a_stage_has_variants(
+    variants: bool,
+) -> None:
+    raw = copy.deepcopy(VARIANT_SPEC)
+    if not variants:
+        del raw["stages"][1]["variants"]
+    result = validate_spec(raw)
+    assert result.spec is not None
+    prometheus = RecordingPrometheus({"retrieve": 1.0, "answer": 1.0})
+    tuning = ThroughputTuning(prometheus, 0, 60)  # type: ignore[arg-type]
+    tuning.run("demo", "qa", result.spec, {}, [])
+    asked = [q for q in prometheus.queries if "penstock_router_variant_calls_total" in q]
+    assert len(asked) == (2 if variants else 0)
+    assert len(prometheus.queries) == (3 + 4 + 3 if variants else 3 + 4)

@@ -17,7 +17,11 @@ from tests.support import pipeline_examples
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = Path(__file__).parent / "golden"
-EXAMPLES = [path for path in pipeline_examples() if path.parent.name == "examples"]
+# The examples, and pipelines kept for a feature the examples do not show (e.g. variants).
+FIXTURES = Path(__file__).parent / "fixtures"
+EXAMPLES = [path for path in pipeline_examples() if path.parent.name == "examples"] + sorted(
+    FIXTURES.glob("*.yaml")
+)
 SETTINGS = RenderSettings(operator_image="penstock:test", redis_image="redis:test")
 UID = "00000000-0000-4000-8000-000000000001"
 DESIGN_LABELS = {
@@ -282,3 +286,74 @@ def test_preload_may_fill_the_model_volume_and_no_more(size_limit: Any, expected
     assert args[args.index("--max-bytes") + 1] == expected
     volume = next(v for v in pod["volumes"] if v["name"] == "model")
     assert volume["emptyDir"]["sizeLimit"] == expected
+
+
+@pytest.mark.parametrize(
+    ("variant", "image", "args", "mode", "bounds", "timeout"),
+    [
+        ("light", "ghcr.io/penstock-dev/answer-light:1.0.0", ["--model", "small"], "fast", (2, 6), "5"),
+        ("heavy", "ghcr.io/penstock-dev/answer:1.0.0", ["--model", "large"], "full", (1, 4), "20"),
+    ],
+)  # fmt: skip
+def test_each_variant_runs_as_its_own_deployment_service_and_hpa(
+    variant: str,
+    image: str,
+    args: list[str],
+    mode: str,
+    bounds: tuple[int, int],
+    timeout: str,
+) -> None:
+    """fixtures/variants.yaml: answer's light variant overrides the stage, heavy inherits it."""
+    manifests = {(m["kind"], m["metadata"]["name"]): m for m in _render(FIXTURES / "variants.yaml")}
+    name = f"qa-answer-{variant}"
+    deployment = manifests[("Deployment", name)]
+    labels = deployment["metadata"]["labels"]
+    assert (labels["penstock.dev/stage"], labels["penstock.dev/variant"]) == ("answer", variant)
+    assert labels["app.kubernetes.io/component"] == f"answer-{variant}"
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    assert selector == {
+        "app.kubernetes.io/instance": "qa",
+        "app.kubernetes.io/component": f"answer-{variant}",
+        "penstock.dev/pipeline": "qa",
+    }
+    assert deployment["spec"]["template"]["metadata"]["labels"] == labels
+    service = manifests[("Service", name)]
+    assert service["spec"]["selector"] == selector
+    assert service["metadata"]["labels"] == labels
+    hpa = manifests[("HorizontalPodAutoscaler", name)]["spec"]
+    assert hpa["scaleTargetRef"]["name"] == name
+    assert (hpa["minReplicas"], hpa["maxReplicas"]) == bounds
+    containers = _containers(deployment)
+    stage = containers["stage"]
+    assert (stage["image"], stage["args"]) == (image, args)
+    env = {e["name"]: e.get("value") for e in stage["env"]}
+    assert (env["PENSTOCK_STAGE"], env["PENSTOCK_VARIANT"], env["MODE"]) == (
+        "answer",
+        variant,
+        mode,
+    )
+    gateway = {e["name"]: e.get("value") for e in containers["gateway"]["env"]}
+    assert gateway["PENSTOCK_GATEWAY_STAGE"] == "answer"
+    assert gateway["PENSTOCK_GATEWAY_VARIANT"] == variant
+    assert gateway["PENSTOCK_GATEWAY_STAGE_IMAGE"] == image
+    assert gateway["PENSTOCK_GATEWAY_TIMEOUT_SECONDS"] == timeout
+    warmup = f"warmup-answer-{variant}.json"
+    assert gateway["PENSTOCK_GATEWAY_WARMUP_BODY"] == f"/etc/penstock/warmup/{warmup}"
+    assert manifests[("ConfigMap", "qa-topology")]["data"][warmup] == '{"text": "warmup"}'
+
+
+def test_a_stage_with_variants_has_no_workload_of_its_own() -> None:
+    manifests = _render(FIXTURES / "variants.yaml")
+    names = {(m["kind"], m["metadata"]["name"]) for m in manifests}
+    for kind in ("Deployment", "Service", "HorizontalPodAutoscaler"):
+        assert (kind, "qa-answer") not in names
+        assert {
+            (kind, "qa-answer-light"),
+            (kind, "qa-answer-heavy"),
+            (kind, "qa-retrieve"),
+        } <= names
+    assert "warmup-answer.json" not in manifests[0]["data"]
+    retrieve = next(m for m in manifests if m["metadata"]["name"] == "qa-retrieve")
+    assert "penstock.dev/variant" not in retrieve["metadata"]["labels"]
+    env = [e["name"] for e in _containers(retrieve)["stage"]["env"]]
+    assert "PENSTOCK_VARIANT" not in env

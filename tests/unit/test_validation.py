@@ -267,3 +267,221 @@ def test_a_stream_reader_shorter_than_its_source_is_warned() -> None:
     result = validate_spec(spec)
     assert result.spec is not None
     assert any("timeoutSeconds" in problem.path for problem in result.warnings), result.warnings
+
+
+# ----------------------------------------------------------------------------- variants
+
+TWO_VARIANTS = [{"name": "light", "latencyMs": 40}, {"name": "heavy"}]
+
+
+def _variants(**generate: Any) -> dict[str, Any]:
+    """GOOD with its output stage, generate (stages[2]), served by a light and a heavy variant."""
+    spec = copy.deepcopy(GOOD)
+    spec["stages"][2].update({"variants": copy.deepcopy(TWO_VARIANTS), **generate})
+    return spec
+
+
+def _variant_errors(spec: dict[str, Any]) -> list[str]:
+    result = validate_spec(spec)
+    assert result.spec is None
+    return [str(problem) for problem in result.errors]
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        None,
+        {"type": "cascade", "minConfidence": 0.8},
+        {"type": "weighted"},
+        {"type": "budget", "reserveMs": 50},
+    ],
+)
+def test_a_stage_may_have_variants_and_a_policy(policy: dict[str, Any] | None) -> None:
+    spec = _variants(**({"variantPolicy": policy} if policy else {}))
+    spec["latencyBudgetMs"] = 500
+    result = validate_spec(spec)
+    assert result.spec is not None, result.summary()
+    generate = result.spec.stages[2]
+    assert [variant.name for variant in generate.variants or []] == ["light", "heavy"]
+    assert generate.policy.type == (policy or {}).get("type", "cascade")
+    assert [w.component for w in result.spec.workloads()] == [
+        "retrieve",
+        "embed",
+        "generate-light",
+        "generate-heavy",
+    ]
+
+
+def _embedder_with_variants(spec: dict[str, Any]) -> None:
+    spec["stages"][1]["variants"] = TWO_VARIANTS
+    spec["stages"][2]["cache"] = {"enabled": True, "semantic": {"embedder": "embed"}}
+
+
+@pytest.mark.parametrize(
+    ("change", "path", "needle"),
+    [
+        (
+            lambda s: s["stages"][2]["variants"][1].update(name="light"),
+            "spec.stages[2].variants[1].name",
+            "variant 'light' is listed twice",
+        ),
+        (
+            lambda s: s["stages"].append({"name": "generate-light", "image": "x:1"}),
+            "spec.stages[2].variants[0].name",
+            "its objects would be named like those of stage 'generate-light' (generate-light)",
+        ),
+        (  # two variant stages whose <stage>-<variant> names meet
+            lambda s: (
+                s["stages"].append(
+                    {"name": "generate-light-x", "image": "x:1", "variants": TWO_VARIANTS}
+                )
+                or s["stages"][2]["variants"][0].update(name="light-x-heavy")
+            ),
+            "spec.stages[2].variants[0].name",
+            "like those of stage 'generate-light-x' (generate-light-x-heavy)",
+        ),
+        (
+            lambda s: s["stages"][2]["variants"][0].update(resources={"requests": {"gpu": "1"}}),
+            "spec.stages[2].variants[0].resources.requests.gpu",
+            "'gpu' is not a container resource",
+        ),
+        (
+            lambda s: s["stages"][2]["variants"][1].update(
+                scaling={"minReplicas": 5, "maxReplicas": 2}
+            ),
+            "spec.stages[2].variants[1].scaling.minReplicas",
+            "5 is larger than maxReplicas 2",
+        ),
+        (
+            lambda s: s["stages"][2]["variants"][0].update(
+                env=[{"name": "A", "value": "1"}, {"name": "A", "value": "2"}]
+            ),
+            "spec.stages[2].variants[0].env[1].name",
+            "variable 'A' is listed twice",
+        ),
+        (
+            lambda s: s["stages"][2].update(variantPolicy={"type": "budget"}),
+            "spec.stages[2].variantPolicy.type",
+            "set spec.latencyBudgetMs",
+        ),
+        (
+            lambda s: s["stages"][2].update(
+                variantPolicy={"type": "weighted"},
+                variants=[{"name": "a", "weight": 0}, {"name": "b", "weight": 0}],
+            ),
+            "spec.stages[2].variants",
+            "variantPolicy weighted needs a variant with weight > 0",
+        ),
+        (
+            lambda s: (
+                s["stages"][2].pop("variants"),
+                s["stages"][2].update(variantPolicy={"type": "cascade"}),
+            ),
+            "spec.stages[2].variantPolicy",
+            "variantPolicy needs variants",
+        ),
+        (
+            _embedder_with_variants,
+            "spec.stages[1].variants",
+            "stage 'embed' embeds for the semantic cache of generate: an embedder has one"
+            " workload, no variants",
+        ),
+    ],
+)
+def test_variant_problems_name_the_field(change: Any, path: str, needle: str) -> None:
+    spec = _variants()
+    change(spec)
+    errors = _variant_errors(spec)
+    assert any(error.startswith(f"{path}: ") and needle in error for error in errors), errors
+
+
+def test_a_stage_with_input_stream_has_no_variants() -> None:
+    errors = _variant_errors(_streaming(variants=TWO_VARIANTS))
+    assert (
+        "spec.stages[1].variants: a stage with input: stream has no variants (its streamed"
+        " input cannot be sent twice)"
+    ) in errors
+
+
+@pytest.mark.parametrize(
+    ("change", "path", "needle"),
+    [
+        (lambda v: v.pop(), "spec.stages[2].variants", "at least 2 items"),
+        (
+            lambda v: v.extend({"name": f"v{n}"} for n in range(3)),
+            "spec.stages[2].variants",
+            "at most 4 items",
+        ),
+        (lambda v: v[0].update(name="Light"), "spec.stages[2].variants[0].name", "'Light'"),
+        (lambda v: v[0].update(name="a" * 21), "spec.stages[2].variants[0].name", "at most 20"),
+        (lambda v: v[1].update(weight=-1), "spec.stages[2].variants[1].weight", "-1"),
+        (lambda v: v[1].update(latencyMs=0), "spec.stages[2].variants[1].latencyMs", "0"),
+        (
+            lambda v: v[0].update(dependsOn=["embed"]),
+            "spec.stages[2].variants[0].dependsOn",
+            "unknown field",
+        ),
+        (lambda v: v[0].pop("name"), "spec.stages[2].variants[0].name", "required"),
+    ],
+)
+def test_the_schema_of_a_variant_names_the_field(change: Any, path: str, needle: str) -> None:
+    spec = _variants()
+    change(spec["stages"][2]["variants"])
+    errors = _variant_errors(spec)
+    assert any(error.startswith(f"{path}: ") and needle in error for error in errors), errors
+
+
+@pytest.mark.parametrize(
+    ("policy", "path"),
+    [
+        ({"type": "random"}, "spec.stages[2].variantPolicy.type"),
+        ({"minConfidence": 1.5}, "spec.stages[2].variantPolicy.minConfidence"),
+        ({"reserveMs": -1}, "spec.stages[2].variantPolicy.reserveMs"),
+    ],
+)
+def test_the_schema_of_a_variant_policy_names_the_field(policy: dict[str, Any], path: str) -> None:
+    errors = _variant_errors(_variants(variantPolicy=policy))
+    assert any(error.startswith(f"{path}: ") for error in errors), errors
+
+
+# What the apiserver checks with a CEL rule of Stage, validate_spec checks too (the CLI and
+# penstock dev see no apiserver): each variant rule's message -> a spec it refuses, and the field.
+CEL_MIRRORS: dict[str, tuple[dict[str, Any], str]] = {
+    "variant names must be unique in the stage": (
+        _variants(variants=[{"name": "light"}, {"name": "light"}]),
+        "spec.stages[2].variants[1].name",
+    ),
+    "a stage with input: stream has no variants (its streamed input cannot be sent twice)": (
+        _streaming(variants=TWO_VARIANTS),
+        "spec.stages[1].variants",
+    ),
+    "variantPolicy needs variants": (
+        _with(["stages", 2, "variantPolicy"], {"type": "cascade"}),
+        "spec.stages[2].variantPolicy",
+    ),
+    "variantPolicy weighted needs a variant with a weight above 0": (
+        _variants(
+            variants=[{"name": "a", "weight": 0}, {"name": "b", "weight": 0}],
+            variantPolicy={"type": "weighted"},
+        ),
+        "spec.stages[2].variants",
+    ),
+}
+
+
+def test_every_variant_cel_rule_is_checked_by_validation_too() -> None:
+    from penstock.api.pipeline import Stage
+
+    extra = Stage.model_config.get("json_schema_extra")
+    assert isinstance(extra, dict)
+    rules = extra["x-kubernetes-validations"]
+    assert isinstance(rules, list)
+    messages = {
+        str(rule["message"])  # type: ignore[index, call-overload]
+        for rule in rules
+        if "variant" in str(rule["rule"])  # type: ignore[index, call-overload]
+    }
+    assert messages == set(CEL_MIRRORS)
+    for message, (spec, path) in CEL_MIRRORS.items():
+        errors = _variant_errors(spec)
+        assert any(error.startswith(f"{path}: ") for error in errors), (message, errors)
