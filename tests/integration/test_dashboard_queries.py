@@ -1,9 +1,9 @@
 """Every query of the shipped Grafana dashboard, asked of a real Prometheus that scraped real
 Penstock components, answers a non-empty vector of finite numbers.
 
-What runs (all on 127.0.0.1): two gateways in front of stage servers of their own (``embed``:
+What runs (all on 127.0.0.1): three gateways in front of stage servers of their own (``embed``:
 cached in a real redis-server, coalescing, reporting token usage; ``rerank``: batching, no
-cache, no tokens, as a stage that reports none), a router sending the pipeline ``rag`` through
+cache, no tokens, as a stage that reports none; ``answer``'s variant ``light`` of a cascade), a router sending the pipeline ``rag`` through
 both, the operator's metrics (the status figures of a Pipeline, the reconcile counters) from the
 default prometheus_client registry, and bin/prometheus scraping the four every second. Traffic
 keeps every series moving (cache hits after a real answer, coalesced bursts, batches of two
@@ -33,7 +33,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from penstock.api.status import PipelineStatus
-from penstock.contract.topology import StageRoute, Topology
+from penstock.contract.topology import StageRoute, Topology, VariantRoute
 from penstock.controller import metrics as operator_metrics
 from penstock.dataplane.flags import HostPort
 from penstock.dataplane.gateway.config import GatewayConfig
@@ -174,16 +174,24 @@ async def gateway(stage_name: str, stage: StageServer, **options: Any) -> AsyncI
 
 
 @asynccontextmanager
-async def router(embed: Gateway, rerank: Gateway) -> AsyncIterator[Router]:
+async def router(
+    embed: Gateway, rerank: Gateway, light: Gateway, heavy_url: str
+) -> AsyncIterator[Router]:
+    variants = (
+        VariantRoute("light", f"http://127.0.0.1:{light.port}"),
+        VariantRoute("heavy", heavy_url),
+    )
     topology = Topology(
         pipeline=PIPELINE,
         namespace=NAMESPACE,
-        output="rerank",
+        output="answer",
         stages={
             "embed": StageRoute("embed", f"http://127.0.0.1:{embed.port}"),
             "rerank": StageRoute(
                 "rerank", f"http://127.0.0.1:{rerank.port}", depends_on=("embed",)
             ),
+            # A cascade whose light variant (behind its own gateway) is always confident.
+            "answer": StageRoute("answer", "", depends_on=("rerank",), variants=variants),
         },
     )
     server = Router(
@@ -369,8 +377,10 @@ async def test_every_dashboard_query_answers_finite_values(
     assert len(queries) > 25  # every panel's targets, not a parsing accident
     assert len(dict(queries)) == len(queries)
     embed_stage, rerank_stage = StageServer(USAGE), StageServer(None)
+    answer_stage = StageServer(None)
     await embed_stage.start()
     await rerank_stage.start()
+    await answer_stage.start()
     timeout = aiohttp.ClientTimeout(total=10)
     try:
         async with (
@@ -384,12 +394,14 @@ async def test_every_dashboard_query_answers_finite_values(
                 batch_max_size=8,
                 batch_max_latency_ms=20,
             ) as rerank,
-            router(embed, rerank) as pipeline,
+            gateway("answer", answer_stage, hourly_cost=1.8, variant="light") as light,
+            router(embed, rerank, light, answer_stage.url) as pipeline,
         ):
             with operator_metrics_server() as operator_target:
                 targets = {
                     "penstock-gateway-embed": f"127.0.0.1:{embed.admin_port}",
                     "penstock-gateway-rerank": f"127.0.0.1:{rerank.admin_port}",
+                    "penstock-gateway-answer-light": f"127.0.0.1:{light.admin_port}",
                     "penstock-router": f"127.0.0.1:{pipeline.admin_port}",
                     "penstock-operator": operator_target,
                 }
@@ -407,6 +419,7 @@ async def test_every_dashboard_query_answers_finite_values(
     finally:
         await embed_stage.stop()
         await rerank_stage.stop()
+        await answer_stage.stop()
     assert not problems, "dashboard panels without a finite answer:\n" + "\n".join(
         f"{where}: {why}\n    {query}" for where, (query, why) in sorted(problems.items())
     )

@@ -17,7 +17,7 @@ from prometheus_client import Metric
 from prometheus_client.metrics import MetricWrapperBase
 
 from penstock.api.status import PipelineStatus
-from penstock.contract.topology import StageRoute, Topology
+from penstock.contract.topology import StageRoute, Topology, VariantRoute
 from penstock.controller import metrics as operator_metrics
 from penstock.dataplane.gateway.config import GatewayConfig, HostPort
 from penstock.dataplane.gateway.savings import Saving
@@ -44,26 +44,37 @@ IDENTIFIER = re.compile(r"(?<![\w$.])([a-zA-Z_:][a-zA-Z0-9_:]*)(?![\w(])(?!\s*\(
 
 
 def _families() -> Iterator[Metric]:
-    gateway = GatewayMetrics(
-        GatewayConfig(
-            listen=HostPort("127.0.0.1", 0),
-            upstream="http://127.0.0.1:1",
-            admin_listen=HostPort("127.0.0.1", 0),
-            pipeline="p",
-            stage="s",
-            namespace="n",
-            cost_center="c",
+    for variant in (None, "light"):  # a variant's gateway labels its series with it
+        gateway = GatewayMetrics(
+            GatewayConfig(
+                listen=HostPort("127.0.0.1", 0),
+                upstream="http://127.0.0.1:1",
+                admin_listen=HostPort("127.0.0.1", 0),
+                pipeline="p",
+                stage="s",
+                namespace="n",
+                cost_center="c",
+                variant=variant,
+            )
         )
+        gateway.request("ok")
+        gateway.lookup("hit")
+        gateway.store("stored")
+        gateway.batch_size.observe(4)
+        gateway.saved(Saving("cache", 0.1, 0.0001))
+        gateway.tokens(10, 20)
+        yield from gateway.registry.collect()
+    variants = (
+        VariantRoute("light", "http://127.0.0.1:1"),
+        VariantRoute("heavy", "http://127.0.0.1:2"),
     )
-    gateway.request("ok")
-    gateway.lookup("hit")
-    gateway.store("stored")
-    gateway.batch_size.observe(4)
-    gateway.saved(Saving("cache", 0.1, 0.0001))
-    gateway.tokens(10, 20)
-    yield from gateway.registry.collect()
-    router = RouterMetrics(Topology("p", "n", "s", {"s": StageRoute("s", "http://127.0.0.1:1")}))
+    stages = {
+        "s": StageRoute("s", "http://127.0.0.1:1"),
+        "v": StageRoute("v", "", variants=variants),
+    }
+    router = RouterMetrics(Topology("p", "n", "s", stages))
     router.request("ok")
+    router.variant_call("v", "light", "served", 0.01)
     yield from router.registry.collect()
     operator_metrics.RECONCILE_TOTAL.labels(result="changed").inc(0)
     status = PipelineStatus.model_validate(
