@@ -305,3 +305,39 @@ def test_render_output_passes_server_side_dry_run(
     assert result.stdout.count("(server dry run)") == len(
         [d for d in yaml.safe_load_all(rendered) if d]
     )
+
+
+def test_each_variant_is_a_workload_and_dropping_variants_goes_back_to_one(
+    cluster: Cluster, operator: OperatorProcess, namespace: str
+) -> None:
+    doc = yaml.safe_load((ROOT / "tests" / "unit" / "fixtures" / "variants.yaml").read_text())
+    assert cluster.apply(yaml.safe_dump(doc), namespace).returncode == 0
+    status = wait_ready(cluster, "qa", namespace)
+    found = children(cluster, "qa", namespace)
+    workloads = ["qa-answer-heavy", "qa-answer-light", "qa-retrieve"]
+    assert sorted(d["metadata"]["name"] for d in found["deployments"]) == [*workloads, "qa-router"]
+    hpas = sorted(h["metadata"]["name"] for h in found["horizontalpodautoscalers"])
+    assert hpas == [*workloads, "qa-router"]
+    light = cluster.get("deployment", "qa-answer-light", namespace)
+    assert light["spec"]["template"]["metadata"]["labels"]["penstock.dev/variant"] == "light"
+    stages = {s["name"]: s for s in status["stages"]}
+    variants = {v["name"]: v for v in stages["answer"]["variants"]}
+    assert variants["light"]["readyReplicas"] == 2 and variants["heavy"]["readyReplicas"] == 1
+    assert stages["answer"]["readyReplicas"] == 3  # the stage is the sum of its variants
+    topology = cluster.get("configmap", "qa-topology", namespace)["data"]["topology.json"]
+    assert '"variantPolicy"' in topology and f"qa-answer-light.{namespace}.svc" in topology
+
+    answer = doc["spec"]["stages"][1]
+    del answer["variants"], answer["variantPolicy"]
+    assert cluster.apply(yaml.safe_dump(doc), namespace).returncode == 0
+    wait_for(
+        lambda: all(
+            cluster.get(kind, f"qa-answer-{variant}", namespace) is None
+            for kind in ("deployment", "service", "horizontalpodautoscaler")
+            for variant in ("light", "heavy")
+        ),
+        what="the variants' children to go",
+    )
+    status = wait_ready(cluster, "qa", namespace)
+    assert cluster.get("deployment", "qa-answer", namespace) is not None
+    assert "variants" not in {s["name"]: s for s in status["stages"]}["answer"]
