@@ -370,11 +370,13 @@ def serving(args: argparse.Namespace) -> Iterator[Plan]:
     with _workdir(args.log_dir) as workdir:
         result = plan(document, spec, args, workdir)
         env = dict(os.environ, HOST=HOST)
+        # A stage, or one of its variants (<stage>/<variant>, with the variant's env).
+        stages = {target(w.stage.name, w.variant): w.stage for w in spec.workloads()}
         try:
             for proc in result.procs:
                 stage_env = dict(env)
                 if proc.name.startswith("stage "):
-                    stage = spec.stage(proc.name.removeprefix("stage "))
+                    stage = stages[proc.name.removeprefix("stage ")]
                     for var in stage.env or []:
                         if var.value is not None:
                             stage_env[var.name] = var.value
