@@ -30,7 +30,12 @@ from pathlib import Path
 
 import aiohttp
 
-from procs import free_port, process  # bench/procs.py (this script's directory is on sys.path)
+from procs import (
+    free_port,
+    nearest_rank,
+    process,
+    router_command,
+)  # bench/procs.py (this script's directory is on sys.path)
 
 RATES = {"light": 0.10, "heavy": 1.00}  # USD per replica-hour, as in the Pipelines below
 
@@ -97,23 +102,6 @@ spec:
 """
 
 
-def router_command(pipeline: Path, port: int, urls: list[str]) -> list[str]:
-    command = [
-        sys.executable,
-        "-c",
-        "import sys; from penstock.dataplane.router import main; sys.exit(main())",
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--admin-listen",
-        f"127.0.0.1:{free_port()}",
-        "--pipeline",
-        str(pipeline),
-    ]
-    for url in urls:
-        command += ["--stage-url", url]
-    return command
-
-
 async def one(session: aiohttp.ClientSession, url: str, question: int) -> dict[str, object]:
     """Latency (s), the variants' time (s each) and the answer of one request."""
     started = time.perf_counter()
@@ -142,11 +130,6 @@ async def wait_up(session: aiohttp.ClientSession, url: str) -> None:
             await asyncio.sleep(0.2)
 
 
-def p(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[max(0, min(len(ordered) - 1, round(q * len(ordered)) - 1))]
-
-
 async def measure(args: argparse.Namespace, urls: dict[str, str]) -> None:
     latencies: dict[str, list[float]] = {name: [] for name in urls}
     costs: dict[str, list[float]] = {name: [] for name in urls}
@@ -170,8 +153,8 @@ async def measure(args: argparse.Namespace, urls: dict[str, str]) -> None:
     for name in urls:
         values = latencies[name]
         print(
-            f"{name:<9}{statistics.mean(values) * 1000:>7.1f}ms{p(values, 0.5) * 1000:>7.1f}ms"
-            f"{p(values, 0.95) * 1000:>7.1f}ms{heavy_calls[name] / args.requests:>11.2f}"
+            f"{name:<9}{statistics.mean(values) * 1000:>7.1f}ms{nearest_rank(values, 0.5) * 1000:>7.1f}ms"
+            f"{nearest_rank(values, 0.95) * 1000:>7.1f}ms{heavy_calls[name] / args.requests:>11.2f}"
             f"{statistics.mean(costs[name]) * 1e6:>12.2f}"
         )
     latency_ratio = statistics.mean(latencies["cascade"]) / statistics.mean(latencies["heavy"])

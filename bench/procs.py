@@ -6,7 +6,8 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-from collections.abc import Iterator
+import sys
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -40,3 +41,28 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def router_command(pipeline: Path, port: int, stage_urls: Sequence[str]) -> list[str]:
+    """A ``penstock router`` for the Pipeline file, on ``port``, its stages (``stage=URL`` or
+    ``stage/variant=URL``) at the given URLs."""
+    command = [
+        sys.executable,
+        "-c",
+        "import sys; from penstock.dataplane.router import main; sys.exit(main())",
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--admin-listen",
+        f"127.0.0.1:{free_port()}",
+        "--pipeline",
+        str(pipeline),
+    ]
+    for url in stage_urls:
+        command += ["--stage-url", url]
+    return command
+
+
+def nearest_rank(values: Sequence[float], q: float) -> float:
+    """The q-quantile of ``values``, nearest-rank (as penstock analyze reports them)."""
+    ordered = sorted(values)
+    return ordered[max(0, min(len(ordered) - 1, round(q * len(ordered)) - 1))]

@@ -29,7 +29,12 @@ from pathlib import Path
 
 import aiohttp
 
-from procs import free_port, process  # bench/procs.py (this script's directory is on sys.path)
+from procs import (
+    free_port,
+    nearest_rank,
+    process,
+    router_command,
+)  # bench/procs.py (this script's directory is on sys.path)
 
 STAGES = """
 import asyncio, json, sys
@@ -110,22 +115,8 @@ spec:
 """
 
 
-def router_command(pipeline: Path, port: int, gen: int, post: int) -> list[str]:
-    return [
-        sys.executable,
-        "-c",
-        "import sys; from penstock.dataplane.router import main; sys.exit(main())",
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--admin-listen",
-        f"127.0.0.1:{free_port()}",
-        "--pipeline",
-        str(pipeline),
-        "--stage-url",
-        f"gen=http://127.0.0.1:{gen}",
-        "--stage-url",
-        f"post=http://127.0.0.1:{post}",
-    ]
+def stage_urls(gen: int, post: int) -> list[str]:
+    return [f"gen=http://127.0.0.1:{gen}", f"post=http://127.0.0.1:{post}"]
 
 
 async def one(session: aiohttp.ClientSession, url: str) -> tuple[float, float, bytes]:
@@ -154,11 +145,6 @@ async def wait_up(session: aiohttp.ClientSession, url: str) -> None:
             await asyncio.sleep(0.2)
 
 
-def p(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[max(0, min(len(ordered) - 1, round(q * len(ordered)) - 1))]
-
-
 async def measure(args: argparse.Namespace, urls: dict[str, str]) -> None:
     figures: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in urls}
     expected = "".join(f"token{i} " for i in range(args.tokens)).upper().encode()
@@ -176,8 +162,8 @@ async def measure(args: argparse.Namespace, urls: dict[str, str]) -> None:
     print(f"{'pipeline':<10}{'first p50':>11}{'first p95':>11}{'total p50':>11}{'total p95':>11}")
     for name, (first, total) in figures.items():
         print(
-            f"{name:<10}{p(first, 0.5) * 1000:>9.1f}ms{p(first, 0.95) * 1000:>9.1f}ms"
-            f"{p(total, 0.5) * 1000:>9.1f}ms{p(total, 0.95) * 1000:>9.1f}ms"
+            f"{name:<10}{nearest_rank(first, 0.5) * 1000:>9.1f}ms{nearest_rank(first, 0.95) * 1000:>9.1f}ms"
+            f"{nearest_rank(total, 0.5) * 1000:>9.1f}ms{nearest_rank(total, 0.95) * 1000:>9.1f}ms"
         )
     first_ratio = statistics.median(figures["streamed"][0]) / statistics.median(
         figures["envelope"][0]
@@ -216,8 +202,10 @@ def main() -> None:
         ]
         with (
             process(stage_command),
-            process(router_command(streamed, routers["streamed"], gen_stream, post_stream)),
-            process(router_command(envelope, routers["envelope"], gen_json, post_json)),
+            process(
+                router_command(streamed, routers["streamed"], stage_urls(gen_stream, post_stream))
+            ),
+            process(router_command(envelope, routers["envelope"], stage_urls(gen_json, post_json))),
         ):
             urls = {name: f"http://127.0.0.1:{port}/" for name, port in routers.items()}
             asyncio.run(measure(args, urls))

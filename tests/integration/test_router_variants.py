@@ -23,6 +23,7 @@ from penstock.contract.topology import StageRoute, Topology, VariantRoute
 from penstock.contract.wire import CONFIDENCE_HEADER, VARIANT_CALLS, VARIANT_HEADER
 from penstock.dataplane.gateway.config import HostPort
 from penstock.dataplane.router import Router, RouterConfig
+from tests.integration.test_router_stage_stream import serving
 
 pytestmark = pytest.mark.integration
 
@@ -48,26 +49,6 @@ class Model:
             return web.json_response({"error": f"{self.name} broke"}, status=self.status)
         headers = {CONFIDENCE_HEADER: self.confidence} if self.confidence is not None else {}
         return web.json_response({"by": self.name}, headers=headers)
-
-
-async def healthz(_request: web.Request) -> web.Response:
-    return web.Response(text="ok")
-
-
-@asynccontextmanager
-async def serving(model: Model) -> AsyncIterator[str]:
-    app = web.Application()
-    app.router.add_post("/", model.handle)
-    app.router.add_get("/healthz", healthz)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
 
 
 @dataclass
@@ -110,8 +91,8 @@ async def pipeline(
     ``prep`` stage (so the budget policy sees time already spent)."""
     async with AsyncExitStack() as stack:
         prep = Model("prep")
-        prep_url = await stack.enter_async_context(serving(prep))
-        urls = [await stack.enter_async_context(serving(model)) for model in models]
+        prep_url = await stack.enter_async_context(serving(prep.handle))
+        urls = [await stack.enter_async_context(serving(model.handle)) for model in models]
         variants = tuple(
             VariantRoute(
                 model.name,
