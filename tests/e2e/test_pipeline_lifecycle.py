@@ -10,7 +10,14 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.conftest import Cluster, OperatorProcess, example, updated_image, wait_for
+from tests.e2e.conftest import (
+    STAGE_IMAGE,
+    Cluster,
+    OperatorProcess,
+    example,
+    updated_image,
+    wait_for,
+)
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
@@ -310,6 +317,10 @@ def test_render_output_passes_server_side_dry_run(
 def test_each_variant_is_a_workload_and_dropping_variants_goes_back_to_one(
     cluster: Cluster, operator: OperatorProcess, namespace: str
 ) -> None:
+    if STAGE_IMAGE:
+        # The fixture's variant images are not built for a cluster that runs real containers;
+        # the kwok control plane (make test) runs this test.
+        pytest.skip("variant images exist only as names on the local control plane")
     doc = yaml.safe_load((ROOT / "tests" / "unit" / "fixtures" / "variants.yaml").read_text())
     assert cluster.apply(yaml.safe_dump(doc), namespace).returncode == 0
     status = wait_ready(cluster, "qa", namespace)
