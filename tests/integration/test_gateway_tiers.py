@@ -5,13 +5,17 @@ and the shared tier every replica reads (signed: another Pipeline can neither re
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import contextlib
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 
 import aiohttp
 import pytest
 
-from penstock.dataplane.gateway.cache import Lookup, RedisCache, signing_key
-from penstock.dataplane.gateway.config import ConfigError, parse_config
+from penstock.dataplane.gateway.cache import Lookup, RedisCache, cache_key, signing_key
+from penstock.dataplane.gateway.config import ConfigError, GatewayConfig, parse_config
+from penstock.dataplane.gateway.server import Gateway
 from tests.integration.test_gateway import Stage, client, running, sample, stage, url
 from tests.support import RedisServer
 
@@ -203,3 +207,148 @@ async def test_the_shared_tier_without_its_signing_key_is_a_config_error() -> No
     argv = ["--listen", "127.0.0.1:1", "--upstream", "http://127.0.0.1:2"]
     with pytest.raises(ConfigError, match="SHARED_CACHE_KEY"):
         parse_config([*argv, "--shared-redis-url", "redis://127.0.0.1:6379/0"], environ={})
+
+
+# --------------------------------------------------------------------------- across replicas
+
+
+@asynccontextmanager
+async def replicas(
+    stage: Stage, shared_redis: RedisServer, count: int, **overrides: object
+) -> AsyncIterator[list[Gateway]]:
+    """``count`` gateways of one stage sharing ``shared_redis`` (no pod tier), their lease
+    notices subscribed. Redis may take up to a second here (the product's 50 ms would turn a
+    loaded test machine's slow answers into misses, and this test is about leases)."""
+    overrides = {"redis_timeout_ms": 1000, **shared(shared_redis), **overrides}
+    async with contextlib.AsyncExitStack() as stack:
+        gateways = [
+            await stack.enter_async_context(running(stage, **overrides)) for _ in range(count)
+        ]
+        for gateway in gateways:
+            assert gateway.leases is not None
+            await asyncio.wait_for(gateway.leases.listening.wait(), 5)
+        yield gateways
+
+
+def leases(gateways: list[Gateway], result: str) -> float:
+    name = "penstock_stage_shared_coalescing_total"
+    return sum(sample(gateway, name, result=result) for gateway in gateways)
+
+
+async def test_identical_requests_spread_over_replicas_make_one_stage_call(
+    stage: Stage, shared_redis: RedisServer, client: aiohttp.ClientSession
+) -> None:
+    stage.delay = 0.3
+    async with replicas(stage, shared_redis, 4) as gateways:
+
+        async def one(index: int) -> tuple[int, bytes, str]:
+            target = gateways[index % len(gateways)]
+            async with client.post(url(target), json={"q": "everyone"}) as response:
+                return response.status, await response.read(), response.headers["X-Penstock-Cache"]
+
+        answers = await asyncio.gather(*(one(index) for index in range(50)))
+        assert stage.calls["/"] == 1
+        assert {(status, body) for status, body, _ in answers} == {answers[0][:2]}
+        assert answers[0][0] == 200
+        assert leases(gateways, "led") == 1
+        assert leases(gateways, "joined") == 3  # each other replica's first caller
+        assert leases(gateways, "alone") == 0
+        # The 46 others joined their own replica's first caller.
+        coalesced = sum(sample(g, "penstock_stage_coalesced_requests_total") for g in gateways)
+        assert coalesced == 49
+        for gateway in gateways:
+            await gateway.stored()
+        assert shared_redis.client.keys("penstock:lease:*") == []  # released
+
+
+async def test_a_dead_holders_lease_expires_and_a_waiting_replica_calls_the_stage(
+    stage: Stage, shared_redis: RedisServer, client: aiohttp.ClientSession
+) -> None:
+    async with replicas(stage, shared_redis, 1) as (gateway,):
+        assert gateway.leases is not None
+        body = {"q": "orphaned"}
+        # A replica took the lease and died: nobody renews it, nobody will say it is done.
+        key = answer_key(body)
+        shared_redis.client.set(gateway.leases.lease_name(key), "dead", px=500)
+        started = time.monotonic()
+        async with client.post(url(gateway), json=body) as response:
+            assert response.status == 200
+            assert response.headers["X-Penstock-Cache"] == "miss"
+        waited = time.monotonic() - started
+        assert 0.4 <= waited <= gateway.leases.lease_seconds + 1.0
+        assert stage.calls["/"] == 1
+        assert leases([gateway], "led") == 1
+
+
+async def test_an_answer_that_may_not_be_shared_sends_the_waiting_replicas_to_the_stage(
+    stage: Stage, shared_redis: RedisServer, client: aiohttp.ClientSession
+) -> None:
+    stage.delay = 0.3
+    async with replicas(stage, shared_redis, 2) as gateways:
+
+        async def one(gateway: Gateway) -> int:
+            async with client.post(url(gateway), json={"private": True}) as response:
+                await response.read()
+                return response.status
+
+        first = asyncio.ensure_future(one(gateways[0]))
+        await asyncio.sleep(0.1)  # the first replica holds the lease
+        assert await one(gateways[1]) == 200
+        assert await first == 200
+        assert stage.calls["/"] == 2  # Cache-Control: private: each caller its own answer
+        assert leases(gateways, "led") == 1
+        assert leases(gateways, "alone") == 1
+        assert leases(gateways, "joined") == 0
+
+
+async def test_another_pipeline_on_the_same_redis_never_holds_up_our_requests(
+    stage: Stage, shared_redis: RedisServer, client: aiohttp.ClientSession
+) -> None:
+    stage.delay = 0.3
+    async with (
+        replicas(stage, shared_redis, 1) as (ours,),
+        replicas(stage, shared_redis, 1, shared_cache_key="other") as (theirs,),
+    ):
+        assert ours.leases is not None and theirs.leases is not None
+        key = answer_key({"q": "same text"})
+        assert ours.leases.lease_name(key) != theirs.leases.lease_name(key)
+
+        async def one(gateway: Gateway) -> str:
+            async with client.post(url(gateway), json={"q": "same text"}) as response:
+                await response.read()
+                return response.headers["X-Penstock-Cache"]
+
+        assert await asyncio.gather(one(ours), one(theirs)) == ["miss", "miss"]
+        assert stage.calls["/"] == 2  # neither waited on the other's lease
+        assert leases([ours, theirs], "led") == 2
+
+
+async def test_without_the_notices_a_replica_calls_alone(
+    stage: Stage, shared_redis: RedisServer, client: aiohttp.ClientSession
+) -> None:
+    async with replicas(stage, shared_redis, 1) as (gateway,):
+        assert gateway.leases is not None
+        shared_redis.kill()
+        await asyncio.sleep(0.2)
+        assert not gateway.leases.listening.is_set()
+        async with client.post(url(gateway), json={"q": "no redis"}) as response:
+            assert response.status == 200
+        assert stage.calls["/"] == 1
+        assert leases([gateway], "alone") == 1
+
+
+def answer_key(body: object) -> str:
+    """The cache key the gateways of these tests give ``body`` from aiohttp's client (it sends
+    ``Accept: */*``, a key header by default)."""
+    return cache_key(
+        namespace="search",
+        pipeline="rag",
+        stage="embed",
+        stage_image="registry.example/embedder:2.0",
+        model_version="",
+        method="POST",
+        path="/",
+        body=body,
+        headers={"Accept": "*/*"},
+        key_headers=GatewayConfig.cache_key_headers,
+    )

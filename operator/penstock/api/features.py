@@ -125,7 +125,10 @@ class SharedTier(ApiModel):
     """A Redis (or Valkey) endpoint every replica of the stage shares, looked up after the pod's
     own Redis: N replicas keep one cache instead of N, and a new replica starts warm. Entries
     are signed with the Pipeline's own key (from its cache Secret): another Pipeline pointed at
-    the same Redis can neither serve them nor plant answers in this one's."""
+    the same Redis can neither serve them nor plant answers in this one's. Identical misses on
+    different replicas make one stage call: the first takes a lease (SET NX with a 2 s expiry it
+    renews), the others wait for its notice and read its answer; a dead holder's lease expires
+    and a waiter calls instead."""
 
     url: str = Field(max_length=2048, pattern=r"^rediss?://[^\s/@:]+(:[0-9]+)?(/[0-9]+)?$")
     """redis://HOST[:PORT][/DB], or rediss:// for TLS (verified against the system CAs). No
@@ -223,7 +226,8 @@ class Cache(ApiModel):
     memory: MemoryTier | None = None
     """The in-process tier in front of the Redis sidecar; unset: none."""
     shared: SharedTier | None = None
-    """A Redis every replica shares, after the Redis sidecar; unset: none."""
+    """A Redis every replica shares, after the Redis sidecar; identical misses on different
+    replicas make one stage call (a lease in this Redis). Unset: none."""
     semantic: SemanticTier | None = None
     """Answers for similar inputs after an exact miss; unset: none."""
 

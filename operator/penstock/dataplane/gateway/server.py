@@ -42,6 +42,7 @@ from penstock.dataplane.gateway.cache import (
     Lookup,
     Store,
     cache_key,
+    signing_key,
     stored_confidence,
 )
 from penstock.dataplane.gateway.coalesce import Coalescer
@@ -54,6 +55,7 @@ from penstock.dataplane.gateway.exchange import (
     failure_response,
     respond,
 )
+from penstock.dataplane.gateway.leases import Claim, Lease, Leases
 from penstock.dataplane.gateway.packing import CallerHeaders, Packer, PackItem
 from penstock.dataplane.gateway.savings import SavingsEstimator
 from penstock.dataplane.gateway.semantic import (
@@ -128,6 +130,7 @@ class Gateway(Server):
         self.stage = StageClient(config)
         self.cache: Tiers | None = None
         self.semantic: SemanticTier | None = None
+        self.leases: Leases | None = None
         self._batcher: Batcher | None = None
         self._readiness: asyncio.Task[None] | None = None
         self._stores: set[asyncio.Task[None]] = set()
@@ -138,6 +141,14 @@ class Gateway(Server):
         config = self.config
         self.cache = cache_tiers(config)
         self.semantic = semantic_tier(config) if self.cache is not None else None
+        if config.shared_redis_url and config.shared_cache_key:
+            self.leases = Leases(
+                config.shared_redis_url,
+                password=config.shared_redis_password,
+                sign_key=signing_key(config.shared_cache_key),
+                timeout=config.redis_timeout_ms / 1000,
+            )
+            await self.leases.start()
         if config.batching:
             send: Send = self._send_batch
             if config.pack is not None:
@@ -184,6 +195,8 @@ class Gateway(Server):
             await self.cache.close()
         if self.semantic is not None:
             await self.semantic.close()
+        if self.leases is not None:
+            await self.leases.close()
         self.close_tracer()
 
     def _after_answer(self, work: Coroutine[Any, Any, None]) -> None:
@@ -367,21 +380,63 @@ class Gateway(Server):
                     return self._semantic_answer(request, body, probe, hit, record)
         deadline = asyncio.get_running_loop().time() + config.timeout_seconds
 
-        async def work() -> Produced:
+        async def call() -> Produced:
             if self._batcher is not None:
                 item = body if config.pack is None else PackItem(body, self._identity(request))
                 return Produced(await self._batcher.submit(item, deadline), request.headers)
             outcome = await self._call_stage(request, body, deadline=deadline)
             return Produced(outcome, request.headers)
 
+        lease: Lease | None = None
+        across: Entry | None = None  # another replica's answer, from the shared tier
+
+        async def work() -> Produced:
+            """The call, or, with a shared tier, the call of whichever replica leads."""
+            nonlocal lease, across
+            if self.leases is None or self.cache is None or not (rules.lookup and rules.store):
+                return await call()
+            claim: Claim | None
+            claim, lease = await self.leases.claim(key)
+            if claim is Claim.THEIRS:
+                claim, lease = await self.leases.wait(key, deadline)
+                if claim is None:  # the holder is done: its answer, when it could be shared
+                    found = await self.cache.get(key, request.headers, self.metrics.tier_lookup)
+                    if found.entry is not None:
+                        if found.fill is not None:
+                            self._after_answer(found.fill(self.metrics.tier_fill))
+                        across = found.entry
+                        self.metrics.lease("joined")
+                        answer = Answer(
+                            found.entry.status,
+                            tuple(hit_headers(found.entry, {CACHE_TIER_HEADER: "shared"}).items()),
+                            found.entry.body,
+                        )
+                        return Produced(answer, request.headers)
+            self.metrics.lease("led" if lease is not None else "alone")
+            try:
+                return await call()
+            except BaseException:
+                if lease is not None:
+                    self._after_answer(self.leases.release(lease))
+                raise
+
         if rules.join and not self._coalescer.passes(key):
             shared = await self._coalescer.run(key, work)
             produced, leader, sharers = shared.value, shared.leader, shared.sharers
         else:  # wants a fresh answer, or its answers are not shared: call on its own
-            produced, leader, sharers = await work(), True, 1
+            produced, leader, sharers = await call(), True, 1
+        if leader and across is not None:
+            record.cache_hit = True
+            record.saving = self.savings.hit("coalesced")
+            self.metrics.coalesced.inc()
+            return Response(
+                status=across.status,
+                body=across.body,
+                headers=hit_headers(across, {CACHE_TIER_HEADER: "shared"}),
+            )
         if not leader:
             if not self._may_take(key, produced, request):  # its own call, in its own time
-                result = (await work()).outcome
+                result = (await call()).outcome
                 self._called(result, record)
                 return await self._respond(request, result, record, cache_state, sharers=1)
             self.metrics.coalesced.inc()
@@ -391,7 +446,9 @@ class Gateway(Server):
             self._called(produced.outcome, record)
             if self.cache is not None and rules.store and isinstance(produced.outcome, Answer):
                 # Stored after the answer is on its way: a miss costs one Redis round trip.
-                self._after_answer(self._store(key, produced, probe))
+                self._after_answer(self._store(key, produced, probe, lease))
+            elif lease is not None and self.leases is not None:
+                self._after_answer(self.leases.release(lease))
         return await self._respond(request, produced.outcome, record, cache_state, sharers)
 
     def _called(self, outcome: Outcome | OpenStream, record: Record) -> None:
@@ -489,7 +546,17 @@ class Gateway(Server):
         else:
             self.metrics.verification("error")
 
-    async def _store(self, key: str, produced: Produced, probe: Probe | None = None) -> None:
+    async def _store(
+        self, key: str, produced: Produced, probe: Probe | None = None, lease: Lease | None = None
+    ) -> None:
+        """Store the answer; then drop the lease other replicas wait on (stored or not)."""
+        try:
+            await self._store_answer(key, produced, probe)
+        finally:
+            if lease is not None and self.leases is not None:
+                await self.leases.release(lease)
+
+    async def _store_answer(self, key: str, produced: Produced, probe: Probe | None) -> None:
         assert self.cache is not None
         answer = produced.outcome
         assert isinstance(answer, Answer)

@@ -112,6 +112,15 @@ class GatewayMetrics:
             names,
             registry=r,
         ).labels(**labels)
+        self._leases = Counter(
+            "penstock_stage_shared_coalescing_total",
+            "Cache misses coalesced across replicas through the shared tier's leases, by result"
+            " (led: this replica called the stage for all; joined: answered by another"
+            " replica's call; alone: called on its own: the other's answer could not be shared,"
+            " or the lease or its notices were unavailable)",
+            [*names, "result"],
+            registry=r,
+        )
         self.batch_size = Histogram(
             STAGE_BATCH_SIZE,
             "Items per batch sent to the stage's batch endpoint",
@@ -206,6 +215,9 @@ class GatewayMetrics:
 
     def lookup(self, result: str) -> None:
         self._lookup_children[result].inc()
+
+    def lease(self, result: str) -> None:
+        self._leases.labels(**self._labels, result=result).inc()
 
     def store(self, result: str) -> None:
         self._stores.labels(**self._labels, result=result).inc()
