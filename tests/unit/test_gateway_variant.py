@@ -47,6 +47,7 @@ def _labels(variant: str | None) -> dict[str, list[dict[str, str]]]:
     metrics.store("stored")
     metrics.tier_lookup("memory", "hit")
     metrics.tier_fill("memory", "stored")
+    metrics.lease("led")
     metrics.semantic("miss")
     metrics.verification("same")
     metrics.pack_fallback("missing")
@@ -67,7 +68,7 @@ def _labels(variant: str | None) -> dict[str, list[dict[str, str]]]:
 
 def test_a_variant_gateway_labels_every_series_with_its_variant() -> None:
     families = _labels("light")
-    assert len(families) == 18
+    assert len(families) == 19
     for name, samples in families.items():
         assert samples, name
         for labels in samples:

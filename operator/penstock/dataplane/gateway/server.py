@@ -388,30 +388,39 @@ class Gateway(Server):
             return Produced(outcome, request.headers)
 
         lease: Lease | None = None
-        across: Entry | None = None  # another replica's answer, from the shared tier
+        across: Entry | None = None  # another replica's answer, read from the tiers
+        across_tier = "shared"
 
         async def work() -> Produced:
             """The call, or, with a shared tier, the call of whichever replica leads."""
-            nonlocal lease, across
+            nonlocal lease, across, across_tier
             if self.leases is None or self.cache is None or not (rules.lookup and rules.store):
                 return await call()
             claim: Claim | None
             claim, lease = await self.leases.claim(key)
+            # Read the tiers again (uncounted: this request's lookup is counted) when another
+            # replica's answer may be there: it said it is done, or it stored and let go of the
+            # lease between this request's lookup and its claim.
+            recheck = claim is Claim.OURS
             if claim is Claim.THEIRS:
                 claim, lease = await self.leases.wait(key, deadline)
-                if claim is None:  # the holder is done: its answer, when it could be shared
-                    found = await self.cache.get(key, request.headers, self.metrics.tier_lookup)
-                    if found.entry is not None:
-                        if found.fill is not None:
-                            self._after_answer(found.fill(self.metrics.tier_fill))
-                        across = found.entry
-                        self.metrics.lease("joined")
-                        answer = Answer(
-                            found.entry.status,
-                            tuple(hit_headers(found.entry, {CACHE_TIER_HEADER: "shared"}).items()),
-                            found.entry.body,
-                        )
-                        return Produced(answer, request.headers)
+                recheck = claim is None  # not after taking over a dead holder's lease
+            if recheck:
+                found = await self.cache.get(key, request.headers)
+                if found.entry is not None:
+                    if lease is not None:
+                        self._after_answer(self.leases.release(lease))
+                        lease = None
+                    if found.fill is not None:
+                        self._after_answer(found.fill(self.metrics.tier_fill))
+                    across, across_tier = found.entry, found.tier or "shared"
+                    self.metrics.lease("joined")
+                    answer = Answer(
+                        found.entry.status,
+                        tuple(hit_headers(found.entry, {CACHE_TIER_HEADER: across_tier}).items()),
+                        found.entry.body,
+                    )
+                    return Produced(answer, request.headers)
             self.metrics.lease("led" if lease is not None else "alone")
             try:
                 return await call()
@@ -432,7 +441,7 @@ class Gateway(Server):
             return Response(
                 status=across.status,
                 body=across.body,
-                headers=hit_headers(across, {CACHE_TIER_HEADER: "shared"}),
+                headers=hit_headers(across, {CACHE_TIER_HEADER: across_tier}),
             )
         if not leader:
             if not self._may_take(key, produced, request):  # its own call, in its own time

@@ -81,7 +81,7 @@ class GatewayMetrics:
         )
         self._tier_lookups = Counter(
             "penstock_stage_cache_tier_lookups_total",
-            "Lookups in each cache tier (memory, pod) by result; a lookup goes on to the next"
+            "Lookups in each cache tier (memory, pod, shared) by result; a lookup goes on to the next"
             " tier until one hits",
             [*names, "tier", "result"],
             registry=r,
