@@ -45,6 +45,7 @@ STAGE_APP = """
 import asyncio, sys
 from aiohttp import web
 calls = 0
+items_seen = 0
 async def root(request):
     global calls
     calls += 1
@@ -52,12 +53,18 @@ async def root(request):
     if isinstance(body, dict) and body.get("sleep"):
         await asyncio.sleep(body["sleep"])
     return web.json_response({"echo": body})
+async def batch(request):
+    global items_seen
+    items = await request.json()
+    items_seen += len(items)
+    return web.json_response([{"echo": item} for item in items])
 async def count(request):
-    return web.json_response({"calls": calls})
+    return web.json_response({"calls": calls, "items": items_seen})
 async def healthz(request):
     return web.Response(text="ok")
 app = web.Application()
 app.router.add_post("/", root)
+app.router.add_post("/batch", batch)
 app.router.add_get("/count", count)
 app.router.add_get("/healthz", healthz)
 web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
@@ -125,6 +132,7 @@ async def run(args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
     stage_port, redis_port = free_port(), free_port()
     gw_port, gw_admin, nc_port, nc_admin = free_port(), free_port(), free_port(), free_port()
     mem_port, mem_admin = free_port(), free_port()
+    items_port, items_admin = free_port(), free_port()
     redis_url = f"redis://127.0.0.1:{redis_port}/0"
     stage_url = f"http://127.0.0.1:{stage_port}"
     gateway = [sys.executable, "-m", "penstock.dataplane.gateway", "--upstream", stage_url]
@@ -151,6 +159,15 @@ async def run(args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
         process(
             [
                 *gateway,
+                *("--listen", f"127.0.0.1:{items_port}"),
+                *("--admin-listen", f"127.0.0.1:{items_admin}"),
+                *("--redis-url", redis_url, "--stage", "bench-items", "--pipeline", "bench"),
+                *("--batch-path", "/batch", "--batch-max-size", "32"),
+            ]
+        ),
+        process(
+            [
+                *gateway,
                 *("--listen", f"127.0.0.1:{nc_port}", "--admin-listen", f"127.0.0.1:{nc_admin}"),
                 *("--stage", "bench-nocache", "--pipeline", "bench"),
             ]
@@ -158,7 +175,7 @@ async def run(args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
     ):
         connector = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(connector=connector) as session:
-            for admin in (gw_admin, nc_admin, mem_admin):
+            for admin in (gw_admin, nc_admin, mem_admin, items_admin):
                 await wait_http(session, f"http://127.0.0.1:{admin}/ready")
             rds = aioredis.Redis.from_url(redis_url)
             run_id = time.time_ns()
@@ -270,6 +287,32 @@ async def run(args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
                 if line.startswith("penstock_stage_cache_lookups_total") and "error" in line
             )
             rows.append(("cache lookup errors in the run", f"{errors:g}", "", ""))
+
+            async def stage_items() -> int:
+                async with session.get(stage_url + "/count") as response:
+                    return int((await response.json())["items"])
+
+            async def batch_of(base: str, items: list[Any]) -> tuple[int, float]:
+                """The items the stage received for one batch sent to ``base``, and the time."""
+                before, started = await stage_items(), time.perf_counter()
+                async with session.post(base + "/batch", json=items) as response:
+                    answer = await response.json()
+                    assert response.status == 200 and len(answer) == len(items), answer
+                return await stage_items() - before, time.perf_counter() - started
+
+            repeats = [{"run": run_id, "text": f"item {index % 16}"} for index in range(32)]
+            direct_items, direct_s = await batch_of(direct_url, repeats)
+            cold_items, cold_s = await batch_of(f"http://127.0.0.1:{items_port}", repeats)
+            await asyncio.sleep(0.2)  # the stores land after the answer
+            warm_items, warm_s = await batch_of(f"http://127.0.0.1:{items_port}", repeats)
+            rows.append(
+                (
+                    "a batch of 32 with 16 repeats",
+                    f"direct: {direct_items} items",
+                    f"gateway: {cold_items} items, again: {warm_items}",
+                    f"{direct_s * 1000:.1f} / {cold_s * 1000:.1f} / {warm_s * 1000:.1f} ms",
+                )
+            )
 
             direct_calls = await burst(direct_url, "direct")
             coalesced_calls = await burst(nc_url, "gateway")

@@ -273,7 +273,9 @@ class Batching(ApiModel):
     """Longest time the first request of a batch waits for others. Default 10."""
     path: str = Field(default="/batch", max_length=256, pattern=r"^/")
     """Stage path taking a JSON array of inputs and returning an array of outputs. Default /batch.
-    Not used with pack."""
+    Not used with pack. With the cache enabled, a caller's own array sent to this path is cached
+    item by item: each item is looked up as a POST / of it, only the distinct misses go to the
+    stage (batched), and the answers come back in order (X-Penstock-Cache-Items: hits/items)."""
     pack: Pack | None = None
     """Prompt packing for LLM stages: the batch is one prompt to POST / (maxBatchSize items at
     most); items whose part of the answer is missing or does not parse are sent alone."""

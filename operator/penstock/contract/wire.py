@@ -20,6 +20,9 @@ CACHE_HEADER = "X-Penstock-Cache"
 CACHE_TIER_HEADER = "X-Penstock-Cache-Tier"
 """Response header on a cache hit: the tier that answered, ``memory``, ``pod``, ``shared`` or
 ``semantic``."""
+CACHE_ITEMS_HEADER = "X-Penstock-Cache-Items"
+"""Response header on a batch sent to a stage's batch path: ``<hits>/<items>``, the items
+answered from the cache (a repeat within the batch counts as a hit of the first)."""
 CACHE_SIMILARITY_HEADER = "X-Penstock-Cache-Similarity"
 """Response header on a semantic hit: the cosine similarity to the stored input, 3 decimals."""
 USAGE_HEADER = "X-Penstock-Usage"

@@ -31,6 +31,7 @@ from penstock.contract.wire import (
     ATTR_STAGE,
     ATTR_VARIANT,
     CACHE_HEADER,
+    CACHE_ITEMS_HEADER,
     CACHE_SIMILARITY_HEADER,
     CACHE_TIER_HEADER,
     CONFIDENCE_HEADER,
@@ -83,7 +84,7 @@ from penstock.dataplane.gateway.tiers import Tiers, cache_tiers
 from penstock.dataplane.gateway.usage import token_usage
 from penstock.dataplane.http1 import Answer as Reply
 from penstock.dataplane.http1 import BodyTooLarge, Request, Response
-from penstock.dataplane.jsonbody import JsonBodyError, parse
+from penstock.dataplane.jsonbody import JsonBodyError, canonical, loads, parse
 from penstock.dataplane.limits import BodyTimeout, Identity
 from penstock.dataplane.server import Server, build_tracer
 
@@ -319,6 +320,15 @@ class Gateway(Server):
             return failure_response(
                 Failure(503, message, config.stage, "not_ready"), record, "bypass"
             )
+        if (
+            request.method == "POST"
+            and request.path == config.batch_path
+            and self._batcher is not None
+            and self.cache is not None
+            and config.pack is None
+            and not config.stream_input
+        ):
+            return await self._serve_items(request, record)
         # Other paths, and a streamed input (input: stream), go through as they arrive.
         if request.method != "POST" or request.path != STAGE_ENDPOINT or config.stream_input:
             body_stream = request.body.iter_any() if request.body_exists else None
@@ -336,18 +346,7 @@ class Gateway(Server):
             self._called(result, record)
             return await self._respond(request, result, record, "bypass", sharers=1)
 
-        material: dict[str, Any] = {
-            "namespace": config.namespace,
-            "pipeline": config.pipeline,
-            # Variants of a stage never share entries (the shared tier is the stage's).
-            "stage": config.stage if not config.variant else f"{config.stage}/{config.variant}",
-            "stage_image": config.stage_image,
-            "model_version": config.model_version,
-            "method": request.method,
-            "path": request.target,
-            "headers": request.headers,
-            "key_headers": config.cache_key_headers,
-        }
+        material = self._key_material(request, request.method, request.target)
         key = cache_key(body=canonical, **material)
         rules = request_rules(request.headers)
         cache_state = "bypass"
@@ -459,6 +458,95 @@ class Gateway(Server):
             elif lease is not None and self.leases is not None:
                 self._after_answer(self.leases.release(lease))
         return await self._respond(request, produced.outcome, record, cache_state, sharers)
+
+    def _key_material(self, request: Request, method: str, path: str) -> dict[str, Any]:
+        """Everything of a cache key but the body."""
+        config = self.config
+        return {
+            "namespace": config.namespace,
+            "pipeline": config.pipeline,
+            # Variants of a stage never share entries (the shared tier is the stage's).
+            "stage": config.stage if not config.variant else f"{config.stage}/{config.variant}",
+            "stage_image": config.stage_image,
+            "model_version": config.model_version,
+            "method": method,
+            "path": path,
+            "headers": request.headers,
+            "key_headers": config.cache_key_headers,
+        }
+
+    async def _serve_items(self, request: Request, record: Record) -> Reply:
+        """A batch sent to the stage's batch path: each item is looked up as a ``POST /`` of
+        it would be (so batches and single requests share entries), each distinct miss goes
+        once to the batcher (so to the batch path, with whatever else is queued), and the
+        answers come back in the items' order."""
+        assert self.cache is not None and self._batcher is not None
+        body = await self._read_body(request)
+        if isinstance(body, Failure):
+            return failure_response(body, record, "bypass")
+        problem = charset_problem(request.headers.get("Content-Type"))
+        items: Any = None
+        if problem is None:
+            try:
+                items = loads(body)
+            except JsonBodyError as error:
+                problem = str(error)
+        if problem is None and (not isinstance(items, list) or not items):
+            problem = f"is not a non-empty JSON array of items, as {self.config.batch_path} takes"
+        if problem is not None:
+            return failure_response(
+                self._client_error(f"batch request body {problem}"), record, "bypass"
+            )
+        material = self._key_material(request, "POST", STAGE_ENDPOINT)
+        texts: dict[str, bytes] = {}  # key -> the item's canonical text, each key once
+        keys = []
+        for item in items:
+            text = canonical(item)
+            key = cache_key(body=text, **material)
+            texts.setdefault(key, text)
+            keys.append(key)
+        rules = request_rules(request.headers)
+        answers: dict[str, bytes] = {}
+        if rules.lookup:
+            found = await asyncio.gather(
+                *(self.cache.get(key, request.headers, self.metrics.tier_lookup) for key in texts)
+            )
+            for key, hit in zip(texts, found, strict=True):
+                self.metrics.lookup(hit.lookup.value)
+                entry = hit.entry
+                if entry is None or hit.lookup is not Lookup.HIT:
+                    continue
+                if entry.status == 200 and declares_json(entry.content_type):  # an item's answer
+                    answers[key] = entry.body
+                    if hit.fill is not None:
+                        self._after_answer(hit.fill(self.metrics.tier_fill))
+        misses = [key for key in texts if key not in answers]
+        deadline = asyncio.get_running_loop().time() + self.config.timeout_seconds
+        outcomes = await asyncio.gather(
+            *(self._batcher.submit(texts[key], deadline) for key in misses)
+        )
+        for key, outcome in zip(misses, outcomes, strict=True):
+            if isinstance(outcome, Failure):  # the batch fails as the stage's batch call would
+                return failure_response(outcome, record, "miss")
+            assert isinstance(outcome, Answer)
+            self._called(outcome, record)
+            answers[key] = outcome.body
+            if rules.store:
+                self._after_answer(self._store(key, Produced(outcome, request.headers)))
+        hits = len(keys) - len(misses)
+        record.cache_hit = not misses
+        if record.cache_hit:
+            record.saving = self.savings.hit("cache")
+        state = "hit" if not misses else ("miss" if rules.lookup else "bypass")
+        return Response(
+            status=200,
+            body=b"[" + b",".join(answers[key] for key in keys) + b"]",
+            headers={
+                "Content-Type": "application/json",
+                CACHE_HEADER: state,
+                CACHE_ITEMS_HEADER: f"{hits}/{len(keys)}",
+            },
+        )
 
     def _called(self, outcome: Outcome | OpenStream, record: Record) -> None:
         """A stage call answered: feed the savings estimates; the tokens it reports."""
