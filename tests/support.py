@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.client
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -66,6 +67,67 @@ class RedisServer:
             os.kill(self.process.pid, signal.SIGCONT)
         self.kill()
         self.client.close()
+
+
+class MemcachedServer:
+    """A memcached process of its own on a free loopback port (64 MB, no UDP)."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"memcached://127.0.0.1:{self.port}"
+        user = ["-u", "root"] if os.geteuid() == 0 else []  # memcached refuses root otherwise
+        self.process = subprocess.Popen(
+            [
+                tool("memcached"),
+                "-l",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-U",
+                "0",
+                "-m",
+                "64",
+                *user,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                self.command(b"version")
+                break
+            except OSError:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    raise RuntimeError("memcached did not start") from None
+                time.sleep(0.02)
+
+    def command(self, line: bytes) -> bytes:
+        """One text-protocol command; the server's first reply line(s)."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=2) as sock:
+            sock.sendall(line + b"\r\n")
+            return sock.recv(1 << 20)
+
+    def get(self, key: str) -> bytes | None:
+        reply = self.command(b"get " + key.encode())
+        if reply.startswith(b"END"):
+            return None
+        header, _, rest = reply.partition(b"\r\n")
+        return rest[: int(header.split()[3])]
+
+    def set(self, key: str, value: bytes, ttl: int = 60) -> None:
+        line = b"set %s 0 %d %d\r\n%s" % (key.encode(), ttl, len(value), value)
+        assert self.command(line).startswith(b"STORED"), key
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(5)
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGCONT)
+        self.kill()
 
 
 def wait_http(port: int, path: str, timeout: float = 20.0) -> None:

@@ -17,7 +17,7 @@ from penstock.dataplane.gateway.cache import Lookup, RedisCache, cache_key, sign
 from penstock.dataplane.gateway.config import ConfigError, GatewayConfig, parse_config
 from penstock.dataplane.gateway.server import Gateway
 from tests.integration.test_gateway import Stage, client, running, sample, stage, url
-from tests.support import RedisServer
+from tests.support import MemcachedServer, RedisServer
 
 pytestmark = [pytest.mark.integration]
 __all__ = ["client", "stage"]  # fixtures
@@ -352,3 +352,87 @@ def answer_key(body: object) -> str:
         headers={"Accept": "*/*"},
         key_headers=GatewayConfig.cache_key_headers,
     )
+
+
+# --------------------------------------------------------------------------- on Memcached
+
+
+@pytest.fixture
+def memcached() -> Iterator[MemcachedServer]:
+    server = MemcachedServer()
+    yield server
+    server.close()
+
+
+def on_memcached(server: MemcachedServer, key: str = "pipeline-secret") -> dict[str, object]:
+    return {"shared_redis_url": server.url, "shared_cache_key": key, "redis_timeout_ms": 1000}
+
+
+async def test_replicas_share_answers_through_memcached(
+    stage: Stage, memcached: MemcachedServer, client: aiohttp.ClientSession
+) -> None:
+    async with running(stage, **MEMORY, **on_memcached(memcached)) as first:
+        assert first.leases is None  # no SET NX / PUBLISH there: coalescing stays per replica
+        assert await ask(client, first, {"q": "warm"}) == (200, "miss", None)
+        await first.stored()
+    assert memcached.get(answer_key({"q": "warm"})) is not None
+    async with running(stage, **MEMORY, **on_memcached(memcached)) as second:
+        assert await ask(client, second, {"q": "warm"}) == (200, "hit", "shared")
+        await second.stored()  # the fill runs after the answer
+        assert await ask(client, second, {"q": "warm"}) == (200, "hit", "memory")
+    assert stage.calls["/"] == 1
+
+
+async def test_the_memory_tier_never_outlives_the_memcached_entry_it_was_filled_from(
+    stage: Stage, memcached: MemcachedServer, client: aiohttp.ClientSession
+) -> None:
+    options = {**MEMORY, **on_memcached(memcached), "cache_ttl_seconds": 2}
+    async with running(stage, **on_memcached(memcached), cache_ttl_seconds=2) as first:
+        await ask(client, first, {"q": "short"})
+        await first.stored()
+    async with running(stage, **options) as second:
+        assert await ask(client, second, {"q": "short"}) == (200, "hit", "shared")
+        await second.stored()
+        await asyncio.sleep(2.2)  # Memcached's entry is gone: so is the memory tier's copy
+        assert (await ask(client, second, {"q": "short"}))[1] == "miss"
+    assert stage.calls["/"] == 2
+
+
+async def test_another_pipelines_memcached_entry_is_a_miss_and_a_planted_one_too(
+    stage: Stage, memcached: MemcachedServer, client: aiohttp.ClientSession
+) -> None:
+    async with running(stage, **on_memcached(memcached, "a")) as ours:
+        await ask(client, ours, {"q": "private"})
+        await ours.stored()
+    key = answer_key({"q": "private"})
+    async with running(stage, **on_memcached(memcached, "b")) as intruder:
+        assert (await ask(client, intruder, {"q": "private"}))[1] == "miss"
+        await intruder.stored()
+    for planted in (None, b"PSS1" + b"\0" * 80, b"PSC1" + b"\0" * 40):
+        if planted is not None:
+            memcached.set(key, planted)
+        async with running(stage, **on_memcached(memcached, "a")) as ours:
+            assert (await ask(client, ours, {"q": "private"}))[1] == "miss"
+            await ours.stored()
+    assert stage.calls["/"] == 5
+
+
+async def test_a_dead_memcached_is_a_counted_error_and_the_stage_answers(
+    stage: Stage, memcached: MemcachedServer, client: aiohttp.ClientSession
+) -> None:
+    async with running(stage, **on_memcached(memcached)) as gateway:
+        memcached.kill()
+        assert await ask(client, gateway, {"q": "gone"}) == (200, "bypass", None)
+        errors = sample(
+            gateway, "penstock_stage_cache_tier_lookups_total", tier="shared", result="error"
+        )
+        assert errors == 1
+
+
+@pytest.mark.parametrize(
+    "url", ["memcached://127.0.0.1:11211/0", "memcached://user:pw@host", "memcached://"]
+)
+def test_a_memcached_url_with_a_database_or_credentials_is_a_config_error(url: str) -> None:
+    argv = ["--listen", "127.0.0.1:1", "--upstream", "http://127.0.0.1:2"]
+    with pytest.raises(ConfigError, match="memcached://HOST"):
+        parse_config([*argv, "--shared-redis-url", url], environ={"SHARED_CACHE_KEY": "k"})

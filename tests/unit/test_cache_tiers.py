@@ -244,6 +244,9 @@ def test_the_shared_tier_signs_with_the_pipelines_own_secret_not_the_users() -> 
         ({"url": "redis://user:hunter2@cache:6379"}, True, "url"),
         ({"url": "http://cache:6379"}, True, "url"),
         ({"url": "redis://cache:6379/0"}, False, ""),
+        ({"url": "memcached://cache:11211/0"}, True, "url"),
+        ({"url": "memcached://user:pw@cache:11211"}, True, "url"),
+        ({"url": "memcached://cache", "passwordSecret": {"name": "s", "key": "k"}}, True, ""),
     ],
 )
 def test_a_bad_shared_tier_is_refused_naming_the_field(
@@ -253,6 +256,18 @@ def test_a_bad_shared_tier_is_refused_naming_the_field(
     assert not result.valid
     path = "spec.stages[0].cache.shared" + (f".{field}" if field else "")
     assert any(p.path == path for p in result.errors), result.errors
+
+
+def test_a_memcached_shared_tier_reaches_the_gateway_without_a_password() -> None:
+    spec = validate_spec(shared_spec({"url": "memcached://cache.example:11211"})).spec
+    assert spec is not None
+    env = {
+        e["name"]: e
+        for e in gateway_container("rag", "ns", spec, spec.stages[0], RenderSettings())["env"]
+    }
+    assert env["PENSTOCK_GATEWAY_SHARED_REDIS_URL"]["value"] == "memcached://cache.example:11211"
+    assert "SHARED_REDIS_PASSWORD" not in env
+    assert "SHARED_CACHE_KEY" in env
 
 
 def test_signed_entries_are_served_only_under_their_own_key() -> None:

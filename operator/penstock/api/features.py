@@ -128,13 +128,32 @@ class SharedTier(ApiModel):
     the same Redis can neither serve them nor plant answers in this one's. Identical misses on
     different replicas make one stage call: the first takes a lease (SET NX with a 2 s expiry it
     renews), the others wait for its notice and read its answer; a dead holder's lease expires
-    and a waiter calls instead."""
+    and a waiter calls instead. Memcached works too, without the leases (no SET NX notices)."""
 
-    url: str = Field(max_length=2048, pattern=r"^rediss?://[^\s/@:]+(:[0-9]+)?(/[0-9]+)?$")
-    """redis://HOST[:PORT][/DB], or rediss:// for TLS (verified against the system CAs). No
-    user or password in the URL: use passwordSecret."""
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            (
+                "!self.url.startsWith('memcached://') || !has(self.passwordSecret)",
+                "passwordSecret is for Redis: memcached:// takes no password",
+            ),
+        )
+    )
+
+    url: str = Field(
+        max_length=2048,
+        pattern=r"^(rediss?://[^\s/@:]+(:[0-9]+)?(/[0-9]+)?|memcached://[^\s/@:]+(:[0-9]+)?)$",
+    )
+    """redis://HOST[:PORT][/DB], rediss:// for TLS (verified against the system CAs), or
+    memcached://HOST[:PORT] (no leases there: identical misses coalesce per replica). No user
+    or password in the URL: use passwordSecret (Redis only)."""
     password_secret: SecretKeySelector | None = None
     """The key of a Secret in the Pipeline's namespace holding the Redis password."""
+
+    @model_validator(mode="after")
+    def _memcached_has_no_password(self) -> SharedTier:
+        if self.url.startswith("memcached://") and self.password_secret is not None:
+            raise ValueError("passwordSecret is for Redis: memcached:// takes no password")
+        return self
 
 
 FIELD_PATH = r"^[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z_][A-Za-z0-9_-]*)*$"
@@ -226,8 +245,8 @@ class Cache(ApiModel):
     memory: MemoryTier | None = None
     """The in-process tier in front of the Redis sidecar; unset: none."""
     shared: SharedTier | None = None
-    """A Redis every replica shares, after the Redis sidecar; identical misses on different
-    replicas make one stage call (a lease in this Redis). Unset: none."""
+    """A Redis (or Memcached) every replica shares, after the Redis sidecar; on Redis, identical
+    misses on different replicas make one stage call (a lease in it). Unset: none."""
     semantic: SemanticTier | None = None
     """Answers for similar inputs after an exact miss; unset: none."""
 

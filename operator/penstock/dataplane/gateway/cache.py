@@ -19,7 +19,9 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
+import aiomcache
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -236,39 +238,31 @@ class Store(enum.Enum):
     ERROR = "error"
 
 
-class RedisCache:
-    """Fail-open cache over ``redis.asyncio``.
+class _RemoteCache:
+    """Fail-open cache on a network store; subclasses give the store's three operations.
 
     Every operation has a short deadline (``timeout`` seconds, also the socket timeouts) and
-    no retries; after an error Redis is skipped for ``backoff`` seconds so that a dead or
-    slow Redis costs the request path nothing (those skipped lookups count as errors).
+    no retries; after an error the store is skipped for ``backoff`` seconds so that a dead or
+    slow one costs the request path nothing (those skipped lookups count as errors).
     """
+
+    engine = ""
+    errors: tuple[type[BaseException], ...] = (OSError, TimeoutError)
 
     def __init__(
         self,
-        url: str,
         *,
-        password: str | None = None,
         ttl_seconds: int,
         max_entry_bytes: int,
-        timeout: float = 0.05,
-        backoff: float = 1.0,
-        name: str = "pod",
-        sign_key: bytes | None = None,
+        timeout: float,
+        backoff: float,
+        name: str,
+        sign_key: bytes | None,
     ) -> None:
-        """sign_key: entries are signed and only entries signed with it are served (a Redis
+        """sign_key: entries are signed and only entries signed with it are served (a store
         other Pipelines share: the ``shared`` tier); a foreign entry is a miss, left alone."""
         self.name = name
         self._sign_key = sign_key
-        options: dict[str, Any] = {
-            "socket_timeout": timeout,
-            "socket_connect_timeout": timeout,
-            "retry": Retry(NoBackoff(), 0),
-            "max_connections": 256,
-        }
-        if password:
-            options["password"] = password
-        self._client = aioredis.Redis.from_url(url, **options)
         self.ttl_seconds = ttl_seconds
         self.max_entry_bytes = max_entry_bytes
         self._timeout = timeout
@@ -276,9 +270,19 @@ class RedisCache:
         self._skip_until = 0.0
         self.last_error: str | None = None
 
+    async def _fetch(self, key: str, with_ttl: bool) -> tuple[bytes | None, float | None]:
+        raise NotImplementedError
+
+    async def _write(self, items: list[tuple[str, bytes, int]]) -> None:
+        """Store each (key, value, ttl seconds)."""
+        raise NotImplementedError
+
+    async def _remove(self, key: str) -> None:
+        raise NotImplementedError
+
     def _failed(self, operation: str, error: BaseException) -> None:
         self._skip_until = time.monotonic() + self._backoff
-        message = f"redis {operation} failed: {type(error).__name__}: {error}"
+        message = f"{self.engine} {operation} failed: {type(error).__name__}: {error}"
         if message != self.last_error:
             log.warning("%s; bypassing the cache for %.1fs", message, self._backoff)
         self.last_error = message
@@ -290,23 +294,14 @@ class RedisCache:
         self, key: str, with_ttl: bool = False
     ) -> tuple[Lookup, Entry | Variants | None, float | None]:
         """The stored value, and with ``with_ttl`` its remaining seconds (same round trip)."""
-        ttl: float | None = None
         try:
             async with asyncio.timeout(self._timeout * 2):
-                if with_ttl:
-                    pipe = self._client.pipeline(transaction=False)
-                    pipe.get(key)
-                    pipe.pttl(key)
-                    raw, pttl = await pipe.execute()
-                    ttl = pttl / 1000 if isinstance(pttl, int) and pttl > 0 else None
-                else:
-                    raw = await self._client.get(key)
-        except (RedisError, OSError, TimeoutError) as error:
+                data, ttl = await self._fetch(key, with_ttl)
+        except self.errors as error:
             self._failed("GET", error)
             return Lookup.ERROR, None, None
-        if raw is None:
+        if data is None:
             return Lookup.MISS, None, None
-        data = raw if isinstance(raw, bytes) else str(raw).encode("latin-1")
         if self._sign_key is not None:
             envelope = unsign(self._sign_key, data)
             if envelope is None:  # not ours to serve, nor to delete
@@ -344,8 +339,8 @@ class RedisCache:
     async def _delete(self, key: str) -> None:
         try:
             async with asyncio.timeout(self._timeout * 2):
-                await self._client.delete(key)
-        except (RedisError, OSError, TimeoutError) as error:
+                await self._remove(key)
+        except self.errors as error:
             self._failed("DEL", error)
 
     async def put(
@@ -366,20 +361,17 @@ class RedisCache:
         ttl = (
             self.ttl_seconds if ttl_seconds is None else max(1, min(ttl_seconds, self.ttl_seconds))
         )
+        items = [(key, encode_entry(entry), ttl)]
+        if vary:
+            assert headers is not None
+            items = [
+                (key, encode_variants(Variants(vary)), self.ttl_seconds),
+                (variant_key(key, vary, headers), encode_entry(entry), ttl),
+            ]
         try:
             async with asyncio.timeout(self._timeout * 2):
-                if not vary:
-                    await self._client.set(key, self._seal(encode_entry(entry)), ex=ttl)
-                else:
-                    assert headers is not None
-                    marker = self._seal(encode_variants(Variants(vary)))
-                    pipe = self._client.pipeline(transaction=False)
-                    pipe.set(key, marker, ex=self.ttl_seconds)
-                    pipe.set(
-                        variant_key(key, vary, headers), self._seal(encode_entry(entry)), ex=ttl
-                    )
-                    await pipe.execute()
-        except (RedisError, OSError, TimeoutError) as error:
+                await self._write([(name, self._seal(value), ttl) for name, value, ttl in items])
+        except self.errors as error:
             self._failed("SET", error)
             return Store.ERROR
         return Store.STORED
@@ -387,6 +379,150 @@ class RedisCache:
     def _seal(self, envelope: bytes) -> bytes:
         return envelope if self._sign_key is None else sign(self._sign_key, envelope)
 
+
+class RedisCache(_RemoteCache):
+    """The cache on Redis (or Valkey): the pod's sidecar, or a shared endpoint."""
+
+    engine = "redis"
+    errors = (RedisError, OSError, TimeoutError)
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        password: str | None = None,
+        ttl_seconds: int,
+        max_entry_bytes: int,
+        timeout: float = 0.05,
+        backoff: float = 1.0,
+        name: str = "pod",
+        sign_key: bytes | None = None,
+    ) -> None:
+        super().__init__(
+            ttl_seconds=ttl_seconds,
+            max_entry_bytes=max_entry_bytes,
+            timeout=timeout,
+            backoff=backoff,
+            name=name,
+            sign_key=sign_key,
+        )
+        options: dict[str, Any] = {
+            "socket_timeout": timeout,
+            "socket_connect_timeout": timeout,
+            "retry": Retry(NoBackoff(), 0),
+            "max_connections": 256,
+        }
+        if password:
+            options["password"] = password
+        self._client = aioredis.Redis.from_url(url, **options)
+
+    async def _fetch(self, key: str, with_ttl: bool) -> tuple[bytes | None, float | None]:
+        if not with_ttl:
+            raw, ttl = await self._client.get(key), None
+        else:
+            pipe = self._client.pipeline(transaction=False)
+            pipe.get(key)
+            pipe.pttl(key)
+            raw, pttl = await pipe.execute()
+            ttl = pttl / 1000 if isinstance(pttl, int) and pttl > 0 else None
+        if raw is None:
+            return None, None
+        return (raw if isinstance(raw, bytes) else str(raw).encode("latin-1")), ttl
+
+    async def _write(self, items: list[tuple[str, bytes, int]]) -> None:
+        if len(items) == 1:
+            key, value, ttl = items[0]
+            await self._client.set(key, value, ex=ttl)
+            return
+        pipe = self._client.pipeline(transaction=False)
+        for key, value, ttl in items:
+            pipe.set(key, value, ex=ttl)
+        await pipe.execute()
+
+    async def _remove(self, key: str) -> None:
+        await self._client.delete(key)
+
     async def close(self) -> None:
         with contextlib.suppress(RedisError, OSError):
             await self._client.aclose()
+
+
+MEMCACHED_SCHEME = "memcached://"
+_EXPIRES = struct.Struct(">d")  # a Memcached value starts with when it expires (Unix seconds)
+
+
+class MemcachedCache(_RemoteCache):
+    """The shared tier on Memcached (``memcached://HOST[:PORT]``, text protocol, no auth).
+
+    Memcached cannot say how long an entry has left, so each value starts with its expiry
+    time, under the entry's signature, for a faster tier never to hold it longer. A request
+    cut off by its deadline leaves its connection mid-answer: the pool is replaced, so no
+    later request reads that answer (a get only returns the value of the key it asked for,
+    and entries are signed, but a connection out of step is not worth keeping)."""
+
+    engine = "memcached"
+    errors = (aiomcache.exceptions.ClientException, OSError, TimeoutError, EOFError)
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        ttl_seconds: int,
+        max_entry_bytes: int,
+        timeout: float = 0.05,
+        backoff: float = 1.0,
+        name: str = "shared",
+        sign_key: bytes,
+    ) -> None:
+        super().__init__(
+            ttl_seconds=ttl_seconds,
+            max_entry_bytes=max_entry_bytes,
+            timeout=timeout,
+            backoff=backoff,
+            name=name,
+            sign_key=sign_key,
+        )
+        parts = urlsplit(url)
+        self._address = (parts.hostname or "127.0.0.1", parts.port or 11211)
+        self._client = self._connect()
+
+    def _connect(self) -> aiomcache.Client:
+        host, port = self._address
+        return aiomcache.Client(host, port, pool_size=64, pool_minsize=1)
+
+    def _failed(self, operation: str, error: BaseException) -> None:
+        super()._failed(operation, error)
+        stale, self._client = self._client, self._connect()
+        asyncio.get_running_loop().create_task(stale.close())
+
+    async def _fetch(self, key: str, with_ttl: bool) -> tuple[bytes | None, float | None]:
+        raw = await self._client.get(key.encode("ascii"))
+        if raw is None:
+            return None, None
+        assert self._sign_key is not None
+        envelope = unsign(self._sign_key, raw)
+        if envelope is None or len(envelope) < _EXPIRES.size:
+            return raw, None  # not ours: the caller's check says so
+        (expires,) = _EXPIRES.unpack_from(envelope)
+        left = expires - time.time()
+        if left <= 0:
+            return None, None  # Memcached's clock and ours disagree by a second: gone
+        # Re-sealed without the expiry: the envelope the other tiers store.
+        return sign(self._sign_key, envelope[_EXPIRES.size :]), left
+
+    def _seal(self, envelope: bytes) -> bytes:
+        return envelope  # _write seals, with the expiry
+
+    async def _write(self, items: list[tuple[str, bytes, int]]) -> None:
+        assert self._sign_key is not None
+        now = time.time()
+        for key, value, ttl in items:
+            sealed = sign(self._sign_key, _EXPIRES.pack(now + ttl) + value)
+            await self._client.set(key.encode("ascii"), sealed, exptime=ttl)
+
+    async def _remove(self, key: str) -> None:
+        await self._client.delete(key.encode("ascii"))
+
+    async def close(self) -> None:
+        with contextlib.suppress(*self.errors):
+            await self._client.close()

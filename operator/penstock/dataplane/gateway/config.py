@@ -160,6 +160,15 @@ def _redis_url(text: str) -> str:
     return text.strip()
 
 
+def _shared_url(text: str) -> str:
+    parts = urlsplit(text.strip())
+    if parts.scheme == "memcached":
+        if parts.path not in ("", "/") or parts.username or parts.password or not parts.hostname:
+            raise ValueError(f"{text!r} is not a memcached://HOST[:PORT] URL")
+        return text.strip()
+    return _redis_url(text)
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -277,10 +286,11 @@ _FLAGS: tuple[_Flag, ...] = (
     _Flag("--cache-max-entry-bytes", _positive_int, "N", "largest body cached (default 1048576)"),
     _Flag(
         "--shared-redis-url",
-        _redis_url,
+        _shared_url,
         "URL",
-        "a Redis every replica shares, looked up after --redis-url (entries signed with"
-        f" {ENV_SHARED_CACHE_KEY}; password from {ENV_SHARED_REDIS_PASSWORD})",
+        "a Redis (or memcached://HOST[:PORT]) every replica shares, looked up after"
+        f" --redis-url (entries signed with {ENV_SHARED_CACHE_KEY}; password from"
+        f" {ENV_SHARED_REDIS_PASSWORD}, Redis only)",
     ),
     _Flag(
         "--memory-cache-max-entries",

@@ -39,6 +39,7 @@ from penstock.contract.wire import (
 from penstock.dataplane.gateway.answers import Answer, Failure, Outcome
 from penstock.dataplane.gateway.batching import Batcher, BatchResponse, Send
 from penstock.dataplane.gateway.cache import (
+    MEMCACHED_SCHEME,
     Entry,
     Lookup,
     Store,
@@ -142,9 +143,11 @@ class Gateway(Server):
         config = self.config
         self.cache = cache_tiers(config)
         self.semantic = semantic_tier(config) if self.cache is not None else None
-        if config.shared_redis_url and config.shared_cache_key:
+        shared_url = config.shared_redis_url or ""
+        # Leases need Redis's SET NX and PUBLISH: on Memcached, coalescing stays per replica.
+        if config.shared_cache_key and shared_url and not shared_url.startswith(MEMCACHED_SCHEME):
             self.leases = Leases(
-                config.shared_redis_url,
+                shared_url,
                 password=config.shared_redis_password,
                 sign_key=signing_key(config.shared_cache_key),
                 timeout=config.redis_timeout_ms / 1000,

@@ -16,9 +16,11 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from penstock.dataplane.gateway.cache import (
+    MEMCACHED_SCHEME,
     Entry,
     Found,
     Lookup,
+    MemcachedCache,
     RedisCache,
     Store,
     Variants,
@@ -244,6 +246,7 @@ class Tiers:
 def cache_tiers(config: GatewayConfig) -> Tiers | None:
     """The stage's cache tiers in lookup order: memory, pod (the sidecar), shared."""
     tiers: list[Tier] = []
+    memcached: MemcachedCache | None = None
     if config.memory_cache_max_entries:
         tiers.append(
             MemoryCache(
@@ -256,9 +259,18 @@ def cache_tiers(config: GatewayConfig) -> Tiers | None:
     redis: list[tuple[str, str | None, str | None, bytes | None]] = [
         ("pod", config.redis_url, config.redis_password, None)
     ]
-    if config.shared_cache_key:
+    shared_url = config.shared_redis_url
+    if config.shared_cache_key and shared_url and shared_url.startswith(MEMCACHED_SCHEME):
+        memcached = MemcachedCache(
+            shared_url,
+            ttl_seconds=config.cache_ttl_seconds,
+            max_entry_bytes=config.cache_max_entry_bytes,
+            timeout=config.redis_timeout_ms / 1000,
+            sign_key=signing_key(config.shared_cache_key),
+        )
+    elif config.shared_cache_key:
         key = signing_key(config.shared_cache_key)
-        redis.append(("shared", config.shared_redis_url, config.shared_redis_password, key))
+        redis.append(("shared", shared_url, config.shared_redis_password, key))
     for name, url, password, sign_key in redis:
         if url:
             tiers.append(
@@ -272,4 +284,6 @@ def cache_tiers(config: GatewayConfig) -> Tiers | None:
                     sign_key=sign_key,
                 )
             )
+    if memcached is not None:
+        tiers.append(memcached)
     return Tiers(tiers) if tiers else None
