@@ -7,7 +7,8 @@ Starts a redis-server, a small aiohttp stage and `penstock gateway` as separate 
   - calling the stage directly (the baseline),
   - through the gateway without a cache (proxy only),
   - through the gateway on cache misses (Redis GET + SET on the way),
-  - through the gateway on cache hits, against one Redis GET round trip from the same client,
+  - through the gateway on cache hits (pod Redis, memory tier, disk tier), against one Redis
+    GET round trip from the same client,
 and the stage calls made for N identical concurrent requests, direct vs coalesced.
 
 Batching (skipped with --no-batching or when the model package is missing): the real embed stage
@@ -133,12 +134,14 @@ async def run(args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
     gw_port, gw_admin, nc_port, nc_admin = free_port(), free_port(), free_port(), free_port()
     mem_port, mem_admin = free_port(), free_port()
     items_port, items_admin = free_port(), free_port()
+    disk_port, disk_admin = free_port(), free_port()
     redis_url = f"redis://127.0.0.1:{redis_port}/0"
     stage_url = f"http://127.0.0.1:{stage_port}"
     gateway = [sys.executable, "-m", "penstock.dataplane.gateway", "--upstream", stage_url]
     rows: list[tuple[str, str, str, str]] = []
     redis_cmd = ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1"]
     with (
+        tempfile.TemporaryDirectory(prefix="penstock-bench-disk-") as disk_dir,
         process([*redis_cmd, "--save", "", "--appendonly", "no"]),
         process([sys.executable, "-c", STAGE_APP, str(stage_port)]),
         process(
@@ -168,6 +171,14 @@ async def run(args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
         process(
             [
                 *gateway,
+                *("--listen", f"127.0.0.1:{disk_port}"),
+                *("--admin-listen", f"127.0.0.1:{disk_admin}"),
+                *("--disk-cache-dir", disk_dir, "--stage", "bench-disk", "--pipeline", "bench"),
+            ]
+        ),
+        process(
+            [
+                *gateway,
                 *("--listen", f"127.0.0.1:{nc_port}", "--admin-listen", f"127.0.0.1:{nc_admin}"),
                 *("--stage", "bench-nocache", "--pipeline", "bench"),
             ]
@@ -175,7 +186,7 @@ async def run(args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
     ):
         connector = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(connector=connector) as session:
-            for admin in (gw_admin, nc_admin, mem_admin, items_admin):
+            for admin in (gw_admin, nc_admin, mem_admin, items_admin, disk_admin):
                 await wait_http(session, f"http://127.0.0.1:{admin}/ready")
             rds = aioredis.Redis.from_url(redis_url)
             run_id = time.time_ns()
@@ -198,6 +209,9 @@ async def run(args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
                 await paced(200, args.rate, poster(base, unique=True))
             await poster(gw_url, unique=False)(0)
             await poster(mem_url, unique=False)(0)
+            disk_url = f"http://127.0.0.1:{disk_port}"
+            await poster(disk_url, unique=False)(0)
+            await asyncio.sleep(0.2)  # stored after the answer
 
             n, rate = args.requests, args.rate
             # Interleaved: the baseline and the gateways under the same load, request by request.
@@ -210,8 +224,14 @@ async def run(args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
                     poster(gw_url, unique=True),
                 ],
             )
-            hit, memory_hit = await interleaved(
-                n, rate, [poster(gw_url, unique=False), poster(mem_url, unique=False)]
+            hit, memory_hit, disk_hit = await interleaved(
+                n,
+                rate,
+                [
+                    poster(gw_url, unique=False),
+                    poster(mem_url, unique=False),
+                    poster(disk_url, unique=False),
+                ],
             )
             await rds.set("bench:probe", b"x" * 64)
 
@@ -259,6 +279,16 @@ async def run(args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
                     ms(m99),
                     f"{m50 / base50:.2f}x / {m99 / base99:.2f}x direct;"
                     f" {m50 / r50:.1f}x / {m99 / r99:.1f}x Redis GET",
+                )
+            )
+            d50, d99 = percentile(disk_hit, 50), percentile(disk_hit, 99)
+            rows.append(
+                (
+                    "gateway, disk-tier hit (a file read in a thread)",
+                    ms(d50),
+                    ms(d99),
+                    f"{d50 / base50:.2f}x / {d99 / base99:.2f}x direct;"
+                    f" {d50 / r50:.1f}x / {d99 / r99:.1f}x Redis GET",
                 )
             )
 

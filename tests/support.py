@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import redis
@@ -28,7 +29,36 @@ __all__ = [
 ]
 
 
-class RedisServer:
+class _LocalServer:
+    """A server process of this test's own: started, waited for, killed."""
+
+    process: subprocess.Popen[bytes]
+
+    def _wait_until_up(
+        self, probe: Callable[[], object], errors: tuple[type[Exception], ...], what: str
+    ) -> None:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                probe()
+                return
+            except errors:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    raise RuntimeError(f"{what} did not start") from None
+                time.sleep(0.02)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(5)
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGCONT)  # a test may have stopped it
+        self.kill()
+
+
+class RedisServer(_LocalServer):
     """A redis-server process of its own on a free loopback port, nothing persisted."""
 
     def __init__(self, *extra: str) -> None:
@@ -44,32 +74,17 @@ class RedisServer:
             stderr=subprocess.DEVNULL,
         )
         self.client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                self.client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline or self.process.poll() is not None:
-                    raise RuntimeError("redis-server did not start") from None
-                time.sleep(0.02)
+        self._wait_until_up(self.client.ping, (redis.ConnectionError,), "redis-server")
 
     def keys(self) -> list[bytes]:
         return sorted(self.client.keys("penstock:cache:*"))  # type: ignore[arg-type]
 
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(5)
-
     def close(self) -> None:
-        if self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGCONT)
-        self.kill()
+        super().close()
         self.client.close()
 
 
-class MemcachedServer:
+class MemcachedServer(_LocalServer):
     """A memcached process of its own on a free loopback port (64 MB, no UDP)."""
 
     def __init__(self) -> None:
@@ -92,15 +107,7 @@ class MemcachedServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                self.command(b"version")
-                break
-            except OSError:
-                if time.monotonic() > deadline or self.process.poll() is not None:
-                    raise RuntimeError("memcached did not start") from None
-                time.sleep(0.02)
+        self._wait_until_up(lambda: self.command(b"version"), (OSError,), "memcached")
 
     def command(self, line: bytes) -> bytes:
         """One text-protocol command; the server's first reply line(s)."""
@@ -118,16 +125,6 @@ class MemcachedServer:
     def set(self, key: str, value: bytes, ttl: int = 60) -> None:
         line = b"set %s 0 %d %d\r\n%s" % (key.encode(), ttl, len(value), value)
         assert self.command(line).startswith(b"STORED"), key
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(5)
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGCONT)
-        self.kill()
 
 
 def wait_http(port: int, path: str, timeout: float = 20.0) -> None:

@@ -179,7 +179,7 @@ _PASSTHROUGH = {
         "penstock.batch.command",
     ),
     "cache": (
-        "semantic cache tools: eval (hit and wrong-answer rates per threshold)",
+        "cache tools: eval (semantic hit and wrong-answer rates per threshold), purge",
         "penstock.semantic.command",
     ),
     "analyze": (

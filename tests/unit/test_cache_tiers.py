@@ -19,7 +19,8 @@ from penstock.dataplane.gateway.cache import (
     unsign,
 )
 from penstock.dataplane.gateway.tiers import MemoryCache, Tiers
-from penstock.render import RenderSettings
+from penstock.render import PipelineRef, RenderSettings, render_children
+from penstock.render.cache import disk_claims
 from penstock.render.gateway import gateway_container
 
 
@@ -279,3 +280,81 @@ def test_signed_entries_are_served_only_under_their_own_key() -> None:
     assert unsign(mine, envelope) is None  # planted unsigned
     tampered = sealed[:-1] + bytes([sealed[-1] ^ 1])
     assert unsign(mine, tampered) is None
+
+
+def disk_spec(disk: dict[str, object], enabled: bool = True) -> dict[str, object]:
+    return {
+        "stages": [{"name": "embed", "image": "e:1", "cache": {"enabled": enabled, "disk": disk}}]
+    }
+
+
+def test_the_disk_tier_is_a_claim_of_its_own_mounted_in_the_gateway() -> None:
+    spec = validate_spec(disk_spec({"size": "10Gi", "maxEntrySize": "8Mi"})).spec
+    assert spec is not None
+    ref = PipelineRef("rag", "ns", "uid-1")
+    (claim,) = disk_claims(ref, spec)
+    assert claim["spec"] == {
+        "accessModes": ["ReadWriteOnce"],
+        "resources": {"requests": {"storage": "10Gi"}},
+    }
+    container = gateway_container("rag", "ns", spec, spec.stages[0], RenderSettings())
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["PENSTOCK_GATEWAY_DISK_CACHE_DIR"] == "/var/cache/penstock/entries"
+    assert env["PENSTOCK_GATEWAY_DISK_CACHE_MAX_BYTES"] == str((10 << 30) * 9 // 10)
+    assert env["PENSTOCK_GATEWAY_DISK_CACHE_MAX_ENTRY_BYTES"] == str(8 << 20)
+    assert {"name": "disk-cache", "mountPath": "/var/cache/penstock"} in container["volumeMounts"]
+    deployment = next(
+        m for m in render_children(ref, spec, RenderSettings()) if m["kind"] == "Deployment"
+    )
+    volumes = deployment["spec"]["template"]["spec"]["volumes"]
+    assert {
+        "name": "disk-cache",
+        "persistentVolumeClaim": {"claimName": claim["metadata"]["name"]},
+    } in volumes
+
+
+def test_what_a_bound_claim_cannot_change_names_a_new_claim() -> None:
+    def name(disk: dict[str, object]) -> str:
+        spec = validate_spec(disk_spec(disk)).spec
+        assert spec is not None
+        (claim,) = disk_claims(PipelineRef("rag", "ns", "uid-1"), spec)
+        return str(claim["metadata"]["name"])
+
+    base = name({"size": "1Gi"})
+    assert name({"size": "1024Mi"}) == base  # the same size, written differently
+    assert name({"size": "1Gi", "maxEntrySize": "1Mi"}) == base  # the gateway's, not the claim's
+    others = {
+        name({"size": "2Gi"}),
+        name({"size": "1Gi", "storageClassName": "fast"}),
+        name({"size": "1Gi", "accessMode": "ReadWriteMany"}),
+    }
+    assert base not in others and len(others) == 3
+
+
+def test_without_a_disk_tier_there_is_no_claim() -> None:
+    spec = validate_spec(disk_spec({"size": "1Gi"})).spec
+    assert spec is not None
+    assert len(disk_claims(PipelineRef("rag", "ns", "u"), spec)) == 1
+    plain = validate_spec({"stages": [{"name": "e", "image": "e:1", "cache": {"enabled": True}}]})
+    assert plain.spec is not None
+    assert disk_claims(PipelineRef("rag", "ns", "u"), plain.spec) == []
+
+
+@pytest.mark.parametrize(
+    ("disk", "enabled", "field"),
+    [
+        ({"size": "1Gi"}, False, ""),
+        ({"size": "1Mi"}, True, "size"),
+        ({"size": "1Gi", "maxEntrySize": "2Gi"}, True, "maxEntrySize"),
+        ({"size": "1Gi", "maxEntrySize": 0}, True, "maxEntrySize"),
+        ({"size": "1Gi", "storageClassName": "Fast_SSD"}, True, "storageClassName"),
+        ({"size": "1Gi", "accessMode": "ReadOnlyMany"}, True, "accessMode"),
+    ],
+)
+def test_a_bad_disk_tier_is_refused_naming_the_field(
+    disk: dict[str, object], enabled: bool, field: str
+) -> None:
+    result = validate_spec(disk_spec(disk, enabled))
+    assert not result.valid
+    path = "spec.stages[0].cache.disk" + (f".{field}" if field else "")
+    assert any(p.path == path for p in result.errors), result.errors

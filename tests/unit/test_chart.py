@@ -241,7 +241,7 @@ OPERATOR_RULES = (
     | _expand("batch", ["jobs"], ["get", "list", "watch", "create"])
     | _expand("apps", ["deployments"], CRUD)
     | _expand("autoscaling", ["horizontalpodautoscalers"], CRUD)
-    | _expand("", ["services", "configmaps"], CRUD)
+    | _expand("", ["services", "configmaps", "persistentvolumeclaims"], CRUD)
     | _expand("", ["secrets"], ["get", "create", "delete"])
     | _expand("", ["pods"], ["list"])
     | _expand("", ["events"], ["create", "patch"])

@@ -72,7 +72,9 @@ def _pod_specs(manifests: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.stem)
 def test_every_pod_meets_the_restricted_standard(example: Path) -> None:
-    for pod in _pod_specs(_render(example)):
+    manifests = _render(example)
+    owned = {c["metadata"]["name"] for c in manifests if c["kind"] == "PersistentVolumeClaim"}
+    for pod in _pod_specs(manifests):
         assert pod["securityContext"]["runAsNonRoot"] is True
         assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
         assert pod["automountServiceAccountToken"] is False
@@ -85,8 +87,14 @@ def test_every_pod_meets_the_restricted_standard(example: Path) -> None:
             assert context["readOnlyRootFilesystem"] is True
             for mount in container.get("volumeMounts", []):
                 volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
-                # Writable mounts are emptyDirs; config is mounted read-only.
-                assert "emptyDir" in volume or (mount.get("readOnly") and "configMap" in volume)
+                # Writable mounts are emptyDirs or the Pipeline's own claims (the disk tier,
+                # mounted in the gateway only); config is mounted read-only.
+                claim = volume.get("persistentVolumeClaim", {}).get("claimName")
+                assert (
+                    "emptyDir" in volume
+                    or (mount.get("readOnly") and "configMap" in volume)
+                    or (claim in owned and container["name"] == "gateway")
+                )
                 assert "hostPath" not in volume
 
 

@@ -79,6 +79,13 @@ FULL: dict[str, Any] = {
                         "optional": False,
                     },
                 },
+                "disk": {
+                    "size": "2Gi",
+                    "maxEntrySize": "4Mi",
+                    "storageClassName": "fast-ssd",
+                    "accessMode": "ReadWriteMany",
+                },
+                "generation": 2,
             },
             "batching": {"maxBatchSize": 4, "maxLatencyMs": 5, "path": "/batch"},
             "scaling": SCALING,

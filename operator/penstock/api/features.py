@@ -156,6 +156,30 @@ class SharedTier(ApiModel):
         return self
 
 
+class DiskTier(ApiModel):
+    """Files on a PersistentVolumeClaim the operator creates for the stage, looked up after the
+    other tiers: for large or expensive answers such as embedding vectors, kept across pod
+    restarts and rollouts. Each file holds its key, expiry and answer under a sha256 (a damaged
+    one is never served); past 90% of size the least recently read go first. The replicas of a
+    stage mount the same claim: more than one replica on more than one node needs
+    accessMode: ReadWriteMany from the storage class. A change of size, storageClassName or
+    accessMode is a new, empty claim (the old one is deleted once no pod uses it)."""
+
+    size: Quantity = "1Gi"
+    """The claim's storage request, at least 16Mi, at most 16Ti; the tier holds 90% of it.
+    Default 1Gi."""
+    max_entry_size: Quantity = "16Mi"
+    """Answers larger than this are not stored on disk, at most size. Default 16Mi."""
+    storage_class_name: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$",
+    )
+    """The claim's StorageClass; unset: the cluster's default."""
+    access_mode: Literal["ReadWriteOnce", "ReadWriteMany"] = "ReadWriteOnce"
+    """The claim's access mode. Default ReadWriteOnce (the replicas share one node's volume)."""
+
+
 FIELD_PATH = r"^[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z_][A-Za-z0-9_-]*)*$"
 FieldPath = Annotated[str, Field(max_length=256, pattern=FIELD_PATH)]
 
@@ -206,8 +230,9 @@ class SemanticTier(ApiModel):
 
 
 class Cache(ApiModel):
-    """Exact-match response cache: a Redis sidecar inside each stage pod (the ``pod`` tier) and,
-    with ``memory``, an in-process tier in the gateway before it."""
+    """Exact-match response cache: a Redis sidecar inside each stage pod (the ``pod`` tier); with
+    ``memory`` an in-process tier in the gateway before it, with ``shared`` one every replica
+    shares and with ``disk`` files on a volume after it."""
 
     model_config = ConfigDict(
         json_schema_extra=cel_rules(
@@ -218,6 +243,10 @@ class Cache(ApiModel):
             (
                 "!has(self.shared) || (has(self.enabled) && self.enabled)",
                 "shared needs enabled: true (the tiers are the stage's cache)",
+            ),
+            (
+                "!has(self.disk) || (has(self.enabled) && self.enabled)",
+                "disk needs enabled: true (the tiers are the stage's cache)",
             ),
             (
                 "!has(self.semantic) || (has(self.enabled) && self.enabled)",
@@ -247,6 +276,14 @@ class Cache(ApiModel):
     shared: SharedTier | None = None
     """A Redis (or Memcached) every replica shares, after the Redis sidecar; on Redis, identical
     misses on different replicas make one stage call (a lease in it). Unset: none."""
+    generation: int = Field(default=0, ge=0, le=2**31 - 1)
+    """Part of every entry's key: raising it purges the stage's cache in every tier (``penstock
+    cache purge`` adds one). The pods roll, so the memory and pod tiers start empty, and the new
+    pods never read an older generation's entries in the shared or disk tiers. Only ever raise
+    it: going back makes the older entries reachable again while their TTL lasts. Default 0."""
+    disk: DiskTier | None = None
+    """Files on a volume of the stage's own, after the other tiers, kept across restarts;
+    unset: none."""
     semantic: SemanticTier | None = None
     """Answers for similar inputs after an exact miss; unset: none."""
 

@@ -255,7 +255,7 @@ def _value_problems(spec: PipelineSpec) -> list[Problem]:
             )
         memory = stage.cache.memory if stage.cache else None
         errors += _semantic_problems(spec, index)
-        for tier in ("memory", "shared", "semantic"):
+        for tier in ("memory", "shared", "disk", "semantic"):
             if stage.cache and getattr(stage.cache, tier) and not stage.cache.enabled:
                 errors.append(
                     Problem(
@@ -268,6 +268,21 @@ def _value_problems(spec: PipelineSpec) -> list[Problem]:
                 Problem(
                     f"spec.stages[{index}].cache.memory.maxSize",
                     f"{memory.max_size!r} is not between 1Mi and 4Gi",
+                )
+            )
+        disk = stage.cache.disk if stage.cache else None
+        if disk and not 16 << 20 <= parse_quantity(disk.size) <= 16 << 40:
+            errors.append(
+                Problem(
+                    f"spec.stages[{index}].cache.disk.size",
+                    f"{disk.size!r} is not between 16Mi and 16Ti",
+                )
+            )
+        elif disk and not 1 <= parse_quantity(disk.max_entry_size) <= parse_quantity(disk.size):
+            errors.append(
+                Problem(
+                    f"spec.stages[{index}].cache.disk.maxEntrySize",
+                    f"{disk.max_entry_size!r} is not between 1 (byte) and size ({disk.size!r})",
                 )
             )
         if stage.cache and parse_quantity(stage.cache.max_entry_size) < 1:

@@ -38,6 +38,8 @@ class Placement:
     """The stage's shared tier is reachable (in a cluster; ``penstock dev`` runs one replica)."""
     embedder_url: str | None = None
     """Where the semantic tier's embedder stage answers, when the stage has one."""
+    disk_cache_dir: str | None = None
+    """Where the disk tier's volume is mounted, when the stage has one."""
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,8 @@ def gateway_args(
             ("--cache-ttl-seconds", str(stage.cache.ttl_seconds)),
             ("--cache-max-entry-bytes", str(int(parse_quantity(stage.cache.max_entry_size)))),
         ]
+        if stage.cache.generation:
+            flags.append(("--cache-generation", str(stage.cache.generation)))
         if stage.cache.key_headers is not None:  # unset: the gateway's default
             flags.append(("--cache-key-headers", ",".join(stage.cache.key_headers)))
         if stage.cache.shared and where.shared_cache:
@@ -112,6 +116,13 @@ def gateway_args(
             ]
             if semantic.ignore_fields:
                 flags.append(("--semantic-ignore-fields", ",".join(semantic.ignore_fields)))
+        disk = stage.cache.disk
+        if disk and where.disk_cache_dir:
+            flags += [
+                ("--disk-cache-dir", where.disk_cache_dir),
+                ("--disk-cache-max-bytes", str(int(parse_quantity(disk.size)) * 9 // 10)),
+                ("--disk-cache-max-entry-bytes", str(int(parse_quantity(disk.max_entry_size)))),
+            ]
         if stage.cache.memory:
             flags += [
                 ("--memory-cache-max-entries", str(stage.cache.memory.max_entries)),

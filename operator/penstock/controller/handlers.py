@@ -150,6 +150,7 @@ CHILD_RESOURCES = (
     ("", "v1", "services"),
     ("autoscaling", "v2", "horizontalpodautoscalers"),
     ("", "v1", "configmaps"),
+    ("", "v1", "persistentvolumeclaims"),
 )
 
 

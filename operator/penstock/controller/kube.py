@@ -7,6 +7,7 @@ async handlers through asyncio.to_thread, never directly on the event loop.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -35,6 +36,7 @@ class Kind:
 
 KINDS: dict[str, Kind] = {
     "ConfigMap": Kind("api/v1", "configmaps"),
+    "PersistentVolumeClaim": Kind("api/v1", "persistentvolumeclaims"),
     "Secret": Kind("api/v1", "secrets"),
     "Service": Kind("api/v1", "services"),
     "Deployment": Kind("apis/apps/v1", "deployments"),
@@ -48,7 +50,13 @@ KINDS: dict[str, Kind] = {
     "Pod": Kind("api/v1", "pods"),
 }
 # Children the operator applies and prunes, in apply order (config before workloads).
-CHILD_KINDS = ("ConfigMap", "Deployment", "Service", "HorizontalPodAutoscaler")
+CHILD_KINDS = (
+    "ConfigMap",
+    "PersistentVolumeClaim",
+    "Deployment",
+    "Service",
+    "HorizontalPodAutoscaler",
+)
 
 
 class KubeError(Exception):
@@ -179,6 +187,18 @@ class Kube:
         except KubeError as error:
             if error.status not in (404, 409):
                 raise
+
+    def json_patch(
+        self, kind: str, namespace: str, name: str, operations: Sequence[Mapping[str, Any]]
+    ) -> dict[str, Any]:
+        """RFC 6902 operations, applied as one write (a failed ``test`` fails them all: 422)."""
+        result: dict[str, Any] = self._call(
+            "PATCH",
+            KINDS[kind].path(namespace, name),
+            body=[dict(operation) for operation in operations],
+            content_type="application/json-patch+json",
+        )
+        return result
 
     def patch_status(self, kind: str, namespace: str, name: str, status: dict[str, Any]) -> None:
         self._call(

@@ -190,6 +190,8 @@ def gateway_argv(
         warmup_body_file=warmup_file,
         otlp_endpoint=otlp_endpoint,
         embedder_url=embedder_url,
+        # Beside the logs: kept across runs with --log-dir, else removed with them.
+        disk_cache_dir=str(warmup_dir / f"disk-cache-{Workload(stage, variant).component}"),
     )
     args = gateway_args(name, spec, stage, PriceTable(), where, variant)
     return [sys.executable, "-m", "penstock.cli", "gateway", *args.to_argv()]

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from penstock.api import PipelineSpec
-from penstock.render.cache import cache_secret
+from penstock.render.cache import cache_secret, disk_claims
 from penstock.render.deployment import stage_deployment
 from penstock.render.hpa import stage_hpa
 from penstock.render.meta import FIELD_MANAGER, PipelineRef
@@ -32,6 +32,7 @@ def render_children(
     floors = replica_floors or {}
     config = topology(ref, spec)
     manifests: list[dict[str, Any]] = [config]
+    manifests += disk_claims(ref, spec)
     for workload in spec.workloads():
         manifests.append(stage_deployment(ref, spec, workload, settings))
         manifests.append(stage_service(ref, spec, workload, settings))

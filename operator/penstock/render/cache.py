@@ -1,18 +1,22 @@
-"""The Redis cache sidecar and the Secret holding its password."""
+"""The Redis cache sidecar, the Secret holding its password, and the disk tier's claim."""
 
 from __future__ import annotations
 
+import hashlib
 import math
 from typing import Any
 
 from penstock.api import PipelineSpec
-from penstock.api.features import Cache
+from penstock.api.features import Cache, DiskTier
+from penstock.api.pipeline import Workload
 from penstock.api.types import parse_quantity
 from penstock.contract.wire import REDIS_PORT
 from penstock.render.meta import PipelineRef, labels, metadata, object_name
 from penstock.render.security import container_security_context
 
 PASSWORD_KEY = "redis-password"
+DISK_VOLUME = "disk-cache"
+DISK_CACHE_DIR = "/var/cache/penstock"
 _MI = 2**20
 
 
@@ -78,3 +82,47 @@ def redis_container(pipeline: str, cache: Cache, image: str) -> dict[str, Any]:
         "securityContext": container_security_context(),
         "volumeMounts": [{"name": "cache-data", "mountPath": "/data"}],
     }
+
+
+def disk_claim_name(pipeline: str, component: str, disk: DiskTier) -> str:
+    """Named after what cannot change in a bound claim: another size, class or mode is a new
+    claim (and the Deployment rolls to it), never a patch the apiserver refuses."""
+    fixed = f"{parse_quantity(disk.size)}/{disk.storage_class_name or ''}/{disk.access_mode}"
+    return object_name(pipeline, component, "cache", hashlib.sha256(fixed.encode()).hexdigest()[:8])
+
+
+def disk_claims(ref: PipelineRef, spec: PipelineSpec) -> list[dict[str, Any]]:
+    """One PersistentVolumeClaim per workload whose stage has a disk tier."""
+    claims = []
+    for workload in spec.workloads():
+        stage = workload.stage
+        disk = stage.cache.disk if stage.cache and stage.cache.enabled else None
+        if disk is None:
+            continue
+        claim_spec: dict[str, Any] = {
+            "accessModes": [disk.access_mode],
+            "resources": {"requests": {"storage": str(disk.size)}},
+        }
+        if disk.storage_class_name:
+            claim_spec["storageClassName"] = disk.storage_class_name
+        name = disk_claim_name(ref.name, workload.component, disk)
+        claims.append(
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "metadata": metadata(
+                    ref, name, labels(ref.name, spec, "cache", stage.name, workload.variant)
+                ),
+                "spec": claim_spec,
+            }
+        )
+    return claims
+
+
+def disk_volume(pipeline: str, workload: Workload) -> dict[str, Any] | None:
+    stage = workload.stage
+    disk = stage.cache.disk if stage.cache and stage.cache.enabled else None
+    if disk is None:
+        return None
+    claim = disk_claim_name(pipeline, workload.component, disk)
+    return {"name": DISK_VOLUME, "persistentVolumeClaim": {"claimName": claim}}

@@ -8,7 +8,7 @@ from penstock.api import PipelineSpec, Stage
 from penstock.api.pipeline import Workload
 from penstock.api.resources import filled_limits, rendered_requests
 from penstock.contract.wire import ADMIN_PORT
-from penstock.render.cache import redis_container
+from penstock.render.cache import disk_volume, redis_container
 from penstock.render.gateway import (
     WARMUP_VOLUME,
     gateway_container,
@@ -125,6 +125,9 @@ def _volumes(
         volumes.append(
             {"name": "cache-data", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}}
         )
+        disk = disk_volume(ref.name, workload)
+        if disk is not None:
+            volumes.append(disk)
     return volumes
 
 

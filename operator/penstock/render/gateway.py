@@ -12,7 +12,7 @@ from penstock.api.pipeline import Workload
 from penstock.api.types import parse_quantity
 from penstock.contract.gateway import Placement, gateway_args
 from penstock.contract.wire import ADMIN_PORT, GATEWAY_PORT, REDIS_PORT
-from penstock.render.cache import password_env
+from penstock.render.cache import DISK_CACHE_DIR, DISK_VOLUME, password_env
 from penstock.render.collector import collector_endpoint, resource_attributes
 from penstock.render.meta import PipelineRef, stage_url
 from penstock.render.security import container_security_context
@@ -64,6 +64,7 @@ def _env(
         otlp_endpoint=collector_endpoint(namespace),
         shared_cache=True,
         embedder_url=_embedder_url(namespace, pipeline, stage),
+        disk_cache_dir=f"{DISK_CACHE_DIR}/entries",
     )
     env: list[dict[str, Any]] = []
     env += gateway_args(pipeline, spec, stage, settings.prices, where, variant).to_env()
@@ -133,4 +134,6 @@ def gateway_container(
         container["volumeMounts"].append(
             {"name": WARMUP_VOLUME, "mountPath": WARMUP_DIR, "readOnly": True}
         )
+    if stage.cache and stage.cache.enabled and stage.cache.disk:
+        container["volumeMounts"].append({"name": DISK_VOLUME, "mountPath": DISK_CACHE_DIR})
     return container

@@ -1,6 +1,7 @@
-"""``penstock cache``: tools for the stage caches.
+"""``penstock cache``: tools for the stage caches (the purge through the apiserver).
 
 penstock cache eval --embedder URL [--pairs FILE] [--max-trap-rate 0.01] [--json FILE]
+penstock cache purge PIPELINE [--namespace NS] [--stage STAGE ...]
 """
 
 from __future__ import annotations
@@ -71,7 +72,56 @@ def build_parser() -> argparse.ArgumentParser:
         help="wait this long for the embedder to answer first (default 0: it must be up)",
     )
     evaluate.add_argument("--json", type=Path, metavar="FILE", help="also write the figures")
+    purge = sub.add_parser(
+        "purge",
+        help="purge a Pipeline's caches: raise its stages' cache.generation",
+        description="Raise spec.stages[].cache.generation of the Pipeline's caching stages (or"
+        " of --stage): part of every cache key, so no entry stored before is served by the"
+        " stages' new pods, in any tier; the operator rolls the pods. Uses the current"
+        " kubeconfig (or in-cluster credentials). Exit 0, or 1 when nothing was patched.",
+    )
+    purge.add_argument("pipeline", metavar="PIPELINE", help="the Pipeline's name")
+    purge.add_argument(
+        "-n", "--namespace", default=None, help="its namespace (default: the kubeconfig's)"
+    )
+    purge.add_argument(
+        "--stage",
+        action="append",
+        default=[],
+        metavar="STAGE",
+        help="a stage to purge (repeatable); default: every stage with cache.enabled",
+    )
     return parser
+
+
+def current_namespace() -> str:
+    """The kubeconfig's current context's namespace, else default."""
+    from kubernetes import config
+
+    try:
+        _, active = config.list_kube_config_contexts()  # type: ignore[no-untyped-call]
+    except (config.ConfigException, OSError):
+        return "default"
+    return str((active or {}).get("context", {}).get("namespace") or "default")
+
+
+def purge_main(args: argparse.Namespace) -> int:
+    from penstock.controller.kube import Kube, KubeError, load_api_client
+    from penstock.controller.purge import PurgeError, purge
+
+    namespace = args.namespace or current_namespace()
+    try:
+        kube = Kube(load_api_client(connections=1))
+        generations = purge(kube, namespace, args.pipeline, args.stage)
+    except (PurgeError, KubeError) as error:
+        print(f"penstock cache purge: {error}", file=sys.stderr)
+        return 1
+    except Exception as error:  # no kubeconfig, unreachable apiserver
+        print(f"penstock cache purge: cannot reach the cluster: {error}", file=sys.stderr)
+        return 1
+    for stage, generation in generations.items():
+        print(f"{namespace}/{args.pipeline} stage {stage}: cache generation {generation}")
+    return 0
 
 
 async def wait_for(embed: Embed, seconds: float) -> None:
@@ -89,6 +139,8 @@ async def wait_for(embed: Embed, seconds: float) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "purge":
+        return purge_main(args)
     if not 0 <= args.max_trap_rate <= 1:
         print("penstock cache eval: --max-trap-rate is a share in [0, 1]", file=sys.stderr)
         return 1

@@ -18,7 +18,7 @@ import struct
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Required, TypedDict, Unpack
 from urllib.parse import urlsplit
 
 import aiomcache
@@ -66,6 +66,7 @@ def cache_key(
     body: Any,
     headers: Mapping[str, str],
     key_headers: Iterable[str],
+    generation: int = 0,
 ) -> str:
     """sha256 over everything that can change the answer.
 
@@ -78,6 +79,7 @@ def cache_key(
         [name, header_values(headers, name)] for name in sorted({h.lower() for h in key_headers})
     ]
     material = [
+        generation,
         namespace,
         pipeline,
         stage,
@@ -238,7 +240,16 @@ class Store(enum.Enum):
     ERROR = "error"
 
 
-class _RemoteCache:
+class TierOptions(TypedDict, total=False):
+    """What every tier on a store takes besides its address, name and signing key."""
+
+    ttl_seconds: Required[int]
+    max_entry_bytes: Required[int]
+    timeout: float
+    backoff: float
+
+
+class RemoteCache:
     """Fail-open cache on a network store; subclasses give the store's three operations.
 
     Every operation has a short deadline (``timeout`` seconds, also the socket timeouts) and
@@ -252,12 +263,12 @@ class _RemoteCache:
     def __init__(
         self,
         *,
-        ttl_seconds: int,
-        max_entry_bytes: int,
-        timeout: float,
-        backoff: float,
         name: str,
         sign_key: bytes | None,
+        ttl_seconds: int,
+        max_entry_bytes: int,
+        timeout: float = 0.05,
+        backoff: float = 1.0,
     ) -> None:
         """sign_key: entries are signed and only entries signed with it are served (a store
         other Pipelines share: the ``shared`` tier); a foreign entry is a miss, left alone."""
@@ -299,6 +310,10 @@ class _RemoteCache:
                 data, ttl = await self._fetch(key, with_ttl)
         except self.errors as error:
             self._failed("GET", error)
+            return Lookup.ERROR, None, None
+        except CorruptEntry as error:  # a store that checks its own framing (disk)
+            log.warning("cache entry %s not served: %s", key, error)
+            await self._delete(key)
             return Lookup.ERROR, None, None
         if data is None:
             return Lookup.MISS, None, None
@@ -380,7 +395,7 @@ class _RemoteCache:
         return envelope if self._sign_key is None else sign(self._sign_key, envelope)
 
 
-class RedisCache(_RemoteCache):
+class RedisCache(RemoteCache):
     """The cache on Redis (or Valkey): the pod's sidecar, or a shared endpoint."""
 
     engine = "redis"
@@ -391,30 +406,20 @@ class RedisCache(_RemoteCache):
         url: str,
         *,
         password: str | None = None,
-        ttl_seconds: int,
-        max_entry_bytes: int,
-        timeout: float = 0.05,
-        backoff: float = 1.0,
         name: str = "pod",
         sign_key: bytes | None = None,
+        **options: Unpack[TierOptions],
     ) -> None:
-        super().__init__(
-            ttl_seconds=ttl_seconds,
-            max_entry_bytes=max_entry_bytes,
-            timeout=timeout,
-            backoff=backoff,
-            name=name,
-            sign_key=sign_key,
-        )
-        options: dict[str, Any] = {
-            "socket_timeout": timeout,
-            "socket_connect_timeout": timeout,
+        super().__init__(name=name, sign_key=sign_key, **options)
+        client_options: dict[str, Any] = {
+            "socket_timeout": self._timeout,
+            "socket_connect_timeout": self._timeout,
             "retry": Retry(NoBackoff(), 0),
             "max_connections": 256,
         }
         if password:
-            options["password"] = password
-        self._client = aioredis.Redis.from_url(url, **options)
+            client_options["password"] = password
+        self._client = aioredis.Redis.from_url(url, **client_options)
 
     async def _fetch(self, key: str, with_ttl: bool) -> tuple[bytes | None, float | None]:
         if not with_ttl:
@@ -451,7 +456,7 @@ MEMCACHED_SCHEME = "memcached://"
 _EXPIRES = struct.Struct(">d")  # a Memcached value starts with when it expires (Unix seconds)
 
 
-class MemcachedCache(_RemoteCache):
+class MemcachedCache(RemoteCache):
     """The shared tier on Memcached (``memcached://HOST[:PORT]``, text protocol, no auth).
 
     Memcached cannot say how long an entry has left, so each value starts with its expiry
@@ -467,21 +472,11 @@ class MemcachedCache(_RemoteCache):
         self,
         url: str,
         *,
-        ttl_seconds: int,
-        max_entry_bytes: int,
-        timeout: float = 0.05,
-        backoff: float = 1.0,
-        name: str = "shared",
         sign_key: bytes,
+        name: str = "shared",
+        **options: Unpack[TierOptions],
     ) -> None:
-        super().__init__(
-            ttl_seconds=ttl_seconds,
-            max_entry_bytes=max_entry_bytes,
-            timeout=timeout,
-            backoff=backoff,
-            name=name,
-            sign_key=sign_key,
-        )
+        super().__init__(name=name, sign_key=sign_key, **options)
         parts = urlsplit(url)
         self._address = (parts.hostname or "127.0.0.1", parts.port or 11211)
         self._client = self._connect()

@@ -47,9 +47,13 @@ class GatewayConfig:
     redis_password: str | None = None
     cache_ttl_seconds: int = 3600
     cache_max_entry_bytes: int = 1 << 20
+    cache_generation: int = 0
     memory_cache_max_entries: int = 0
     memory_cache_max_bytes: int = 64 << 20
     shared_redis_url: str | None = None
+    disk_cache_dir: str | None = None
+    disk_cache_max_bytes: int = 1 << 30
+    disk_cache_max_entry_bytes: int = 16 << 20
     shared_redis_password: str | None = None
     shared_cache_key: str | None = None
     cache_key_headers: tuple[str, ...] = ("accept", "authorization")
@@ -285,12 +289,36 @@ _FLAGS: tuple[_Flag, ...] = (
     _Flag("--cache-ttl-seconds", _positive_int, "N", "cache entry lifetime (default 3600)"),
     _Flag("--cache-max-entry-bytes", _positive_int, "N", "largest body cached (default 1048576)"),
     _Flag(
+        "--cache-generation",
+        _non_negative_int,
+        "N",
+        "part of every cache key: a higher N never reads a lower one's entries (default 0)",
+    ),
+    _Flag(
         "--shared-redis-url",
         _shared_url,
         "URL",
         "a Redis (or memcached://HOST[:PORT]) every replica shares, looked up after"
         f" --redis-url (entries signed with {ENV_SHARED_CACHE_KEY}; password from"
         f" {ENV_SHARED_REDIS_PASSWORD}, Redis only)",
+    ),
+    _Flag(
+        "--disk-cache-dir",
+        _text,
+        "PATH",
+        "enables the disk tier, looked up after the others: one file per entry under PATH",
+    ),
+    _Flag(
+        "--disk-cache-max-bytes",
+        _positive_int,
+        "N",
+        "bytes the disk tier may hold; past them the least recently read go (default 1073741824)",
+    ),
+    _Flag(
+        "--disk-cache-max-entry-bytes",
+        _positive_int,
+        "N",
+        "largest body the disk tier stores (default 16777216)",
     ),
     _Flag(
         "--memory-cache-max-entries",
@@ -522,6 +550,13 @@ def parse_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) 
         raise ConfigError(
             "--input-mode stream goes with none of --batch-path, --pack-template, --redis-url"
         )
+    disk_only = ("disk_cache_max_bytes", "disk_cache_max_entry_bytes")
+    if any(name in values for name in disk_only) and "disk_cache_dir" not in values:
+        raise ConfigError(
+            "--disk-cache-max-bytes/--disk-cache-max-entry-bytes need --disk-cache-dir"
+        )
+    if streamed_input and "disk_cache_dir" in values:
+        raise ConfigError("--input-mode stream does not go with --disk-cache-dir")
     if "memory_cache_max_bytes" in values and "memory_cache_max_entries" not in values:
         raise ConfigError("--memory-cache-max-bytes needs --memory-cache-max-entries")
     password = env.get(ENV_REDIS_PASSWORD, "")

@@ -476,6 +476,7 @@ class Gateway(Server):
             "path": path,
             "headers": request.headers,
             "key_headers": config.cache_key_headers,
+            "generation": config.cache_generation,
         }
 
     async def _serve_items(self, request: Request, record: Record) -> Reply:

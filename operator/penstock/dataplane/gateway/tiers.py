@@ -1,5 +1,6 @@
 """Cache tiers looked up in order and filled on the way back: ``memory`` (an LRU in the gateway
-process: a hit never leaves it) before ``pod`` (the Redis sidecar).
+process: a hit never leaves it), ``pod`` (the Redis sidecar), ``shared`` (a Redis or Memcached
+every replica shares) and ``disk`` (files on the stage's volume, kept across restarts).
 
 Every tier keys and varies entries the same way (cache.cache_key, cache.variant_key) and fails
 open: a broken tier is a miss of that tier, counted, and the lookup goes on to the next. A hit in
@@ -28,6 +29,7 @@ from penstock.dataplane.gateway.cache import (
     variant_key,
 )
 from penstock.dataplane.gateway.config import GatewayConfig
+from penstock.dataplane.gateway.disk import DiskCache
 
 
 class Tier(Protocol):
@@ -244,7 +246,7 @@ class Tiers:
 
 
 def cache_tiers(config: GatewayConfig) -> Tiers | None:
-    """The stage's cache tiers in lookup order: memory, pod (the sidecar), shared."""
+    """The stage's cache tiers in lookup order: memory, pod (the sidecar), shared, disk."""
     tiers: list[Tier] = []
     memcached: MemcachedCache | None = None
     if config.memory_cache_max_entries:
@@ -286,4 +288,13 @@ def cache_tiers(config: GatewayConfig) -> Tiers | None:
             )
     if memcached is not None:
         tiers.append(memcached)
+    if config.disk_cache_dir:
+        tiers.append(
+            DiskCache(
+                config.disk_cache_dir,
+                max_bytes=config.disk_cache_max_bytes,
+                ttl_seconds=config.cache_ttl_seconds,
+                max_entry_bytes=config.disk_cache_max_entry_bytes,
+            )
+        )
     return Tiers(tiers) if tiers else None
