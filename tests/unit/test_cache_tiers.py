@@ -358,3 +358,70 @@ def test_a_bad_disk_tier_is_refused_naming_the_field(
     assert not result.valid
     path = "spec.stages[0].cache.disk" + (f".{field}" if field else "")
     assert any(p.path == path for p in result.errors), result.errors
+
+
+def test_a_managed_shared_tier_is_one_redis_for_the_pipeline_with_its_own_password() -> None:
+    managed = {"managed": {"maxMemory": "64Mi"}}
+    doc = {
+        "stages": [
+            {"name": "a", "image": "e:1", "cache": {"enabled": True, "shared": managed}},
+            {"name": "b", "image": "e:1", "cache": {"enabled": True, "shared": managed}},
+        ],
+        "output": "b",
+    }
+    spec = validate_spec(doc).spec
+    assert spec is not None
+    ref = PipelineRef("rag", "ns", "uid-1")
+    children = {
+        (m["kind"], m["metadata"]["name"]): m for m in render_children(ref, spec, RenderSettings())
+    }
+    redis = children[("Deployment", "rag-cache")]["spec"]["template"]["spec"]["containers"][0]
+    args = redis["args"]
+    assert args[args.index("--maxmemory") + 1] == str(128 << 20)  # the sum of the shares
+    assert args[args.index("--requirepass") + 1] == "$(REDIS_PASSWORD)"
+    assert redis["env"][0]["valueFrom"]["secretKeyRef"]["name"] == "rag-cache"
+    assert ("Service", "rag-cache") in children
+    env = {
+        e["name"]: e
+        for e in gateway_container("rag", "ns", spec, spec.stages[0], RenderSettings())["env"]
+    }
+    assert env["PENSTOCK_GATEWAY_SHARED_REDIS_URL"]["value"] == "redis://rag-cache.ns.svc:6379/0"
+    assert env["SHARED_REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "rag-cache"
+    plain = validate_spec({"stages": [{"name": "a", "image": "e:1", "cache": {"enabled": True}}]})
+    assert plain.spec is not None
+    kinds = {
+        (m["kind"], m["metadata"]["name"])
+        for m in render_children(ref, plain.spec, RenderSettings())
+    }
+    assert ("Deployment", "rag-cache") not in kinds
+
+
+@pytest.mark.parametrize(
+    ("shared", "field"),
+    [
+        ({}, ""),
+        ({"url": "redis://cache:6379", "managed": {}}, ""),
+        ({"managed": {}, "passwordSecret": {"name": "s", "key": "k"}}, ""),
+        ({"managed": {"maxMemory": "512Ki"}}, "managed.maxMemory"),
+    ],
+)
+def test_a_bad_managed_shared_tier_is_refused_naming_the_field(
+    shared: dict[str, object], field: str
+) -> None:
+    result = validate_spec(shared_spec(shared))
+    assert not result.valid
+    path = "spec.stages[0].cache.shared" + (f".{field}" if field else "")
+    assert any(p.path == path for p in result.errors), result.errors
+
+
+def test_a_stage_named_like_the_managed_redis_is_refused() -> None:
+    doc = {
+        "stages": [
+            {"name": "cache", "image": "e:1"},
+            {"name": "b", "image": "e:1", "cache": {"enabled": True, "shared": {"managed": {}}}},
+        ],
+        "output": "b",
+    }
+    result = validate_spec(doc)
+    assert [p.path for p in result.errors] == ["spec.stages[0].name"], result.errors
+    assert "rename the stage" in result.errors[0].message

@@ -114,7 +114,10 @@ def test_design_labels_on_every_object_and_pod_template(example: Path) -> None:
             template_labels = manifest["spec"]["template"]["metadata"]["labels"]
             expected = DESIGN_LABELS | ({"penstock.dev/stage"} if is_stage else set())
             assert expected <= set(template_labels)
-            assert "replicas" not in manifest["spec"], "the HPA owns replicas"
+            if manifest["metadata"]["labels"]["app.kubernetes.io/component"] == "cache":
+                assert manifest["spec"]["replicas"] == 1  # the managed Redis: no HPA
+            else:
+                assert "replicas" not in manifest["spec"], "the HPA owns replicas"
 
 
 def test_rag_example_wires_model_cache_and_hpa() -> None:

@@ -110,6 +110,7 @@ FULL: dict[str, Any] = {
             "dependsOn": ["a"],
             "cache": {
                 "enabled": True,
+                "shared": {"managed": {"maxMemory": "32Mi"}},
                 "semantic": {
                     "embedder": "a",
                     "threshold": 0.8,

@@ -121,6 +121,21 @@ class MemoryTier(ApiModel):
     """Most bytes held (bodies, content types and keys), at least 1Mi, at most 4Gi. Default 64Mi."""
 
 
+MANAGED_REDIS_COMPONENT = "cache"
+"""The managed Redis' component and name suffix (<pipeline>-cache): no stage may be named so
+while the Pipeline has one."""
+
+
+class ManagedRedis(ApiModel):
+    """A Redis the operator runs for the Pipeline (one Deployment and Service,
+    <pipeline>-shared-cache, its password the Pipeline's cache Secret): every stage whose shared
+    tier is managed uses it."""
+
+    max_memory: Quantity = "256Mi"
+    """This stage's share of the Redis' maxmemory (the Redis holds the sum of its stages'), at
+    least 1Mi. Default 256Mi."""
+
+
 class SharedTier(ApiModel):
     """A Redis (or Valkey) endpoint every replica of the stage shares, looked up after the pod's
     own Redis: N replicas keep one cache instead of N, and a new replica starts warm. Entries
@@ -133,13 +148,20 @@ class SharedTier(ApiModel):
     model_config = ConfigDict(
         json_schema_extra=cel_rules(
             (
-                "!self.url.startsWith('memcached://') || !has(self.passwordSecret)",
+                "!has(self.url) || !self.url.startsWith('memcached://')"
+                " || !has(self.passwordSecret)",
                 "passwordSecret is for Redis: memcached:// takes no password",
+            ),
+            ("has(self.url) != has(self.managed)", "set exactly one of url and managed"),
+            (
+                "!has(self.managed) || !has(self.passwordSecret)",
+                "passwordSecret is for url: a managed Redis has the Pipeline's own password",
             ),
         )
     )
 
-    url: str = Field(
+    url: str | None = Field(
+        default=None,
         max_length=2048,
         pattern=r"^(rediss?://[^\s/@:]+(:[0-9]+)?(/[0-9]+)?|memcached://[^\s/@:]+(:[0-9]+)?)$",
     )
@@ -148,10 +170,18 @@ class SharedTier(ApiModel):
     or password in the URL: use passwordSecret (Redis only)."""
     password_secret: SecretKeySelector | None = None
     """The key of a Secret in the Pipeline's namespace holding the Redis password."""
+    managed: ManagedRedis | None = None
+    """Instead of url: a Redis the operator runs for this Pipeline, for users without one."""
 
     @model_validator(mode="after")
-    def _memcached_has_no_password(self) -> SharedTier:
-        if self.url.startswith("memcached://") and self.password_secret is not None:
+    def _one_endpoint(self) -> SharedTier:
+        if (self.url is None) == (self.managed is None):
+            raise ValueError("set exactly one of url and managed")
+        if self.password_secret is not None and self.managed is not None:
+            raise ValueError(
+                "passwordSecret is for url: a managed Redis has the Pipeline's own password"
+            )
+        if self.url and self.url.startswith("memcached://") and self.password_secret is not None:
             raise ValueError("passwordSecret is for Redis: memcached:// takes no password")
         return self
 

@@ -14,6 +14,7 @@ from pydantic.alias_generators import to_camel
 
 from penstock.api import graph as stage_graph
 from penstock.api.container import CONFIG_KEY, RESOURCE_NAME
+from penstock.api.features import MANAGED_REDIS_COMPONENT
 from penstock.api.metadata import metadata_problems, name_problem
 from penstock.api.pipeline import RESERVED_STAGE_NAMES, PipelineSpec
 from penstock.api.resources import resource_problems
@@ -255,6 +256,17 @@ def _value_problems(spec: PipelineSpec) -> list[Problem]:
             )
         memory = stage.cache.memory if stage.cache else None
         errors += _semantic_problems(spec, index)
+        if stage.name == MANAGED_REDIS_COMPONENT and any(
+            other.cache and other.cache.shared and other.cache.shared.managed
+            for other in spec.stages
+        ):
+            errors.append(
+                Problem(
+                    f"spec.stages[{index}].name",
+                    f"{stage.name!r} is the name of the Redis the operator runs for a managed"
+                    " shared tier (<pipeline>-cache): rename the stage",
+                )
+            )
         for tier in ("memory", "shared", "disk", "semantic"):
             if stage.cache and getattr(stage.cache, tier) and not stage.cache.enabled:
                 errors.append(
@@ -268,6 +280,14 @@ def _value_problems(spec: PipelineSpec) -> list[Problem]:
                 Problem(
                     f"spec.stages[{index}].cache.memory.maxSize",
                     f"{memory.max_size!r} is not between 1Mi and 4Gi",
+                )
+            )
+        shared = stage.cache.shared if stage.cache else None
+        if shared and shared.managed and parse_quantity(shared.managed.max_memory) < 1 << 20:
+            errors.append(
+                Problem(
+                    f"spec.stages[{index}].cache.shared.managed.maxMemory",
+                    f"{shared.managed.max_memory!r} is below Redis' practical minimum of 1Mi",
                 )
             )
         disk = stage.cache.disk if stage.cache else None

@@ -38,6 +38,8 @@ class Placement:
     """The stage's shared tier is reachable (in a cluster; ``penstock dev`` runs one replica)."""
     embedder_url: str | None = None
     """Where the semantic tier's embedder stage answers, when the stage has one."""
+    managed_redis_url: str | None = None
+    """The Redis the operator runs for the Pipeline (``cache.shared.managed``)."""
     disk_cache_dir: str | None = None
     """Where the disk tier's volume is mounted, when the stage has one."""
 
@@ -102,8 +104,10 @@ def gateway_args(
             flags.append(("--cache-generation", str(stage.cache.generation)))
         if stage.cache.key_headers is not None:  # unset: the gateway's default
             flags.append(("--cache-key-headers", ",".join(stage.cache.key_headers)))
-        if stage.cache.shared and where.shared_cache:
-            flags.append(("--shared-redis-url", stage.cache.shared.url))
+        shared = stage.cache.shared
+        shared_url = (shared.url or where.managed_redis_url) if shared else None
+        if shared_url and where.shared_cache:
+            flags.append(("--shared-redis-url", shared_url))
         semantic = stage.cache.semantic
         if semantic and where.embedder_url:
             flags += [

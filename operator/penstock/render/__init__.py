@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from penstock.api import PipelineSpec
-from penstock.render.cache import cache_secret, disk_claims
+from penstock.render.cache import cache_secret, disk_claims, managed_redis
 from penstock.render.deployment import stage_deployment
 from penstock.render.hpa import stage_hpa
 from penstock.render.meta import FIELD_MANAGER, PipelineRef
@@ -40,6 +40,7 @@ def render_children(
     manifests.append(router_deployment(ref, spec, settings, config["data"]["topology.json"]))
     manifests.append(router_service(ref, spec))
     manifests.append(router_hpa(ref, spec))
+    manifests += managed_redis(ref, spec, settings.redis_image)
     return manifests
 
 

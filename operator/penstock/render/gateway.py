@@ -12,7 +12,7 @@ from penstock.api.pipeline import Workload
 from penstock.api.types import parse_quantity
 from penstock.contract.gateway import Placement, gateway_args
 from penstock.contract.wire import ADMIN_PORT, GATEWAY_PORT, REDIS_PORT
-from penstock.render.cache import DISK_CACHE_DIR, DISK_VOLUME, password_env
+from penstock.render.cache import DISK_CACHE_DIR, DISK_VOLUME, managed_redis_url, password_env
 from penstock.render.collector import collector_endpoint, resource_attributes
 from penstock.render.meta import PipelineRef, stage_url
 from penstock.render.security import container_security_context
@@ -64,6 +64,7 @@ def _env(
         otlp_endpoint=collector_endpoint(namespace),
         shared_cache=True,
         embedder_url=_embedder_url(namespace, pipeline, stage),
+        managed_redis_url=managed_redis_url(PipelineRef(pipeline, namespace)),
         disk_cache_dir=f"{DISK_CACHE_DIR}/entries",
     )
     env: list[dict[str, Any]] = []
@@ -76,7 +77,9 @@ def _env(
         if shared:
             # Signs the shared tier's entries: the Pipeline's own cache Secret, never the user's.
             env.append(password_env(pipeline, "SHARED_CACHE_KEY"))
-            if shared.password_secret:
+            if shared.managed:
+                env.append(password_env(pipeline, "SHARED_REDIS_PASSWORD"))
+            elif shared.password_secret:
                 ref = shared.password_secret
                 selector: dict[str, Any] = {"name": ref.name, "key": ref.key}
                 if ref.optional is not None:

@@ -1,14 +1,17 @@
-"""The disk tier in real pods: the operator's claim, bound to a volume on the node, mounted in the
-gateway; an answer stored there is served by the pod that replaces a deleted one (whose Redis
-sidecar starts empty), from the disk tier."""
+"""Cache tiers in real pods. The disk tier: the operator's claim, bound to a volume on the node,
+mounted in the gateway; an answer stored there is served by the pod that replaces a deleted one
+(whose Redis sidecar starts empty). The managed shared tier: a Redis the operator runs for the
+Pipeline, through which one replica serves what another stored."""
 
 from __future__ import annotations
 
 import os
 import subprocess
+import time
 import uuid
 from typing import Any
 
+from penstock.contract.wire import GATEWAY_PORT
 from tests.harness import wait_for
 from tests.kind.conftest import (
     Cluster,
@@ -92,3 +95,43 @@ def test_an_answer_on_the_disk_tier_is_served_by_the_pod_that_replaces_its_write
     finally:
         cluster.kubectl("delete", "pipeline", "disk", "-n", namespace, "--wait=true", check=False)
         cluster.kubectl("delete", "pv", volume["metadata"]["name"], "--wait=false", check=False)
+
+
+def _ask_pod(cluster: Cluster, namespace: str, pod: str) -> tuple[str, str | None]:
+    with port_forward(cluster, namespace, f"pod/{pod}", GATEWAY_PORT) as port:
+        status, headers, body = post(port, QUESTION)
+    assert status == 200, body[:500]
+    return headers["X-Penstock-Cache"], headers.get("X-Penstock-Cache-Tier")
+
+
+def test_replicas_share_answers_through_the_redis_the_operator_runs_for_the_pipeline(
+    cluster: Cluster, operator: Any, restricted_namespace: str
+) -> None:
+    namespace = restricted_namespace
+    pipeline = one_stage("managed", cache=True, scaling={"minReplicas": 2, "maxReplicas": 2})
+    pipeline["spec"]["stages"][0]["cache"]["shared"] = {"managed": {"maxMemory": "16Mi"}}
+    assert cluster.apply(pipeline, namespace).returncode == 0
+    try:
+        wait_ready(cluster, namespace, "managed", timeout=240)
+
+        def redis_ready() -> bool:
+            body = cluster.get("deployment", "managed-cache", namespace) or {}
+            return (body.get("status") or {}).get("readyReplicas") == 1
+
+        wait_for(redis_ready, timeout=120, what="the managed Redis Ready")
+
+        def two_ready() -> list[str] | None:
+            pods = [
+                p for p in stage_pods(cluster, namespace, "managed", "retrieve") if pod_ready(p)
+            ]
+            return [p["metadata"]["name"] for p in pods] if len(pods) == 2 else None
+
+        first, second = wait_for(two_ready, timeout=180, what="two Ready replicas")
+        assert _ask_pod(cluster, namespace, first) == ("miss", None)
+        time.sleep(1)  # the store follows the answer
+        # The other replica's own tiers are empty: the answer comes from the managed Redis.
+        assert _ask_pod(cluster, namespace, second) == ("hit", "shared")
+    finally:
+        cluster.kubectl(
+            "delete", "pipeline", "managed", "-n", namespace, "--wait=true", check=False
+        )
