@@ -245,3 +245,51 @@ def test_the_readme_eval_block_works_when_pasted(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     assert "chosen: threshold" in done.stdout
     assert json.loads((tmp_path / "eval.json").read_text())["pairs"] >= 300
+
+
+async def test_with_a_disk_tier_the_index_and_its_answers_outlive_the_gateway(
+    stage: Stage,
+    redis_server: RedisServer,
+    embedder: ScriptServer,
+    client: aiohttp.ClientSession,
+    tmp_path: Path,
+) -> None:
+    tiers = semantic(embedder, redis_server, disk_cache_dir=str(tmp_path))
+    async with running(stage, **tiers) as first:
+        await ask(client, first, {"text": "How do I reset my password?"})
+    assert (tmp_path / "semantic-index").is_file()  # written on shutdown
+    redis_server.client.flushall()  # a new pod's Redis is empty: the disk tier has the answer
+    async with running(stage, **tiers) as second:
+        cache, tier, _ = await ask(
+            client, second, {"text": "What is the way to reset my password?"}
+        )
+        assert (cache, tier) == ("hit", "semantic")
+        trap = await ask(client, second, {"text": "How do I not reset my password?"})
+        assert trap[:2] == ("miss", None)  # the guards hold for restored inputs too
+    # Another generation never matches the restored inputs (its scope differs).
+    async with running(stage, cache_generation=1, **tiers) as purged:
+        cache, _, _ = await ask(client, purged, {"text": "What is the way to reset my password?"})
+        assert cache == "miss"
+    assert stage.calls["/"] == 3
+
+
+async def test_a_damaged_index_snapshot_is_not_read(
+    stage: Stage,
+    redis_server: RedisServer,
+    embedder: ScriptServer,
+    client: aiohttp.ClientSession,
+    tmp_path: Path,
+) -> None:
+    tiers = semantic(embedder, redis_server, disk_cache_dir=str(tmp_path))
+    async with running(stage, **tiers) as first:
+        await ask(client, first, {"text": "How do I reset my password?"})
+    snapshot = tmp_path / "semantic-index"
+    data = bytearray(snapshot.read_bytes())
+    data[-1] ^= 0x01
+    snapshot.write_bytes(bytes(data))
+    async with running(stage, **tiers) as second:
+        assert len(second.semantic.index) == 0  # type: ignore[union-attr]
+        cache, tier, _ = await ask(
+            client, second, {"text": "What is the way to reset my password?"}
+        )
+        assert (cache, tier) == ("miss", None)

@@ -225,7 +225,8 @@ class SemanticTier(ApiModel):
     its cosine must be at least ``threshold``, or ``oneSlotThreshold`` when the text is the
     stored one with a single place reworded. On Penstock's labelled set (``penstock cache
     eval``) the defaults serve 58% of held-out paraphrases and answer 0 of 87 look-alike traps.
-    The index lives in each gateway (``maxEntries`` inputs); the answers are the tiers'."""
+    The index lives in each gateway (``maxEntries`` inputs), and with a disk tier also on it,
+    read back at start; the answers are the tiers'."""
 
     model_config = ConfigDict(
         json_schema_extra=cel_rules(

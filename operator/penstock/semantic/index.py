@@ -7,6 +7,9 @@ matrix-vector product over the few inputs a guard lets through. The index holds 
 
 from __future__ import annotations
 
+import hashlib
+import json
+import struct
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -15,6 +18,12 @@ import numpy as np
 import numpy.typing as npt
 
 Vector = npt.NDArray[np.float32]
+_SNAPSHOT_MAGIC = b"PSI1"
+_SNAPSHOT_HEADER = struct.Struct(">4s32sI")  # magic, sha256 of the rest, JSON length
+
+
+class CorruptSnapshot(ValueError):
+    """A snapshot whose framing, checksum or content does not match."""
 
 
 def unit(vector: Sequence[float] | Vector) -> Vector:
@@ -118,3 +127,41 @@ class SemanticIndex:
         """Mark a stored input as just used (it answered a lookup)."""
         if (guard, key) in self._order:
             self._order.move_to_end((guard, key))
+
+    def snapshot(self) -> bytes:
+        """Every input in recency order (least recent first), with its vector, checksummed."""
+        entries: list[list[str]] = []
+        rows: list[Vector] = []
+        for guard, key in self._order:
+            bucket = self._buckets[guard]
+            index = bucket.keys.index(key)
+            entries.append([guard, key, bucket.texts[index]])
+            rows.append(bucket.rows[index])
+        header = json.dumps({"dimension": self.dimension, "entries": entries}).encode()
+        matrix = np.stack(rows).astype("<f4").tobytes() if rows else b""
+        body = header + matrix
+        digest = hashlib.sha256(body).digest()
+        return _SNAPSHOT_HEADER.pack(_SNAPSHOT_MAGIC, digest, len(header)) + body
+
+    @classmethod
+    def restore(cls, data: bytes, max_entries: int) -> SemanticIndex:
+        """The index a snapshot holds (its most recent ``max_entries`` inputs), or
+        :class:`CorruptSnapshot`."""
+        if len(data) < _SNAPSHOT_HEADER.size:
+            raise CorruptSnapshot("shorter than its header")
+        magic, digest, length = _SNAPSHOT_HEADER.unpack_from(data)
+        body = data[_SNAPSHOT_HEADER.size :]
+        if magic != _SNAPSHOT_MAGIC or hashlib.sha256(body).digest() != digest:
+            raise CorruptSnapshot("unknown format or checksum mismatch")
+        try:
+            header = json.loads(body[:length])
+            dimension, entries = header["dimension"], header["entries"]
+            index = cls(max_entries, dimension)
+            if not entries:
+                return index
+            matrix = np.frombuffer(body[length:], dtype="<f4").reshape(len(entries), dimension)
+            for (guard, key, text), row in zip(entries, matrix, strict=True):
+                index.add(str(guard), str(key), str(text), row)
+        except (ValueError, KeyError, TypeError) as error:
+            raise CorruptSnapshot(f"unreadable: {error}") from None
+        return index

@@ -13,16 +13,24 @@ no text) is a plain miss, counted.
 A sampled share of semantic hits (``--semantic-verify-fraction``) is also asked of the stage
 after the answer was sent; a different answer is a false hit: counted, and the input is taken
 out of the index so it never answers that way again.
+
+With a disk tier the index outlives the process: a checksummed snapshot in the disk tier's
+directory, written (to a temporary name, renamed) at most every ``SNAPSHOT_SECONDS`` while it
+changes and on shutdown, and read back at start. Its keys carry the cache generation and the
+whole scope, so a snapshot of an older generation or another image never matches.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import os
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from penstock.dataplane.gateway.cache import Entry
@@ -31,13 +39,15 @@ from penstock.dataplane.gateway.tiers import Fill, Tiers
 from penstock.dataplane.jsonbody import JsonBodyError, parse
 from penstock.dataplane.upstream import UpstreamClosed, UpstreamProtocolError, pool_for
 from penstock.semantic.guards import NotSemantic, semantic_input
-from penstock.semantic.index import SemanticIndex, Vector, unit
+from penstock.semantic.index import CorruptSnapshot, SemanticIndex, Vector, unit
 from penstock.semantic.policy import Policy
 
 log = logging.getLogger("penstock.gateway")
 
 _CANDIDATES = 4  # most similar stored inputs the policy is asked about, per lookup
 MAX_EMBEDDING_BYTES = 1 << 20  # 384 floats as JSON are ~8 KB
+SNAPSHOT_SECONDS = 30.0
+SNAPSHOT_NAME = "semantic-index"
 
 
 @dataclass(frozen=True)
@@ -74,9 +84,13 @@ class SemanticTier:
         verify_fraction: float = 0.0,
         timeout: float = 1.0,
         rng: random.Random | None = None,
+        snapshot: Path | None = None,
     ) -> None:
         self.policy = policy
         self.index = SemanticIndex(max_entries)
+        self.snapshot = snapshot
+        self._changed = False
+        self._saver: asyncio.Task[None] | None = None
         self.text_field = text_field
         self.ignore_fields = ignore_fields
         self.verify_fraction = verify_fraction
@@ -84,7 +98,43 @@ class SemanticTier:
         self._pool, self._target = pool_for(embedder_url)
         self._rng = rng or random.Random()
 
+    async def start(self) -> None:
+        """Read the snapshot, if any, and save the index while it changes."""
+        if self.snapshot is None:
+            return
+        try:
+            data = await asyncio.to_thread(self.snapshot.read_bytes)
+            self.index = SemanticIndex.restore(data, self.index.max_entries)
+            log.info("semantic index: %d inputs read from %s", len(self.index), self.snapshot)
+        except FileNotFoundError:
+            pass
+        except (OSError, CorruptSnapshot) as error:
+            log.warning("semantic index: %s not read (%s): starting empty", self.snapshot, error)
+        self._saver = asyncio.get_running_loop().create_task(self._save_loop())
+
+    async def _save_loop(self) -> None:
+        while True:
+            await asyncio.sleep(SNAPSHOT_SECONDS)
+            await self.save()
+
+    async def save(self) -> None:
+        """Write the index when it changed since the last save (never raises: a cache)."""
+        if self.snapshot is None or not self._changed:
+            return
+        self._changed = False
+        data = self.index.snapshot()  # on the loop: one consistent state
+        try:
+            await asyncio.to_thread(_write_atomically, self.snapshot, data)
+        except OSError as error:
+            self._changed = True
+            log.warning("semantic index: %s not written: %s", self.snapshot, error)
+
     async def close(self) -> None:
+        if self._saver is not None:
+            self._saver.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._saver
+        await self.save()
         self._pool.close()
 
     async def _embed(self, text: str) -> Vector:
@@ -154,6 +204,7 @@ class SemanticTier:
 
     def remember(self, probe: Probe, key: str) -> None:
         """Index an input whose answer the tiers stored under ``key``."""
+        self._changed = True
         try:
             self.index.add(probe.guard, key, probe.text, probe.vector)
         except ValueError as error:  # the embedder changed length since the probe: start over
@@ -161,6 +212,7 @@ class SemanticTier:
             self.index = SemanticIndex(self.index.max_entries)
 
     def forget(self, probe: Probe, key: str) -> None:
+        self._changed = True
         self.index.remove(probe.guard, key)
 
     def should_verify(self) -> bool:
@@ -178,7 +230,19 @@ def semantic_tier(config: GatewayConfig) -> SemanticTier | None:
         ignore_fields=config.semantic_ignore_fields,
         verify_fraction=config.semantic_verify_fraction,
         timeout=config.semantic_timeout_ms / 1000,
+        snapshot=Path(config.disk_cache_dir) / SNAPSHOT_NAME if config.disk_cache_dir else None,
     )
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}")
+    try:
+        temp.write_bytes(data)
+        os.replace(temp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            temp.unlink()
 
 
 def same_answer(stored: bytes, fresh: bytes) -> bool:

@@ -143,6 +143,8 @@ class Gateway(Server):
         config = self.config
         self.cache = cache_tiers(config)
         self.semantic = semantic_tier(config) if self.cache is not None else None
+        if self.semantic is not None:
+            await self.semantic.start()
         shared_url = config.shared_redis_url or ""
         # Leases need Redis's SET NX and PUBLISH: on Memcached, coalescing stays per replica.
         if config.shared_cache_key and shared_url and not shared_url.startswith(MEMCACHED_SCHEME):
