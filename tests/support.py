@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import http.client
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -82,6 +84,78 @@ class RedisServer(_LocalServer):
     def close(self) -> None:
         super().close()
         self.client.close()
+
+
+class RedisClusterServer:
+    """A Redis Cluster of three masters of its own on free loopback ports (no replicas,
+    nothing persisted); ``url`` names one node, the client discovers the rest."""
+
+    def __init__(self, password: str = "cluster-password") -> None:
+        self.password = password
+        self.dir = Path(tempfile.mkdtemp(prefix="penstock-redis-cluster-"))
+        self.ports = [free_port() for _ in range(3)]
+        self.url = f"redis://127.0.0.1:{self.ports[0]}/0"
+        self.processes = [
+            subprocess.Popen(
+                [
+                    tool("redis-server"),
+                    *("--port", str(port), "--bind", "127.0.0.1"),
+                    *("--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf"),
+                    *("--requirepass", password, "--masterauth", password),
+                    *("--save", "", "--appendonly", "no", "--dir", str(self.dir)),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for port in self.ports
+        ]
+        for port in self.ports:
+            node = redis.Redis(host="127.0.0.1", port=port, password=password, socket_timeout=2)
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    node.ping()
+                    break
+                except redis.ConnectionError:
+                    if time.monotonic() > deadline:
+                        self.close()
+                        raise RuntimeError("redis-server (cluster node) did not start") from None
+                    time.sleep(0.02)
+            node.close()
+        nodes = [f"127.0.0.1:{port}" for port in self.ports]
+        create = ["--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"]
+        created = subprocess.run(
+            [tool("redis-cli"), "-a", password, "--no-auth-warning", *create],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if created.returncode != 0:
+            self.close()
+            raise RuntimeError(f"redis-cli --cluster create failed: {created.stdout[-500:]}")
+        self.client = redis.RedisCluster(
+            host="127.0.0.1", port=self.ports[0], password=password, socket_timeout=2
+        )
+        deadline = time.monotonic() + 20
+        while self.client.cluster_info().get("cluster_state") != "ok":  # type: ignore[no-untyped-call]
+            assert time.monotonic() < deadline, "the cluster never became ok"
+            time.sleep(0.1)
+
+    def keys(self) -> list[bytes]:
+        found: list[bytes] = []
+        for port in self.ports:
+            node = redis.Redis(host="127.0.0.1", port=port, password=self.password)
+            found += node.keys("penstock:cache:*")  # type: ignore[operator]
+            node.close()
+        return sorted(found)
+
+    def close(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait(5)
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 class MemcachedServer(_LocalServer):

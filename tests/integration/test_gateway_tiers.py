@@ -12,12 +12,13 @@ from contextlib import asynccontextmanager
 
 import aiohttp
 import pytest
+import redis
 
 from penstock.dataplane.gateway.cache import Lookup, RedisCache, cache_key, signing_key
 from penstock.dataplane.gateway.config import ConfigError, GatewayConfig, parse_config
 from penstock.dataplane.gateway.server import Gateway
 from tests.integration.test_gateway import Stage, client, running, sample, stage, url
-from tests.support import MemcachedServer, RedisServer
+from tests.support import MemcachedServer, RedisClusterServer, RedisServer
 
 pytestmark = [pytest.mark.integration]
 __all__ = ["client", "stage"]  # fixtures
@@ -436,3 +437,83 @@ def test_a_memcached_url_with_a_database_or_credentials_is_a_config_error(url: s
     argv = ["--listen", "127.0.0.1:1", "--upstream", "http://127.0.0.1:2"]
     with pytest.raises(ConfigError, match="memcached://HOST"):
         parse_config([*argv, "--shared-redis-url", url], environ={"SHARED_CACHE_KEY": "k"})
+
+
+# --------------------------------------------------------------------------- on a Redis Cluster
+
+
+@pytest.fixture(scope="module")
+def redis_cluster() -> Iterator[RedisClusterServer]:
+    server = RedisClusterServer()
+    yield server
+    server.close()
+
+
+def on_cluster(server: RedisClusterServer, key: str = "pipeline-secret") -> dict[str, object]:
+    return {
+        "shared_redis_url": server.url,
+        "shared_redis_password": server.password,
+        "shared_redis_cluster": True,
+        "shared_cache_key": key,
+        "redis_timeout_ms": 1000,  # a loaded test machine; the product's 50 ms is for pods
+    }
+
+
+async def test_replicas_share_answers_through_a_redis_cluster(
+    stage: Stage, redis_cluster: RedisClusterServer, client: aiohttp.ClientSession
+) -> None:
+    questions = [{"q": f"spread {index}"} for index in range(12)]
+    async with running(stage, **on_cluster(redis_cluster)) as first:
+        for question in questions:
+            assert await ask(client, first, question) == (200, "miss", None)
+        await first.stored()
+    # The entries are spread over the nodes by their slots, each signed with the key.
+    per_node = [
+        len(redis.Redis(host="127.0.0.1", port=port, password=redis_cluster.password).keys("*"))
+        for port in redis_cluster.ports
+    ]
+    assert sum(per_node) >= 12 and all(per_node), per_node
+    async with running(stage, **on_cluster(redis_cluster)) as second:
+        for question in questions:
+            assert await ask(client, second, question) == (200, "hit", "shared")
+    async with running(stage, **on_cluster(redis_cluster, key="another-pipeline")) as other:
+        assert await ask(client, other, questions[0]) == (200, "miss", None)
+    assert stage.calls["/"] == 13
+
+
+async def test_identical_requests_over_replicas_on_a_cluster_make_one_stage_call(
+    stage: Stage, redis_cluster: RedisClusterServer, client: aiohttp.ClientSession
+) -> None:
+    stage.delay = 0.3
+    async with contextlib.AsyncExitStack() as stack:
+        gateways = [
+            await stack.enter_async_context(running(stage, **on_cluster(redis_cluster)))
+            for _ in range(3)
+        ]
+        for gateway in gateways:
+            assert gateway.leases is not None
+            await asyncio.wait_for(gateway.leases.listening.wait(), 5)
+
+        async def one(index: int) -> int:
+            target = gateways[index % len(gateways)]
+            async with client.post(url(target), json={"q": "on the cluster"}) as response:
+                await response.read()
+                return response.status
+
+        assert set(await asyncio.gather(*(one(index) for index in range(30)))) == {200}
+        assert stage.calls["/"] == 1
+        assert leases(gateways, "led") == 1 and leases(gateways, "joined") == 2
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--shared-redis-url", "memcached://127.0.0.1:11211", "--shared-redis-cluster", "true"],
+        ["--shared-redis-url", "redis://127.0.0.1:7000/2", "--shared-redis-cluster", "true"],
+        ["--shared-redis-url", "redis://127.0.0.1:7000", "--shared-redis-cluster", "yes"],
+    ],
+)
+def test_a_cluster_flag_that_cannot_hold_is_a_config_error(argv: list[str]) -> None:
+    base = ["--listen", "127.0.0.1:0", "--upstream", "http://127.0.0.1:1"]
+    with pytest.raises(ConfigError, match="shared-redis-cluster"):
+        parse_config(base + argv, {"SHARED_CACHE_KEY": "k"})

@@ -248,6 +248,10 @@ def test_the_shared_tier_signs_with_the_pipelines_own_secret_not_the_users() -> 
         ({"url": "memcached://cache:11211/0"}, True, "url"),
         ({"url": "memcached://user:pw@cache:11211"}, True, "url"),
         ({"url": "memcached://cache", "passwordSecret": {"name": "s", "key": "k"}}, True, ""),
+        ({"url": "memcached://cache", "cluster": True}, True, ""),
+        ({"url": "redis://cache:7000/3", "cluster": True}, True, ""),
+        ({"url": "redis://cache:7000/03", "cluster": True}, True, ""),
+        ({"managed": {}, "cluster": True}, True, ""),
     ],
 )
 def test_a_bad_shared_tier_is_refused_naming_the_field(
@@ -425,3 +429,14 @@ def test_a_stage_named_like_the_managed_redis_is_refused() -> None:
     result = validate_spec(doc)
     assert [p.path for p in result.errors] == ["spec.stages[0].name"], result.errors
     assert "rename the stage" in result.errors[0].message
+
+
+def test_a_cluster_shared_tier_tells_the_gateway() -> None:
+    spec = validate_spec(shared_spec({"url": "redis://node-0.cache:7000", "cluster": True})).spec
+    assert spec is not None
+    env = {
+        e["name"]: e.get("value")
+        for e in gateway_container("rag", "ns", spec, spec.stages[0], RenderSettings())["env"]
+    }
+    assert env["PENSTOCK_GATEWAY_SHARED_REDIS_URL"] == "redis://node-0.cache:7000"
+    assert env["PENSTOCK_GATEWAY_SHARED_REDIS_CLUSTER"] == "true"

@@ -72,7 +72,8 @@ FULL: dict[str, Any] = {
                 "keyHeaders": ["authorization", "x-tenant"],
                 "memory": {"maxEntries": 512, "maxSize": "16Mi"},
                 "shared": {
-                    "url": "rediss://shared-cache:6380/1",
+                    "url": "rediss://shared-cache:6380/0",
+                    "cluster": True,
                     "passwordSecret": {
                         "name": "shared-cache",
                         "key": "password",

@@ -154,6 +154,11 @@ class SharedTier(ApiModel):
             ),
             ("has(self.url) != has(self.managed)", "set exactly one of url and managed"),
             (
+                "!has(self.cluster) || !self.cluster"
+                " || (has(self.url) && self.url.startsWith('redis') && !self.url.matches('/0*[1-9]'))",
+                "cluster needs a redis:// or rediss:// url of database 0",
+            ),
+            (
                 "!has(self.managed) || !has(self.passwordSecret)",
                 "passwordSecret is for url: a managed Redis has the Pipeline's own password",
             ),
@@ -172,6 +177,10 @@ class SharedTier(ApiModel):
     """The key of a Secret in the Pipeline's namespace holding the Redis password."""
     managed: ManagedRedis | None = None
     """Instead of url: a Redis the operator runs for this Pipeline, for users without one."""
+    cluster: bool = False
+    """url is one node of a Redis Cluster (database 0): the gateways find the other nodes and
+    send each key to its slot's node; leases and their notices work across the nodes. Default
+    false."""
 
     @model_validator(mode="after")
     def _one_endpoint(self) -> SharedTier:
@@ -183,6 +192,10 @@ class SharedTier(ApiModel):
             )
         if self.url and self.url.startswith("memcached://") and self.password_secret is not None:
             raise ValueError("passwordSecret is for Redis: memcached:// takes no password")
+        if self.cluster and (
+            not self.url or not self.url.startswith("redis") or re.search("/0*[1-9]", self.url)
+        ):
+            raise ValueError("cluster needs a redis:// or rediss:// url of database 0")
         return self
 
 

@@ -108,6 +108,8 @@ def gateway_args(
         shared_url = (shared.url or where.managed_redis_url) if shared else None
         if shared_url and where.shared_cache:
             flags.append(("--shared-redis-url", shared_url))
+            if shared and shared.cluster:
+                flags.append(("--shared-redis-cluster", "true"))
         semantic = stage.cache.semantic
         if semantic and where.embedder_url:
             flags += [

@@ -395,6 +395,25 @@ class RemoteCache:
         return envelope if self._sign_key is None else sign(self._sign_key, envelope)
 
 
+class SlotMap:
+    """Maps a Redis Cluster's slots once, before the first command: redis-py's cluster client
+    maps them lazily, and concurrent first commands race there (some fail with errors no
+    handler expects). A no-op for a single Redis."""
+
+    def __init__(self, client: aioredis.Redis | aioredis.RedisCluster) -> None:
+        self._client = client
+        self._lock = asyncio.Lock()
+        self.ready = not isinstance(client, aioredis.RedisCluster)
+
+    async def __call__(self) -> None:
+        if self.ready:
+            return
+        async with self._lock:
+            if not self.ready and isinstance(self._client, aioredis.RedisCluster):
+                await self._client.initialize()
+                self.ready = True
+
+
 class RedisCache(RemoteCache):
     """The cache on Redis (or Valkey): the pod's sidecar, or a shared endpoint."""
 
@@ -408,8 +427,11 @@ class RedisCache(RemoteCache):
         password: str | None = None,
         name: str = "pod",
         sign_key: bytes | None = None,
+        cluster: bool = False,
         **options: Unpack[TierOptions],
     ) -> None:
+        """cluster: ``url`` is one node of a Redis Cluster; the client finds the others and
+        sends each key to the node holding its slot."""
         super().__init__(name=name, sign_key=sign_key, **options)
         client_options: dict[str, Any] = {
             "socket_timeout": self._timeout,
@@ -419,9 +441,15 @@ class RedisCache(RemoteCache):
         }
         if password:
             client_options["password"] = password
-        self._client = aioredis.Redis.from_url(url, **client_options)
+        self._client: aioredis.Redis | aioredis.RedisCluster = (
+            aioredis.RedisCluster.from_url(url, **client_options)
+            if cluster
+            else aioredis.Redis.from_url(url, **client_options)
+        )
+        self._slots = SlotMap(self._client)
 
     async def _fetch(self, key: str, with_ttl: bool) -> tuple[bytes | None, float | None]:
+        await self._slots()
         if not with_ttl:
             raw, ttl = await self._client.get(key), None
         else:
@@ -435,6 +463,7 @@ class RedisCache(RemoteCache):
         return (raw if isinstance(raw, bytes) else str(raw).encode("latin-1")), ttl
 
     async def _write(self, items: list[tuple[str, bytes, int]]) -> None:
+        await self._slots()
         if len(items) == 1:
             key, value, ttl = items[0]
             await self._client.set(key, value, ex=ttl)
@@ -445,6 +474,7 @@ class RedisCache(RemoteCache):
         await pipe.execute()
 
     async def _remove(self, key: str) -> None:
+        await self._slots()
         await self._client.delete(key)
 
     async def close(self) -> None:

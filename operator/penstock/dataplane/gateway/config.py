@@ -51,6 +51,7 @@ class GatewayConfig:
     memory_cache_max_entries: int = 0
     memory_cache_max_bytes: int = 64 << 20
     shared_redis_url: str | None = None
+    shared_redis_cluster: bool = False
     disk_cache_dir: str | None = None
     disk_cache_max_bytes: int = 1 << 30
     disk_cache_max_entry_bytes: int = 16 << 20
@@ -171,6 +172,12 @@ def _shared_url(text: str) -> str:
             raise ValueError(f"{text!r} is not a memcached://HOST[:PORT] URL")
         return text.strip()
     return _redis_url(text)
+
+
+def _boolean(text: str) -> bool:
+    if text.strip().lower() not in ("true", "false"):
+        raise ValueError(f"{text!r} is not true or false")
+    return text.strip().lower() == "true"
 
 
 def _positive_int(text: str) -> int:
@@ -301,6 +308,13 @@ _FLAGS: tuple[_Flag, ...] = (
         "a Redis (or memcached://HOST[:PORT]) every replica shares, looked up after"
         f" --redis-url (entries signed with {ENV_SHARED_CACHE_KEY}; password from"
         f" {ENV_SHARED_REDIS_PASSWORD}, Redis only)",
+    ),
+    _Flag(
+        "--shared-redis-cluster",
+        _boolean,
+        "true|false",
+        "--shared-redis-url is one node of a Redis Cluster: keys go to their slots' nodes"
+        " (default false)",
     ),
     _Flag(
         "--disk-cache-dir",
@@ -562,6 +576,14 @@ def parse_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) 
     password = env.get(ENV_REDIS_PASSWORD, "")
     if password:
         values["redis_password"] = password
+    if values.get("shared_redis_cluster"):
+        url = values.get("shared_redis_url") or ""
+        if urlsplit(url).scheme not in ("redis", "rediss"):
+            raise ConfigError(
+                "--shared-redis-cluster needs a redis:// or rediss:// --shared-redis-url"
+            )
+        if urlsplit(url).path not in ("", "/", "/0"):
+            raise ConfigError("--shared-redis-cluster: a Redis Cluster has database 0 only")
     if "shared_redis_url" in values:
         values["shared_redis_password"] = env.get(ENV_SHARED_REDIS_PASSWORD, "") or None
         values["shared_cache_key"] = env.get(ENV_SHARED_CACHE_KEY, "") or None

@@ -31,6 +31,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from penstock.dataplane.gateway.cache import SlotMap
+
 log = logging.getLogger("penstock.gateway.leases")
 
 LEASE_PREFIX = "penstock:lease:v1:"
@@ -38,9 +40,11 @@ DONE_PREFIX = "penstock:done:v1:"
 LEASE_SECONDS = 2.0
 
 # Drop the lease only when it is still ours (it may have expired and been taken), then say so.
+# The channel is an argument, not a key: in a Redis Cluster a script's keys share one slot,
+# and a PUBLISH reaches the subscribers on every node.
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
-return redis.call('PUBLISH', KEYS[2], ARGV[2])
+return redis.call('PUBLISH', ARGV[3], ARGV[2])
 """
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
@@ -77,15 +81,20 @@ class Leases:
         sign_key: bytes,
         timeout: float,
         lease_seconds: float = LEASE_SECONDS,
+        cluster: bool = False,
     ) -> None:
         options: dict[str, Any] = {"retry": Retry(NoBackoff(), 0), "max_connections": 256}
         if password:
             options["password"] = password
-        self._client = aioredis.Redis.from_url(
+        kind = aioredis.RedisCluster if cluster else aioredis.Redis
+        self._client: aioredis.Redis | aioredis.RedisCluster = kind.from_url(
             url, socket_timeout=timeout, socket_connect_timeout=timeout, **options
         )
         # The listener blocks on its socket between notices: no read timeout there.
-        self._listener = aioredis.Redis.from_url(url, socket_connect_timeout=timeout, **options)
+        self._listener: aioredis.Redis | aioredis.RedisCluster = kind.from_url(
+            url, socket_timeout=None, socket_connect_timeout=timeout, **options
+        )
+        self._slots = SlotMap(self._client)
         self._sign_key = sign_key
         self._channel = DONE_PREFIX + self._name(b"done")
         self._timeout = timeout
@@ -113,6 +122,8 @@ class Leases:
         while True:
             pubsub = self._listener.pubsub()
             try:
+                if isinstance(self._listener, aioredis.RedisCluster):
+                    await self._listener.initialize()  # the slots map a subscribe routes by
                 await pubsub.subscribe(self._channel)
                 self.listening.set()
                 delay = 0.05
@@ -157,6 +168,7 @@ class Leases:
         name, token = self.lease_name(key), secrets.token_hex(8)
         try:
             async with asyncio.timeout(self._timeout * 2):
+                await self._slots()
                 taken = await self._client.set(
                     name, token, nx=True, px=int(self.lease_seconds * 1000)
                 )
@@ -175,6 +187,7 @@ class Leases:
             await asyncio.sleep(self.lease_seconds / 3)
             try:
                 async with asyncio.timeout(self._timeout * 2):
+                    await self._slots()
                     kept = await self._renew(
                         keys=[lease.name], args=[lease.token, int(self.lease_seconds * 1000)]
                     )
@@ -189,8 +202,9 @@ class Leases:
             lease.renewing.cancel()
         try:
             async with asyncio.timeout(self._timeout * 2):
+                await self._slots()
                 await self._release(
-                    keys=[lease.name, self._channel], args=[lease.token, lease.name]
+                    keys=[lease.name], args=[lease.token, lease.name, self._channel]
                 )
         except (RedisError, OSError, TimeoutError) as error:
             log.debug("lease %s not released (it expires): %s", lease.name, error)

@@ -153,6 +153,7 @@ class Gateway(Server):
                 password=config.shared_redis_password,
                 sign_key=signing_key(config.shared_cache_key),
                 timeout=config.redis_timeout_ms / 1000,
+                cluster=config.shared_redis_cluster,
             )
             await self.leases.start()
         if config.batching:

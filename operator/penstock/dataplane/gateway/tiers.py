@@ -258,8 +258,8 @@ def cache_tiers(config: GatewayConfig) -> Tiers | None:
                 max_entry_bytes=config.cache_max_entry_bytes,
             )
         )
-    redis: list[tuple[str, str | None, str | None, bytes | None]] = [
-        ("pod", config.redis_url, config.redis_password, None)
+    redis: list[tuple[str, str | None, str | None, bytes | None, bool]] = [
+        ("pod", config.redis_url, config.redis_password, None, False)
     ]
     shared_url = config.shared_redis_url
     if config.shared_cache_key and shared_url and shared_url.startswith(MEMCACHED_SCHEME):
@@ -272,8 +272,9 @@ def cache_tiers(config: GatewayConfig) -> Tiers | None:
         )
     elif config.shared_cache_key:
         key = signing_key(config.shared_cache_key)
-        redis.append(("shared", shared_url, config.shared_redis_password, key))
-    for name, url, password, sign_key in redis:
+        shared = ("shared", shared_url, config.shared_redis_password, key)
+        redis.append((*shared, config.shared_redis_cluster))
+    for name, url, password, sign_key, cluster in redis:
         if url:
             tiers.append(
                 RedisCache(
@@ -284,6 +285,7 @@ def cache_tiers(config: GatewayConfig) -> Tiers | None:
                     timeout=config.redis_timeout_ms / 1000,
                     name=name,
                     sign_key=sign_key,
+                    cluster=cluster,
                 )
             )
     if memcached is not None:
