@@ -7,8 +7,8 @@ Starts a redis-server, a small aiohttp stage and `penstock gateway` as separate 
   - calling the stage directly (the baseline),
   - through the gateway without a cache (proxy only),
   - through the gateway on cache misses (Redis GET + SET on the way),
-  - through the gateway on cache hits (pod Redis, memory tier, disk tier), against one Redis
-    GET round trip from the same client,
+  - through the gateway on cache hits (pod Redis, memory, shared and disk tiers), against one
+    Redis GET round trip from the same client,
 and the stage calls made for N identical concurrent requests, direct vs coalesced.
 
 Batching (skipped with --no-batching or when the model package is missing): the real embed stage
@@ -135,6 +135,7 @@ async def run(args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
     mem_port, mem_admin = free_port(), free_port()
     items_port, items_admin = free_port(), free_port()
     disk_port, disk_admin = free_port(), free_port()
+    shared_port, shared_admin = free_port(), free_port()
     redis_url = f"redis://127.0.0.1:{redis_port}/0"
     stage_url = f"http://127.0.0.1:{stage_port}"
     gateway = [sys.executable, "-m", "penstock.dataplane.gateway", "--upstream", stage_url]
@@ -179,6 +180,22 @@ async def run(args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
         process(
             [
                 *gateway,
+                *("--listen", f"127.0.0.1:{shared_port}"),
+                *("--admin-listen", f"127.0.0.1:{shared_admin}"),
+                *(
+                    "--shared-redis-url",
+                    redis_url,
+                    "--stage",
+                    "bench-shared",
+                    "--pipeline",
+                    "bench",
+                ),
+            ],
+            env={**os.environ, "SHARED_CACHE_KEY": "bench-signing-key"},
+        ),
+        process(
+            [
+                *gateway,
                 *("--listen", f"127.0.0.1:{nc_port}", "--admin-listen", f"127.0.0.1:{nc_admin}"),
                 *("--stage", "bench-nocache", "--pipeline", "bench"),
             ]
@@ -186,7 +203,7 @@ async def run(args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
     ):
         connector = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(connector=connector) as session:
-            for admin in (gw_admin, nc_admin, mem_admin, items_admin, disk_admin):
+            for admin in (gw_admin, nc_admin, mem_admin, items_admin, disk_admin, shared_admin):
                 await wait_http(session, f"http://127.0.0.1:{admin}/ready")
             rds = aioredis.Redis.from_url(redis_url)
             run_id = time.time_ns()
@@ -211,6 +228,8 @@ async def run(args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
             await poster(mem_url, unique=False)(0)
             disk_url = f"http://127.0.0.1:{disk_port}"
             await poster(disk_url, unique=False)(0)
+            shared_url = f"http://127.0.0.1:{shared_port}"
+            await poster(shared_url, unique=False)(0)
             await asyncio.sleep(0.2)  # stored after the answer
 
             n, rate = args.requests, args.rate
@@ -224,13 +243,14 @@ async def run(args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
                     poster(gw_url, unique=True),
                 ],
             )
-            hit, memory_hit, disk_hit = await interleaved(
+            hit, memory_hit, disk_hit, shared_hit = await interleaved(
                 n,
                 rate,
                 [
                     poster(gw_url, unique=False),
                     poster(mem_url, unique=False),
                     poster(disk_url, unique=False),
+                    poster(shared_url, unique=False),
                 ],
             )
             await rds.set("bench:probe", b"x" * 64)
@@ -279,6 +299,16 @@ async def run(args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
                     ms(m99),
                     f"{m50 / base50:.2f}x / {m99 / base99:.2f}x direct;"
                     f" {m50 / r50:.1f}x / {m99 / r99:.1f}x Redis GET",
+                )
+            )
+            s50, s99 = percentile(shared_hit, 50), percentile(shared_hit, 99)
+            rows.append(
+                (
+                    "gateway, shared-tier hit (signed entry)",
+                    ms(s50),
+                    ms(s99),
+                    f"{s50 / base50:.2f}x / {s99 / base99:.2f}x direct;"
+                    f" {s50 / r50:.1f}x / {s99 / r99:.1f}x Redis GET",
                 )
             )
             d50, d99 = percentile(disk_hit, 50), percentile(disk_hit, 99)
