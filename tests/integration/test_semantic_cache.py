@@ -247,7 +247,7 @@ def test_the_readme_eval_block_works_when_pasted(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "eval.json").read_text())["pairs"] >= 300
 
 
-async def test_with_a_disk_tier_the_index_and_its_answers_outlive_the_gateway(
+async def test_with_a_disk_tier_the_index_outlives_the_gateway_unless_damaged(
     stage: Stage,
     redis_server: RedisServer,
     embedder: ScriptServer,
@@ -271,25 +271,10 @@ async def test_with_a_disk_tier_the_index_and_its_answers_outlive_the_gateway(
         cache, _, _ = await ask(client, purged, {"text": "What is the way to reset my password?"})
         assert cache == "miss"
     assert stage.calls["/"] == 3
-
-
-async def test_a_damaged_index_snapshot_is_not_read(
-    stage: Stage,
-    redis_server: RedisServer,
-    embedder: ScriptServer,
-    client: aiohttp.ClientSession,
-    tmp_path: Path,
-) -> None:
-    tiers = semantic(embedder, redis_server, disk_cache_dir=str(tmp_path))
-    async with running(stage, **tiers) as first:
-        await ask(client, first, {"text": "How do I reset my password?"})
+    # A damaged snapshot is not read: the next gateway starts with an empty index.
     snapshot = tmp_path / "semantic-index"
     data = bytearray(snapshot.read_bytes())
     data[-1] ^= 0x01
     snapshot.write_bytes(bytes(data))
-    async with running(stage, **tiers) as second:
-        assert len(second.semantic.index) == 0  # type: ignore[union-attr]
-        cache, tier, _ = await ask(
-            client, second, {"text": "What is the way to reset my password?"}
-        )
-        assert (cache, tier) == ("miss", None)
+    async with running(stage, cache_generation=1, **tiers) as damaged:
+        assert damaged.semantic is not None and len(damaged.semantic.index) == 0
