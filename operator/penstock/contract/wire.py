@@ -18,8 +18,8 @@ PROFILE_HEADER = "X-Penstock-Profile"
 CACHE_HEADER = "X-Penstock-Cache"
 """Response header: ``hit``, ``miss`` or ``bypass`` from a stage's gateway."""
 CACHE_TIER_HEADER = "X-Penstock-Cache-Tier"
-"""Response header on a cache hit: the tier that answered, ``memory``, ``pod``, ``shared`` or
-``semantic``."""
+"""Response header on a cache hit: the tier that answered, ``memory``, ``pod``, ``shared``,
+``disk`` or ``semantic``."""
 CACHE_ITEMS_HEADER = "X-Penstock-Cache-Items"
 """Response header on a batch sent to a stage's batch path: ``<hits>/<items>``, the items
 answered from the cache (a repeat within the batch counts as a hit of the first)."""
