@@ -266,7 +266,9 @@ def test_the_readme_profile_block_works_when_pasted(tmp_path: Path) -> None:
         env=env,
         capture_output=True,
         text=True,
-        timeout=READY_TIMEOUT + 120,
+        # The block itself may wait 300 s for the router (--wait 300), then sends 50 requests
+        # through the real language model (the llm extra in CI): this only guards a hang.
+        timeout=300 + 300,
         check=False,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
