@@ -67,7 +67,7 @@ def test_a_run_becomes_an_indexed_job_that_goes_with_it(
     phase = "Failed" if REAL_NODES else "Running"
     wait_for(
         lambda: (reported() or {}).get("status", {}).get("phase") == phase,
-        timeout=180,
+        timeout=300,  # the Job's pods start on a busy 2-core control plane
         what=f"the run {phase}",
     )
     assert condition(body, "Valid")["status"] == "True"
