@@ -395,12 +395,39 @@ class RemoteCache:
         return envelope if self._sign_key is None else sign(self._sign_key, envelope)
 
 
+RedisClient = aioredis.Redis | aioredis.RedisCluster
+
+
+def redis_client(
+    url: str,
+    *,
+    password: str | None,
+    timeout: float,
+    cluster: bool = False,
+    read_timeout: bool = True,
+) -> RedisClient:
+    """The one way the gateway reaches a Redis (a tier, the leases): ``timeout`` to connect
+    and, with ``read_timeout``, for each answer; no retries (a failure is a fail-open miss);
+    up to 256 connections. ``cluster``: ``url`` is one node of a Redis Cluster."""
+    options: dict[str, Any] = {
+        "socket_timeout": timeout if read_timeout else None,
+        "socket_connect_timeout": timeout,
+        "retry": Retry(NoBackoff(), 0),
+        "max_connections": 256,
+    }
+    if password:
+        options["password"] = password
+    if cluster:
+        return aioredis.RedisCluster.from_url(url, **options)
+    return aioredis.Redis.from_url(url, **options)
+
+
 class SlotMap:
     """Maps a Redis Cluster's slots once, before the first command: redis-py's cluster client
     maps them lazily, and concurrent first commands race there (some fail with errors no
     handler expects). A no-op for a single Redis."""
 
-    def __init__(self, client: aioredis.Redis | aioredis.RedisCluster) -> None:
+    def __init__(self, client: RedisClient) -> None:
         self._client = client
         self._lock = asyncio.Lock()
         self.ready = not isinstance(client, aioredis.RedisCluster)
@@ -433,19 +460,7 @@ class RedisCache(RemoteCache):
         """cluster: ``url`` is one node of a Redis Cluster; the client finds the others and
         sends each key to the node holding its slot."""
         super().__init__(name=name, sign_key=sign_key, **options)
-        client_options: dict[str, Any] = {
-            "socket_timeout": self._timeout,
-            "socket_connect_timeout": self._timeout,
-            "retry": Retry(NoBackoff(), 0),
-            "max_connections": 256,
-        }
-        if password:
-            client_options["password"] = password
-        self._client: aioredis.Redis | aioredis.RedisCluster = (
-            aioredis.RedisCluster.from_url(url, **client_options)
-            if cluster
-            else aioredis.Redis.from_url(url, **client_options)
-        )
+        self._client = redis_client(url, password=password, timeout=self._timeout, cluster=cluster)
         self._slots = SlotMap(self._client)
 
     async def _fetch(self, key: str, with_ttl: bool) -> tuple[bytes | None, float | None]:

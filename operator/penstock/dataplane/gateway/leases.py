@@ -24,14 +24,11 @@ import hmac
 import logging
 import secrets
 from dataclasses import dataclass, field
-from typing import Any
 
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from penstock.dataplane.gateway.cache import SlotMap
+from penstock.dataplane.gateway.cache import SlotMap, redis_client
 
 log = logging.getLogger("penstock.gateway.leases")
 
@@ -83,16 +80,10 @@ class Leases:
         lease_seconds: float = LEASE_SECONDS,
         cluster: bool = False,
     ) -> None:
-        options: dict[str, Any] = {"retry": Retry(NoBackoff(), 0), "max_connections": 256}
-        if password:
-            options["password"] = password
-        kind = aioredis.RedisCluster if cluster else aioredis.Redis
-        self._client: aioredis.Redis | aioredis.RedisCluster = kind.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout, **options
-        )
+        self._client = redis_client(url, password=password, timeout=timeout, cluster=cluster)
         # The listener blocks on its socket between notices: no read timeout there.
-        self._listener: aioredis.Redis | aioredis.RedisCluster = kind.from_url(
-            url, socket_timeout=None, socket_connect_timeout=timeout, **options
+        self._listener = redis_client(
+            url, password=password, timeout=timeout, cluster=cluster, read_timeout=False
         )
         self._slots = SlotMap(self._client)
         self._sign_key = sign_key

@@ -24,6 +24,7 @@ from penstock.dataplane.gateway.cache import (
     MemcachedCache,
     RedisCache,
     Store,
+    TierOptions,
     Variants,
     signing_key,
     variant_key,
@@ -248,7 +249,6 @@ class Tiers:
 def cache_tiers(config: GatewayConfig) -> Tiers | None:
     """The stage's cache tiers in lookup order: memory, pod (the sidecar), shared, disk."""
     tiers: list[Tier] = []
-    memcached: MemcachedCache | None = None
     if config.memory_cache_max_entries:
         tiers.append(
             MemoryCache(
@@ -258,38 +258,28 @@ def cache_tiers(config: GatewayConfig) -> Tiers | None:
                 max_entry_bytes=config.cache_max_entry_bytes,
             )
         )
-    redis: list[tuple[str, str | None, str | None, bytes | None, bool]] = [
-        ("pod", config.redis_url, config.redis_password, None, False)
-    ]
+    remote = TierOptions(
+        ttl_seconds=config.cache_ttl_seconds,
+        max_entry_bytes=config.cache_max_entry_bytes,
+        timeout=config.redis_timeout_ms / 1000,
+    )
+    if config.redis_url:
+        tiers.append(RedisCache(config.redis_url, password=config.redis_password, **remote))
     shared_url = config.shared_redis_url
-    if config.shared_cache_key and shared_url and shared_url.startswith(MEMCACHED_SCHEME):
-        memcached = MemcachedCache(
-            shared_url,
-            ttl_seconds=config.cache_ttl_seconds,
-            max_entry_bytes=config.cache_max_entry_bytes,
-            timeout=config.redis_timeout_ms / 1000,
-            sign_key=signing_key(config.shared_cache_key),
-        )
-    elif config.shared_cache_key:
+    if shared_url and config.shared_cache_key:
         key = signing_key(config.shared_cache_key)
-        shared = ("shared", shared_url, config.shared_redis_password, key)
-        redis.append((*shared, config.shared_redis_cluster))
-    for name, url, password, sign_key, cluster in redis:
-        if url:
-            tiers.append(
-                RedisCache(
-                    url,
-                    password=password,
-                    ttl_seconds=config.cache_ttl_seconds,
-                    max_entry_bytes=config.cache_max_entry_bytes,
-                    timeout=config.redis_timeout_ms / 1000,
-                    name=name,
-                    sign_key=sign_key,
-                    cluster=cluster,
-                )
+        if shared_url.startswith(MEMCACHED_SCHEME):
+            tiers.append(MemcachedCache(shared_url, sign_key=key, **remote))
+        else:
+            shared = RedisCache(
+                shared_url,
+                password=config.shared_redis_password,
+                name="shared",
+                sign_key=key,
+                cluster=config.shared_redis_cluster,
+                **remote,
             )
-    if memcached is not None:
-        tiers.append(memcached)
+            tiers.append(shared)
     if config.disk_cache_dir:
         tiers.append(
             DiskCache(
