@@ -40,6 +40,20 @@ def entry_path(root: Path, key: str) -> Path:
     return root / digest[:2] / digest
 
 
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary name beside ``path`` (a name the sweep knows for one) and
+    rename it into place: a reader sees the old file or the whole new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f"{_TEMP_PREFIX}{path.name}.{os.getpid()}.{os.urandom(4).hex()}")
+    try:
+        with temp.open("xb") as file:
+            file.write(data)
+        os.replace(temp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            temp.unlink()
+
+
 def _digest(expires: float, key: bytes, value: bytes) -> bytes:
     hasher = hashlib.sha256()
     hasher.update(struct.pack(">dH", expires, len(key)))
@@ -124,21 +138,12 @@ class DiskCache(RemoteCache):
         return value, expires - now
 
     def _store(self, items: list[tuple[str, bytes, int]]) -> int:
-        """Write each item to a temporary file and rename it into place; the bytes written."""
+        """Write each item in place, atomically; the bytes written."""
         written = 0
         now = time.time()
         for key, value, ttl in items:
-            path = entry_path(self.root, key)
-            path.parent.mkdir(parents=True, exist_ok=True)
             data = encode_file(key, value, now + ttl)
-            temp = path.with_name(f"{_TEMP_PREFIX}{path.name}.{os.getpid()}.{os.urandom(4).hex()}")
-            try:
-                with temp.open("xb") as file:
-                    file.write(data)
-                os.replace(temp, path)
-            except BaseException:
-                self._unlink(temp)
-                raise
+            write_atomically(entry_path(self.root, key), data)
             written += len(data)
         return written
 

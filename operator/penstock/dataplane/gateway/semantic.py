@@ -26,7 +26,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from typing import Any
 
 from penstock.dataplane.gateway.cache import Entry
 from penstock.dataplane.gateway.config import GatewayConfig
+from penstock.dataplane.gateway.disk import write_atomically
 from penstock.dataplane.gateway.tiers import Fill, Tiers
 from penstock.dataplane.jsonbody import JsonBodyError, parse
 from penstock.dataplane.upstream import UpstreamClosed, UpstreamProtocolError, pool_for
@@ -124,7 +124,7 @@ class SemanticTier:
         self._changed = False
         data = self.index.snapshot()  # on the loop: one consistent state
         try:
-            await asyncio.to_thread(_write_atomically, self.snapshot, data)
+            await asyncio.to_thread(write_atomically, self.snapshot, data)
         except OSError as error:
             self._changed = True
             log.warning("semantic index: %s not written: %s", self.snapshot, error)
@@ -232,17 +232,6 @@ def semantic_tier(config: GatewayConfig) -> SemanticTier | None:
         timeout=config.semantic_timeout_ms / 1000,
         snapshot=Path(config.disk_cache_dir) / SNAPSHOT_NAME if config.disk_cache_dir else None,
     )
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}")
-    try:
-        temp.write_bytes(data)
-        os.replace(temp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            temp.unlink()
 
 
 def same_answer(stored: bytes, fresh: bytes) -> bool:
