@@ -252,6 +252,10 @@ def test_the_shared_tier_signs_with_the_pipelines_own_secret_not_the_users() -> 
         ({"url": "redis://cache:7000/3", "cluster": True}, True, ""),
         ({"url": "redis://cache:7000/03", "cluster": True}, True, ""),
         ({"managed": {}, "cluster": True}, True, ""),
+        ({}, True, ""),
+        ({"url": "redis://cache:6379", "managed": {}}, True, ""),
+        ({"managed": {}, "passwordSecret": {"name": "s", "key": "k"}}, True, ""),
+        ({"managed": {"maxMemory": "512Ki"}}, True, "managed.maxMemory"),
     ],
 )
 def test_a_bad_shared_tier_is_refused_naming_the_field(
@@ -398,24 +402,6 @@ def test_a_managed_shared_tier_is_one_redis_for_the_pipeline_with_its_own_passwo
         for m in render_children(ref, plain.spec, RenderSettings())
     }
     assert ("Deployment", "rag-cache") not in kinds
-
-
-@pytest.mark.parametrize(
-    ("shared", "field"),
-    [
-        ({}, ""),
-        ({"url": "redis://cache:6379", "managed": {}}, ""),
-        ({"managed": {}, "passwordSecret": {"name": "s", "key": "k"}}, ""),
-        ({"managed": {"maxMemory": "512Ki"}}, "managed.maxMemory"),
-    ],
-)
-def test_a_bad_managed_shared_tier_is_refused_naming_the_field(
-    shared: dict[str, object], field: str
-) -> None:
-    result = validate_spec(shared_spec(shared))
-    assert not result.valid
-    path = "spec.stages[0].cache.shared" + (f".{field}" if field else "")
-    assert any(p.path == path for p in result.errors), result.errors
 
 
 def test_a_stage_named_like_the_managed_redis_is_refused() -> None:
