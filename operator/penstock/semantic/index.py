@@ -13,6 +13,7 @@ import struct
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -24,6 +25,24 @@ _SNAPSHOT_HEADER = struct.Struct(">4s32sI")  # magic, sha256 of the rest, JSON l
 
 class CorruptSnapshot(ValueError):
     """A snapshot whose framing, checksum or content does not match."""
+
+
+class Entry(NamedTuple):
+    guard: str
+    key: str
+    text: str
+    row: Vector
+
+
+def encode_snapshot(dimension: int | None, entries: Sequence[Entry]) -> bytes:
+    """The snapshot of ``entries`` (see :meth:`SemanticIndex.restore`): JSON of the guards, keys
+    and texts, then the rows as little-endian float32, under one sha256."""
+    listed = [[entry.guard, entry.key, entry.text] for entry in entries]
+    header = json.dumps({"dimension": dimension, "entries": listed}).encode()
+    matrix = np.stack([entry.row for entry in entries]).astype("<f4").tobytes() if entries else b""
+    body = header + matrix
+    digest = hashlib.sha256(body).digest()
+    return _SNAPSHOT_HEADER.pack(_SNAPSHOT_MAGIC, digest, len(header)) + body
 
 
 def unit(vector: Sequence[float] | Vector) -> Vector:
@@ -128,20 +147,23 @@ class SemanticIndex:
         if (guard, key) in self._order:
             self._order.move_to_end((guard, key))
 
-    def snapshot(self) -> bytes:
-        """Every input in recency order (least recent first), with its vector, checksummed."""
-        entries: list[list[str]] = []
-        rows: list[Vector] = []
+    def entries(self) -> list[Entry]:
+        """Every input in recency order (least recent first): a copy cheap enough for the event
+        loop, which :func:`encode_snapshot` may then turn into bytes in another thread (rows are
+        replaced, never changed in place)."""
+        where = {
+            guard: {key: i for i, key in enumerate(bucket.keys)}
+            for guard, bucket in self._buckets.items()
+        }
+        entries = []
         for guard, key in self._order:
-            bucket = self._buckets[guard]
-            index = bucket.keys.index(key)
-            entries.append([guard, key, bucket.texts[index]])
-            rows.append(bucket.rows[index])
-        header = json.dumps({"dimension": self.dimension, "entries": entries}).encode()
-        matrix = np.stack(rows).astype("<f4").tobytes() if rows else b""
-        body = header + matrix
-        digest = hashlib.sha256(body).digest()
-        return _SNAPSHOT_HEADER.pack(_SNAPSHOT_MAGIC, digest, len(header)) + body
+            bucket, i = self._buckets[guard], where[guard][key]
+            entries.append(Entry(guard, key, bucket.texts[i], bucket.rows[i]))
+        return entries
+
+    def snapshot(self) -> bytes:
+        """Every input in recency order, with its vector, checksummed."""
+        return encode_snapshot(self.dimension, self.entries())
 
     @classmethod
     def restore(cls, data: bytes, max_entries: int) -> SemanticIndex:

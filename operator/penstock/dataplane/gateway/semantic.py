@@ -39,7 +39,13 @@ from penstock.dataplane.gateway.tiers import Fill, Tiers
 from penstock.dataplane.jsonbody import JsonBodyError, parse
 from penstock.dataplane.upstream import UpstreamClosed, UpstreamProtocolError, pool_for
 from penstock.semantic.guards import NotSemantic, semantic_input
-from penstock.semantic.index import CorruptSnapshot, SemanticIndex, Vector, unit
+from penstock.semantic.index import (
+    CorruptSnapshot,
+    SemanticIndex,
+    Vector,
+    encode_snapshot,
+    unit,
+)
 from penstock.semantic.policy import Policy
 
 log = logging.getLogger("penstock.gateway")
@@ -122,8 +128,11 @@ class SemanticTier:
         if self.snapshot is None or not self._changed:
             return
         self._changed = False
-        data = self.index.snapshot()  # on the loop: one consistent state
+        # The entries are copied on the loop (one consistent state, a few ms at 10,000), the
+        # bytes made and written in a thread (about 0.1 s at 10,000: never on the loop).
+        entries, dimension = self.index.entries(), self.index.dimension
         try:
+            data = await asyncio.to_thread(encode_snapshot, dimension, entries)
             await asyncio.to_thread(write_atomically, self.snapshot, data)
         except OSError as error:
             self._changed = True
