@@ -249,8 +249,9 @@ class TierOptions(TypedDict, total=False):
     backoff: float
 
 
-class RemoteCache:
-    """Fail-open cache on a network store; subclasses give the store's three operations.
+class StoreCache:
+    """Fail-open cache on a store outside the process (a server, a directory); subclasses give
+    the store's three operations.
 
     Every operation has a short deadline (``timeout`` seconds, also the socket timeouts) and
     no retries; after an error the store is skipped for ``backoff`` seconds so that a dead or
@@ -441,7 +442,7 @@ class SlotMap:
                 self.ready = True
 
 
-class RedisCache(RemoteCache):
+class RedisCache(StoreCache):
     """The cache on Redis (or Valkey): the pod's sidecar, or a shared endpoint."""
 
     engine = "redis"
@@ -501,7 +502,7 @@ MEMCACHED_SCHEME = "memcached://"
 _EXPIRES = struct.Struct(">d")  # a Memcached value starts with when it expires (Unix seconds)
 
 
-class MemcachedCache(RemoteCache):
+class MemcachedCache(StoreCache):
     """The shared tier on Memcached (``memcached://HOST[:PORT]``, text protocol, no auth).
 
     Memcached cannot say how long an entry has left, so each value starts with its expiry

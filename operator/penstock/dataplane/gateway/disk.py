@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Unpack
 
-from penstock.dataplane.gateway.cache import CorruptEntry, RemoteCache, TierOptions
+from penstock.dataplane.gateway.cache import CorruptEntry, StoreCache, TierOptions
 
 log = logging.getLogger(__name__)
 
@@ -84,12 +84,11 @@ def decode_file(key: str, data: bytes) -> tuple[bytes, float]:
     return value, expires
 
 
-class DiskCache(RemoteCache):
+class DiskCache(StoreCache):
     """The ``disk`` tier on a directory; fails open like the network tiers (an OSError, a full
     or read-only volume, skips the tier for ``backoff`` seconds, counted)."""
 
     engine = "disk"
-    errors = (OSError, TimeoutError)
 
     def __init__(
         self,
