@@ -1,31 +1,34 @@
 """kopf handlers: every trigger feeds one work queue (controller/queue.py) of Pipeline keys,
 whose workers run the same level-based reconcile.
 
-Pipeline create/resume/spec-update queue the key at once; events on children (a Deployment
-becoming ready, a Service deleted by hand) queue it after a short debounce; the resync loop
-queues every Pipeline (drift repair and the tuner). A failed reconcile comes back with backoff.
+Pipeline create/resume/spec-update queue the key at once; the informer's events on children (a
+Deployment becoming ready, a Service deleted by hand) queue it after a short debounce; the
+resync loop queues every Pipeline (drift repair and the tuner) from the informer's store. A
+failed reconcile comes back with backoff. A standby operator (controller/leadership.py) queues
+but does not work; turning active, it queues every Pipeline.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import kopf
 
 from penstock.api import GROUP, PLURAL, VERSION
-from penstock.contract.wire import MANAGED_BY
 from penstock.controller import metrics
-from penstock.controller.kube import KubeError
+from penstock.controller.informer import Informer
+from penstock.controller.kube import CHILD_KINDS, KubeError
+from penstock.controller.leadership import Leadership
 from penstock.controller.queue import Body, Key, Work, WorkQueue
 from penstock.controller.reconcile import Reconciler
 from penstock.render import FIELD_MANAGER
 
 log = logging.getLogger("penstock.handlers")
 
-MANAGED = {"app.kubernetes.io/managed-by": MANAGED_BY}
 DEBOUNCE_SECONDS = 0.5
 QUEUE_WORKERS = 4
 
@@ -119,22 +122,52 @@ def needs_reconcile(event_type: str | None, kind: str, meta: Mapping[str, Any]) 
     return kind == "Deployment" or _others_changed_it(meta)
 
 
-async def child_changed(
-    body: kopf.Body, event: Mapping[str, Any], memo: kopf.Memo, **_: Any
-) -> None:
-    meta = body.get("metadata", {})
+def child_owner(obj: Mapping[str, Any]) -> Key | None:
+    """(namespace, Pipeline) of a child the operator manages for a Pipeline."""
+    meta = obj.get("metadata", {})
     pipeline = meta.get("labels", {}).get("penstock.dev/pipeline")
     owned = any(ref.get("kind") == "Pipeline" for ref in meta.get("ownerReferences", []))
     if not (pipeline and owned and meta.get("namespace")):
-        return
-    if needs_reconcile(event.get("type"), str(body.get("kind", "")), meta):
-        _queue(memo).add((meta["namespace"], pipeline), delay=DEBOUNCE_SECONDS)
+        return None
+    return meta["namespace"], pipeline
 
 
-async def resync_loop(reconciler: Reconciler, queue: WorkQueue, interval: float) -> None:
-    """Every interval, queue every watched Pipeline: repairs drift that caused no event."""
+def informer_events(
+    loop: asyncio.AbstractEventLoop, queue: WorkQueue, leadership: Leadership
+) -> Callable[[str, str, Mapping[str, Any]], None]:
+    """What the informer's threads call on a change: decide there, queue on the loop."""
+
+    def on_change(kind: str, event_type: str, obj: Mapping[str, Any]) -> None:
+        try:
+            if kind in ("ClusterKopfPeering", "KopfPeering"):
+                loop.call_soon_threadsafe(leadership.check)
+            elif (
+                kind in CHILD_KINDS
+                and (key := child_owner(obj))
+                and needs_reconcile(event_type, kind, obj.get("metadata", {}))
+            ):
+                loop.call_soon_threadsafe(queue.add, key, None, DEBOUNCE_SECONDS)
+        except RuntimeError:  # the loop is closed: the operator is stopping
+            pass
+
+    return on_change
+
+
+async def resync_loop(
+    reconciler: Reconciler,
+    queue: WorkQueue,
+    interval: float,
+    active: asyncio.Event,
+    wake: asyncio.Event,
+) -> None:
+    """Every interval (or when woken: turned active), queue every watched Pipeline: repairs
+    drift that caused no event. A standby skips it."""
     while True:
-        await asyncio.sleep(interval)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wake.wait(), interval)
+        wake.clear()
+        if not active.is_set():
+            continue
         try:
             bodies = await asyncio.to_thread(reconciler.list_pipelines)
         except KubeError as error:
@@ -143,15 +176,6 @@ async def resync_loop(reconciler: Reconciler, queue: WorkQueue, interval: float)
         for body in bodies:
             if not body["metadata"].get("deletionTimestamp"):
                 queue.add(_key(body), body)
-
-
-CHILD_RESOURCES = (
-    ("apps", "v1", "deployments"),
-    ("", "v1", "services"),
-    ("autoscaling", "v2", "horizontalpodautoscalers"),
-    ("", "v1", "configmaps"),
-    ("", "v1", "persistentvolumeclaims"),
-)
 
 
 def register(registry: kopf.OperatorRegistry, resync_seconds: float) -> None:
@@ -166,21 +190,37 @@ def register(registry: kopf.OperatorRegistry, resync_seconds: float) -> None:
 
     async def start_resync(memo: kopf.Memo, **_: Any) -> None:
         reconciler = _reconciler(memo)
-        queue = WorkQueue(reconcile_work(reconciler), workers=QUEUE_WORKERS, quiet=(KubeError,))
+        leadership: Leadership = memo["leadership"]
+        queue = WorkQueue(
+            reconcile_work(reconciler),
+            workers=QUEUE_WORKERS,
+            quiet=(KubeError,),
+            gate=leadership.active,
+        )
         queue.start()
         memo["queue"] = queue
-        memo["resync_task"] = asyncio.create_task(resync_loop(reconciler, queue, resync_seconds))
+        wake = asyncio.Event()
+        leadership.on_active = wake.set
+        informer: Informer | None = memo.get("informer")
+        if informer is not None:
+            informer.start(informer_events(asyncio.get_running_loop(), queue, leadership))
+        memo["resync_tasks"] = [
+            asyncio.create_task(
+                resync_loop(reconciler, queue, resync_seconds, leadership.active, wake)
+            ),
+            asyncio.create_task(leadership.run()),
+        ]
 
     async def stop_resync(memo: kopf.Memo, **_: Any) -> None:
-        task: asyncio.Task[None] | None = memo.get("resync_task")
-        if task:
+        for task in memo.get("resync_tasks", []):
             task.cancel()
         queue: WorkQueue | None = memo.get("queue")
         if queue is not None:
             await queue.stop()
+        informer: Informer | None = memo.get("informer")
+        if informer is not None:
+            await asyncio.to_thread(informer.stop)
 
     kopf.on.startup(registry=registry)(start_resync)
     kopf.on.cleanup(registry=registry)(stop_resync)
     kopf.on.delete(*resource, optional=True, registry=registry)(forget_pipeline)
-    for group, version, plural in CHILD_RESOURCES:
-        kopf.on.event(group, version, plural, labels=MANAGED, registry=registry)(child_changed)

@@ -48,6 +48,9 @@ KINDS: dict[str, Kind] = {
     "Event": Kind("api/v1", "events"),
     # Read only (list), to report why a stage's pods do not start.
     "Pod": Kind("api/v1", "pods"),
+    # Read only (watched): kopf's peering keep-alives, for the operator's own loops.
+    "ClusterKopfPeering": Kind("apis/kopf.dev/v1", "clusterkopfpeerings"),
+    "KopfPeering": Kind("apis/kopf.dev/v1", "kopfpeerings"),
 }
 # Children the operator applies and prunes, in apply order (config before workloads).
 CHILD_KINDS = (
@@ -200,10 +203,13 @@ class Kube:
         )
         return result
 
-    def patch_status(self, kind: str, namespace: str, name: str, status: dict[str, Any]) -> None:
-        self._call(
+    def patch_status(
+        self, kind: str, namespace: str, name: str, status: dict[str, Any]
+    ) -> dict[str, Any]:
+        result: dict[str, Any] = self._call(
             "PATCH",
             KINDS[kind].path(namespace, name, "status"),
             body={"status": status},
             content_type="application/merge-patch+json",
         )
+        return result

@@ -14,9 +14,12 @@ from typing import Any
 import kopf
 from prometheus_client import start_http_server
 
+from penstock.contract.wire import MANAGED_BY
 from penstock.controller import handlers, run_handlers
 from penstock.controller.events import EventPoster
-from penstock.controller.kube import Kube, load_api_client
+from penstock.controller.informer import CachedKube, Informer, Source, Store, sources
+from penstock.controller.kube import CHILD_KINDS, load_api_client
+from penstock.controller.leadership import Leadership, own_identity
 from penstock.controller.prometheus import PrometheusClient
 from penstock.controller.reconcile import Reconciler
 from penstock.controller.runs import RunReconciler
@@ -91,8 +94,24 @@ def _configure_kopf(config: OperatorSettings) -> Any:
         settings.peering.priority = config.priority
         settings.peering.name = config.peering or "penstock"
         settings.peering.mandatory = config.peering is not None
+        settings.peering.lifetime = config.peering_lifetime_seconds
 
     return startup
+
+
+def peering_kind(settings: OperatorSettings) -> str:
+    """kopf keeps one ClusterKopfPeering cluster-wide, else a KopfPeering per namespace."""
+    return "KopfPeering" if settings.namespaces else "ClusterKopfPeering"
+
+
+def informer_sources(settings: OperatorSettings) -> list[Source]:
+    """What the informer watches: the children the operator manages, the Pipelines, and with
+    peering the peering objects. Not Secrets: listing them would read every Secret."""
+    managed = f"app.kubernetes.io/managed-by={MANAGED_BY}"
+    kinds = [*CHILD_KINDS, "Pipeline"]
+    if settings.peering:
+        kinds.append(peering_kind(settings))
+    return sources(kinds, settings.namespaces, dict.fromkeys(CHILD_KINDS, managed))
 
 
 def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -109,11 +128,25 @@ def run_operator(args: argparse.Namespace) -> int:
         return 2
     configure_logging(settings)
     limit_malloc_arenas()
+    identity = own_identity() if settings.peering else ""  # before kopf reads $POD_ID
+    store = Store()
+    watched = informer_sources(settings)
     try:
-        kube = Kube(load_api_client(RECONCILE_THREADS), settings.request_timeout_seconds)
+        kube = CachedKube(
+            load_api_client(RECONCILE_THREADS), store, settings.request_timeout_seconds
+        )
+        # One pooled connection per watch, apart from the reconciles'.
+        informer = Informer(load_api_client(len(watched) + 1), store, watched)
     except Exception as error:
         print(f"error: cannot load Kubernetes credentials: {error}", file=sys.stderr)
         return 1
+    leadership = Leadership(
+        store if settings.peering else None,
+        peering_kind(settings),
+        settings.peering or "",
+        identity,
+        settings.priority,
+    )
     if settings.otlp_endpoint:
         configure_tracing(settings.otlp_endpoint)
     if settings.metrics_port:
@@ -132,6 +165,8 @@ def run_operator(args: argparse.Namespace) -> int:
     memo = kopf.Memo(
         reconciler=Reconciler(kube, settings, events, prometheus),
         run_reconciler=RunReconciler(kube, settings, events),
+        informer=informer,
+        leadership=leadership,
     )
     log.info(
         "penstock operator starting: namespaces=%s resync=%ss",

@@ -36,9 +36,12 @@ class WorkQueue:
         base_delay: float = 0.5,
         max_delay: float = 60.0,
         quiet: tuple[type[BaseException], ...] = (),
+        gate: asyncio.Event | None = None,
     ) -> None:
-        """quiet: failures logged as a warning without a traceback (an apiserver refusal)."""
+        """quiet: failures logged as a warning without a traceback (an apiserver refusal);
+        gate: work waits while it is clear (a standby operator queues but does not write)."""
         self._work = work
+        self._gate = gate
         self._quiet = quiet
         self._workers = workers
         self._base_delay = base_delay
@@ -110,6 +113,8 @@ class WorkQueue:
     async def _worker(self) -> None:
         while True:
             key = await self._ready.get()
+            if self._gate is not None:
+                await self._gate.wait()
             if key not in self._queued:  # forgotten while waiting
                 continue
             self._queued.discard(key)

@@ -14,6 +14,7 @@ from penstock.api import GROUP, VERSION
 from penstock.api.run import RUN_PLURAL
 from penstock.contract.wire import MANAGED_BY
 from penstock.controller.kube import KubeError
+from penstock.controller.leadership import Leadership
 from penstock.controller.queue import Body, Key, Work, WorkQueue
 from penstock.controller.runs import RunReconciler
 
@@ -94,7 +95,11 @@ def register(registry: kopf.OperatorRegistry, resync_seconds: float) -> None:
 
     async def start(memo: kopf.Memo, **_: Any) -> None:
         reconciler: RunReconciler = memo["run_reconciler"]
-        queue = WorkQueue(run_work(reconciler), workers=WORKERS, quiet=(KubeError,))
+        leadership: Leadership = memo["leadership"]
+        # A standby's queue fills but does not work (the resync's adds are deduplicated).
+        queue = WorkQueue(
+            run_work(reconciler), workers=WORKERS, quiet=(KubeError,), gate=leadership.active
+        )
         queue.start()
         memo["run_queue"] = queue
         memo["run_resync"] = asyncio.create_task(resync_runs(reconciler, queue, resync_seconds))

@@ -29,6 +29,9 @@ class OperatorSettings:
     log_format: str = "text"
     peering: str | None = None
     priority: int = 0
+    peering_lifetime_seconds: int = 10
+    """How long a peer's keep-alive counts: a killed active operator's standby takes over
+    within this (kopf renews it 5-10 s sooner, at least every second)."""
     request_timeout_seconds: float = 30.0
     otlp_endpoint: str | None = None
     """OTLP/HTTP endpoint for the operator's own reconcile spans."""
@@ -66,6 +69,13 @@ _FLAGS: list[tuple[str, Any, str, str]] = [
     ("log-format", str, "text", "log format: text or json"),
     ("peering", str, "", "kopf peering name for an active/standby pair; empty: standalone"),
     ("priority", int, "0", "peering priority; the highest runs, the others stand by"),
+    (
+        "peering-lifetime",
+        int,
+        "10",
+        "seconds a peer's keep-alive counts: a standby takes over this long after the active "
+        "operator was last heard of",
+    ),
     (
         "otlp-endpoint",
         _url,
@@ -137,6 +147,7 @@ def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
         log_format=args.log_format,
         peering=args.peering or None,
         priority=args.priority,
+        peering_lifetime_seconds=args.peering_lifetime,
         otlp_endpoint=args.otlp_endpoint or None,
         prometheus_url=args.prometheus_url or None,
         tuner_interval_seconds=args.tuner_interval_seconds,
