@@ -163,6 +163,25 @@ class Api:
     def json(self, path: str, accept: str = "application/json", query: str = "") -> Any:
         return json.loads(self.get(path, accept, query))
 
+    def merge_patch(self, path: str, patch: dict[str, Any]) -> None:
+        serialized = self._api.param_serialize(
+            method="PATCH",
+            resource_path=path,
+            header_params={
+                "Accept": "application/json",
+                "Content-Type": "application/merge-patch+json",
+            },
+            body=patch,
+            auth_settings=["BearerToken"],
+        )
+        try:
+            response = self._api.call_api(*serialized, _request_timeout=(5.0, 60.0))
+            response.read()
+        except Exception as error:
+            raise BenchError(f"PATCH {path}: {error}") from error
+        if not 200 <= response.status < 300:
+            raise BenchError(f"PATCH {path}: HTTP {response.status}: {response.data[:200]!r}")
+
     def exists(self, path: str) -> bool:
         try:
             self.get(path)
@@ -423,6 +442,26 @@ class Row:
     namespaces: list[str] = field(default_factory=list)
     cleanup_s: float | None = None
     direct_deleted_s: float | None = None
+    update_seconds: list[float] = field(default_factory=list)
+
+    @property
+    def update_p99_s(self) -> float | None:
+        if not self.update_seconds:
+            return None
+        ordered = sorted(self.update_seconds)
+        return ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)]
+
+    def machine_line(self) -> str:
+        """The one line per size a script reads (``-`` where a figure is missing)."""
+
+        def value(figure: float | int | None, digits: int) -> str:
+            return "-" if figure is None else f"{figure:.{digits}f}"
+
+        return (
+            f"operator N={self.size} ratio={value(self.ratio, 3)} "
+            f"rss_mb={value(self.peak_rss_mb, 1)} idle_writes={value(self.idle_writes, 0)} "
+            f"update_p99_s={value(self.update_p99_s, 3)}"
+        )
 
     @property
     def ratio(self) -> float | None:
@@ -441,6 +480,7 @@ class Options:
     poll_interval: float
     cache: bool
     work: Path
+    updates: int = 20
     children_summary: str = ""
 
 
@@ -636,6 +676,15 @@ def run_size(cluster: Cluster, api: Api, options: Options, row: Row, wait_for_gc
             f"N={size}: idle: {row.idle_writes} writes, {sum(row.idle_reconciles.values())} "
             f"reconciles, operator CPU {row.idle_cpu_percent:.0f}%, peak RSS {row.peak_rss_mb} MB"
         )
+        measure_updates(
+            api, options, row, ns_operator, Deadline(f"N={size} updates", options.timeout)
+        )
+        if row.update_seconds:
+            log(
+                f"N={size}: {len(row.update_seconds)} spec changes reached their Deployment "
+                f"in p50 {sorted(row.update_seconds)[len(row.update_seconds) // 2]:.3f}s, "
+                f"p99 {row.update_p99_s:.3f}s"
+            )
     finally:
         try:
             if operator.alive():
@@ -656,6 +705,36 @@ def run_size(cluster: Cluster, api: Api, options: Options, row: Row, wait_for_gc
         finally:
             operator.stop()
             row.log_counts = operator.log_summary()
+
+
+def measure_updates(
+    api: Api, options: Options, row: Row, namespace: str, deadline: Deadline
+) -> None:
+    """One Pipeline at a time, spread over the N: change its first stage's image and time
+    until its Deployment carries it (the spec change reaching its children)."""
+    count = min(options.updates, row.size)
+    for index in range(count):
+        row.update_seconds.append(
+            time_update(api, namespace, f"p{index * row.size // count:04d}", index, deadline)
+        )
+
+
+def time_update(api: Api, namespace: str, name: str, index: int, deadline: Deadline) -> float:
+    image = f"registry.example/bench-stage:1.{index + 1}"
+    path = f"/apis/penstock.dev/v1alpha1/namespaces/{namespace}/pipelines/{name}"
+    stages = api.json(path)["spec"]["stages"]
+    stages[0]["image"] = image
+    deployment = f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}-s0"
+    started = time.monotonic()
+    api.merge_patch(path, {"spec": {"stages": stages}})
+
+    def arrived() -> float | None:
+        containers = api.json(deployment)["spec"]["template"]["spec"]["containers"]
+        if any(container.get("image") == image for container in containers):
+            return time.monotonic() - started
+        return None
+
+    return poll(deadline, 0.02, arrived, lambda: f"{name}'s Deployment to run {image}")
 
 
 def existing_namespaces(api: Api, names: list[str]) -> list[str]:
@@ -898,6 +977,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--poll-interval", type=float, default=0.5, help="seconds between polls")
     parser.add_argument(
+        "--updates",
+        type=int,
+        default=20,
+        help="spec changes timed one at a time after the idle window (default 20)",
+    )
+    parser.add_argument(
         "--cache", action="store_true", help="enable the cache on every stage (adds a Secret)"
     )
     parser.add_argument(
@@ -930,6 +1015,7 @@ def main(argv: list[str] | None = None) -> int:
         poll_interval=args.poll_interval,
         cache=args.cache,
         work=work,
+        updates=args.updates,
     )
     rows: list[Row] = []
     failure: str | None = None
@@ -975,6 +1061,9 @@ def main(argv: list[str] | None = None) -> int:
     if info:
         print("\nMachine:\n")
         print(info)
+    print()
+    for row in rows:
+        print(row.machine_line())
     if failure:
         print(f"\nFAILED: {failure}")
         print(f"\nFAILED: {failure}", file=sys.stderr)
