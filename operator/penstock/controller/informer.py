@@ -266,7 +266,7 @@ class Reflector:
         if response is not None:
             with contextlib.suppress(Exception):  # closed already: the thread ends anyway
                 response.shutdown()
-        self._thread.join(timeout=5)
+        self._thread.join(timeout=1)  # a daemon: one still in a list dies with the process
 
     def _run(self) -> None:
         backoff = MIN_BACKOFF
@@ -276,6 +276,8 @@ class Reflector:
                 if version is None:
                     version = self._list()
                     backoff = MIN_BACKOFF
+                if self._stopped.is_set():
+                    return
                 version = self._watch(version)
             except Gone:
                 log.info("%s: watch version gone; relisting", self.source.path)
