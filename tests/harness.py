@@ -260,6 +260,8 @@ class OperatorProcess:
     def start(self, *extra_args: str, resync_seconds: float = 5) -> None:
         self.metrics_port, self.health_port = free_port(), free_port()
         self.starts += 1
+        env = self.cluster.env()
+        env.pop("POD_ID", None)  # kopf's peer identity: each process its own
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
                 [
@@ -274,7 +276,7 @@ class OperatorProcess:
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=self.cluster.env(),
+                env=env,
                 cwd=ROOT,
             )
 

@@ -228,6 +228,7 @@ def test_the_standby_takes_over_when_the_active_operator_is_killed(
             process.stop()
         cluster.kubectl("delete", "pipelines", "--all", "-n", namespace, "--wait=false")
         operator.start()
+        wait_for(operator.healthy, timeout=60, what="the suite's operator back")
 
 
 def test_chaos_every_pipeline_ends_with_exactly_its_children_and_ready(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import json
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -83,6 +84,39 @@ def test_a_list_replaces_what_its_source_covers_only() -> None:
     one = Source("Service", "/api/v1/namespaces/ns/services", namespace="ns")
     assert store.replace(one, []) == [("ns", "a")]
     assert store.get("Service", "other", "b") is not None
+
+
+def test_an_event_older_than_the_operators_own_write_changes_nothing() -> None:
+    store = Store()
+    store.upsert("Service", service("a", 5))
+    # The operator deletes a: a MODIFIED event of before the delete must not bring it back.
+    store.remove("Service", "ns", "a")
+    assert not store.upsert("Service", service("a", 5))
+    assert store.get("Service", "ns", "a") is None
+    # The watch's DELETED event confirms it; a re-created a (newer) is kept.
+    store.remove("Service", "ns", "a", 6)
+    assert store.upsert("Service", service("a", 9))
+    # A late DELETED of the old one does not remove the new one.
+    store.remove("Service", "ns", "a", 6)
+    assert store.get("Service", "ns", "a") is not None
+
+
+def test_a_list_keeps_what_was_written_through_after_it() -> None:
+    store = Store()
+    source = Source("Service", "/api/v1/services")
+    store.expect(source)
+    store.upsert("Service", service("new", 30))  # applied after the list's version 20
+    store.upsert("Service", service("a", 25))
+    gone = store.replace(source, [service("a", 12)], version=20)
+    assert gone == []
+    kept = store.get("Service", "ns", "a")
+    assert kept is not None and kept["metadata"]["resourceVersion"] == "25"
+    assert store.get("Service", "ns", "new") is not None
+    # What the list does not hold and is older than it is gone.
+    store.upsert("Service", service("old", 3))
+    assert store.replace(source, [service("a", 25), service("new", 30)], version=40) == [
+        ("ns", "old")
+    ]
 
 
 def test_only_equality_selectors_are_answered_from_the_store() -> None:
@@ -289,9 +323,15 @@ def test_leadership_follows_kopfs_rule() -> None:
     assert not is_leader([peering(me=(5, 0, 10), twin=(5, 1, 10))], "me", 5, now)
     # A peer not heard of for longer than its lifetime is dead.
     assert is_leader([peering(me=(5, 0, 10), high=(10, 11, 10))], "me", 5, now)
+    # As in kopf: no lastseen is alive; lifetime 0 is dead; unreadable entries are skipped.
+    assert not is_leader([{"status": {"high": {"priority": 10}}}], "me", 5, now)
+    assert is_leader([peering(high=(10, 1, 0))], "me", 5, now)
+    assert is_leader([{"status": {"odd": {"priority": "x"}, "gone": "text"}}], "me", 5, now)
 
 
-async def test_a_standby_queues_but_works_only_once_active() -> None:
+async def test_a_standby_queues_but_works_only_once_active(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     store = Store()
     source = Source("ClusterKopfPeering", "/apis/kopf.dev/v1/clusterkopfpeerings")
     store.expect(source)
@@ -308,7 +348,9 @@ async def test_a_standby_queues_but_works_only_once_active() -> None:
     queue = WorkQueue(work, gate=leadership.active)
     queue.start()
     on_change = informer_events(asyncio.get_running_loop(), queue, leadership)
-    assert not leadership.check()
+    with caplog.at_level(logging.INFO, "penstock.leadership"):
+        assert not leadership.check()
+    assert "standing by" in caplog.text, "the first decision is told either way"
     # A child deleted by hand: its Pipeline is queued, but a standby does not work.
     await asyncio.to_thread(on_change, "Service", "DELETED", service("a", 3))
     await asyncio.to_thread(on_change, "Service", "LISTED", service("b", 3, pipeline="q"))

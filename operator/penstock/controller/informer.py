@@ -108,6 +108,9 @@ class Store:
         self.index_label = index_label
         self._lock = threading.Lock()
         self._objects: dict[str, dict[ObjectKey, _Entry]] = {}
+        # Children the operator deleted, at the version it last saw: an older event still on
+        # its way must not bring one back. Cleared by the watch's DELETED event or a list.
+        self._deleted: dict[str, dict[ObjectKey, int]] = {}
         self._index: dict[str, dict[tuple[str, str], set[ObjectKey]]] = {}
         self._synced: dict[str, set[Source]] = {}
         self._pending: dict[str, set[Source]] = {}
@@ -157,36 +160,64 @@ class Store:
                 if not keys:
                     del self._index[kind][slot]
 
+    def _newer_kept(self, kind: str, key: ObjectKey, version: int | None) -> bool:
+        """Does the store hold (or has the operator deleted) a version after this one?"""
+        if version is None:
+            return False
+        old = self._objects.get(kind, {}).get(key)
+        if old is not None and old.version is not None and version < old.version:
+            return True
+        deleted = self._deleted.get(kind, {}).get(key)
+        return deleted is not None and version <= deleted
+
     def upsert(self, kind: str, obj: Mapping[str, Any]) -> bool:
         """Keep obj unless a newer version is kept; True when it was kept."""
         meta = obj["metadata"]
         key = (meta.get("namespace", ""), meta["name"])
-        version = _version(obj)
         with self._lock:
-            old = self._objects.get(kind, {}).get(key)
-            if old and old.version is not None and version is not None and version < old.version:
+            if self._newer_kept(kind, key, _version(obj)):
                 return False
+            self._deleted.get(kind, {}).pop(key, None)
             self._put(kind, key, obj)
         return True
 
-    def remove(self, kind: str, namespace: str, name: str) -> None:
+    def remove(self, kind: str, namespace: str, name: str, version: int | None = None) -> None:
+        """A watch's deletion (at the object's last version), or the operator's own delete
+        (no version): then older events of it are ignored until the watch confirms it."""
+        key = (namespace, name)
         with self._lock:
-            self._drop(kind, (namespace, name))
+            entry = self._objects.get(kind, {}).get(key)
+            if version is not None:
+                self._deleted.get(kind, {}).pop(key, None)
+                if entry is not None and entry.version is not None and entry.version > version:
+                    return  # a newer object of that name (re-created) stays
+            elif entry is not None and entry.version is not None:
+                self._deleted.setdefault(kind, {})[key] = entry.version
+            self._drop(kind, key)
 
-    def replace(self, source: Source, listed: Sequence[Mapping[str, Any]]) -> list[ObjectKey]:
-        """A list's objects replace the source's; returns the keys that are gone."""
+    def replace(
+        self, source: Source, listed: Sequence[Mapping[str, Any]], version: int | None = None
+    ) -> list[ObjectKey]:
+        """A list's objects (at the list's version) replace the source's, except what was
+        written through after the list; returns the keys that are gone."""
         fresh = {(o["metadata"].get("namespace", ""), o["metadata"]["name"]): o for o in listed}
         with self._changed:
             objects = self._objects.setdefault(source.kind, {})
             gone = [
                 key
-                for key in objects
-                if (source.namespace is None or key[0] == source.namespace) and key not in fresh
+                for key, entry in objects.items()
+                if (source.namespace is None or key[0] == source.namespace)
+                and key not in fresh
+                and not (version is not None and entry.version and entry.version > version)
             ]
             for key in gone:
                 self._drop(source.kind, key)
+            deleted = self._deleted.setdefault(source.kind, {})
+            for key in [k for k in deleted if k not in fresh]:
+                del deleted[key]  # the list agrees: gone
             for key, obj in fresh.items():
-                self._put(source.kind, key, obj)
+                if not self._newer_kept(source.kind, key, _version(obj)):
+                    self._put(source.kind, key, obj)
             self._synced.setdefault(source.kind, set()).add(source)
             self._changed.notify_all()
         return gone
@@ -260,13 +291,19 @@ class Reflector:
         self.store.expect(self.source)
         self._thread.start()
 
-    def stop(self) -> None:
+    def interrupt(self) -> None:
         self._stopped.set()
         response = self._response
         if response is not None:
             with contextlib.suppress(Exception):  # closed already: the thread ends anyway
                 response.shutdown()
-        self._thread.join(timeout=1)  # a daemon: one still in a list dies with the process
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)  # a daemon: one still in a list dies with the process
+
+    def stop(self) -> None:
+        self.interrupt()
+        self.join(1.0)
 
     def _run(self) -> None:
         backoff = MIN_BACKOFF
@@ -310,9 +347,12 @@ class Reflector:
             if error.status == 410:
                 raise Gone from error
             raise KubeError(error.status or 0, f"GET {self.source.path}: {error.reason}") from error
-        if response.status == 410:
-            raise Gone
         if not 200 <= response.status < 300:
+            # The whole (short) error body, so that the connection can be reused.
+            response.read()  # type: ignore[no-untyped-call]
+            response.response.release_conn()
+            if response.status == 410:
+                raise Gone
             raise KubeError(response.status, f"GET {self.source.path}: {response.status}")
         return response
 
@@ -326,7 +366,8 @@ class Reflector:
         kind = self.source.kind
         first = not self.store.source_synced(self.source)
         known = self.store.entries(self.source)
-        gone = self.store.replace(self.source, items)
+        version: str = result.get("metadata", {}).get("resourceVersion", "")
+        gone = self.store.replace(self.source, items, int(version) if version.isdigit() else None)
         # A relist after a gap announces what changed meanwhile, as the watch would have.
         for key in gone:
             self.on_change(kind, "DELETED", _loads(kind, known[key][1]))
@@ -337,7 +378,6 @@ class Reflector:
                 self.on_change(kind, "LISTED", obj)
             elif was is None or was[0] != _version(obj):
                 self.on_change(kind, "ADDED" if was is None else "MODIFIED", obj)
-        version: str = result.get("metadata", {}).get("resourceVersion", "")
         return version
 
     def _watch(self, version: str) -> str:
@@ -351,7 +391,10 @@ class Reflector:
         ]
         response = self._request(query, seconds + READ_SLACK_SECONDS).response  # urllib3's
         self._response = response
+        complete = False
         try:
+            if self._stopped.is_set():  # stopped before the response could be shut down
+                return version
             for line in _lines(response):
                 event = json.loads(line)
                 kind, obj = event.get("type"), event.get("object") or {}
@@ -365,13 +408,19 @@ class Reflector:
                 obj.setdefault("kind", self.source.kind)
                 meta = obj["metadata"]
                 if kind == "DELETED":
-                    self.store.remove(self.source.kind, meta.get("namespace", ""), meta["name"])
+                    self.store.remove(
+                        self.source.kind, meta.get("namespace", ""), meta["name"], _version(obj)
+                    )
                 else:
                     self.store.upsert(self.source.kind, obj)
                 self.on_change(self.source.kind, str(kind), obj)
+            complete = True
         finally:
             self._response = None
-            response.release_conn()
+            if complete:
+                response.release_conn()
+            else:  # half read: the connection must not go back to the pool
+                response.close()
         return version
 
 
@@ -403,11 +452,13 @@ class Informer:
             reflector.on_change = on_change
             reflector.start()
 
-    def stop(self) -> None:
+    def stop(self, wait: float = 2.0) -> None:
+        """Stop every reflector, waiting at most ``wait`` seconds in all (daemon threads)."""
         for reflector in self.reflectors:
-            reflector._stopped.set()
+            reflector.interrupt()
+        deadline = time.monotonic() + wait
         for reflector in self.reflectors:
-            reflector.stop()
+            reflector.join(max(0.0, deadline - time.monotonic()))
 
     @property
     def relists(self) -> int:

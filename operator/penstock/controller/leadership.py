@@ -50,16 +50,21 @@ def is_leader(
     priority: int,
     now: datetime.datetime,
 ) -> bool:
-    """No other peer alive in any peering object has a priority >= ours."""
+    """No other peer alive in any peering object has a priority >= ours (kopf's Peer: no
+    lastseen is now, lifetime 60 unless given, dead once lastseen + lifetime has passed)."""
     for peering in peerings:
         for peer, info in (peering.get("status") or {}).items():
             if peer == identity or not isinstance(info, Mapping):
                 continue
-            seen = _parse_time(str(info.get("lastseen", "")))
-            lifetime = float(info.get("lifetime") or 60)
+            try:
+                seen = _parse_time(str(info["lastseen"])) if "lastseen" in info else now
+                lifetime = float(info.get("lifetime", 60))
+                peer_priority = int(info.get("priority", 0))
+            except (TypeError, ValueError):
+                continue  # kopf could not read it either
             if seen is None or seen + datetime.timedelta(seconds=lifetime) <= now:
                 continue  # dead: its keep-alive expired
-            if int(info.get("priority") or 0) >= priority:
+            if peer_priority >= priority:
                 return False
     return True
 
@@ -84,6 +89,8 @@ class Leadership:
         self.on_active = on_active
         self.active = asyncio.Event()
         self.changes = 0
+        self._decided = False
+        self._missing_told = False
         if store is None:
             self.active.set()
 
@@ -92,9 +99,13 @@ class Leadership:
         if not self.store.synced(self.kind):
             return False
         peerings = [obj for obj in self.store.list(self.kind, None) if _named(obj, self.name)]
+        if not peerings and not self._missing_told:
+            log.warning("no %s named %s: standing by (kopf pauses too)", self.kind, self.name)
+            self._missing_told = True
         moment = now or datetime.datetime.now(datetime.UTC)
         leader = bool(peerings) and is_leader(peerings, self.identity, self.priority, moment)
-        if leader != self.active.is_set():
+        if leader != self.active.is_set() or not self._decided:
+            self._decided = True
             self.changes += 1
             if leader:
                 log.info("active: no live peer with a priority >= %d", self.priority)
@@ -109,7 +120,10 @@ class Leadership:
         if self.store is None:
             return
         while True:
-            self.check()
+            try:
+                self.check()
+            except Exception:  # a bad peering object must not stop the checks for good
+                log.exception("checking the peering")
             await asyncio.sleep(CHECK_SECONDS)
 
 

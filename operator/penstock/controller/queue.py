@@ -113,8 +113,11 @@ class WorkQueue:
     async def _worker(self) -> None:
         while True:
             key = await self._ready.get()
+            waited = self._gate is not None and not self._gate.is_set()
             if self._gate is not None:
                 await self._gate.wait()
+            if waited:  # queued by a standby: another operator may have written since
+                self._bodies.pop(key, None)
             if key not in self._queued:  # forgotten while waiting
                 continue
             self._queued.discard(key)

@@ -62,10 +62,15 @@ async def job_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         _queue(memo).add((meta["namespace"], run), delay=DEBOUNCE_SECONDS)
 
 
-async def resync_runs(reconciler: RunReconciler, queue: WorkQueue, interval: float) -> None:
-    """Every interval, queue every unfinished run (a Pipeline that appeared, a missed event)."""
+async def resync_runs(
+    reconciler: RunReconciler, queue: WorkQueue, interval: float, active: asyncio.Event
+) -> None:
+    """Every interval, queue every unfinished run (a Pipeline that appeared, a missed event);
+    a standby skips it."""
     while True:
         await asyncio.sleep(interval)
+        if not active.is_set():
+            continue
         try:
             bodies = await asyncio.to_thread(reconciler.list_runs)
         except KubeError as error:
@@ -102,7 +107,9 @@ def register(registry: kopf.OperatorRegistry, resync_seconds: float) -> None:
         )
         queue.start()
         memo["run_queue"] = queue
-        memo["run_resync"] = asyncio.create_task(resync_runs(reconciler, queue, resync_seconds))
+        memo["run_resync"] = asyncio.create_task(
+            resync_runs(reconciler, queue, resync_seconds, leadership.active)
+        )
 
     async def stop(memo: kopf.Memo, **_: Any) -> None:
         task: asyncio.Task[None] | None = memo.get("run_resync")
