@@ -10,9 +10,13 @@ For every size N it measures, on a real control plane (hack/cluster.sh, or $KUBE
    until they all exist;
 3. the operator's peak RSS (VmHWM of a fresh operator process per size);
 4. the write requests the apiserver received on the operator's resources during an idle
-   window after every Pipeline is Ready (resync timer firing, nothing to change).
+   window after every Pipeline is Ready (resync timer firing, nothing to change);
+5. the time a spec change of one Pipeline among N takes to reach its Deployment (p50, p99).
+
+It ends with one line per N: operator N=<n> ratio=<x> rss_mb=<y> idle_writes=<z> update_p99_s=<s>
 
 Run: python bench/operator_scale.py [--sizes 10,100,500] [--stages 5] [--idle-seconds 60]
+     [--updates 20]
 Without $KUBECONFIG it starts the local control plane (hack/cluster.sh; state dir
 $PENSTOCK_CLUSTER_DIR) with enough kwok nodes for the pods, and stops it at the end if it
 started it. This is a benchmark that prints a table, not a test.
@@ -819,14 +823,16 @@ def fmt(value: float | None, digits: int = 1) -> str:
 
 def table(rows: list[Row]) -> str:
     lines = [
-        "| size | operator children s | operator Ready s | direct apply s | ratio | peak RSS MB | idle writes |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "| size | operator children s | operator Ready s | direct apply s | ratio | peak RSS MB "
+        "| idle writes | update p99 s |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         lines.append(
             f"| {row.size} | {fmt(row.operator_children_s)} | {fmt(row.operator_ready_s)} "
             f"| {fmt(row.direct_apply_s)} | {fmt(row.ratio, 2)} | {fmt(row.peak_rss_mb, 0)} "
-            f"| {'—' if row.idle_writes is None else row.idle_writes} |"
+            f"| {'—' if row.idle_writes is None else row.idle_writes} "
+            f"| {fmt(row.update_p99_s, 3)} |"
         )
     return "\n".join(lines)
 

@@ -67,7 +67,8 @@ _tool = tool  # the one lookup policy (tests/harness.py); the name tests/kind im
 
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[Cluster]:
-    with control_plane(keep_variable="PENSTOCK_E2E_KEEP_CLUSTER") as cluster:
+    # Six fake nodes (660 pods): the HA test runs 100 Pipelines of 4 pods each.
+    with control_plane(nodes=6, keep_variable="PENSTOCK_E2E_KEEP_CLUSTER") as cluster:
         yield cluster
 
 

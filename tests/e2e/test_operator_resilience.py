@@ -28,8 +28,13 @@ ROOT = Path(__file__).resolve().parents[2]
 PIPELINES = 2 if REAL_NODES else 20
 
 
-def _manifests(count: int) -> str:
+def _manifests(count: int, light: bool = False) -> str:
+    """count rag Pipelines; light: every stage requests 50m CPU (generate asks 2 CPUs, and
+    100 of them do not fit the fake nodes)."""
     base = example("rag")
+    if light:
+        for stage in base["spec"]["stages"]:
+            stage["resources"] = {"requests": {"cpu": "50m", "memory": "64Mi"}}
     docs = []
     for index in range(count):
         base["metadata"]["name"] = f"rag-{index:02d}"
@@ -196,7 +201,7 @@ def test_the_standby_takes_over_when_the_active_operator_is_killed(
         wait_for(
             lambda: _log_has(standby, "standing by"), timeout=60, what="the standby standing by"
         )
-        assert cluster.apply(_manifests(HA_PIPELINES), namespace).returncode == 0
+        assert cluster.apply(_manifests(HA_PIPELINES, light=True), namespace).returncode == 0
         wait_for(
             lambda: len(cluster.items("deployments", namespace)) >= 40,
             timeout=120,
@@ -218,7 +223,7 @@ def test_the_standby_takes_over_when_the_active_operator_is_killed(
         wait_for(lambda: _reconciles(standby) > 0, timeout=30, what="the standby's first reconcile")
         wait_for(
             lambda: _ready_count(cluster, namespace) == HA_PIPELINES,
-            timeout=600,
+            timeout=420,
             interval=3,
             what=f"all {HA_PIPELINES} Pipelines Ready (Deployments at the kill: {partial})",
         )
@@ -239,7 +244,7 @@ def test_chaos_every_pipeline_ends_with_exactly_its_children_and_ready(
     if REAL_NODES or not cluster.local:
         pytest.skip("restarts the local control plane's apiserver; 50 Pipelines need fake nodes")
     chance = random.Random(20261203)
-    assert cluster.apply(_manifests(CHAOS_PIPELINES), namespace).returncode == 0
+    assert cluster.apply(_manifests(CHAOS_PIPELINES, light=True), namespace).returncode == 0
     wait_for(
         lambda: len(cluster.items("deployments", namespace)) >= 20,
         timeout=120,
@@ -272,7 +277,7 @@ def test_chaos_every_pipeline_ends_with_exactly_its_children_and_ready(
     deleted += delete_some(10)
     wait_for(
         lambda: _ready_count(cluster, namespace) == CHAOS_PIPELINES,
-        timeout=600,
+        timeout=420,
         interval=3,
         what=f"all {CHAOS_PIPELINES} Pipelines Ready (deleted {len(deleted)} children)",
     )
