@@ -107,6 +107,16 @@ def test_sigkill_mid_reconcile_leaves_exactly_the_right_children(
     cluster.kubectl("delete", "pipelines", "--all", "-n", namespace, "--wait=false")
 
 
+def _wait_for_deployments(cluster: Cluster, namespace: str, count: int) -> None:
+    """Until count Deployments exist: the reconciles are under way, not (likely) done."""
+    wait_for(
+        lambda: len(cluster.items("deployments", namespace)) >= count,
+        timeout=120,
+        interval=0.2,
+        what=f"the first {count} Deployments",
+    )
+
+
 def _restart_apiserver() -> None:
     restart = subprocess.run(
         ["bash", str(CLUSTER_SCRIPT), "restart-apiserver"],
@@ -195,12 +205,7 @@ def test_the_standby_takes_over_when_the_active_operator_is_killed(
             lambda: _log_has(standby, "standing by"), timeout=60, what="the standby standing by"
         )
         assert cluster.apply(_manifests(HA_PIPELINES, light=True), namespace).returncode == 0
-        wait_for(
-            lambda: len(cluster.items("deployments", namespace)) >= 40,
-            timeout=120,
-            interval=0.2,
-            what="the first children",
-        )
+        _wait_for_deployments(cluster, namespace, 40)
         assert _reconciles(standby) == 0, "a standby reconciled while the active one ran"
         active.kill()
         killed = time.monotonic()
@@ -238,12 +243,7 @@ def test_chaos_every_pipeline_ends_with_exactly_its_children_and_ready(
         pytest.skip("restarts the local control plane's apiserver; 50 Pipelines need fake nodes")
     chance = random.Random(20261203)
     assert cluster.apply(_manifests(CHAOS_PIPELINES, light=True), namespace).returncode == 0
-    wait_for(
-        lambda: len(cluster.items("deployments", namespace)) >= 20,
-        timeout=120,
-        interval=0.2,
-        what="the first children",
-    )
+    _wait_for_deployments(cluster, namespace, 20)
     _restart_apiserver()
     wait_for(
         lambda: cluster.kubectl("get", "--raw", "/readyz", check=False).returncode == 0,

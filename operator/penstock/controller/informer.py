@@ -114,7 +114,6 @@ class Store:
         self._index: dict[str, dict[tuple[str, str], set[ObjectKey]]] = {}
         self._synced: dict[str, set[Source]] = {}
         self._pending: dict[str, set[Source]] = {}
-        self._changed = threading.Condition(self._lock)
 
     def expect(self, source: Source) -> None:
         with self._lock:
@@ -131,16 +130,6 @@ class Store:
     def source_synced(self, source: Source) -> bool:
         with self._lock:
             return source in self._synced.get(source.kind, set())
-
-    def wait_synced(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while not all(self._synced.get(kind) == want for kind, want in self._pending.items()):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._changed.wait(left)
-        return True
 
     def _put(self, kind: str, key: ObjectKey, obj: Mapping[str, Any]) -> None:
         self._drop(kind, key)
@@ -201,7 +190,7 @@ class Store:
         """A list's objects (at the list's version) replace the source's, except what was
         written through after the list; returns the keys that are gone."""
         fresh = {(o["metadata"].get("namespace", ""), o["metadata"]["name"]): o for o in listed}
-        with self._changed:
+        with self._lock:
             objects = self._objects.setdefault(source.kind, {})
             gone = [
                 key
@@ -219,7 +208,6 @@ class Store:
                 if not self._newer_kept(source.kind, key, _version(obj)):
                     self._put(source.kind, key, obj)
             self._synced.setdefault(source.kind, set()).add(source)
-            self._changed.notify_all()
         return gone
 
     def entries(self, source: Source) -> dict[ObjectKey, tuple[int | None, bytes]]:
@@ -254,10 +242,6 @@ class Store:
                 and all(entry.labels.get(name) == value for name, value in wanted.items())
             ]
         return [_loads(kind, data) for data in found]
-
-    def size(self) -> int:
-        with self._lock:
-            return sum(len(objects) for objects in self._objects.values())
 
 
 def _loads(kind: str, data: bytes) -> dict[str, Any]:
@@ -459,10 +443,6 @@ class Informer:
         deadline = time.monotonic() + wait
         for reflector in self.reflectors:
             reflector.join(max(0.0, deadline - time.monotonic()))
-
-    @property
-    def relists(self) -> int:
-        return sum(reflector.relists for reflector in self.reflectors)
 
 
 class CachedKube(Kube):

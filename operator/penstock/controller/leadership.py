@@ -88,7 +88,6 @@ class Leadership:
         self.priority = priority
         self.on_active = on_active
         self.active = asyncio.Event()
-        self.changes = 0
         self._decided = False
         self._missing_told = False
         if store is None:
@@ -106,7 +105,6 @@ class Leadership:
         leader = bool(peerings) and is_leader(peerings, self.identity, self.priority, moment)
         if leader != self.active.is_set() or not self._decided:
             self._decided = True
-            self.changes += 1
             if leader:
                 log.info("active: no live peer with a priority >= %d", self.priority)
                 self.active.set()
